@@ -1,0 +1,31 @@
+# Every dependency is a Debian package. A missing one stops the configure step
+# with the name of the package that provides it (scripts/setup.sh installs all).
+function(tinyqat_missing what package)
+  message(FATAL_ERROR "tinyqat: ${what} not found. Install it with: apt-get install ${package}"
+                      " (or run scripts/setup.sh, which installs every dependency)")
+endfunction()
+
+find_package(Threads REQUIRED)
+
+find_path(CBLAS_INCLUDE_DIR cblas.h PATHS /usr/include/x86_64-linux-gnu /usr/include/openblas)
+find_library(OPENBLAS_LIBRARY NAMES openblas)
+if(NOT CBLAS_INCLUDE_DIR OR NOT OPENBLAS_LIBRARY)
+  tinyqat_missing("OpenBLAS (cblas.h, libopenblas)" "libopenblas-dev")
+endif()
+
+find_package(fmt QUIET)
+if(NOT fmt_FOUND)
+  tinyqat_missing("fmt" "libfmt-dev")
+endif()
+
+find_package(cxxopts QUIET)
+if(NOT cxxopts_FOUND)
+  tinyqat_missing("cxxopts" "libcxxopts-dev")
+endif()
+
+if(TINYQAT_BUILD_TESTS)
+  find_package(Catch2 2 QUIET)
+  if(NOT Catch2_FOUND)
+    tinyqat_missing("Catch2 v2" "catch2")
+  endif()
+endif()

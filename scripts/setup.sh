@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages tinyqat needs, only those that are missing.
+# Runs as root on a fresh Debian 12 machine (uses sudo when not root).
+set -euo pipefail
+packages=(build-essential cmake pkg-config libopenblas-dev catch2 libfmt-dev
+          libcxxopts-dev nlohmann-json3-dev zlib1g-dev libbenchmark-dev
+          dataset-fashion-mnist)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

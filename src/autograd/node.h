@@ -1,0 +1,77 @@
+// The autograd graph (docs/autograd.md). Every differentiable op that sees an
+// input requiring a gradient creates a Node: it keeps the inputs (and whatever
+// else the backward needs) and knows how to turn the gradient of its output
+// into gradients of its inputs (eq. 2, the chain rule). backward() visits the
+// nodes in reverse topological order and *accumulates* gradients (eq. 3), so a
+// tensor used twice receives both contributions.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+
+#include "tensor/tensor.h"
+
+namespace tq {
+
+class Node {
+ public:
+  static constexpr int kMaxInputs = 3;
+
+  virtual ~Node() = default;
+  // Op name for printing ("AddBackward").
+  virtual const char* name() const = 0;
+  // grad_out: d loss / d output. Writes d loss / d input[i] into grad_in[i]
+  // for every input that requires a gradient (others may stay undefined).
+  virtual void backward(const Tensor& grad_out, Tensor* grad_in) = 0;
+
+  std::array<Tensor, kMaxInputs> inputs;
+  int num_inputs = 0;
+
+  // Filled during backward(): the gradient that reached this node's output.
+  Tensor grad;
+  uint64_t visit_mark = 0;  // which backward() last visited this node
+};
+
+// True unless inside a NoGradGuard scope.
+bool grad_mode_enabled();
+
+// Within its lifetime, ops record no graph (evaluation, optimizer updates).
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// Does an op with these inputs need to record a node?
+inline bool any_requires_grad(const Tensor& a) { return grad_mode_enabled() && a.defined() && a.requires_grad(); }
+inline bool any_requires_grad(const Tensor& a, const Tensor& b) {
+  return grad_mode_enabled() && ((a.defined() && a.requires_grad()) || (b.defined() && b.requires_grad()));
+}
+inline bool any_requires_grad(const Tensor& a, const Tensor& b, const Tensor& c) {
+  return grad_mode_enabled() && ((a.defined() && a.requires_grad()) || (b.defined() && b.requires_grad()) ||
+                                 (c.defined() && c.requires_grad()));
+}
+
+// Connects `out` to a new node of type N (constructed from args) whose inputs
+// are `ins`: out.requires_grad = true, out.grad_fn = node.
+template <class N, class... Args>
+N& record(Tensor& out, std::initializer_list<Tensor> ins, Args&&... args) {
+  auto node = std::make_shared<N>(std::forward<Args>(args)...);
+  for (const Tensor& t : ins) node->inputs[node->num_inputs++] = t;
+  N& ref = *node;
+  out.impl()->requires_grad = true;
+  out.impl()->grad_fn = std::move(node);
+  return ref;
+}
+
+// Runs backward from `root` (a one-element tensor), seeding d root / d root = 1,
+// or from a non-scalar root with an explicit `grad_root` of its shape.
+void backward(const Tensor& root, const Tensor& grad_root = Tensor());
+
+}  // namespace tq

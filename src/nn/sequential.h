@@ -1,0 +1,31 @@
+// Sequential: children named "0", "1", ... run one after another.
+#pragma once
+
+#include "nn/module.h"
+
+namespace tq::nn {
+
+class Sequential : public Module {
+ public:
+  Sequential() = default;
+  template <class... Ms>
+  explicit Sequential(Ms&&... modules) {
+    (push_back(std::forward<Ms>(modules)), ...);
+  }
+
+  template <class M>
+  void push_back(M&& m) {
+    register_module(std::to_string(slots_.size()), std::forward<M>(m));
+  }
+  void push_back(std::shared_ptr<Module> m) { register_slot(std::to_string(slots_.size()), std::move(m)); }
+
+  Tensor forward(const Tensor& x) override {
+    Tensor h = x;
+    for (auto& s : slots_) h = s->module->forward(h);
+    return h;
+  }
+  size_t size() const { return slots_.size(); }
+  Module& operator[](size_t i) const { return *slots_.at(i)->module; }
+};
+
+}  // namespace tq::nn
