@@ -11,3 +11,4 @@
 #include "tensor/ops.h"
 #include "tensor/random.h"
 #include "tensor/tensor.h"
+#include "quant/quant.h"

@@ -265,24 +265,49 @@ struct SoftmaxBackward final : Node {
 };
 
 struct CrossEntropyBackward final : Node {
-  CrossEntropyBackward(Tensor probs_minus_onehot) : d(std::move(probs_minus_onehot)) {}
-  Tensor d;  // (softmax - onehot) / N, computed in the forward pass (eq. 10)
+  CrossEntropyBackward(Tensor probs_minus_onehot, Reduction reduction)
+      : d(std::move(probs_minus_onehot)), reduction(reduction) {}
+  Tensor d;  // (N, C): softmax - onehot, divided by N for the mean (eq. 10)
+  Reduction reduction;
   const char* name() const override { return "CrossEntropyBackward"; }
   void backward(const Tensor& g, Tensor* gi) override {
-    const float s = static_cast<float>(g.item());
-    if (s == 1.f) gi[0] = d;
-    else gi[0] = k::mul_scalar(d, s);
+    if (reduction != Reduction::none) {
+      // g is the scalar d loss_total / d loss; 1 when the loss is the root.
+      const float s = static_cast<float>(g.item());
+      gi[0] = s == 1.f ? d : k::mul_scalar(d, s);
+      return;
+    }
+    // One loss per row: row r of the gradient is g[r] (softmax_r - onehot_r).
+    const Tensor gc = k::contiguous(g);
+    Tensor out = empty(d.shape());
+    const int64_t N = d.shape()[0], C = d.shape()[1];
+    const float* dp = d.data<float>();
+    const float* gp = gc.data<float>();
+    float* o = out.data<float>();
+    for (int64_t r = 0; r < N; ++r)
+      for (int64_t j = 0; j < C; ++j) o[r * C + j] = gp[r] * dp[r * C + j];
+    gi[0] = out;
   }
 };
 
 struct MseBackward final : Node {
+  explicit MseBackward(Reduction reduction) : reduction(reduction) {}
+  Reduction reduction;
   const char* name() const override { return "MseLossBackward"; }
   void backward(const Tensor& g, Tensor* gi) override {
-    // L = mean((x - t)^2): dL/dx = 2 (x - t) / n
-    const float s = 2.f * static_cast<float>(g.item()) / static_cast<float>(inputs[0].numel());
+    // L = mean((x - t)^2): dL/dx = 2 (x - t) / n, dL/dt = -dL/dx (sum: no 1/n;
+    // none: the upstream gradient multiplies each element).
     const Tensor diff = k::sub(inputs[0], inputs[1]);
-    if (inputs[0].requires_grad()) gi[0] = k::mul_scalar(diff, s);
-    if (inputs[1].requires_grad()) gi[1] = k::mul_scalar(diff, -s);
+    Tensor dx;
+    if (reduction == Reduction::none) {
+      dx = k::mul(diff, g);
+      k::mul_scalar_(dx, 2.f);
+    } else {
+      const float n = reduction == Reduction::mean ? static_cast<float>(inputs[0].numel()) : 1.f;
+      dx = k::mul_scalar(diff, 2.f * static_cast<float>(g.item()) / n);
+    }
+    if (inputs[0].requires_grad()) gi[0] = dx;
+    if (inputs[1].requires_grad()) gi[1] = k::neg(dx);
   }
 };
 
@@ -342,6 +367,8 @@ Tensor relu(const Tensor& a_in) {
   if (a_in.is_quantized()) return k::quantized_relu(a_in);
   const Tensor a = f(a_in);
   Tensor out = k::relu(a);
+  // relu keeps values on a fake-quant grid: 0 is a grid point (eq. 3 of docs/quantization.md).
+  out.impl()->fake_quant_grid = a.impl()->fake_quant_grid;
   if (any_requires_grad(a)) record<ReluBackward>(out, {a}, alias(out));
   return out;
 }
@@ -407,6 +434,7 @@ Tensor max(const Tensor& a_in, int dim, bool keepdim) {
 Tensor reshape(const Tensor& a_in, const Shape& shape) {
   const Tensor a = a_in.is_quantized() ? a_in : f(a_in);
   Tensor out = k::reshape(a, shape);
+  out.impl()->fake_quant_grid = a.impl()->fake_quant_grid;  // same values, same grid
   if (any_requires_grad(a)) record<ReshapeBackward>(out, {a});
   return out;
 }
@@ -469,7 +497,7 @@ Tensor softmax(const Tensor& a_in) {
   return out;
 }
 
-Tensor cross_entropy(const Tensor& logits_in, const Tensor& target) {
+Tensor cross_entropy(const Tensor& logits_in, const Tensor& target, Reduction reduction) {
   const Tensor logits = f(logits_in);
   if (logits.dim() != 2)
     throw std::invalid_argument("cross_entropy: expected logits of shape (N, C), got " + logits.shape().str());
@@ -485,16 +513,20 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& target) {
   const int64_t* t = tgt.data<int64_t>();
   for (int64_t i = 0; i < N; ++i)
     if (t[i] < 0 || t[i] >= C)
-      throw std::out_of_range(fmt::format("cross_entropy: target {} at position {} is out of range for {} classes", t[i], i, C));
+      throw std::out_of_range(fmt::format("cross_entropy: target {} at position {} is out of range for {} classes "
+                                          "(logits of shape {}; valid targets are 0..{})",
+                                          t[i], i, C, logits.shape().str(), C - 1));
 
-  // One pass per row: log-sum-exp, the loss term, and (softmax - onehot) / N,
-  // which is exactly the gradient the backward needs (eq. 10).
+  // One pass per row: log-sum-exp, the loss term, and softmax - onehot
+  // (scaled by 1/N for the mean), which is exactly the gradient the backward
+  // needs (eq. 10).
   const Tensor x = k::contiguous(logits);
   const float* p = x.data<float>();
   const bool need_grad = any_requires_grad(logits);
+  const float scale = reduction == Reduction::mean ? 1.f / static_cast<float>(N) : 1.f;
   Tensor d = need_grad ? empty({N, C}) : Tensor();
-  double loss = 0;
-  const float invN = 1.f / static_cast<float>(N);
+  Tensor per_row = reduction == Reduction::none ? empty({N}) : Tensor();
+  double total = 0;
   for (int64_t r = 0; r < N; ++r) {
     const float* row = p + r * C;
     float m = row[0];
@@ -502,26 +534,30 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& target) {
     double s = 0;
     for (int64_t j = 0; j < C; ++j) s += std::exp(static_cast<double>(row[j] - m));
     const double lse = m + std::log(s);
-    loss += lse - row[t[r]];
+    const double loss = lse - row[t[r]];
+    total += loss;
+    if (per_row.defined()) per_row.data<float>()[r] = static_cast<float>(loss);
     if (need_grad) {
       float* dr = d.data<float>() + r * C;
-      for (int64_t j = 0; j < C; ++j) dr[j] = static_cast<float>(std::exp(row[j] - lse)) * invN;
-      dr[t[r]] -= invN;
+      for (int64_t j = 0; j < C; ++j) dr[j] = static_cast<float>(std::exp(row[j] - lse)) * scale;
+      dr[t[r]] -= scale;
     }
   }
-  Tensor out = scalar_tensor(loss / static_cast<double>(N));
-  if (need_grad) record<CrossEntropyBackward>(out, {logits}, std::move(d));
+  Tensor out = reduction == Reduction::none ? per_row
+                                            : scalar_tensor(reduction == Reduction::mean ? total / static_cast<double>(N) : total);
+  if (need_grad) record<CrossEntropyBackward>(out, {logits}, std::move(d), reduction);
   return out;
 }
 
-Tensor mse_loss(const Tensor& input_in, const Tensor& target_in) {
+Tensor mse_loss(const Tensor& input_in, const Tensor& target_in, Reduction reduction) {
   const Tensor input = f(input_in), target = f(target_in);
   if (!(input.shape() == target.shape()))
     throw std::invalid_argument(fmt::format("mse_loss: input of shape {} and target of shape {} differ",
                                             input.shape().str(), target.shape().str()));
   const Tensor diff = k::sub(input, target);
-  Tensor out = k::mean(k::mul(diff, diff));
-  if (any_requires_grad(input, target)) record<MseBackward>(out, {input, target});
+  const Tensor sq = k::mul(diff, diff);
+  Tensor out = reduction == Reduction::none ? sq : reduction == Reduction::mean ? k::mean(sq) : k::sum(sq);
+  if (any_requires_grad(input, target)) record<MseBackward>(out, {input, target}, reduction);
   return out;
 }
 

@@ -16,6 +16,12 @@ Linear::Linear(int64_t in, int64_t out, bool with_bias) : in_features(in), out_f
   if (with_bias) bias = register_parameter("bias", rand_uniform({out}, -bound, bound));
 }
 
+Linear::Linear(Tensor shared_weight, Tensor shared_bias)
+    : in_features(shared_weight.size(1)), out_features(shared_weight.size(0)) {
+  weight = register_parameter("weight", shared_weight);
+  if (shared_bias.defined()) bias = register_parameter("bias", shared_bias);
+}
+
 Tensor Linear::as_batch(const Tensor& x) const {
   const int64_t last = x.dim() ? x.shape().back() : 0;
   if ((x.dim() != 1 && x.dim() != 2) || last != in_features)

@@ -21,6 +21,9 @@ class Linear : public Module {
   Tensor bias;    // (out_features), undefined when bias=false
 
  protected:
+  // For modules derived from a float Linear (QAT): registers the given
+  // weight and bias tensors themselves, so both modules share them.
+  Linear(Tensor shared_weight, Tensor shared_bias);
   // Checks x against in_features and views a 1-D input as one row.
   Tensor as_batch(const Tensor& x) const;
 };

@@ -62,6 +62,10 @@ struct TensorImpl {
   Shape strides;  // in elements
   DType dtype = DType::f32;
   std::shared_ptr<const QParams> qparams;  // set only on quantized tensors
+  // Set on a float tensor whose values all lie on this quantization grid
+  // (the output of a fake quant, possibly through relu): a layer receiving it
+  // need not fake-quantize it again (docs/quantization.md §5).
+  std::shared_ptr<const QParams> fake_quant_grid;
 
   // Autograd slots: src/autograd reads and writes these.
   bool requires_grad = false;

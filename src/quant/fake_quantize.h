@@ -1,0 +1,68 @@
+// Fake quantization (docs/quantization.md §4, eq. 8-9): during training,
+// round a float tensor to the grid it will have after conversion, in float:
+//     y = (clamp(nearbyint(x / s) + z, qmin, qmax) - z) * s            (eq. 8)
+// The rounding has zero gradient almost everywhere, so the backward pass uses
+// the straight-through estimator: the gradient passes unchanged where the
+// unclamped integer lies inside [qmin, qmax], and is zero outside (eq. 9).
+#pragma once
+
+#include <cmath>
+#include <functional>
+#include <memory>
+
+#include "quant/observer.h"
+
+namespace tq::quant {
+
+// The differentiable fake-quant op, one fused pass computing y and the STE
+// mask. qp: per-tensor, or per-channel along qp.axis.
+// x / s is computed as x * (1 / s), bit-identical to PyTorch.
+Tensor fake_quantize(const Tensor& x, const QParams& qp);
+Tensor fake_quantize(const Tensor& x, const std::shared_ptr<const QParams>& qp);
+
+// The plain reference of eq. 8 for one value (teaching and tests).
+inline float fake_quantize_value(float x, float scale, int32_t zero_point, int32_t qmin, int32_t qmax) {
+  const float q = std::nearbyint(x * (1.f / scale)) + static_cast<float>(zero_point);
+  const float clamped = std::fmin(std::fmax(q, static_cast<float>(qmin)), static_cast<float>(qmax));
+  return (clamped - static_cast<float>(zero_point)) * scale;
+}
+
+// An observer plus fake quant, PyTorch's FakeQuantize. In training mode it
+// lets its observer see the input, recomputes (scale, zero_point) from it
+// and fake-quantizes with them; in eval mode it only fake-quantizes with the
+// qparams it last used, so evaluating never changes the model.
+class FakeQuantize : public QParamsSource {
+ public:
+  explicit FakeQuantize(std::shared_ptr<ObserverBase> observer);
+
+  Tensor forward(const Tensor& x) override;
+  std::string extra_repr() const override;
+
+  // The qparams of the last forward (what convert uses, DESIGN "Convert uses
+  // exactly the qparams that the last fake-quant forward used").
+  bool has_data() const override { return has_qparams_; }
+  QParams calculate_qparams() const override;
+
+  void enable_observer(bool on = true) { observer_enabled = on; }
+  void disable_observer() { observer_enabled = false; }
+  void enable_fake_quant(bool on = true) { fake_quant_enabled = on; }
+  void disable_fake_quant() { fake_quant_enabled = false; }
+
+  ObserverBase& observer() const { return activation_post_process.get(); }
+
+  bool observer_enabled = true;
+  bool fake_quant_enabled = true;
+  nn::Slot<ObserverBase> activation_post_process;
+
+ protected:
+  // Copies the observer's answer into the scale / zero_point buffers.
+  void refresh_qparams();
+  Tensor scale_, zero_point_;  // (C) f32 / i32; C = 1 for per-tensor
+  bool has_qparams_ = false;
+  std::shared_ptr<const QParams> qparams_;  // the same values, ready for the op
+};
+
+// Factories, as QConfig holds them: each call makes a fresh module.
+using FakeQuantFactory = std::function<std::shared_ptr<QParamsSource>()>;
+
+}  // namespace tq::quant

@@ -1,0 +1,39 @@
+// The eager-mode passes (docs/quantization.md §6): they walk the module tree
+// and swap modules in their slots, driven by mapping tables from a module's
+// type to the function that builds its replacement. Users may add entries.
+//
+//   prepare_qat(model)   Linear -> QATLinear (fake quant on weights, outputs
+//                        and float inputs), for modules with a qconfig
+//   convert(model)       QATLinear -> QuantizedLinear (integer-only)
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <typeindex>
+
+#include "nn/module.h"
+#include "quant/qconfig.h"
+
+namespace tq::quant {
+
+// Builds the replacement for `module` at `path` ("fc1") under `qconfig`.
+using SwapFunction =
+    std::function<std::shared_ptr<nn::Module>(nn::Module& module, const QConfig* qconfig, const std::string& path)>;
+using ModuleMapping = std::map<std::type_index, SwapFunction>;
+
+// The default tables (mutable: register your own module types here).
+ModuleMapping& default_qat_module_mappings();
+ModuleMapping& default_static_quant_module_mappings();
+
+// Resolves each module's effective qconfig: its own if set, else its
+// parent's (nullptr = stay float). Keys are dotted paths ("" = root).
+std::map<std::string, QConfigPtr> propagate_qconfig(const nn::Module& model);
+
+// In place. The model must have a qconfig on some module (usually the root).
+void prepare_qat(nn::Module& model, const ModuleMapping& mapping = default_qat_module_mappings());
+// In place. Every swapped layer must have seen data (else an error naming it).
+void convert(nn::Module& model, const ModuleMapping& mapping = default_static_quant_module_mappings());
+
+}  // namespace tq::quant

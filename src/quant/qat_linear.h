@@ -1,0 +1,35 @@
+// QATLinear: a Linear trained with fake quantization (docs/quantization.md §5).
+//   y = fq_out( x' W_fq^T + b )         (relu before fq_out when fused)
+// where W_fq is the weight fake-quantized per channel, and x' is the input:
+//   - used as it is when it already lies on a fake-quant grid (the output of
+//     an earlier fake quant, through relu): quantizing it again would change
+//     nothing but cost time;
+//   - fake-quantized by `input_fake_quant` when a plain float tensor enters
+//     (the model's input), so that after convert this layer can quantize a
+//     float input itself — no QuantStub needed.
+// It shares weight and bias with the float Linear it replaced.
+#pragma once
+
+#include "nn/linear.h"
+#include "quant/qconfig.h"
+
+namespace tq::quant {
+
+class QATLinear : public nn::Linear {
+ public:
+  QATLinear(const nn::Linear& float_linear, const QConfig& qconfig, bool fused_relu = false);
+
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return fused_relu ? "QATLinearReLU" : "QATLinear"; }
+
+  // Did a plain float tensor ever enter this layer (so its input qparams are known)?
+  bool saw_float_input() const { return input_fake_quant->has_data(); }
+
+  nn::Slot<QParamsSource> input_fake_quant;
+  nn::Slot<QParamsSource> weight_fake_quant;
+  nn::Slot<QParamsSource> activation_post_process;
+  bool fused_relu = false;
+  std::string name = "QATLinear";  // its path in the model, set by prepare_qat
+};
+
+}  // namespace tq::quant

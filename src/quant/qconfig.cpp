@@ -1,0 +1,45 @@
+#include "quant/qconfig.h"
+
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+namespace tq::quant {
+
+namespace {
+
+FakeQuantFactory moving_average_fake_quant(QuantSpec spec) {
+  return [spec]() -> std::shared_ptr<QParamsSource> {
+    if (spec.per_channel())
+      return std::make_shared<FakeQuantize>(std::make_shared<MovingAveragePerChannelMinMaxObserver>(spec));
+    return std::make_shared<FakeQuantize>(std::make_shared<MovingAverageMinMaxObserver>(spec));
+  };
+}
+
+}  // namespace
+
+QConfigPtr get_default_qat_qconfig(const std::string& backend) {
+  if (backend == "x86" || backend == "fbgemm") {
+    // fbgemm keeps activations to 7 bits ("reduce_range"): the int8 kernel's
+    // vpmaddubsw then cannot saturate (docs/int8_kernel.md eq. 9).
+    return std::make_shared<QConfig>(QConfig{moving_average_fake_quant(activation_spec(7)),
+                                             moving_average_fake_quant(weight_spec(8, QScheme::per_channel_symmetric)),
+                                             backend + " QAT"});
+  }
+  if (backend == "qnnpack") {
+    return std::make_shared<QConfig>(QConfig{moving_average_fake_quant(activation_spec(8)),
+                                             moving_average_fake_quant(weight_spec(8, QScheme::per_tensor_symmetric)),
+                                             "qnnpack QAT"});
+  }
+  throw std::invalid_argument(fmt::format("get_default_qat_qconfig: unknown backend '{}' (use x86, fbgemm or qnnpack)", backend));
+}
+
+QConfigPtr make_qat_qconfig(int weight_bits, int activation_bits, bool per_channel_weights) {
+  const QuantSpec act = activation_spec(activation_bits);
+  const QuantSpec w = weight_spec(weight_bits, per_channel_weights ? QScheme::per_channel_symmetric
+                                                                   : QScheme::per_tensor_symmetric);
+  return std::make_shared<QConfig>(QConfig{moving_average_fake_quant(act), moving_average_fake_quant(w),
+                                           fmt::format("W{}A{} QAT", weight_bits, activation_bits)});
+}
+
+}  // namespace tq::quant

@@ -1,0 +1,11 @@
+// Umbrella header for quantization.
+#pragma once
+
+#include "quant/fake_quantize.h"
+#include "quant/observer.h"
+#include "quant/passes.h"
+#include "quant/qat_linear.h"
+#include "quant/qconfig.h"
+#include "quant/qparams.h"
+#include "quant/quantize.h"
+#include "quant/quantized_linear.h"
