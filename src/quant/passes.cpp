@@ -1,10 +1,15 @@
 #include "quant/passes.h"
 
+#include <iostream>
 #include <stdexcept>
 #include <typeinfo>
 
 #include <fmt/format.h>
 
+#include "nn/activation.h"
+#include "nn/sequential.h"
+#include "quant/dynamic_linear.h"
+#include "quant/fused.h"
 #include "quant/qat_linear.h"
 #include "quant/quantized_linear.h"
 
@@ -43,32 +48,60 @@ void name_observers(nn::Module& m, const std::string& path) {
 
 }  // namespace
 
+// Builds a prepared layer of type P from a float Linear (fused or not).
+template <class P, bool kFusedRelu>
+std::shared_ptr<nn::Module> make_prepared(nn::Module& m, const QConfig* qc, const std::string& path) {
+  auto p = std::make_shared<P>(static_cast<nn::Linear&>(m), *qc, kFusedRelu);
+  p->name = path;
+  name_observers(*p, path);
+  return p;
+}
+
+// QATLinear / ObservedLinear -> QuantizedLinear with exactly the qparams the
+// prepared layer last used (DESIGN: "Convert uses exactly the qparams that
+// the last fake-quant forward used").
+std::shared_ptr<nn::Module> make_quantized(nn::Module& m, const QConfig*, const std::string& path) {
+  auto& p = static_cast<QATLinear&>(m);
+  const QParams wq = p.weight_quant->calculate_qparams();
+  const QParams oq = p.output_quant->calculate_qparams();
+  std::shared_ptr<const QParams> iq;
+  if (p.saw_float_input()) iq = std::make_shared<const QParams>(p.input_quant->calculate_qparams());
+  auto q = std::make_shared<QuantizedLinear>(p.weight, p.bias, wq, oq, iq, p.fused_relu, path);
+  q->train(false);
+  return q;
+}
+
 ModuleMapping& default_qat_module_mappings() {
   static ModuleMapping mapping = {
-      {std::type_index(typeid(nn::Linear)),
-       [](nn::Module& m, const QConfig* qc, const std::string& path) -> std::shared_ptr<nn::Module> {
-         auto qat = std::make_shared<QATLinear>(static_cast<nn::Linear&>(m), *qc);
-         qat->name = path;
-         name_observers(*qat, path);
-         return qat;
-       }},
+      {std::type_index(typeid(nn::Linear)), make_prepared<QATLinear, false>},
+      {std::type_index(typeid(LinearReLU)), make_prepared<QATLinear, true>},
+  };
+  return mapping;
+}
+
+ModuleMapping& default_observed_module_mappings() {
+  static ModuleMapping mapping = {
+      {std::type_index(typeid(nn::Linear)), make_prepared<ObservedLinear, false>},
+      {std::type_index(typeid(LinearReLU)), make_prepared<ObservedLinear, true>},
   };
   return mapping;
 }
 
 ModuleMapping& default_static_quant_module_mappings() {
   static ModuleMapping mapping = {
-      {std::type_index(typeid(QATLinear)),
-       [](nn::Module& m, const QConfig*, const std::string& path) -> std::shared_ptr<nn::Module> {
-         auto& qat = static_cast<QATLinear&>(m);
-         // Exactly the qparams of the last fake-quant forward (DESIGN: "Convert uses ...").
-         const QParams wq = qat.weight_fake_quant->calculate_qparams();
-         const QParams oq = qat.activation_post_process->calculate_qparams();
-         std::shared_ptr<const QParams> iq;
-         if (qat.saw_float_input()) iq = std::make_shared<const QParams>(qat.input_fake_quant->calculate_qparams());
-         auto q = std::make_shared<QuantizedLinear>(qat.weight, qat.bias, wq, oq, iq, qat.fused_relu, path);
-         q->train(false);
-         return q;
+      {std::type_index(typeid(QATLinear)), make_quantized},
+      {std::type_index(typeid(ObservedLinear)), make_quantized},
+  };
+  return mapping;
+}
+
+ModuleMapping& default_dynamic_quant_module_mappings() {
+  // The qconfig argument is unused: dynamic quantization needs no observers.
+  static ModuleMapping mapping = {
+      {std::type_index(typeid(nn::Linear)),
+       [](nn::Module& m, const QConfig*, const std::string&) -> std::shared_ptr<nn::Module> {
+         auto& l = static_cast<nn::Linear&>(m);
+         return std::make_shared<DynamicQuantizedLinear>(l.weight, l.bias);
        }},
   };
   return mapping;
@@ -87,21 +120,58 @@ std::map<std::string, QConfigPtr> propagate_qconfig(const nn::Module& model) {
   return out;
 }
 
-void prepare_qat(nn::Module& model, const ModuleMapping& mapping) {
+namespace {
+void prepare_with(nn::Module& model, const ModuleMapping& mapping, const char* pass) {
   bool any_qconfig = false;
   for (auto& [path, qc] : propagate_qconfig(model)) any_qconfig |= qc != nullptr;
   if (!any_qconfig)
-    throw std::logic_error("prepare_qat: no module has a qconfig; set one first, e.g. "
-                           "model.qconfig = quant::get_default_qat_qconfig(\"x86\")");
+    throw std::logic_error(fmt::format("{}: no module has a qconfig; set one first, e.g. "
+                                       "model.qconfig = quant::get_default_{}qconfig(\"x86\")",
+                                       pass, std::string(pass) == "prepare_qat" ? "qat_" : ""));
   for (auto& [path, m] : model.named_modules())
-    if (auto* qat = dynamic_cast<QATLinear*>(m))
-      throw std::logic_error(fmt::format("prepare_qat: the model is already prepared ('{}' is a {})", qat->name,
-                                         qat->type_name()));
-  model.train();
-  const QConfigPtr root = model.qconfig.value_or(nullptr);
-  const int n = swap_modules(model, "", root, mapping, true);
+    if (auto* p = dynamic_cast<QATLinear*>(m))
+      throw std::logic_error(fmt::format("{}: the model is already prepared ('{}' is a {})", pass, p->name,
+                                         p->type_name()));
+  const int n = swap_modules(model, "", model.qconfig.value_or(nullptr), mapping, true);
   if (n == 0)
-    throw std::logic_error("prepare_qat: no module with a qconfig has a QAT mapping (is there a Linear under the qconfig?)");
+    throw std::logic_error(fmt::format("{}: no module with a qconfig has a mapping (is there a Linear under the qconfig?)", pass));
+}
+}  // namespace
+
+void prepare_qat(nn::Module& model, const ModuleMapping& mapping) {
+  prepare_with(model, mapping, "prepare_qat");
+  model.train();
+}
+
+void prepare(nn::Module& model, const ModuleMapping& mapping) { prepare_with(model, mapping, "prepare"); }
+
+int quantize_dynamic(nn::Module& model, const std::set<std::type_index>& types, DType dtype, bool per_channel) {
+  if (dtype != DType::i8)
+    throw std::invalid_argument(fmt::format("quantize_dynamic: only qint8 (i8) weights are supported, not {}", dtype_name(dtype)));
+  const std::set<std::type_index> wanted =
+      types.empty() ? std::set<std::type_index>{typeid(nn::Linear), typeid(LinearReLU)} : types;
+  ModuleMapping mapping;
+  for (const auto& t : wanted) {
+    if (t == std::type_index(typeid(nn::Linear)) || t == std::type_index(typeid(LinearReLU))) {
+      const bool relu = t == std::type_index(typeid(LinearReLU));
+      mapping[t] = [per_channel, relu](nn::Module& m, const QConfig*, const std::string&) -> std::shared_ptr<nn::Module> {
+        auto& l = static_cast<nn::Linear&>(m);
+        auto d = std::make_shared<DynamicQuantizedLinear>(l.weight, l.bias, per_channel);
+        if (!relu) return d;
+        auto seq = std::make_shared<nn::Sequential>();  // dynamic int8 Linear, then the float ReLU
+        seq->push_back(std::shared_ptr<nn::Module>(d));
+        seq->push_back(nn::ReLU());
+        return seq;
+      };
+    } else if (auto it = default_dynamic_quant_module_mappings().find(t); it != default_dynamic_quant_module_mappings().end()) {
+      mapping[t] = it->second;
+    }
+  }
+  const int n = swap_modules(model, "", nullptr, mapping, false);
+  if (n == 0)
+    std::cerr << "quantize_dynamic: no module of the requested types was found; the model is unchanged\n";
+  model.eval();
+  return n;
 }
 
 void convert(nn::Module& model, const ModuleMapping& mapping) {
@@ -110,9 +180,9 @@ void convert(nn::Module& model, const ModuleMapping& mapping) {
   for (auto& [path, m] : model.named_modules()) {
     if (mapping.count(std::type_index(typeid(*m))) == 0) continue;
     any_prepared = true;
-    if (auto* qat = dynamic_cast<QATLinear*>(m)) {
-      qat->weight_fake_quant->calculate_qparams();         // throws naming the layer
-      qat->activation_post_process->calculate_qparams();   // if it saw no data
+    if (auto* p = dynamic_cast<QATLinear*>(m)) {
+      p->output_quant->calculate_qparams();  // throws naming the layer
+      p->weight_quant->calculate_qparams();  // if it saw no data
     }
   }
   if (!any_prepared) {

@@ -2,13 +2,16 @@
 // and swap modules in their slots, driven by mapping tables from a module's
 // type to the function that builds its replacement. Users may add entries.
 //
-//   prepare_qat(model)   Linear -> QATLinear (fake quant on weights, outputs
-//                        and float inputs), for modules with a qconfig
-//   convert(model)       QATLinear -> QuantizedLinear (integer-only)
+//   prepare_qat(model)   Linear / LinearReLU -> QATLinear (fake quant on
+//                        weights, outputs and float inputs)
+//   prepare(model)       Linear / LinearReLU -> ObservedLinear (observers only)
+//   convert(model)       QATLinear / ObservedLinear -> QuantizedLinear
+//   quantize_dynamic     Linear -> DynamicQuantizedLinear (no qconfig needed)
 #pragma once
 
 #include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <typeindex>
@@ -26,6 +29,8 @@ using ModuleMapping = std::map<std::type_index, SwapFunction>;
 // The default tables (mutable: register your own module types here).
 ModuleMapping& default_qat_module_mappings();
 ModuleMapping& default_static_quant_module_mappings();
+ModuleMapping& default_observed_module_mappings();  // for prepare (PTQ)
+ModuleMapping& default_dynamic_quant_module_mappings();
 
 // Resolves each module's effective qconfig: its own if set, else its
 // parent's (nullptr = stay float). Keys are dotted paths ("" = root).
@@ -33,7 +38,18 @@ std::map<std::string, QConfigPtr> propagate_qconfig(const nn::Module& model);
 
 // In place. The model must have a qconfig on some module (usually the root).
 void prepare_qat(nn::Module& model, const ModuleMapping& mapping = default_qat_module_mappings());
+// In place, for post-training quantization: attaches observers; then run
+// calibration batches through the model (in train or eval mode) and convert.
+void prepare(nn::Module& model, const ModuleMapping& mapping = default_observed_module_mappings());
 // In place. Every swapped layer must have seen data (else an error naming it).
 void convert(nn::Module& model, const ModuleMapping& mapping = default_static_quant_module_mappings());
+
+// In place: swaps every module whose type is in `types` (default: Linear and
+// LinearReLU) for its dynamic int8 version, as PyTorch's
+// quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8). Only qint8 (i8
+// weights) is supported. Returns how many modules were swapped; when nothing
+// matches, the model is left as it was and a warning says so on stderr.
+int quantize_dynamic(nn::Module& model, const std::set<std::type_index>& types = {},
+                     DType dtype = DType::i8, bool per_channel = true);
 
 }  // namespace tq::quant

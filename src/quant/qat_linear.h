@@ -8,6 +8,10 @@
 //     (the model's input), so that after convert this layer can quantize a
 //     float input itself — no QuantStub needed.
 // It shares weight and bias with the float Linear it replaced.
+//
+// ObservedLinear is the same layer for post-training quantization
+// (docs/ptq.md): its three places hold observers instead of fake quants, so
+// it computes the float result and only records ranges.
 #pragma once
 
 #include "nn/linear.h"
@@ -23,13 +27,25 @@ class QATLinear : public nn::Linear {
   std::string type_name() const override { return fused_relu ? "QATLinearReLU" : "QATLinear"; }
 
   // Did a plain float tensor ever enter this layer (so its input qparams are known)?
-  bool saw_float_input() const { return input_fake_quant->has_data(); }
+  bool saw_float_input() const { return input_quant->has_data(); }
 
-  nn::Slot<QParamsSource> input_fake_quant;
-  nn::Slot<QParamsSource> weight_fake_quant;
-  nn::Slot<QParamsSource> activation_post_process;
+  // The three places where a tensor is observed / fake-quantized.
+  nn::Slot<QParamsSource> input_quant;   // float inputs
+  nn::Slot<QParamsSource> weight_quant;  // the weight
+  nn::Slot<QParamsSource> output_quant;  // the output ("activation_post_process")
   bool fused_relu = false;
-  std::string name = "QATLinear";  // its path in the model, set by prepare_qat
+  std::string name = "QATLinear";  // its path in the model, set by the pass
+
+ protected:
+  QATLinear(const nn::Linear& float_linear, const QConfig& qconfig, bool fused_relu, const char* input_slot,
+            const char* weight_slot);
+};
+
+class ObservedLinear : public QATLinear {
+ public:
+  ObservedLinear(const nn::Linear& float_linear, const QConfig& qconfig, bool fused_relu = false)
+      : QATLinear(float_linear, qconfig, fused_relu, "input_observer", "weight_observer") {}
+  std::string type_name() const override { return fused_relu ? "ObservedLinearReLU" : "ObservedLinear"; }
 };
 
 }  // namespace tq::quant

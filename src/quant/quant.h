@@ -1,7 +1,10 @@
 // Umbrella header for quantization.
 #pragma once
 
+#include "quant/compare.h"
+#include "quant/dynamic_linear.h"
 #include "quant/fake_quantize.h"
+#include "quant/fused.h"
 #include "quant/observer.h"
 #include "quant/passes.h"
 #include "quant/qat_linear.h"

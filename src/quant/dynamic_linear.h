@@ -1,0 +1,42 @@
+// DynamicQuantizedLinear (docs/dynamic.md): weights quantized to i8 and
+// packed once; at run time each batch's activations are quantized with
+// qparams chosen from that batch's own min / max, the product is accumulated
+// in i32, and the result is returned as float with the float bias added.
+// Float in, float out: it drops into any model, no calibration needed.
+#pragma once
+
+#include "nn/module.h"
+#include "tensor/int8_gemm.h"
+
+namespace tq::quant {
+
+class DynamicQuantizedLinear : public nn::Module {
+ public:
+  // weight: (out, in) f32; bias: (out) f32 or undefined. Weights symmetric i8
+  // in -128..127, per output channel (per_channel) or one scale for all.
+  // Activations are quantized to 0..activation_quant_max (127 keeps the
+  // AVX2 kernel's fast path exact, as fbgemm's reduce_range does).
+  DynamicQuantizedLinear(const Tensor& weight, const Tensor& bias, bool per_channel = true,
+                         int32_t activation_quant_max = 127);
+
+  // x: (N, in) or (in) f32 -> (N, out) or (out) f32.
+  Tensor forward(const Tensor& x) override;
+  std::string extra_repr() const override;
+
+  int64_t in_features = 0, out_features = 0;
+  bool per_channel = true;
+  int32_t activation_quant_max = 127;
+  int threads = 0;  // 0 = the library default
+
+  const Tensor& weight() const { return weight_; }  // (out, in) i8, quantized
+  const Tensor& bias() const { return bias_; }
+  const std::vector<float>& weight_scales() const { return weight_scales_; }
+  const PackedWeightsI8& packed_weights() const { return packed_; }
+
+ private:
+  Tensor weight_, bias_;
+  std::vector<float> weight_scales_;  // one per output channel
+  PackedWeightsI8 packed_;
+};
+
+}  // namespace tq::quant
