@@ -66,8 +66,13 @@ std::vector<std::pair<std::string, Tensor>> Module::named_parameters(bool recurs
 }
 
 std::vector<Tensor> Module::parameters(bool recurse) const {
+  // The same order as named_parameters(), without building the names.
   std::vector<Tensor> out;
-  for (auto& [n, p] : named_parameters(recurse)) out.push_back(p);
+  for (auto& [n, p] : params_)
+    if (p.defined()) out.push_back(p);
+  if (recurse)
+    for (auto& s : slots_)
+      for (Tensor& p : s->module->parameters(true)) out.push_back(std::move(p));
   return out;
 }
 
@@ -119,6 +124,21 @@ void Module::replace_module(const std::string& path, std::shared_ptr<Module> m) 
   s->module = std::move(m);
 }
 
+Tensor Module::buffer(const std::string& name) const {
+  for (auto& [n, b] : buffers_)
+    if (n == name) return b;
+  return Tensor();
+}
+
+void Module::set_buffer(const std::string& name, const Tensor& value) {
+  for (auto& [n, b] : buffers_)
+    if (n == name) {
+      b = value;
+      return;
+    }
+  throw std::invalid_argument(fmt::format("{} has no buffer '{}'", type_name(), name));
+}
+
 void Module::train(bool on) {
   training_ = on;
   for (auto& s : slots_) s->module->train(on);
@@ -127,8 +147,8 @@ void Module::train(bool on) {
 void Module::zero_grad() {
   // Zero in place (PyTorch 1.13's default): the gradient buffers are reused
   // by the next backward instead of being allocated again.
-  for (auto& [n, p] : named_parameters()) {
-    Tensor g = p.grad();
+  for (const Tensor& p : parameters()) {
+    const Tensor g = p.grad();
     if (g.defined()) kernels::fill_(g, 0.0);
   }
 }

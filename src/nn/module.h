@@ -90,6 +90,15 @@ class Module {
   // PyTorch-style tree printout.
   std::string repr() const;
 
+  // ---- State restore (used by model-file loaders) ----
+  // This module's own buffer `name` (undefined if none).
+  Tensor buffer(const std::string& name) const;
+  // Replaces the tensor of an own buffer (its shape may change).
+  void set_buffer(const std::string& name, const Tensor& value);
+  // Called after a loader has restored parameters and buffers: modules that
+  // keep their own handles to buffers, or state derived from them, resync here.
+  virtual void on_state_loaded() {}
+
   // Quantization configuration: unset = inherit from the parent; set to
   // nullptr = keep this module float. Read by src/quant's passes.
   std::optional<std::shared_ptr<const quant::QConfig>> qconfig;

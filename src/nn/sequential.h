@@ -18,6 +18,11 @@ class Sequential : public Module {
     register_module(std::to_string(slots_.size()), std::forward<M>(m));
   }
   void push_back(std::shared_ptr<Module> m) { register_slot(std::to_string(slots_.size()), std::move(m)); }
+  // A named child ("fc1"), so the model prints and saves with readable names.
+  template <class M>
+  void push_back(const std::string& name, M&& m) {
+    register_module(name, std::forward<M>(m));
+  }
 
   Tensor forward(const Tensor& x) override {
     Tensor h = x;

@@ -2,12 +2,18 @@
 
 #include <cmath>
 #include <stdexcept>
+#include <type_traits>
 
 #include <fmt/format.h>
 
 #include "tensor/ops.h"
 
 namespace tq::quant {
+
+namespace detail {
+// quantize_avx2.cpp: the same per-tensor u8 loop, eight values at a time.
+void quantize_u8_avx2(const float* x, uint8_t* q, int64_t n, float inv_scale, float z, float qmin, float qmax);
+}  // namespace detail
 
 namespace {
 
@@ -18,14 +24,31 @@ void check_input(const Tensor& x, const char* op) {
                                             x.is_quantized() ? " (already quantized)" : ""));
 }
 
+// The plain loop over one run of values sharing (s, z): eq. 2. A NaN lands on qmin.
+template <class T>
+void quantize_run(const float* x, T* q, int64_t n, float inv_scale, float z, float qmin, float qmax) {
+  for (int64_t i = 0; i < n; ++i) {
+    float v = std::nearbyint(x[i] * inv_scale) + z;
+    v = v > qmin ? v : qmin;
+    v = v < qmax ? v : qmax;
+    q[i] = static_cast<T>(v);
+  }
+}
+
 template <class T>
 void quantize_into(const float* x, T* q, int64_t n, int64_t inner, int64_t channels, const QParams& qp) {
-  const bool pc = is_per_channel(qp.scheme);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t c = pc ? (i / inner) % channels : 0;
-    const float v = quantize_unclamped(x[i], 1.f / qp.scale[c], qp.zero_point[c]);
-    const float clamped = std::fmin(std::fmax(v, static_cast<float>(qp.quant_min)), static_cast<float>(qp.quant_max));
-    q[i] = static_cast<T>(clamped);
+  const float qmin = static_cast<float>(qp.quant_min), qmax = static_cast<float>(qp.quant_max);
+  if (!is_per_channel(qp.scheme)) {
+    const float inv = 1.f / qp.scale[0], z = static_cast<float>(qp.zero_point[0]);
+    if constexpr (std::is_same_v<T, uint8_t>) {
+      static const bool avx2 = __builtin_cpu_supports("avx2");
+      if (avx2) return detail::quantize_u8_avx2(x, q, n, inv, z, qmin, qmax);
+    }
+    return quantize_run(x, q, n, inv, z, qmin, qmax);
+  }
+  for (int64_t start = 0; start < n; start += inner) {
+    const int64_t c = (start / inner) % channels;
+    quantize_run(x + start, q + start, inner, 1.f / qp.scale[c], static_cast<float>(qp.zero_point[c]), qmin, qmax);
   }
 }
 

@@ -12,12 +12,13 @@
 
 namespace tq::quant {
 
-QuantizedLinear::QuantizedLinear(const Tensor& weight, const Tensor& bias, const QParams& wq, const QParams& oq,
+QuantizedLinear::QuantizedLinear(const Tensor& weight, const Tensor& bias, const QParams& wq_in, const QParams& oq,
                                  std::shared_ptr<const QParams> iq, bool relu, std::string layer_name)
     : fused_relu(relu), name(std::move(layer_name)), input_qparams_(std::move(iq)) {
   if (weight.dim() != 2) throw std::invalid_argument(fmt::format("{}: weight must be 2-D, got {}", name, weight.shape().str()));
   out_features = weight.size(0);
   in_features = weight.size(1);
+  const QParams& wq = weight.is_quantized() ? weight.qparams() : wq_in;
   if (wq.scheme != QScheme::per_tensor_symmetric && wq.scheme != QScheme::per_channel_symmetric)
     throw std::invalid_argument(fmt::format("{}: int8 weights must be symmetric (zero point 0), got {}", name,
                                             qscheme_name(wq.scheme)));
@@ -31,7 +32,10 @@ QuantizedLinear::QuantizedLinear(const Tensor& weight, const Tensor& bias, const
     throw std::invalid_argument(fmt::format("{}: bias of shape {} does not match {} output features", name,
                                             bias.shape().str(), out_features));
   // Offline: quantize and pack the weights once (float math allowed here).
-  weight_ = quantize(weight.detach(), wq, DType::i8);
+  // Weights that are already quantized (a loaded model file) are used as they are.
+  weight_ = weight.is_quantized() ? kernels::clone(weight) : quantize(weight.detach(), wq, DType::i8);
+  if (weight_.dtype() != DType::i8)
+    throw std::invalid_argument(fmt::format("{}: quantized weights must be i8, got {}", name, dtype_name(weight_.dtype())));
   for (int64_t n = 0; n < out_features; ++n)
     weight_scales_.push_back(is_per_channel(wq.scheme) ? wq.scale[static_cast<size_t>(n)] : wq.scale[0]);
   packed_ = PackedWeightsI8(weight_.data<int8_t>(), out_features, in_features);

@@ -1,0 +1,438 @@
+#include "io/model_file.h"
+
+#include <cmath>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "nn/activation.h"
+#include "nn/linear.h"
+#include "nn/sequential.h"
+#include "quant/dynamic_linear.h"
+#include "quant/fake_quantize.h"
+#include "quant/fused.h"
+#include "quant/histogram_observer.h"
+#include "quant/qat_linear.h"
+#include "quant/quantized_linear.h"
+#include "tensor/ops.h"
+
+namespace tq::io {
+
+using json = nlohmann::json;
+using TensorMap = std::map<std::string, Tensor>;
+namespace q = tq::quant;
+
+namespace {
+
+// ---- JSON helpers for quantization specs and qparams ----
+
+json spec_to_json(const q::QuantSpec& s) {
+  return {{"quant_min", s.quant_min}, {"quant_max", s.quant_max}, {"dtype", dtype_name(s.dtype)},
+          {"qscheme", qscheme_name(s.qscheme)}, {"ch_axis", s.ch_axis}};
+}
+
+QScheme parse_qscheme(const std::string& s) {
+  for (QScheme k : {QScheme::per_tensor_affine, QScheme::per_tensor_symmetric, QScheme::per_channel_affine,
+                    QScheme::per_channel_symmetric})
+    if (s == qscheme_name(k)) return k;
+  throw FormatError("unknown qscheme '" + s + "'");
+}
+
+q::QuantSpec spec_from_json(const json& j) {
+  q::QuantSpec s;
+  s.quant_min = j.at("quant_min").get<int32_t>();
+  s.quant_max = j.at("quant_max").get<int32_t>();
+  const std::string dt = j.at("dtype").get<std::string>();
+  if (dt == "u8") s.dtype = DType::u8;
+  else if (dt == "i8") s.dtype = DType::i8;
+  else throw FormatError("quantized dtype must be u8 or i8, not '" + dt + "'");
+  s.qscheme = parse_qscheme(j.at("qscheme").get<std::string>());
+  s.ch_axis = j.at("ch_axis").get<int>();
+  q::validate(s, "model file");
+  return s;
+}
+
+json qparams_to_json(const QParams& p) {
+  return {{"qscheme", qscheme_name(p.scheme)}, {"axis", p.axis}, {"quant_min", p.quant_min},
+          {"quant_max", p.quant_max}, {"scale", p.scale}, {"zero_point", p.zero_point}};
+}
+
+QParams qparams_from_json(const json& j, const std::string& what) {
+  QParams p;
+  p.scheme = parse_qscheme(j.at("qscheme").get<std::string>());
+  p.axis = j.at("axis").get<int>();
+  p.quant_min = j.at("quant_min").get<int32_t>();
+  p.quant_max = j.at("quant_max").get<int32_t>();
+  p.scale = j.at("scale").get<std::vector<float>>();
+  p.zero_point = j.at("zero_point").get<std::vector<int32_t>>();
+  if (p.quant_min >= p.quant_max)
+    throw FormatError(fmt::format("{}: quant_min {} is not below quant_max {}", what, p.quant_min, p.quant_max));
+  if (p.scale.empty() || p.scale.size() != p.zero_point.size())
+    throw FormatError(fmt::format("{}: {} scales and {} zero points", what, p.scale.size(), p.zero_point.size()));
+  if (!is_per_channel(p.scheme) && p.scale.size() != 1)
+    throw FormatError(fmt::format("{}: per-tensor qparams with {} scales", what, p.scale.size()));
+  for (size_t i = 0; i < p.scale.size(); ++i) {
+    if (!(p.scale[i] > 0) || !std::isfinite(p.scale[i]))
+      throw FormatError(fmt::format("{}: scale {} must be positive and finite (got {})", what, i, p.scale[i]));
+    if (p.zero_point[i] < p.quant_min || p.zero_point[i] > p.quant_max)
+      throw FormatError(fmt::format("{}: zero point {} is outside [{}, {}]", what, p.zero_point[i], p.quant_min, p.quant_max));
+  }
+  return p;
+}
+
+const Tensor& need(const TensorMap& t, const std::string& name, const std::string& module) {
+  auto it = t.find(name);
+  if (it == t.end()) throw FormatError(fmt::format("{} has no tensor '{}'", module, name));
+  return it->second;
+}
+
+void check_linear_shapes(const TensorMap& t, int64_t in, int64_t out, bool bias, const std::string& type) {
+  if (in <= 0 || out <= 0) throw FormatError(fmt::format("{}: in/out features must be positive ({}, {})", type, in, out));
+  const Tensor& w = need(t, "weight", type);
+  if (!(w.shape() == Shape{out, in}))
+    throw FormatError(fmt::format("{}: weight of shape {} does not match in_features={}, out_features={}", type,
+                                  w.shape().str(), in, out));
+  if (bias && !(need(t, "bias", type).shape() == Shape{out}))
+    throw FormatError(fmt::format("{}: bias of shape {} does not match out_features={}", type, t.at("bias").shape().str(), out));
+}
+
+// ---- The codecs of the library's modules ----
+
+void encode_linear(const nn::Module& m, json& c) {
+  auto& l = dynamic_cast<const nn::Linear&>(m);
+  c = {{"in_features", l.in_features}, {"out_features", l.out_features}, {"bias", l.bias.defined()}};
+}
+
+nn::Linear linear_from(const json& c, const TensorMap& t, const std::string& type) {
+  const int64_t in = c.at("in_features").get<int64_t>(), out = c.at("out_features").get<int64_t>();
+  const bool bias = c.at("bias").get<bool>();
+  check_linear_shapes(t, in, out, bias, type);
+  return nn::Linear(in, out, bias);  // values are restored afterwards
+}
+
+void encode_prepared(const nn::Module& m, json& c) {
+  auto& p = dynamic_cast<const q::QATLinear&>(m);
+  encode_linear(m, c);
+  c["fused_relu"] = p.fused_relu;
+  c["name"] = p.name;
+}
+
+template <class P>
+std::shared_ptr<nn::Module> decode_prepared(const json& c, const TensorMap& t) {
+  const nn::Linear f = linear_from(c, t, "QATLinear");
+  // Placeholder observers; the file's own children replace them.
+  auto p = std::make_shared<P>(f, *q::get_default_qat_qconfig("x86"), c.at("fused_relu").get<bool>());
+  p->name = c.at("name").get<std::string>();
+  return p;
+}
+
+void encode_observer(const nn::Module& m, json& c) {
+  auto& o = dynamic_cast<const q::QParamsSource&>(m);
+  c = {{"spec", spec_to_json(o.spec())}, {"owner", o.owner}};
+  if (auto* ma = dynamic_cast<const q::MovingAverageMinMaxObserver*>(&m)) c["averaging_constant"] = ma->averaging_constant;
+  if (auto* mp = dynamic_cast<const q::MovingAveragePerChannelMinMaxObserver*>(&m)) c["averaging_constant"] = mp->averaging_constant;
+  if (auto* h = dynamic_cast<const q::HistogramObserver*>(&m)) {
+    c["bins"] = h->bins();
+    c["upsample_rate"] = h->upsample_rate();
+  }
+  if (auto* ob = dynamic_cast<const q::ObserverBase*>(&m)) c["enabled"] = ob->enabled;
+}
+
+template <class O>
+std::shared_ptr<nn::Module> decode_observer(const json& c, const TensorMap&) {
+  const q::QuantSpec spec = spec_from_json(c.at("spec"));
+  std::shared_ptr<O> o;
+  if constexpr (std::is_same_v<O, q::MovingAverageMinMaxObserver> || std::is_same_v<O, q::MovingAveragePerChannelMinMaxObserver>)
+    o = std::make_shared<O>(spec, c.at("averaging_constant").get<float>());
+  else if constexpr (std::is_same_v<O, q::HistogramObserver>)
+    o = std::make_shared<O>(spec, c.at("bins").get<int>(), c.at("upsample_rate").get<int>());
+  else
+    o = std::make_shared<O>(spec);
+  o->owner = c.value("owner", std::string("observer"));
+  o->enabled = c.value("enabled", true);
+  return o;
+}
+
+void encode_fake_quant(const nn::Module& m, json& c) {
+  auto& f = dynamic_cast<const q::FakeQuantize&>(m);
+  c = {{"spec", spec_to_json(f.spec())}, {"owner", f.owner}, {"observer_enabled", f.observer_enabled},
+       {"fake_quant_enabled", f.fake_quant_enabled}};
+}
+
+std::shared_ptr<nn::Module> decode_fake_quant(const json& c, const TensorMap&) {
+  const q::QuantSpec spec = spec_from_json(c.at("spec"));
+  std::shared_ptr<q::ObserverBase> placeholder;
+  if (spec.per_channel()) placeholder = std::make_shared<q::PerChannelMinMaxObserver>(spec);
+  else placeholder = std::make_shared<q::MinMaxObserver>(spec);
+  auto f = std::make_shared<q::FakeQuantize>(placeholder);
+  f->owner = c.value("owner", std::string("fake_quant"));
+  f->observer_enabled = c.at("observer_enabled").get<bool>();
+  f->fake_quant_enabled = c.at("fake_quant_enabled").get<bool>();
+  return f;
+}
+
+void encode_quantized(const nn::Module& m, json& c) {
+  auto& l = dynamic_cast<const q::QuantizedLinear&>(m);
+  c = {{"in_features", l.in_features}, {"out_features", l.out_features}, {"bias", l.bias().defined()},
+       {"fused_relu", l.fused_relu}, {"name", l.name}, {"weight_qparams", qparams_to_json(l.weight().qparams())},
+       {"output_qparams", qparams_to_json(l.output_qparams())}};
+  if (l.input_qparams()) c["input_qparams"] = qparams_to_json(*l.input_qparams());
+}
+
+// The i8 weight tensor of a file, checked and given its qparams.
+Tensor quantized_weight(const TensorMap& t, const QParams& wq, int64_t in, int64_t out, bool bias, const std::string& type) {
+  check_linear_shapes(t, in, out, bias, type);
+  const Tensor& w = t.at("weight");
+  if (w.dtype() != DType::i8) throw FormatError(fmt::format("{}: weight must be I8, got {}", type, dtype_name(w.dtype())));
+  if (is_per_channel(wq.scheme) && (wq.axis != 0 || static_cast<int64_t>(wq.scale.size()) != out))
+    throw FormatError(fmt::format("{}: {} weight scales for {} output channels (axis {})", type, wq.scale.size(), out, wq.axis));
+  for (int64_t i = 0; i < w.numel(); ++i) {
+    const int v = w.data<int8_t>()[i];
+    if (v < wq.quant_min || v > wq.quant_max)
+      throw FormatError(fmt::format("{}: weight value {} lies outside its range [{}, {}]", type, v, wq.quant_min, wq.quant_max));
+  }
+  return with_qparams(w, std::make_shared<const QParams>(wq));
+}
+
+std::shared_ptr<nn::Module> decode_quantized(const json& c, const TensorMap& t) {
+  const std::string type = "QuantizedLinear";
+  const int64_t in = c.at("in_features").get<int64_t>(), out = c.at("out_features").get<int64_t>();
+  const bool bias = c.at("bias").get<bool>();
+  const QParams wq = qparams_from_json(c.at("weight_qparams"), type + " weight_qparams");
+  const QParams oq = qparams_from_json(c.at("output_qparams"), type + " output_qparams");
+  std::shared_ptr<const QParams> iq;
+  if (c.contains("input_qparams")) iq = std::make_shared<const QParams>(qparams_from_json(c["input_qparams"], type + " input_qparams"));
+  const Tensor w = quantized_weight(t, wq, in, out, bias, type);
+  return std::make_shared<q::QuantizedLinear>(w, bias ? t.at("bias") : Tensor(), wq, oq, iq, c.at("fused_relu").get<bool>(),
+                                              c.at("name").get<std::string>());
+}
+
+void encode_dynamic(const nn::Module& m, json& c) {
+  auto& d = dynamic_cast<const q::DynamicQuantizedLinear&>(m);
+  c = {{"in_features", d.in_features}, {"out_features", d.out_features}, {"bias", d.bias().defined()},
+       {"activation_quant_max", d.activation_quant_max}, {"weight_qparams", qparams_to_json(d.weight().qparams())}};
+}
+
+std::shared_ptr<nn::Module> decode_dynamic(const json& c, const TensorMap& t) {
+  const std::string type = "DynamicQuantizedLinear";
+  const int64_t in = c.at("in_features").get<int64_t>(), out = c.at("out_features").get<int64_t>();
+  const bool bias = c.at("bias").get<bool>();
+  const QParams wq = qparams_from_json(c.at("weight_qparams"), type + " weight_qparams");
+  const Tensor w = quantized_weight(t, wq, in, out, bias, type);
+  return q::DynamicQuantizedLinear::from_quantized(w, bias ? t.at("bias") : Tensor(), c.at("activation_quant_max").get<int32_t>());
+}
+
+void encode_nothing(const nn::Module&, json& c) { c = json::object(); }
+
+template <class M>
+ModuleCodec simple_codec() {
+  return {encode_nothing, [](const json&, const TensorMap&) -> std::shared_ptr<nn::Module> { return std::make_shared<M>(); }};
+}
+
+// Which tensors of a module are stored for it (the rest are rebuilt).
+bool stores_own_tensors_generically(const nn::Module& m) {
+  return !dynamic_cast<const q::QuantizedLinear*>(&m) && !dynamic_cast<const q::DynamicQuantizedLinear*>(&m);
+}
+
+// ---- Tree encoding ----
+
+json encode_tree(const nn::Module& m) {
+  json node = {{"type", m.type_name()}};
+  json config = json::object();
+  auto& codecs = module_codecs();
+  if (auto it = codecs.find(m.type_name()); it != codecs.end()) it->second.encode(m, config);
+  node["config"] = config;
+  json children = json::array();
+  for (auto& s : m.children()) children.push_back({{"name", s->name}, {"module", encode_tree(*s->module)}});
+  node["children"] = children;
+  return node;
+}
+
+// The tensors of module `prefix` (local names), from the whole file.
+TensorMap local_tensors(const TensorMap& all, const std::string& prefix) {
+  TensorMap out;
+  const std::string p = prefix.empty() ? "" : prefix + ".";
+  for (auto& [name, t] : all) {
+    if (name.compare(0, p.size(), p) != 0) continue;
+    const std::string rest = name.substr(p.size());
+    if (rest.find('.') == std::string::npos) out[rest] = t;
+  }
+  return out;
+}
+
+std::string join(const std::string& a, const std::string& b) { return a.empty() ? b : a + "." + b; }
+
+std::shared_ptr<nn::Module> decode_tree(const json& node, const TensorMap& all, const std::string& path,
+                                        const std::string& file, int depth) {
+  if (depth > 64) throw FormatError(fmt::format("{}: module tree is nested too deeply", file));
+  if (!node.is_object() || !node.contains("type") || !node["type"].is_string())
+    throw FormatError(fmt::format("{}: module '{}' has no type", file, path));
+  const std::string type = node["type"].get<std::string>();
+  auto& codecs = module_codecs();
+  auto it = codecs.find(type);
+  if (it == codecs.end())
+    throw FormatError(fmt::format("{}: module '{}' has type {}, which load_model cannot build; construct the model in "
+                                  "code and use load_into",
+                                  file, path.empty() ? "(root)" : path, type));
+  std::shared_ptr<nn::Module> m;
+  try {
+    m = it->second.decode(node.value("config", json::object()), local_tensors(all, path));
+  } catch (const FormatError& e) {
+    throw FormatError(fmt::format("{}: module '{}': {}", file, path, e.what()));
+  } catch (const json::exception& e) {
+    throw FormatError(fmt::format("{}: module '{}' ({}) has a bad config: {}", file, path, type, e.what()));
+  } catch (const std::invalid_argument& e) {
+    throw FormatError(fmt::format("{}: module '{}' ({}): {}", file, path, type, e.what()));
+  }
+  for (const json& child : node.value("children", json::array())) {
+    if (!child.contains("name") || !child["name"].is_string() || !child.contains("module"))
+      throw FormatError(fmt::format("{}: a child of '{}' has no name or module", file, path));
+    const std::string name = child["name"].get<std::string>();
+    auto c = decode_tree(child["module"], all, join(path, name), file, depth + 1);
+    if (auto slot = m->find_slot(name)) slot->module = c;
+    else m->register_slot(name, c);
+  }
+  return m;
+}
+
+// Swaps modules of the file's types into `m`'s slots where they differ.
+void adopt_tree(nn::Module& m, const json& node, const TensorMap& all, const std::string& path, const std::string& file) {
+  const json children = node.value("children", json::array());
+  for (const json& child : children) {
+    const std::string name = child.at("name").get<std::string>();
+    auto slot = m.find_slot(name);
+    if (!slot)
+      throw std::invalid_argument(fmt::format("{}: the file has a module '{}' that the model does not have", file, join(path, name)));
+    const std::string type = child.at("module").at("type").get<std::string>();
+    if (slot->module->type_name() != type) slot->module = decode_tree(child["module"], all, join(path, name), file, 1);
+    else adopt_tree(*slot->module, child["module"], all, join(path, name), file);
+  }
+  if (children.size() != m.children().size())
+    for (auto& s : m.children()) {
+      bool found = false;
+      for (const json& child : children) found |= child.at("name").get<std::string>() == s->name;
+      if (!found)
+        throw std::invalid_argument(fmt::format("{}: the model has a module '{}' that the file does not have", file, join(path, s->name)));
+    }
+}
+
+// Restores every parameter and buffer of `model` from the file's tensors.
+void restore_state(nn::Module& model, const TensorMap& all, const std::string& file) {
+  for (auto& [path, m] : model.named_modules()) {
+    if (!stores_own_tensors_generically(*m)) continue;
+    for (auto& [name, p] : m->named_parameters(false)) {
+      const std::string full = join(path, name);
+      auto it = all.find(full);
+      if (it == all.end()) throw std::invalid_argument(fmt::format("{}: parameter '{}' is missing from the file", file, full));
+      if (!(it->second.shape() == p.shape()) || it->second.dtype() != p.dtype())
+        throw std::invalid_argument(fmt::format("{}: parameter '{}' is {} {} in the file but {} {} in the model", file, full,
+                                                dtype_name(it->second.dtype()), it->second.shape().str(),
+                                                dtype_name(p.dtype()), p.shape().str()));
+      kernels::copy_(p, it->second);
+    }
+    for (auto& [name, b] : m->named_buffers(false)) {
+      const std::string full = join(path, name);
+      auto it = all.find(full);
+      if (it == all.end()) throw std::invalid_argument(fmt::format("{}: buffer '{}' is missing from the file", file, full));
+      if (it->second.shape() == b.shape() && it->second.dtype() == b.dtype()) kernels::copy_(b, it->second);
+      else m->set_buffer(name, kernels::clone(it->second));
+    }
+  }
+  // Children first, so a parent sees its children's restored state.
+  auto modules = model.named_modules();
+  for (auto it = modules.rbegin(); it != modules.rend(); ++it) it->second->on_state_loaded();
+}
+
+const json& model_tree(const SafetensorsFile& file, const std::string& name) {
+  static thread_local json parsed;
+  auto it = file.metadata.find("tinyqat");
+  if (it == file.metadata.end()) throw FormatError(fmt::format("{}: not a tinyqat model file (no 'tinyqat' metadata)", name));
+  try {
+    parsed = json::parse(it->second);
+  } catch (const json::exception& e) {
+    throw FormatError(fmt::format("{}: the model description is not valid JSON ({})", name, e.what()));
+  }
+  if (!parsed.is_object() || parsed.value("format", "") != "tinyqat-model")
+    throw FormatError(fmt::format("{}: the metadata does not describe a tinyqat model", name));
+  if (parsed.value("version", 0) != kModelFormatVersion)
+    throw FormatError(fmt::format("{}: model format version {} is not supported (expected {})", name,
+                                  parsed.value("version", 0), kModelFormatVersion));
+  if (!parsed.contains("model")) throw FormatError(fmt::format("{}: the metadata has no module tree", name));
+  return parsed;
+}
+
+}  // namespace
+
+std::map<std::string, ModuleCodec>& module_codecs() {
+  static std::map<std::string, ModuleCodec> codecs = [] {
+    std::map<std::string, ModuleCodec> c;
+    c["Sequential"] = simple_codec<nn::Sequential>();
+    c["ReLU"] = simple_codec<nn::ReLU>();
+    c["Flatten"] = simple_codec<nn::Flatten>();
+    c["Identity"] = simple_codec<q::Identity>();
+    c["Linear"] = {encode_linear, [](const json& cfg, const TensorMap& t) -> std::shared_ptr<nn::Module> {
+                     return std::make_shared<nn::Linear>(linear_from(cfg, t, "Linear"));
+                   }};
+    c["LinearReLU"] = {encode_linear, [](const json& cfg, const TensorMap& t) -> std::shared_ptr<nn::Module> {
+                         return std::make_shared<q::LinearReLU>(linear_from(cfg, t, "LinearReLU"));
+                       }};
+    for (const char* t : {"QATLinear", "QATLinearReLU"}) c[t] = {encode_prepared, decode_prepared<q::QATLinear>};
+    for (const char* t : {"ObservedLinear", "ObservedLinearReLU"}) c[t] = {encode_prepared, decode_prepared<q::ObservedLinear>};
+    for (const char* t : {"QuantizedLinear", "QuantizedLinearReLU"}) c[t] = {encode_quantized, decode_quantized};
+    c["DynamicQuantizedLinear"] = {encode_dynamic, decode_dynamic};
+    c["FakeQuantize"] = {encode_fake_quant, decode_fake_quant};
+    c["MinMaxObserver"] = {encode_observer, decode_observer<q::MinMaxObserver>};
+    c["MovingAverageMinMaxObserver"] = {encode_observer, decode_observer<q::MovingAverageMinMaxObserver>};
+    c["PerChannelMinMaxObserver"] = {encode_observer, decode_observer<q::PerChannelMinMaxObserver>};
+    c["MovingAveragePerChannelMinMaxObserver"] = {encode_observer, decode_observer<q::MovingAveragePerChannelMinMaxObserver>};
+    c["HistogramObserver"] = {encode_observer, decode_observer<q::HistogramObserver>};
+    return c;
+  }();
+  return codecs;
+}
+
+SafetensorsFile model_to_safetensors(const nn::Module& model, const std::map<std::string, std::string>& extra) {
+  SafetensorsFile file;
+  for (auto& [path, m] : model.named_modules()) {
+    if (auto* ql = dynamic_cast<const q::QuantizedLinear*>(m)) {
+      file.tensors[join(path, "weight")] = ql->weight().detach();
+      if (ql->bias().defined()) file.tensors[join(path, "bias")] = ql->bias();
+      continue;
+    }
+    if (auto* dl = dynamic_cast<const q::DynamicQuantizedLinear*>(m)) {
+      file.tensors[join(path, "weight")] = dl->weight().detach();
+      if (dl->bias().defined()) file.tensors[join(path, "bias")] = dl->bias();
+      continue;
+    }
+    for (auto& [name, p] : m->named_parameters(false)) file.tensors[join(path, name)] = p.detach();
+    for (auto& [name, b] : m->named_buffers(false)) file.tensors[join(path, name)] = b.detach();
+  }
+  json meta = {{"format", "tinyqat-model"}, {"version", kModelFormatVersion}, {"model", encode_tree(model)}};
+  file.metadata = extra;
+  file.metadata["tinyqat"] = meta.dump();
+  return file;
+}
+
+void save_model(const nn::Module& model, const std::string& path, const std::map<std::string, std::string>& extra) {
+  save_safetensors(path, model_to_safetensors(model, extra));
+}
+
+std::shared_ptr<nn::Module> build_model(const SafetensorsFile& file, const std::string& name) {
+  const json meta = model_tree(file, name);
+  auto model = decode_tree(meta["model"], file.tensors, "", name, 0);
+  restore_state(*model, file.tensors, name);
+  return model;
+}
+
+void load_into(nn::Module& model, const SafetensorsFile& file, const std::string& name) {
+  const json meta = model_tree(file, name);
+  adopt_tree(model, meta["model"], file.tensors, "", name);
+  restore_state(model, file.tensors, name);
+}
+
+std::shared_ptr<nn::Module> load_model(const std::string& path) { return build_model(load_safetensors(path), path); }
+
+void load_into(nn::Module& model, const std::string& path) { load_into(model, load_safetensors(path), path); }
+
+}  // namespace tq::io

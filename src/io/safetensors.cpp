@@ -1,0 +1,190 @@
+#include "io/safetensors.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "tensor/ops.h"
+
+namespace tq::io {
+
+using json = nlohmann::json;
+
+namespace {
+
+const char* st_dtype(DType t) {
+  switch (t) {
+    case DType::f32: return "F32";
+    case DType::i32: return "I32";
+    case DType::i8: return "I8";
+    case DType::u8: return "U8";
+    case DType::i64: return "I64";
+  }
+  return "?";
+}
+
+bool parse_dtype(const std::string& s, DType* out) {
+  static const std::pair<const char*, DType> table[] = {
+      {"F32", DType::f32}, {"I32", DType::i32}, {"I8", DType::i8}, {"U8", DType::u8}, {"I64", DType::i64}};
+  for (auto& [name, t] : table)
+    if (s == name) { *out = t; return true; }
+  return false;
+}
+
+[[noreturn]] void fail(const std::string& file, const std::string& what) {
+  throw FormatError(fmt::format("{}: {}", file, what));
+}
+
+}  // namespace
+
+std::string serialize_safetensors(const SafetensorsFile& file) {
+  json header = json::object();
+  if (!file.metadata.empty()) {
+    json meta = json::object();
+    for (auto& [k, v] : file.metadata) meta[k] = v;
+    header["__metadata__"] = meta;
+  }
+  uint64_t offset = 0;
+  std::vector<std::pair<const Tensor*, uint64_t>> order;
+  for (auto& [name, t] : file.tensors) {
+    if (name == "__metadata__") throw std::invalid_argument("safetensors: a tensor may not be named __metadata__");
+    const uint64_t nbytes = static_cast<uint64_t>(t.numel()) * dtype_size(t.dtype());
+    header[name] = {{"dtype", st_dtype(t.dtype())}, {"shape", t.shape().to_vector()}, {"data_offsets", {offset, offset + nbytes}}};
+    order.emplace_back(&t, offset);
+    offset += nbytes;
+  }
+  std::string h = header.dump();
+  // Pad the header with spaces so the data area starts 8-byte aligned.
+  while ((8 + h.size()) % 8 != 0) h += ' ';
+  std::string out(8, '\0');
+  const uint64_t n = h.size();
+  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
+  out += h;
+  out.reserve(out.size() + offset);
+  for (auto& [t, off] : order) {
+    const Tensor c = kernels::contiguous(*t);
+    out.append(static_cast<const char*>(c.raw_data()), static_cast<size_t>(c.numel()) * dtype_size(c.dtype()));
+  }
+  return out;
+}
+
+void write_file_atomically(const std::string& path, const std::string& bytes) {
+  const std::string tmp = fmt::format("{}.tmp-{}", path, ::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error(fmt::format("{}: cannot write ({})", path, std::strerror(errno)));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      const int e = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      throw std::runtime_error(fmt::format("{}: write failed ({})", path, std::strerror(e)));
+    }
+    done += static_cast<size_t>(w);
+  }
+  // The data must be on disk before the rename makes it the file.
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    const int e = errno;
+    ::unlink(tmp.c_str());
+    throw std::runtime_error(fmt::format("{}: flush failed ({})", path, std::strerror(e)));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int e = errno;
+    ::unlink(tmp.c_str());
+    throw std::runtime_error(fmt::format("{}: cannot rename the finished file into place ({})", path, std::strerror(e)));
+  }
+}
+
+void save_safetensors(const std::string& path, const SafetensorsFile& file) {
+  write_file_atomically(path, serialize_safetensors(file));
+}
+
+SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& name) {
+  if (bytes.size() < 8) fail(name, fmt::format("too short for a safetensors file ({} bytes; the header length alone is 8)", bytes.size()));
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[static_cast<size_t>(i)]);
+  if (n > kMaxHeaderBytes) fail(name, fmt::format("header length {} exceeds the limit of {} bytes", n, kMaxHeaderBytes));
+  if (n > bytes.size() - 8) fail(name, fmt::format("header length {} is larger than the file ({} bytes after the length)", n, bytes.size() - 8));
+  json header;
+  try {
+    header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(n));
+  } catch (const json::exception& e) {
+    fail(name, fmt::format("header is not valid JSON ({})", e.what()));
+  }
+  if (!header.is_object()) fail(name, "header is not a JSON object");
+  const uint64_t data_begin = 8 + n;
+  const uint64_t data_size = bytes.size() - data_begin;
+  SafetensorsFile out;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    const std::string& key = it.key();
+    if (key == "__metadata__") {
+      if (!it->is_object()) fail(name, "__metadata__ is not an object");
+      for (auto m = it->begin(); m != it->end(); ++m) {
+        if (!m->is_string()) fail(name, fmt::format("__metadata__ value '{}' is not a string", m.key()));
+        out.metadata[m.key()] = m->get<std::string>();
+      }
+      continue;
+    }
+    const json& e = *it;
+    if (!e.is_object() || !e.contains("dtype") || !e.contains("shape") || !e.contains("data_offsets"))
+      fail(name, fmt::format("tensor '{}' needs dtype, shape and data_offsets", key));
+    DType dt;
+    if (!e["dtype"].is_string() || !parse_dtype(e["dtype"].get<std::string>(), &dt))
+      fail(name, fmt::format("tensor '{}' has an unsupported dtype {}", key, e["dtype"].dump()));
+    const json& shape = e["shape"];
+    if (!shape.is_array() || shape.size() > static_cast<size_t>(kMaxDims))
+      fail(name, fmt::format("tensor '{}' has an invalid shape {}", key, shape.dump()));
+    Shape s;
+    uint64_t count = 1;
+    for (const json& d : shape) {
+      if (!d.is_number_unsigned()) fail(name, fmt::format("tensor '{}' has a non-integer or negative dimension in {}", key, shape.dump()));
+      const uint64_t v = d.get<uint64_t>();
+      // Overflow-safe: count * v must stay below the data size bound.
+      if (v != 0 && count > kMaxFileBytes / v) fail(name, fmt::format("tensor '{}' shape {} is too large", key, shape.dump()));
+      count *= v;
+      s.push_back(static_cast<int64_t>(v));
+    }
+    const json& offs = e["data_offsets"];
+    if (!offs.is_array() || offs.size() != 2 || !offs[0].is_number_unsigned() || !offs[1].is_number_unsigned())
+      fail(name, fmt::format("tensor '{}' has invalid data_offsets {}", key, offs.dump()));
+    const uint64_t b = offs[0].get<uint64_t>(), en = offs[1].get<uint64_t>();
+    if (b > en || en > data_size)
+      fail(name, fmt::format("tensor '{}' data_offsets [{}, {}] lie outside the data area of {} bytes", key, b, en, data_size));
+    const uint64_t need = count * dtype_size(dt);
+    if (en - b != need)
+      fail(name, fmt::format("tensor '{}' has {} bytes but dtype {} x shape {} needs {}", key, en - b,
+                             e["dtype"].get<std::string>(), s.str(), need));
+    if (en > b) ranges.emplace_back(b, en);
+    out.tensors[key] = from_bytes(bytes.data() + data_begin + b, dt, s);
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i)
+    if (ranges[i].first < ranges[i - 1].second) fail(name, "two tensors' data ranges overlap");
+  return out;
+}
+
+SafetensorsFile load_safetensors(const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) throw std::runtime_error(fmt::format("{}: cannot open ({})", path, std::strerror(errno)));
+  const std::streamoff size = in.tellg();
+  if (size < 0) throw std::runtime_error(fmt::format("{}: cannot read", path));
+  if (static_cast<uint64_t>(size) > kMaxFileBytes) throw FormatError(fmt::format("{}: file is larger than {} bytes", path, kMaxFileBytes));
+  std::string bytes(static_cast<size_t>(size), '\0');
+  in.seekg(0);
+  if (!in.read(bytes.data(), size)) throw std::runtime_error(fmt::format("{}: read failed", path));
+  return parse_safetensors(bytes, path);
+}
+
+}  // namespace tq::io

@@ -1,0 +1,49 @@
+// safetensors files (docs/model_files.md): an 8-byte little-endian header
+// length N, N bytes of JSON, then the raw little-endian tensor bytes.
+//   { "__metadata__": {"key": "string", ...},
+//     "name": {"dtype": "F32", "shape": [out, in], "data_offsets": [begin, end]}, ... }
+// Offsets are relative to the start of the data area. The reader trusts
+// nothing: every length, offset and shape is checked before use, and each
+// failure names the file and the problem.
+#pragma once
+
+#include <map>
+#include <stdexcept>
+#include <string>
+
+#include "tensor/tensor.h"
+
+namespace tq::io {
+
+// A file that is not what it claims to be.
+class FormatError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct SafetensorsFile {
+  std::map<std::string, Tensor> tensors;  // contiguous, in their stored dtype
+  std::map<std::string, std::string> metadata;
+};
+
+// Limits that keep a hostile header from making the reader allocate or loop.
+inline constexpr uint64_t kMaxHeaderBytes = 64ull << 20;   // 64 MiB of JSON
+inline constexpr uint64_t kMaxFileBytes = 16ull << 30;     // 16 GiB
+
+// Writes atomically: to "<path>.tmp-<pid>", flushed, then renamed over
+// `path`, so an interrupted save never leaves a half file and never harms an
+// existing one. Throws std::runtime_error naming the path on I/O failure.
+void save_safetensors(const std::string& path, const SafetensorsFile& file);
+
+// Reads and validates a whole file. Throws FormatError (bad content) or
+// std::runtime_error (cannot open / read), naming the file.
+SafetensorsFile load_safetensors(const std::string& path);
+// The same from bytes in memory (`name` is used in messages): for tests and fuzzing.
+SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& name);
+// The file's bytes as save_safetensors would write them.
+std::string serialize_safetensors(const SafetensorsFile& file);
+
+// Writes `bytes` to `path` atomically (temp file + fsync + rename).
+void write_file_atomically(const std::string& path, const std::string& bytes);
+
+}  // namespace tq::io

@@ -1,0 +1,499 @@
+// tinyqat: the command line over the whole workflow (README "Command line").
+//   tinyqat train | qat | ptq | dynamic | eval | inspect | compare | pipeline
+// Exit status: 0 success, 2 usage error, 1 any other error (message on stderr).
+#include <cblas.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+
+#include <cxxopts.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "io/model_file.h"
+#include "quant/quant.h"
+#include "tensor/random.h"
+#include "workflow.h"
+
+using json = nlohmann::json;
+using namespace tq;
+
+namespace {
+
+// A usage error: exit status 2.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Options every subcommand has.
+void add_common(cxxopts::Options& o) {
+  o.add_options("common")("data", "Fashion-MNIST directory (IDX files)", cxxopts::value<std::string>()->default_value(io::kFashionMnistDir))(
+      "threads", "threads for float and int8 kernels (0 = all cores)", cxxopts::value<int>()->default_value("0"))(
+      "json", "print one JSON object on stdout instead of the summary")("progress", "draw a progress bar on stderr even when it is not a terminal")(
+      "h,help", "show this help");
+}
+
+cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv) {
+  auto r = o.parse(argc, argv);
+  if (r.count("help")) {
+    std::cout << o.help() << "\n";
+    std::exit(0);
+  }
+  if (!r.unmatched().empty()) throw UsageError(fmt::format("unexpected argument '{}'", r.unmatched()[0]));
+  return r;
+}
+
+void apply_threads(const cxxopts::ParseResult& r) {
+  const int t = r["threads"].as<int>();
+  if (t < 0) throw UsageError("--threads must be 0 (all cores) or positive");
+  if (t > 0) openblas_set_num_threads(t);
+}
+
+void finish(const cxxopts::ParseResult& r, const json& j, const std::string& summary) {
+  if (r.count("json")) std::cout << j.dump() << "\n";
+  else std::cout << summary;
+}
+
+std::string require(const cxxopts::ParseResult& r, const char* name) {
+  if (!r.count(name)) throw UsageError(fmt::format("--{} is required", name));
+  return r[name].as<std::string>();
+}
+
+std::shared_ptr<nn::Module> load(const std::string& path) { return io::load_model(path); }
+
+// ---- train ----
+
+int cmd_train(int argc, char** argv) {
+  cxxopts::Options o("tinyqat train", "Train the float MLP on Fashion-MNIST and save it.");
+  o.add_options()("hidden", "hidden layer sizes", cxxopts::value<std::string>()->default_value("256,128"))(
+      "epochs", "epochs", cxxopts::value<int>()->default_value("5"))("batch-size", "batch size", cxxopts::value<int64_t>()->default_value("64"))(
+      "lr", "learning rate", cxxopts::value<double>()->default_value("0.01"))("momentum", "SGD momentum", cxxopts::value<double>()->default_value("0.9"))(
+      "seed", "random seed (initialisation and shuffling)", cxxopts::value<uint64_t>()->default_value("0"))(
+      "out", "model file to write", cxxopts::value<std::string>());
+  add_common(o);
+  auto r = parse(o, argc, argv);
+  apply_threads(r);
+  const std::string out = require(r, "out");
+  const auto hidden = cli::parse_hidden(r["hidden"].as<std::string>());
+  const int epochs = r["epochs"].as<int>();
+  if (epochs < 1) throw UsageError("--epochs must be at least 1");
+  if (r["batch-size"].as<int64_t>() < 1) throw UsageError("--batch-size must be at least 1");
+  cli::check_output_path(out);
+  const std::string dir = r["data"].as<std::string>();
+  const io::Dataset train_set = io::load_fashion_mnist(dir, io::Split::train);
+  const io::Dataset test_set = io::load_fashion_mnist(dir, io::Split::test);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  const uint64_t seed = r["seed"].as<uint64_t>();
+  manual_seed(seed);
+  auto model = cli::make_mlp(train_set.images.size(1) * train_set.images.size(2), hidden, train_set.num_classes);
+  io::DataLoader loader(train_set, {.batch_size = r["batch-size"].as<int64_t>(), .seed = seed});
+  const auto stats = cli::train(*model, loader, test_set,
+                                {.epochs = epochs, .lr = r["lr"].as<double>(), .momentum = r["momentum"].as<double>(),
+                                 .progress = cli::progress_wanted(r.count("progress") > 0), .label = "train"});
+  const double secs = seconds_since(t0);
+  io::save_model(*model, out, {{"accuracy", fmt::format("{:.2f}", stats.back().test_accuracy)}});
+  json j = {{"accuracy", stats.back().test_accuracy}, {"seconds", secs}, {"model_bytes", cli::file_bytes(out)}, {"model", out}};
+  json epochs_j = json::array();
+  std::string summary;
+  for (size_t e = 0; e < stats.size(); ++e) {
+    epochs_j.push_back({{"epoch", e + 1}, {"loss", stats[e].loss}, {"accuracy", stats[e].test_accuracy}, {"seconds", stats[e].seconds}});
+    summary += fmt::format("epoch {:>2}  loss {:.4f}  test accuracy {:.2f}%  ({:.1f} s)\n", e + 1, stats[e].loss,
+                           stats[e].test_accuracy, stats[e].seconds);
+  }
+  j["epochs"] = epochs_j;
+  summary += fmt::format("float model: test accuracy {:.2f}%, {} bytes, {:.1f} s -> {}\n", stats.back().test_accuracy,
+                         cli::file_bytes(out), secs, out);
+  finish(r, j, summary);
+  return 0;
+}
+
+// ---- qat ----
+
+int cmd_qat(int argc, char** argv) {
+  cxxopts::Options o("tinyqat qat", "Fine-tune a float model with fake quantization, convert it to int8 and save it.");
+  o.add_options()("from", "float model file", cxxopts::value<std::string>())("epochs", "epochs", cxxopts::value<int>()->default_value("1"))(
+      "qconfig", "x86 | fbgemm | qnnpack", cxxopts::value<std::string>()->default_value("x86"))(
+      "batch-size", "batch size", cxxopts::value<int64_t>()->default_value("64"))("lr", "learning rate", cxxopts::value<double>()->default_value("0.01"))(
+      "momentum", "SGD momentum", cxxopts::value<double>()->default_value("0.9"))("seed", "shuffling seed", cxxopts::value<uint64_t>()->default_value("0"))(
+      "no-fuse", "keep Linear and ReLU apart (by default they are fused)")("out", "int8 model file to write", cxxopts::value<std::string>());
+  add_common(o);
+  auto r = parse(o, argc, argv);
+  apply_threads(r);
+  const std::string from = require(r, "from"), out = require(r, "out");
+  if (r["epochs"].as<int>() < 1) throw UsageError("--epochs must be at least 1");
+  cli::check_output_path(out);
+  auto qconfig = quant::get_default_qat_qconfig(r["qconfig"].as<std::string>());
+  const std::string dir = r["data"].as<std::string>();
+  const io::Dataset train_set = io::load_fashion_mnist(dir, io::Split::train);
+  const io::Dataset test_set = io::load_fashion_mnist(dir, io::Split::test);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto model = load(from);
+  const double float_acc = cli::evaluate(*model, test_set).accuracy;
+  if (!r.count("no-fuse")) quant::fuse_linear_relu(*model);
+  model->qconfig = qconfig;
+  quant::prepare_qat(*model);
+  io::DataLoader loader(train_set, {.batch_size = r["batch-size"].as<int64_t>(), .seed = r["seed"].as<uint64_t>()});
+  const auto stats = cli::train(*model, loader, test_set,
+                                {.epochs = r["epochs"].as<int>(), .lr = r["lr"].as<double>(), .momentum = r["momentum"].as<double>(),
+                                 .progress = cli::progress_wanted(r.count("progress") > 0), .label = "qat"});
+  const cli::Evaluation fq = cli::evaluate(*model, test_set);
+  quant::convert(*model);
+  cli::set_int8_threads(*model, r["threads"].as<int>());
+  const cli::Evaluation int8 = cli::evaluate(*model, test_set);
+  const double step = cli::output_step(*model);
+  io::save_model(*model, out, {{"accuracy", fmt::format("{:.2f}", int8.accuracy)}});
+  const double agree = cli::agreement(fq, int8), steps = cli::max_step_difference(fq, int8, step);
+  json j = {{"float_accuracy", float_acc}, {"fake_quant_accuracy", fq.accuracy}, {"accuracy", int8.accuracy},
+            {"agreement", agree}, {"max_step_diff", steps}, {"model_bytes", cli::file_bytes(out)},
+            {"seconds", seconds_since(t0)}, {"model", out}};
+  json epochs_j = json::array();
+  for (size_t e = 0; e < stats.size(); ++e)
+    epochs_j.push_back({{"epoch", e + 1}, {"loss", stats[e].loss}, {"accuracy", stats[e].test_accuracy}});
+  j["epochs"] = epochs_j;
+  finish(r, j,
+         fmt::format("float {:.2f}% -> fake quant {:.2f}% -> int8 {:.2f}%; fake-quant vs int8 agreement {:.2f}%, "
+                     "max difference {:.2f} steps; {} bytes -> {}\n",
+                     float_acc, fq.accuracy, int8.accuracy, agree, steps, cli::file_bytes(out), out));
+  return 0;
+}
+
+// ---- ptq ----
+
+int cmd_ptq(int argc, char** argv) {
+  cxxopts::Options o("tinyqat ptq", "Post-training static quantization: calibrate observers, convert to int8.");
+  o.add_options()("from", "float model file", cxxopts::value<std::string>())(
+      "calibration-batches", "training batches run through the observers", cxxopts::value<int64_t>()->default_value("32"))(
+      "batch-size", "calibration batch size", cxxopts::value<int64_t>()->default_value("64"))(
+      "observer", "minmax | moving_average | histogram", cxxopts::value<std::string>()->default_value("histogram"))(
+      "qconfig", "x86 | fbgemm | qnnpack (activation range and weight scheme)", cxxopts::value<std::string>()->default_value("x86"))(
+      "seed", "calibration sample seed", cxxopts::value<uint64_t>()->default_value("0"))("no-fuse", "keep Linear and ReLU apart")(
+      "out", "int8 model file to write", cxxopts::value<std::string>());
+  add_common(o);
+  auto r = parse(o, argc, argv);
+  apply_threads(r);
+  const std::string from = require(r, "from"), out = require(r, "out");
+  const int64_t batches = r["calibration-batches"].as<int64_t>();
+  if (batches < 1) throw UsageError("--calibration-batches must be at least 1");
+  const std::string backend = r["qconfig"].as<std::string>();
+  if (backend != "x86" && backend != "fbgemm" && backend != "qnnpack")
+    throw UsageError(fmt::format("--qconfig '{}': use x86, fbgemm or qnnpack", backend));
+  auto qconfig = quant::make_ptq_qconfig(r["observer"].as<std::string>(), 8, backend == "qnnpack" ? 8 : 7, backend != "qnnpack");
+  cli::check_output_path(out);
+  const std::string dir = r["data"].as<std::string>();
+  const io::Dataset train_set = io::load_fashion_mnist(dir, io::Split::train);
+  const io::Dataset test_set = io::load_fashion_mnist(dir, io::Split::test);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto model = load(from);
+  const cli::Evaluation fl = cli::evaluate(*model, test_set);
+  if (!r.count("no-fuse")) quant::fuse_linear_relu(*model);
+  model->qconfig = qconfig;
+  quant::prepare(*model);
+  {
+    NoGradGuard no_grad;
+    model->eval();
+    io::DataLoader loader(train_set, {.batch_size = r["batch-size"].as<int64_t>(), .seed = r["seed"].as<uint64_t>()});
+    io::Batch b;
+    cli::Progress bar("calibrate", batches, cli::progress_wanted(r.count("progress") > 0));
+    for (int64_t i = 0; i < batches && loader.next(b); ++i) {
+      (*model)(b.images);
+      bar.advance();
+    }
+  }
+  quant::convert(*model);
+  cli::set_int8_threads(*model, r["threads"].as<int>());
+  const cli::Evaluation int8 = cli::evaluate(*model, test_set);
+  io::save_model(*model, out, {{"accuracy", fmt::format("{:.2f}", int8.accuracy)}});
+  const double agree = cli::agreement(fl, int8);
+  json j = {{"float_accuracy", fl.accuracy}, {"accuracy", int8.accuracy}, {"agreement", agree},
+            {"model_bytes", cli::file_bytes(out)}, {"seconds", seconds_since(t0)}, {"model", out}};
+  finish(r, j,
+         fmt::format("float {:.2f}% -> PTQ int8 {:.2f}% ({} observer, {} calibration batches); agreement with float "
+                     "{:.2f}%; {} bytes -> {}\n",
+                     fl.accuracy, int8.accuracy, r["observer"].as<std::string>(), batches, agree, cli::file_bytes(out), out));
+  return 0;
+}
+
+// ---- dynamic ----
+
+int cmd_dynamic(int argc, char** argv) {
+  cxxopts::Options o("tinyqat dynamic", "Dynamic quantization: int8 weights, activations quantized per batch.");
+  o.add_options()("from", "float model file", cxxopts::value<std::string>())(
+      "per-tensor", "one weight scale per layer (as PyTorch) instead of one per output channel")("out", "model file to write", cxxopts::value<std::string>());
+  add_common(o);
+  auto r = parse(o, argc, argv);
+  apply_threads(r);
+  const std::string from = require(r, "from"), out = require(r, "out");
+  cli::check_output_path(out);
+  const io::Dataset test_set = io::load_fashion_mnist(r["data"].as<std::string>(), io::Split::test);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto model = load(from);
+  const cli::Evaluation fl = cli::evaluate(*model, test_set);
+  quant::quantize_dynamic(*model, {}, DType::i8, !r.count("per-tensor"));
+  cli::set_int8_threads(*model, r["threads"].as<int>());
+  const cli::Evaluation dyn = cli::evaluate(*model, test_set);
+  io::save_model(*model, out, {{"accuracy", fmt::format("{:.2f}", dyn.accuracy)}});
+  const double agree = cli::agreement(fl, dyn);
+  json j = {{"float_accuracy", fl.accuracy}, {"accuracy", dyn.accuracy}, {"agreement", agree},
+            {"model_bytes", cli::file_bytes(out)}, {"seconds", seconds_since(t0)}, {"model", out}};
+  finish(r, j, fmt::format("float {:.2f}% -> dynamic int8 {:.2f}%; agreement with float {:.2f}%; {} bytes -> {}\n", fl.accuracy,
+                           dyn.accuracy, agree, cli::file_bytes(out), out));
+  return 0;
+}
+
+// ---- eval ----
+
+int cmd_eval(int argc, char** argv) {
+  cxxopts::Options o("tinyqat eval", "Test-set accuracy and latency of a model file (float, QAT or int8).");
+  o.add_options()("model", "model file", cxxopts::value<std::string>())("batch-size", "evaluation batch size", cxxopts::value<int64_t>()->default_value("1000"));
+  add_common(o);
+  auto r = parse(o, argc, argv);
+  apply_threads(r);
+  const std::string path = require(r, "model");
+  if (r["batch-size"].as<int64_t>() < 1) throw UsageError("--batch-size must be at least 1");
+  auto model = load(path);
+  cli::set_int8_threads(*model, r["threads"].as<int>());
+  const io::Dataset test_set = io::load_fashion_mnist(r["data"].as<std::string>(), io::Split::test);
+  const cli::Evaluation ev = cli::evaluate(*model, test_set, r["batch-size"].as<int64_t>());
+  const double l1 = cli::latency_us(*model, test_set, 1), l256 = cli::latency_us(*model, test_set, 256);
+  json j = {{"accuracy", ev.accuracy}, {"samples", ev.samples}, {"latency_us", {{"batch_1", l1}, {"batch_256", l256}}},
+            {"model_bytes", cli::file_bytes(path)}};
+  finish(r, j,
+         fmt::format("{}: test accuracy {:.2f}% on {} samples; latency {:.1f} us at batch 1, {:.1f} us at batch 256\n",
+                     path, ev.accuracy, ev.samples, l1, l256));
+  return 0;
+}
+
+// ---- inspect ----
+
+int cmd_inspect(int argc, char** argv) {
+  cxxopts::Options o("tinyqat inspect", "Print a model file's module tree, parameter count and bytes per dtype.");
+  o.add_options()("model", "model file", cxxopts::value<std::string>());
+  add_common(o);
+  auto r = parse(o, argc, argv);
+  const std::string path = require(r, "model");
+  const io::SafetensorsFile file = io::load_safetensors(path);
+  auto model = io::build_model(file, path);
+  std::map<std::string, int64_t> bytes;
+  int64_t params = 0;
+  for (auto& [name, t] : file.tensors) {
+    bytes[dtype_name(t.dtype())] += t.numel() * static_cast<int64_t>(dtype_size(t.dtype()));
+    params += t.numel();
+  }
+  json j = {{"model", model->repr()}, {"tensors", file.tensors.size()}, {"elements", params}, {"bytes_per_dtype", bytes},
+            {"file_bytes", cli::file_bytes(path)}};
+  std::string s = model->repr() + "\n\n" + fmt::format("{} tensors, {} elements, file {} bytes\n", file.tensors.size(), params,
+                                                       cli::file_bytes(path));
+  for (auto& [dt, n] : bytes) s += fmt::format("  {:>4}: {} bytes\n", dt, n);
+  finish(r, j, s);
+  return 0;
+}
+
+// ---- compare ----
+
+int cmd_compare(int argc, char** argv) {
+  cxxopts::Options o("tinyqat compare", "Per-layer SQNR of a quantized model against its float model, on test data.");
+  o.add_options()("float", "float model file", cxxopts::value<std::string>())("quantized", "quantized model file", cxxopts::value<std::string>())(
+      "samples", "test samples to run", cxxopts::value<int64_t>()->default_value("1000"));
+  add_common(o);
+  auto r = parse(o, argc, argv);
+  apply_threads(r);
+  auto fl = load(require(r, "float"));
+  auto qm = load(require(r, "quantized"));
+  const io::Dataset test_set = io::load_fashion_mnist(r["data"].as<std::string>(), io::Split::test);
+  const int64_t n = std::min<int64_t>(std::max<int64_t>(1, r["samples"].as<int64_t>()), test_set.size());
+  io::DataLoader loader(test_set.slice(0, n), {.batch_size = n, .shuffle = false});
+  io::Batch b;
+  loader.next(b);
+  const auto weights = quant::compare_weights(*fl, *qm);
+  const auto outputs = quant::compare_model_outputs(*fl, *qm, b.images);
+  auto rows = [](const std::vector<quant::LayerComparison>& v) {
+    json a = json::array();
+    for (auto& c : v)
+      a.push_back({{"layer", c.name}, {"float_type", c.float_type}, {"quant_type", c.quant_type},
+                   {"sqnr_db", std::isfinite(c.sqnr_db) ? json(c.sqnr_db) : json(nullptr)}, {"max_abs_error", c.max_abs_error}});
+    return a;
+  };
+  json j = {{"weights", rows(weights)}, {"outputs", rows(outputs)}, {"samples", n}};
+  finish(r, j,
+         quant::format_comparison(weights, "weights") + "\n" +
+             quant::format_comparison(outputs, fmt::format("layer outputs on {} test samples", n)));
+  return 0;
+}
+
+// ---- pipeline: the README's main job ----
+
+int cmd_pipeline(int argc, char** argv) {
+  cxxopts::Options o("tinyqat pipeline",
+                     "Train the float MLP, then QAT, PTQ and dynamic int8 models from it, and print one comparison table.");
+  o.add_options()("workdir", "where the model files go", cxxopts::value<std::string>()->default_value("models"))(
+      "epochs", "float training epochs", cxxopts::value<int>()->default_value("5"))(
+      "qat-epochs", "QAT fine-tuning epochs", cxxopts::value<int>()->default_value("1"))(
+      "qat-lr", "QAT learning rate", cxxopts::value<double>()->default_value("0.01"))(
+      "seed", "random seed", cxxopts::value<uint64_t>()->default_value("0"));
+  add_common(o);
+  auto r = parse(o, argc, argv);
+  apply_threads(r);
+  const std::string wd = r["workdir"].as<std::string>();
+  std::filesystem::create_directories(wd);
+  const std::string dir = r["data"].as<std::string>();
+  const io::Dataset train_set = io::load_fashion_mnist(dir, io::Split::train);
+  const io::Dataset test_set = io::load_fashion_mnist(dir, io::Split::test);
+  const bool progress = cli::progress_wanted(r.count("progress") > 0);
+  const uint64_t seed = r["seed"].as<uint64_t>();
+  const int threads = r["threads"].as<int>();
+  const auto t0 = std::chrono::steady_clock::now();
+
+  // 1. Float model.
+  manual_seed(seed);
+  auto float_model = cli::make_mlp(784, {256, 128}, 10);
+  {
+    io::DataLoader loader(train_set, {.batch_size = 64, .seed = seed});
+    cli::train(*float_model, loader, test_set,
+               {.epochs = r["epochs"].as<int>(), .lr = 0.01, .momentum = 0.9, .progress = progress, .label = "float"});
+  }
+  const std::string float_path = wd + "/float.safetensors";
+  io::save_model(*float_model, float_path);
+  const cli::Evaluation fl = cli::evaluate(*float_model, test_set);
+
+  struct Row {
+    std::string method;
+    double accuracy, agreement;
+    std::string agreement_with;
+    int64_t bytes;
+    double lat1, lat64;
+  };
+  std::vector<Row> table;
+  table.push_back({"float", fl.accuracy, 100.0, "itself", cli::file_bytes(float_path),
+                   cli::latency_us(*float_model, test_set, 1), cli::latency_us(*float_model, test_set, 64)});
+
+  // 2. QAT from the float model.
+  auto qat = io::load_model(float_path);
+  quant::fuse_linear_relu(*qat);
+  qat->qconfig = quant::get_default_qat_qconfig("x86");
+  quant::prepare_qat(*qat);
+  {
+    io::DataLoader loader(train_set, {.batch_size = 64, .seed = seed + 1});
+    cli::train(*qat, loader, test_set,
+               {.epochs = r["qat-epochs"].as<int>(), .lr = r["qat-lr"].as<double>(), .momentum = 0.9, .progress = progress, .label = "qat"});
+  }
+  const cli::Evaluation fq = cli::evaluate(*qat, test_set);
+  quant::convert(*qat);
+  cli::set_int8_threads(*qat, threads);
+  const cli::Evaluation qat8 = cli::evaluate(*qat, test_set);
+  const double qat_steps = cli::max_step_difference(fq, qat8, cli::output_step(*qat));
+  io::save_model(*qat, wd + "/qat_int8.safetensors");
+  table.push_back({"QAT int8", qat8.accuracy, cli::agreement(fq, qat8), "fake quant", cli::file_bytes(wd + "/qat_int8.safetensors"),
+                   cli::latency_us(*qat, test_set, 1), cli::latency_us(*qat, test_set, 64)});
+
+  // 3. PTQ (histogram observer, 32 calibration batches).
+  auto ptq = io::load_model(float_path);
+  quant::fuse_linear_relu(*ptq);
+  ptq->qconfig = quant::get_default_qconfig("x86");
+  quant::prepare(*ptq);
+  {
+    NoGradGuard no_grad;
+    ptq->eval();
+    io::DataLoader loader(train_set, {.batch_size = 64, .seed = seed + 2});
+    io::Batch b;
+    for (int i = 0; i < 32 && loader.next(b); ++i) (*ptq)(b.images);
+  }
+  quant::convert(*ptq);
+  cli::set_int8_threads(*ptq, threads);
+  const cli::Evaluation ptq8 = cli::evaluate(*ptq, test_set);
+  io::save_model(*ptq, wd + "/ptq_int8.safetensors");
+  table.push_back({"PTQ int8", ptq8.accuracy, cli::agreement(fl, ptq8), "float", cli::file_bytes(wd + "/ptq_int8.safetensors"),
+                   cli::latency_us(*ptq, test_set, 1), cli::latency_us(*ptq, test_set, 64)});
+
+  // 4. Dynamic.
+  auto dyn = io::load_model(float_path);
+  quant::quantize_dynamic(*dyn);
+  cli::set_int8_threads(*dyn, threads);
+  const cli::Evaluation dyn8 = cli::evaluate(*dyn, test_set);
+  io::save_model(*dyn, wd + "/dynamic_int8.safetensors");
+  table.push_back({"dynamic int8", dyn8.accuracy, cli::agreement(fl, dyn8), "float", cli::file_bytes(wd + "/dynamic_int8.safetensors"),
+                   cli::latency_us(*dyn, test_set, 1), cli::latency_us(*dyn, test_set, 64)});
+
+  json rows = json::array();
+  std::string s = fmt::format("\nFashion-MNIST, MLP 784-256-128-10, {} test images ({:.0f} s in all)\n\n", test_set.size(),
+                              seconds_since(t0));
+  s += fmt::format("| {:<12} | {:>9} | {:>22} | {:>11} | {:>15} | {:>16} |\n", "method", "accuracy", "agreement",
+                   "model bytes", "latency batch 1", "latency batch 64");
+  s += "|--------------|-----------|------------------------|-------------|-----------------|------------------|\n";
+  for (auto& row : table) {
+    s += fmt::format("| {:<12} | {:>8.2f}% | {:>7.2f}% vs {:<11} | {:>11} | {:>12.1f} us | {:>13.1f} us |\n", row.method,
+                     row.accuracy, row.agreement, row.agreement_with, row.bytes, row.lat1, row.lat64);
+    rows.push_back({{"method", row.method}, {"accuracy", row.accuracy}, {"agreement", row.agreement},
+                    {"agreement_with", row.agreement_with}, {"model_bytes", row.bytes}, {"latency_us_batch_1", row.lat1},
+                    {"latency_us_batch_64", row.lat64}});
+  }
+  s += fmt::format("\nQAT: fake-quant accuracy {:.2f}%, int8 vs fake quant max difference {:.2f} output steps\n", fq.accuracy, qat_steps);
+  json j = {{"rows", rows}, {"fake_quant_accuracy", fq.accuracy}, {"max_step_diff", qat_steps}, {"seconds", seconds_since(t0)}};
+  finish(r, j, s);
+  return 0;
+}
+
+const std::map<std::string, int (*)(int, char**)> kCommands = {
+    {"train", cmd_train}, {"qat", cmd_qat},         {"ptq", cmd_ptq},         {"dynamic", cmd_dynamic},
+    {"eval", cmd_eval},   {"inspect", cmd_inspect}, {"compare", cmd_compare}, {"pipeline", cmd_pipeline},
+};
+
+void usage(std::FILE* f) {
+  std::fprintf(f,
+               "usage: tinyqat <command> [options]   (tinyqat <command> --help for its options)\n\n"
+               "commands:\n"
+               "  train     train the float MLP on Fashion-MNIST\n"
+               "  qat       quantization-aware fine-tuning, then convert to int8\n"
+               "  ptq       post-training static quantization with calibration\n"
+               "  dynamic   dynamic quantization (int8 weights, per-batch activations)\n"
+               "  eval      accuracy and latency of a model file\n"
+               "  inspect   print a model file's modules, parameters and bytes\n"
+               "  compare   per-layer SQNR of a quantized model against its float model\n"
+               "  pipeline  all of the above in one run, with a comparison table\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+    usage(stdout);
+    return 0;
+  }
+  auto it = kCommands.find(cmd);
+  if (it == kCommands.end()) {
+    std::fprintf(stderr, "tinyqat: unknown command '%s'\n", cmd.c_str());
+    usage(stderr);
+    return 2;
+  }
+  try {
+    return it->second(argc - 1, argv + 1);
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), e.what());
+    return 2;
+  } catch (const cxxopts::exceptions::exception& e) {
+    std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), e.what());
+    return 2;
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), e.what());
+    return 1;
+  }
+}

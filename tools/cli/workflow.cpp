@@ -1,0 +1,223 @@
+#include "workflow.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "autograd/functions.h"
+#include "nn/activation.h"
+#include "nn/linear.h"
+#include "quant/dynamic_linear.h"
+#include "quant/qat_linear.h"
+#include "quant/quantized_linear.h"
+#include "tensor/ops.h"
+
+namespace tq::cli {
+
+static double now_seconds() {
+  using clock = std::chrono::steady_clock;
+  return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
+}
+
+std::shared_ptr<nn::Sequential> make_mlp(int64_t in, const std::vector<int64_t>& hidden, int64_t classes) {
+  auto mlp = std::make_shared<nn::Sequential>();
+  int64_t prev = in;
+  int i = 1;
+  for (int64_t h : hidden) {
+    mlp->push_back(fmt::format("fc{}", i), nn::Linear(prev, h));
+    mlp->push_back(fmt::format("relu{}", i), nn::ReLU());
+    prev = h;
+    ++i;
+  }
+  mlp->push_back(fmt::format("fc{}", i), nn::Linear(prev, classes));
+  return mlp;
+}
+
+std::vector<int64_t> parse_hidden(const std::string& text) {
+  std::vector<int64_t> out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = text.find(',', start);
+    const std::string part = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(part, &used);
+    } catch (...) {
+      used = 0;
+    }
+    if (part.empty() || used != part.size() || v <= 0 || v > 1 << 16)
+      throw std::invalid_argument(fmt::format("--hidden '{}': expected positive layer sizes separated by commas, e.g. 256,128", text));
+    out.push_back(v);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+// ---- Progress ----
+
+bool progress_wanted(bool flag) { return flag || ::isatty(STDERR_FILENO); }
+
+Progress::Progress(std::string label, int64_t total, bool enabled)
+    : label_(std::move(label)), total_(total), enabled_(enabled), start_(now_seconds()) {}
+
+void Progress::advance(int64_t n, const std::string& note) {
+  done_ += n;
+  if (!enabled_) return;
+  const double t = now_seconds();
+  if (t - last_draw_ < 0.1 && done_ < total_) return;  // at most ten redraws a second
+  last_draw_ = t;
+  const double elapsed = t - start_, rate = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0;
+  const double eta = rate > 0 ? static_cast<double>(total_ - done_) / rate : 0;
+  const int width = 24, filled = total_ ? static_cast<int>(width * done_ / total_) : width;
+  std::fprintf(stderr, "\r%-10s [%s%s] %5.1f%% %lld/%lld %.0f it/s ETA %.0fs %s\033[K", label_.c_str(),
+               std::string(static_cast<size_t>(filled), '#').c_str(), std::string(static_cast<size_t>(width - filled), '.').c_str(),
+               total_ ? 100.0 * static_cast<double>(done_) / static_cast<double>(total_) : 100.0, static_cast<long long>(done_),
+               static_cast<long long>(total_), rate, eta, note.c_str());
+}
+
+void Progress::finish() {
+  if (finished_) return;
+  finished_ = true;
+  if (enabled_) std::fprintf(stderr, "\r\033[K");
+}
+
+// ---- Training and evaluation ----
+
+std::vector<EpochStats> train(nn::Module& model, io::DataLoader& loader, const io::Dataset& test, const TrainOptions& o) {
+  nn::SGD optimizer(model.parameters(), {.lr = o.lr, .momentum = o.momentum});
+  std::vector<EpochStats> stats;
+  io::Batch batch;
+  for (int epoch = 0; epoch < o.epochs; ++epoch) {
+    model.train();
+    const double t0 = now_seconds();
+    Progress bar(fmt::format("{} {}/{}", o.label, epoch + 1, o.epochs), loader.num_batches(), o.progress);
+    double loss_sum = 0;
+    int64_t steps = 0;
+    while (loader.next(batch)) {
+      optimizer.zero_grad();
+      Tensor loss = cross_entropy(model(batch.images), batch.labels);
+      const double l = loss.item();
+      if (!std::isfinite(l))
+        throw std::runtime_error(fmt::format("{}: the loss became {} at epoch {}, step {}; lower --lr", o.label, l,
+                                             epoch + 1, steps + 1));
+      loss.backward();
+      optimizer.step();
+      loss_sum += l;
+      ++steps;
+      bar.advance(1, fmt::format("loss {:.4f}", loss_sum / static_cast<double>(steps)));
+    }
+    bar.finish();
+    EpochStats s;
+    s.loss = steps ? loss_sum / static_cast<double>(steps) : 0;
+    s.seconds = now_seconds() - t0;
+    s.test_accuracy = evaluate(model, test).accuracy;
+    stats.push_back(s);
+  }
+  model.eval();
+  return stats;
+}
+
+Evaluation evaluate(nn::Module& model, const io::Dataset& data, int64_t batch_size) {
+  const bool was_training = model.is_training();
+  model.eval();
+  NoGradGuard no_grad;
+  io::DataLoader loader(data, {.batch_size = batch_size, .shuffle = false});
+  Evaluation ev;
+  ev.samples = data.size();
+  io::Batch batch;
+  int64_t correct = 0;
+  while (loader.next(batch)) {
+    const Tensor out = kernels::contiguous(kernels::to_float(model(batch.images)));
+    ev.classes = out.size(1);
+    const Tensor pred = kernels::argmax(out, 1);
+    for (int64_t i = 0; i < batch.size(); ++i) {
+      const int64_t p = pred.data<int64_t>()[i];
+      ev.predictions.push_back(p);
+      correct += p == batch.labels.data<int64_t>()[i];
+    }
+    ev.outputs.insert(ev.outputs.end(), out.data<float>(), out.data<float>() + out.numel());
+  }
+  ev.accuracy = ev.samples ? 100.0 * static_cast<double>(correct) / static_cast<double>(ev.samples) : 0;
+  model.train(was_training);
+  return ev;
+}
+
+double agreement(const Evaluation& a, const Evaluation& b) {
+  if (a.predictions.size() != b.predictions.size() || a.predictions.empty()) return 0;
+  int64_t same = 0;
+  for (size_t i = 0; i < a.predictions.size(); ++i) same += a.predictions[i] == b.predictions[i];
+  return 100.0 * static_cast<double>(same) / static_cast<double>(a.predictions.size());
+}
+
+double max_step_difference(const Evaluation& a, const Evaluation& b, double step) {
+  double m = 0;
+  for (size_t i = 0; i < a.outputs.size() && i < b.outputs.size(); ++i)
+    m = std::max(m, std::fabs(static_cast<double>(a.outputs[i]) - b.outputs[i]));
+  // Rounded to 1e-3 steps: a difference of exactly one step computed in float
+  // comes out as 1.0000027, which is one step.
+  return step > 0 ? std::round(m / step * 1000.0) / 1000.0 : 0;
+}
+
+double latency_us(nn::Module& model, const io::Dataset& data, int64_t batch, int repeats) {
+  NoGradGuard no_grad;
+  model.eval();
+  io::DataLoader loader(data, {.batch_size = batch, .shuffle = false});
+  io::Batch b;
+  loader.next(b);
+  model(b.images);  // warm up (packs caches, wakes threads)
+  if (repeats <= 0) repeats = batch == 1 ? 2000 : 50;
+  std::vector<double> times;
+  for (int r = 0; r < 7; ++r) {
+    const double t0 = now_seconds();
+    for (int i = 0; i < repeats; ++i) model(b.images);
+    times.push_back((now_seconds() - t0) / repeats * 1e6);
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+int64_t file_bytes(const std::string& path) {
+  std::error_code ec;
+  const auto n = std::filesystem::file_size(path, ec);
+  return ec ? -1 : static_cast<int64_t>(n);
+}
+
+void check_output_path(const std::string& path) {
+  if (path.empty()) throw std::invalid_argument("--out is required");
+  const std::filesystem::path p(path);
+  const auto dir = p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec))
+    throw std::runtime_error(fmt::format("--out {}: directory '{}' does not exist", path, dir.string()));
+  if (std::filesystem::is_directory(p, ec))
+    throw std::runtime_error(fmt::format("--out {}: is a directory", path));
+}
+
+void set_int8_threads(nn::Module& model, int threads) {
+  for (auto& [path, m] : model.named_modules()) {
+    if (auto* q = dynamic_cast<quant::QuantizedLinear*>(m)) q->threads = threads;
+    if (auto* d = dynamic_cast<quant::DynamicQuantizedLinear*>(m)) d->threads = threads;
+  }
+}
+
+double output_step(nn::Module& model) {
+  double step = 0;
+  for (auto& [path, m] : model.named_modules()) {
+    if (auto* q = dynamic_cast<quant::QuantizedLinear*>(m)) step = q->output_qparams().scale[0];
+    if (auto* p = dynamic_cast<quant::QATLinear*>(m))
+      if (p->output_quant->has_data()) step = p->output_quant->calculate_qparams().scale[0];
+  }
+  return step;
+}
+
+}  // namespace tq::cli

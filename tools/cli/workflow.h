@@ -1,0 +1,89 @@
+// The pieces every tinyqat subcommand shares: the MLP, training epochs with a
+// progress bar, evaluation on the test set, agreement between two models,
+// latency, and file sizes.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/data_loader.h"
+#include "io/dataset.h"
+#include "nn/module.h"
+#include "nn/sequential.h"
+#include "nn/sgd.h"
+
+namespace tq::cli {
+
+// MLP in -> hidden... -> classes, as a Sequential named fc1, relu1, fc2, ...
+std::shared_ptr<nn::Sequential> make_mlp(int64_t in_features, const std::vector<int64_t>& hidden, int64_t classes);
+// "256,128" -> {256, 128}; throws std::invalid_argument naming the text.
+std::vector<int64_t> parse_hidden(const std::string& text);
+
+// A one-line progress bar on stderr with rate and ETA.
+class Progress {
+ public:
+  Progress(std::string label, int64_t total, bool enabled);
+  void advance(int64_t n = 1, const std::string& note = "");
+  void finish();
+  ~Progress() { finish(); }
+
+ private:
+  std::string label_;
+  int64_t total_, done_ = 0;
+  bool enabled_, finished_ = false;
+  double start_, last_draw_ = -1;
+};
+
+// Should progress be drawn: --progress, or stderr is a terminal.
+bool progress_wanted(bool flag);
+
+struct EpochStats {
+  double loss = 0;           // mean training loss of the epoch
+  double test_accuracy = 0;  // percent
+  double seconds = 0;
+};
+
+struct TrainOptions {
+  int epochs = 1;
+  double lr = 0.01;
+  double momentum = 0.9;
+  bool progress = false;
+  std::string label = "train";
+};
+
+// Trains `model` with SGD + cross-entropy over `loader`'s batches for
+// options.epochs epochs; after each epoch evaluates on `test`. A NaN or
+// infinite loss stops training with an error naming the epoch and step.
+std::vector<EpochStats> train(nn::Module& model, io::DataLoader& loader, const io::Dataset& test,
+                              const TrainOptions& options);
+
+struct Evaluation {
+  double accuracy = 0;              // percent
+  std::vector<int64_t> predictions;  // one per sample
+  std::vector<float> outputs;        // (samples, classes), dequantized
+  int64_t samples = 0;
+  int64_t classes = 0;
+};
+// Runs the test set through the model in eval mode, without gradients.
+Evaluation evaluate(nn::Module& model, const io::Dataset& data, int64_t batch_size = 1000);
+
+// Percent of identical predictions.
+double agreement(const Evaluation& a, const Evaluation& b);
+// The largest |a - b| over all outputs, in units of `step`.
+double max_step_difference(const Evaluation& a, const Evaluation& b, double step);
+
+// Median microseconds of a forward pass over `batch` samples of `data`.
+double latency_us(nn::Module& model, const io::Dataset& data, int64_t batch, int repeats = 0);
+
+int64_t file_bytes(const std::string& path);
+// Throws when the directory that would hold `path` does not exist.
+void check_output_path(const std::string& path);
+// Sets the int8 kernels' thread count in every quantized layer of `model`.
+void set_int8_threads(nn::Module& model, int threads);
+// The output scale of the last quantized layer (one quantization step of the logits).
+double output_step(nn::Module& model);
+
+}  // namespace tq::cli
