@@ -29,4 +29,16 @@ QConfigPtr get_default_qat_qconfig(const std::string& backend = "x86");
 // -2^(w-1)..2^(w-1)-1, exactly as asked (no hidden range reduction).
 QConfigPtr make_qat_qconfig(int weight_bits, int activation_bits, bool per_channel_weights = true);
 
+// Post-training (static) quantization presets, as PyTorch's get_default_qconfig:
+//  "x86" / "fbgemm": activations HistogramObserver u8 0..127, weights
+//                    per-channel symmetric i8 (min/max);
+//  "qnnpack":        activations HistogramObserver u8 0..255, weights
+//                    per-tensor symmetric i8.
+QConfigPtr get_default_qconfig(const std::string& backend = "x86");
+
+// PTQ with a chosen activation observer ("minmax", "moving_average" or
+// "histogram") and bit widths.
+QConfigPtr make_ptq_qconfig(const std::string& observer, int weight_bits = 8, int activation_bits = 7,
+                            bool per_channel_weights = true);
+
 }  // namespace tq::quant

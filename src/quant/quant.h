@@ -5,6 +5,7 @@
 #include "quant/dynamic_linear.h"
 #include "quant/fake_quantize.h"
 #include "quant/fused.h"
+#include "quant/histogram_observer.h"
 #include "quant/observer.h"
 #include "quant/passes.h"
 #include "quant/qat_linear.h"
