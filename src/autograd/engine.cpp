@@ -1,5 +1,8 @@
 // backward(): reverse-mode differentiation over the recorded graph
-// (docs/autograd.md eq. 2-4).
+// (docs/autograd.md eq. 1-3): seed d loss / d loss = 1, visit the nodes in
+// reverse topological order, let each apply the chain rule, and add up
+// (accumulate) the contributions that reach each tensor.
+#include <atomic>
 #include <stdexcept>
 #include <vector>
 
@@ -12,12 +15,12 @@ namespace tq {
 
 namespace {
 thread_local bool g_grad_enabled = true;
-uint64_t g_backward_pass = 0;
+std::atomic<uint64_t> g_backward_pass{0};  // numbers each backward() for the visit marks
 
-// d loss / d t += g, allocating the gradient the first time (eq. 3).
+// A leaf's .grad += g (eq. 3), allocating it the first time. The leaf owns a
+// fresh contiguous copy: the incoming gradient may be shared or a view.
 void accumulate(std::shared_ptr<TensorImpl>& slot, const Tensor& g, const Shape& shape) {
   if (!slot) {
-    // Own a fresh contiguous copy: the incoming gradient may be shared or a view.
     Tensor fresh = empty(shape, DType::f32);
     kernels::copy_(fresh, g);
     slot = fresh.impl_ptr();
@@ -26,13 +29,13 @@ void accumulate(std::shared_ptr<TensorImpl>& slot, const Tensor& g, const Shape&
   }
 }
 
-void accumulate(Tensor& slot, const Tensor& g, const Shape& shape) {
+// An interior node's gradient += g (eq. 3). The first contribution is adopted
+// without a copy (contiguous ones; others are copied once); a later one is
+// added in place only into memory the slot owns alone, else into a copy.
+void accumulate(Tensor& slot, const Tensor& g) {
   if (!slot.defined()) {
-    // An interior gradient that nobody else holds can be adopted as is.
-    slot = (g.is_contiguous() && g.shape() == shape) ? g : kernels::clone(kernels::expand(g, shape));
-    if (!(slot.shape() == shape)) slot = kernels::contiguous(kernels::expand(slot, shape));
+    slot = g.is_contiguous() ? g : kernels::clone(g);
   } else {
-    // Add in place only into memory this slot owns alone.
     if (slot.impl()->storage.use_count() > 1 || !slot.is_contiguous()) slot = kernels::clone(slot);
     kernels::add_(slot, g);
   }
@@ -40,6 +43,43 @@ void accumulate(Tensor& slot, const Tensor& g, const Shape& shape) {
 }  // namespace
 
 const char* node_name(const Node& node) { return node.name(); }
+
+Node::~Node() {
+  // Dropping a node drops its inputs; an input's own node dies with it if
+  // nothing else holds it, then that node's inputs, and so on. Left to the
+  // destructors, this recursion is as deep as the graph. Instead each node
+  // hands the nodes it alone keeps alive to a per-thread list, and the
+  // outermost destructor releases them one by one in a loop.
+  thread_local std::vector<std::shared_ptr<Node>> pending;
+  thread_local bool draining = false;
+  for (Tensor& in : inputs) {
+    if (!in.defined()) continue;
+    std::shared_ptr<Node>& producer = in.impl()->grad_fn;
+    if (in.impl_ptr().use_count() == 1 && producer && producer.use_count() == 1) pending.push_back(std::move(producer));
+    in = Tensor();
+  }
+  if (draining) return;
+  draining = true;
+  while (!pending.empty()) {
+    std::shared_ptr<Node> next = std::move(pending.back());
+    pending.pop_back();
+    next.reset();  // may push that node's producers
+  }
+  draining = false;
+}
+
+LeafGrad leaf_grad_for_accumulation(const Tensor& input) {
+  if (!input.defined() || !input.requires_grad() || !input.is_leaf()) return {};
+  std::shared_ptr<TensorImpl>& slot = input.impl()->grad;
+  if (!slot) {
+    // First gradient: the caller overwrites this buffer (fresh = true).
+    slot = empty(input.shape(), DType::f32).impl_ptr();
+    return {Tensor(slot), true};
+  }
+  const Tensor g(slot);
+  if (!(g.shape() == input.shape()) || g.dtype() != DType::f32 || !g.is_contiguous()) return {};
+  return {g, false};
+}
 
 bool grad_mode_enabled() { return g_grad_enabled; }
 NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
@@ -67,10 +107,14 @@ void backward(const Tensor& root, const Tensor& grad_root) {
 
   // Topological order by an iterative depth-first search: a node is appended
   // after every node that feeds it, so the reversed list visits each node
-  // only once all of its consumers have added their contributions.
+  // only once all of its consumers have added their contributions (eq. 3).
+  // The two work lists live on as long as the thread: after the first
+  // backward() they have the capacity they need and allocate nothing.
   const uint64_t pass = ++g_backward_pass;
-  std::vector<Node*> order;
-  std::vector<std::pair<Node*, int>> stack;
+  thread_local std::vector<Node*> order;
+  thread_local std::vector<std::pair<Node*, int>> stack;
+  order.clear();
+  stack.clear();
   Node* start = root.grad_fn().get();
   start->visit_mark = pass;
   stack.push_back({start, 0});
@@ -95,12 +139,18 @@ void backward(const Tensor& root, const Tensor& grad_root) {
     Node* node = *it;
     if (!node->grad.defined()) continue;  // nothing flowed here
     for (auto& g : grad_in) g = Tensor();
-    node->backward(node->grad, grad_in);
-    node->grad = Tensor();  // free as we go
+    // Take the gradient out of the node (freeing it as we go); when nobody
+    // else holds it, the node's backward may reuse its memory in place.
+    const Tensor grad_out = std::move(node->grad);
+    node->grad = Tensor();
+    node->backward(grad_out, grad_in);
     for (int i = 0; i < node->num_inputs; ++i) {
       const Tensor& in = node->inputs[i];
       if (!grad_in[i].defined() || !in.defined() || !in.requires_grad()) continue;
-      if (in.grad_fn()) accumulate(in.grad_fn()->grad, grad_in[i], in.shape());
+      if (!(grad_in[i].shape() == in.shape()))  // a bug in that node's backward
+        throw std::logic_error(fmt::format("backward: {} returned a gradient of shape {} for input {} of shape {}",
+                                           node->name(), grad_in[i].shape().str(), i, in.shape().str()));
+      if (in.grad_fn()) accumulate(in.grad_fn()->grad, grad_in[i]);
       else accumulate(in.impl()->grad, grad_in[i], in.shape());
     }
   }

@@ -14,8 +14,12 @@ namespace {
 
 // A float view of an input: dequantizes quantized tensors (they carry no
 // gradient), passes float tensors through untouched (graph links kept).
-inline Tensor f(const Tensor& t) {
-  if (!t.defined()) throw std::invalid_argument("op received an undefined tensor");
+inline void require_defined(const Tensor& t, const char* op) {
+  if (!t.defined()) throw std::invalid_argument(std::string(op) + ": received an undefined tensor");
+}
+
+inline Tensor f(const Tensor& t, const char* op) {
+  require_defined(t, op);
   return t.dtype() == DType::f32 ? t : k::to_float(t);
 }
 
@@ -28,6 +32,7 @@ inline Tensor alias(const Tensor& t) { return t.detach(); }
 struct AddBackward final : Node {
   const char* name() const override { return "AddBackward"; }
   void backward(const Tensor& g, Tensor* gi) override {
+    // d(a+b)/da = d(a+b)/db = 1; a broadcast operand sums g back to its shape (eq. 5).
     gi[0] = k::sum_to(g, inputs[0].shape());
     gi[1] = k::sum_to(g, inputs[1].shape());
   }
@@ -53,7 +58,7 @@ struct MulBackward final : Node {
 struct DivBackward final : Node {
   const char* name() const override { return "DivBackward"; }
   void backward(const Tensor& g, Tensor* gi) override {
-    // d(a/b)/da = 1/b, d(a/b)/db = -a/b^2
+    // d(a/b)/da = 1/b, d(a/b)/db = -a/b^2   (eq. 13)
     if (inputs[0].requires_grad()) gi[0] = k::sum_to(k::div(g, inputs[1]), inputs[0].shape());
     if (inputs[1].requires_grad()) {
       const Tensor gb = k::neg(k::div(k::mul(g, inputs[0]), k::mul(inputs[1], inputs[1])));
@@ -81,21 +86,32 @@ struct NegBackward final : Node {
 
 struct ExpBackward final : Node {
   explicit ExpBackward(Tensor y) : y(std::move(y)) {}
-  Tensor y;  // exp(x): its own derivative
+  Tensor y;  // exp(x): its own derivative (eq. 13)
   const char* name() const override { return "ExpBackward"; }
   void backward(const Tensor& g, Tensor* gi) override { gi[0] = k::mul(g, y); }
 };
 
 struct LogBackward final : Node {
   const char* name() const override { return "LogBackward"; }
-  void backward(const Tensor& g, Tensor* gi) override { gi[0] = k::div(g, inputs[0]); }
+  void backward(const Tensor& g, Tensor* gi) override { gi[0] = k::div(g, inputs[0]); }  // d log x = 1/x (eq. 13)
 };
 
 struct ReluBackward final : Node {
-  explicit ReluBackward(Tensor y) : y(std::move(y)) {}
-  Tensor y;  // the output: the gradient passes where y > 0 (eq. 9)
   const char* name() const override { return "ReluBackward"; }
-  void backward(const Tensor& g, Tensor* gi) override { gi[0] = k::relu_backward(g, y); }
+  void backward(const Tensor& g, Tensor* gi) override {
+    // dx = g * [x > 0] (eq. 9). The input x is already saved as inputs[0].
+    const Tensor& x = inputs[0];
+    if (is_sole_owner(g) && g.is_contiguous() && x.is_contiguous() && g.shape() == x.shape()) {
+      // Nobody else sees g: apply the mask in place instead of allocating.
+      float* gp = g.data<float>();
+      const float* xp = x.data<float>();
+      const int64_t n = g.numel();
+      for (int64_t i = 0; i < n; ++i) gp[i] = xp[i] > 0.f ? gp[i] : 0.f;
+      gi[0] = g;
+    } else {
+      gi[0] = k::relu_backward(g, x);
+    }
+  }
 };
 
 struct SigmoidBackward final : Node {
@@ -103,7 +119,7 @@ struct SigmoidBackward final : Node {
   Tensor y;
   const char* name() const override { return "SigmoidBackward"; }
   void backward(const Tensor& g, Tensor* gi) override {
-    gi[0] = k::mul(g, k::mul(y, k::add_scalar(k::neg(y), 1.f)));  // y (1 - y)
+    gi[0] = k::mul(g, k::mul(y, k::add_scalar(k::neg(y), 1.f)));  // y (1 - y)   (eq. 13)
   }
 };
 
@@ -112,13 +128,14 @@ struct TanhBackward final : Node {
   Tensor y;
   const char* name() const override { return "TanhBackward"; }
   void backward(const Tensor& g, Tensor* gi) override {
-    gi[0] = k::mul(g, k::add_scalar(k::neg(k::mul(y, y)), 1.f));  // 1 - y^2
+    gi[0] = k::mul(g, k::add_scalar(k::neg(k::mul(y, y)), 1.f));  // 1 - y^2   (eq. 13)
   }
 };
 
 struct SumBackward final : Node {
   const char* name() const override { return "SumBackward"; }
   void backward(const Tensor& g, Tensor* gi) override {
+    // Every element contributed with weight 1: the scalar g spreads everywhere (eq. 14).
     gi[0] = k::contiguous(k::expand(g, inputs[0].shape()));
   }
 };
@@ -127,7 +144,7 @@ struct SumDimBackward final : Node {
   SumDimBackward(int dim, bool keepdim, float scale) : dim(dim), keepdim(keepdim), scale(scale) {}
   int dim;
   bool keepdim;
-  float scale;  // 1 for sum, 1/n for mean
+  float scale;  // 1 for sum, 1/n for mean (eq. 14)
   const char* name() const override { return scale == 1.f ? "SumBackward" : "MeanBackward"; }
   void backward(const Tensor& g, Tensor* gi) override {
     Tensor gk = g;
@@ -159,7 +176,7 @@ struct MaxDimBackward final : Node {
   bool keepdim;
   const char* name() const override { return "MaxBackward"; }
   void backward(const Tensor& g, Tensor* gi) override {
-    // The gradient goes to the (first) position that held the maximum.
+    // The gradient goes to the (first) position that held the maximum (eq. 14).
     const Shape& s = inputs[0].shape();
     Tensor out = zeros(s);
     const Tensor gc = k::contiguous(g);
@@ -187,38 +204,50 @@ struct TransposeBackward final : Node {
   void backward(const Tensor& g, Tensor* gi) override { gi[0] = k::transpose(g, d0, d1); }
 };
 
+// Writes op(a) op(b) into `input`'s gradient: straight into its .grad when it
+// is a leaf (beta = 1 adds, eq. 3), otherwise into a new tensor in *grad_in.
+void gemm_into_grad(const Tensor& input, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
+                    Tensor* grad_in) {
+  const LeafGrad leaf = leaf_grad_for_accumulation(input);
+  if (leaf.buffer.defined()) {
+    k::gemm(a, trans_a, b, trans_b, 1.f, leaf.fresh ? 0.f : 1.f, leaf.buffer);
+  } else {
+    *grad_in = empty(input.shape());
+    k::gemm(a, trans_a, b, trans_b, 1.f, 0.f, *grad_in);
+  }
+}
+
 struct MatmulBackward final : Node {
   const char* name() const override { return "MatmulBackward"; }
   void backward(const Tensor& g, Tensor* gi) override {
-    // C = A B: dA = dC B^T, dB = A^T dC   (eq. 6)
+    // C = A B, g = dL/dC (M, N), A (M, K), B (K, N):
+    // dA = g B^T (M, K), dB = A^T g (K, N)   (eq. 6)
     const Tensor& a = inputs[0];
     const Tensor& b = inputs[1];
-    if (a.requires_grad()) {
-      gi[0] = empty(a.shape());
-      k::gemm(g, false, b, true, 1.f, 0.f, gi[0]);
-    }
-    if (b.requires_grad()) {
-      gi[1] = empty(b.shape());
-      k::gemm(a, true, g, false, 1.f, 0.f, gi[1]);
-    }
+    if (a.requires_grad()) gemm_into_grad(a, g, false, b, true, &gi[0]);
+    if (b.requires_grad()) gemm_into_grad(b, a, true, g, false, &gi[1]);
   }
 };
 
 struct LinearBackward final : Node {
   const char* name() const override { return "LinearBackward"; }
   void backward(const Tensor& g, Tensor* gi) override {
-    // y = x W^T + b:  dx = dy W,  dW = dy^T x,  db = sum over rows of dy  (eq. 7-8)
+    // y = x W^T + b, g = dL/dy (N, out), x (N, in), W (out, in), b (out):
+    // dx = g W (N, in)  (eq. 7),  dW = g^T x (out, in),  db = sum_n g[n, :]  (eq. 8).
+    // Both GEMMs read g and x where they are (transposes are BLAS flags), and
+    // a leaf's dW / db is added straight into its .grad.
     const Tensor& x = inputs[0];
     const Tensor& w = inputs[1];
     if (x.requires_grad()) {
       gi[0] = empty(x.shape());
       k::gemm(g, false, w, false, 1.f, 0.f, gi[0]);
     }
-    if (w.requires_grad()) {
-      gi[1] = empty(w.shape());
-      k::gemm(g, true, x, false, 1.f, 0.f, gi[1]);
+    if (w.requires_grad()) gemm_into_grad(w, g, true, x, false, &gi[1]);
+    if (num_inputs > 2 && inputs[2].requires_grad()) {
+      const LeafGrad leaf = leaf_grad_for_accumulation(inputs[2]);
+      if (leaf.buffer.defined()) k::sum_rows_into(g, leaf.buffer, !leaf.fresh);
+      else gi[2] = k::sum(g, 0, false);
     }
-    if (num_inputs > 2 && inputs[2].requires_grad()) gi[2] = k::sum(g, 0, false);
   }
 };
 
@@ -227,7 +256,7 @@ struct LogSoftmaxBackward final : Node {
   Tensor y;  // log-probabilities
   const char* name() const override { return "LogSoftmaxBackward"; }
   void backward(const Tensor& g, Tensor* gi) override {
-    // dx_i = g_i - softmax_i * sum_j g_j
+    // dx_i = g_i - softmax_i * sum_j g_j   (eq. 11)
     const Tensor gc = k::contiguous(g);
     Tensor out = empty(y.shape());
     const int64_t n = y.shape().back(), rows = y.numel() / n;
@@ -248,7 +277,7 @@ struct SoftmaxBackward final : Node {
   Tensor y;
   const char* name() const override { return "SoftmaxBackward"; }
   void backward(const Tensor& g, Tensor* gi) override {
-    // dx_i = y_i (g_i - sum_j g_j y_j)
+    // dx_i = y_i (g_i - sum_j g_j y_j)   (eq. 12)
     const Tensor gc = k::contiguous(g);
     Tensor out = empty(y.shape());
     const int64_t n = y.shape().back(), rows = y.numel() / n;
@@ -295,7 +324,7 @@ struct MseBackward final : Node {
   Reduction reduction;
   const char* name() const override { return "MseLossBackward"; }
   void backward(const Tensor& g, Tensor* gi) override {
-    // L = mean((x - t)^2): dL/dx = 2 (x - t) / n, dL/dt = -dL/dx (sum: no 1/n;
+    // L = mean((x - t)^2): dL/dx = 2 (x - t) / n, dL/dt = -dL/dx (eq. 15; sum: no 1/n;
     // none: the upstream gradient multiplies each element).
     const Tensor diff = k::sub(inputs[0], inputs[1]);
     Tensor dx;
@@ -317,7 +346,7 @@ struct MseBackward final : Node {
 
 #define TQ_BINARY(fn, NodeT)                                          \
   Tensor fn(const Tensor& a_in, const Tensor& b_in) {                 \
-    const Tensor a = f(a_in), b = f(b_in);                            \
+    const Tensor a = f(a_in, #fn), b = f(b_in, #fn);                 \
     Tensor out = k::fn(a, b);                                         \
     if (any_requires_grad(a, b)) record<NodeT>(out, {a, b});          \
     return out;                                                       \
@@ -329,35 +358,35 @@ TQ_BINARY(div, DivBackward)
 #undef TQ_BINARY
 
 Tensor add(const Tensor& a_in, float s) {
-  const Tensor a = f(a_in);
+  const Tensor a = f(a_in, "add");
   Tensor out = k::add_scalar(a, s);
   if (any_requires_grad(a)) record<AddScalarBackward>(out, {a});
   return out;
 }
 
 Tensor mul(const Tensor& a_in, float s) {
-  const Tensor a = f(a_in);
+  const Tensor a = f(a_in, "mul");
   Tensor out = k::mul_scalar(a, s);
   if (any_requires_grad(a)) record<MulScalarBackward>(out, {a}, s);
   return out;
 }
 
 Tensor neg(const Tensor& a_in) {
-  const Tensor a = f(a_in);
+  const Tensor a = f(a_in, "neg");
   Tensor out = k::neg(a);
   if (any_requires_grad(a)) record<NegBackward>(out, {a});
   return out;
 }
 
 Tensor exp(const Tensor& a_in) {
-  const Tensor a = f(a_in);
+  const Tensor a = f(a_in, "exp");
   Tensor out = k::exp(a);
   if (any_requires_grad(a)) record<ExpBackward>(out, {a}, alias(out));
   return out;
 }
 
 Tensor log(const Tensor& a_in) {
-  const Tensor a = f(a_in);
+  const Tensor a = f(a_in, "log");
   Tensor out = k::log(a);
   if (any_requires_grad(a)) record<LogBackward>(out, {a});
   return out;
@@ -365,23 +394,23 @@ Tensor log(const Tensor& a_in) {
 
 Tensor relu(const Tensor& a_in) {
   if (a_in.is_quantized()) return k::quantized_relu(a_in);
-  const Tensor a = f(a_in);
+  const Tensor a = f(a_in, "relu");
   Tensor out = k::relu(a);
   // relu keeps values on a fake-quant grid: 0 is a grid point (eq. 3 of docs/quantization.md).
   out.impl()->fake_quant_grid = a.impl()->fake_quant_grid;
-  if (any_requires_grad(a)) record<ReluBackward>(out, {a}, alias(out));
+  if (any_requires_grad(a)) record<ReluBackward>(out, {a});
   return out;
 }
 
 Tensor sigmoid(const Tensor& a_in) {
-  const Tensor a = f(a_in);
+  const Tensor a = f(a_in, "sigmoid");
   Tensor out = k::sigmoid(a);
   if (any_requires_grad(a)) record<SigmoidBackward>(out, {a}, alias(out));
   return out;
 }
 
 Tensor tanh(const Tensor& a_in) {
-  const Tensor a = f(a_in);
+  const Tensor a = f(a_in, "tanh");
   Tensor out = k::tanh(a);
   if (any_requires_grad(a)) record<TanhBackward>(out, {a}, alias(out));
   return out;
@@ -392,14 +421,14 @@ Tensor pow2(const Tensor& a) { return mul(a, a); }
 // ---- Reductions ----
 
 Tensor sum(const Tensor& a_in) {
-  const Tensor a = f(a_in);
+  const Tensor a = f(a_in, "sum");
   Tensor out = k::sum(a);
   if (any_requires_grad(a)) record<SumBackward>(out, {a});
   return out;
 }
 
 Tensor sum(const Tensor& a_in, int dim, bool keepdim) {
-  const Tensor a = f(a_in);
+  const Tensor a = f(a_in, "sum");
   const int d = normalize_dim(dim, a.dim(), "sum");
   Tensor out = k::sum(a, d, keepdim);
   if (any_requires_grad(a)) record<SumDimBackward>(out, {a}, d, keepdim, 1.f);
@@ -407,14 +436,14 @@ Tensor sum(const Tensor& a_in, int dim, bool keepdim) {
 }
 
 Tensor mean(const Tensor& a_in) {
-  const Tensor a = f(a_in);
+  const Tensor a = f(a_in, "mean");
   Tensor out = k::mean(a);
   if (any_requires_grad(a)) record<MeanBackward>(out, {a});
   return out;
 }
 
 Tensor mean(const Tensor& a_in, int dim, bool keepdim) {
-  const Tensor a = f(a_in);
+  const Tensor a = f(a_in, "mean");
   const int d = normalize_dim(dim, a.dim(), "mean");
   Tensor out = k::mean(a, d, keepdim);
   if (any_requires_grad(a)) record<SumDimBackward>(out, {a}, d, keepdim, 1.f / static_cast<float>(a.shape()[d]));
@@ -422,7 +451,7 @@ Tensor mean(const Tensor& a_in, int dim, bool keepdim) {
 }
 
 Tensor max(const Tensor& a_in, int dim, bool keepdim) {
-  const Tensor a = f(a_in);
+  const Tensor a = f(a_in, "max");
   const int d = normalize_dim(dim, a.dim(), "max");
   Tensor out = k::max(a, d, keepdim);
   if (any_requires_grad(a)) record<MaxDimBackward>(out, {a}, k::argmax(a, d, keepdim), d, keepdim);
@@ -432,7 +461,7 @@ Tensor max(const Tensor& a_in, int dim, bool keepdim) {
 // ---- Shapes ----
 
 Tensor reshape(const Tensor& a_in, const Shape& shape) {
-  const Tensor a = a_in.is_quantized() ? a_in : f(a_in);
+  const Tensor a = a_in.is_quantized() ? a_in : f(a_in, "reshape");
   Tensor out = k::reshape(a, shape);
   out.impl()->fake_quant_grid = a.impl()->fake_quant_grid;  // same values, same grid
   if (any_requires_grad(a)) record<ReshapeBackward>(out, {a});
@@ -440,6 +469,7 @@ Tensor reshape(const Tensor& a_in, const Shape& shape) {
 }
 
 Tensor flatten(const Tensor& a, int start_dim) {
+  require_defined(a, "flatten");
   const int s = normalize_dim(start_dim, a.dim(), "flatten");
   Shape shape;
   for (int i = 0; i < s; ++i) shape.push_back(a.shape()[i]);
@@ -450,7 +480,7 @@ Tensor flatten(const Tensor& a, int start_dim) {
 }
 
 Tensor transpose(const Tensor& a_in, int dim0, int dim1) {
-  const Tensor a = a_in.is_quantized() ? a_in : f(a_in);
+  const Tensor a = a_in.is_quantized() ? a_in : f(a_in, "transpose");
   const int d0 = normalize_dim(dim0, a.dim(), "transpose"), d1 = normalize_dim(dim1, a.dim(), "transpose");
   Tensor out = k::transpose(a, d0, d1);
   if (any_requires_grad(a)) record<TransposeBackward>(out, {a}, d0, d1);
@@ -458,6 +488,7 @@ Tensor transpose(const Tensor& a_in, int dim0, int dim1) {
 }
 
 Tensor t(const Tensor& a) {
+  require_defined(a, "t");
   if (a.dim() != 2) throw std::invalid_argument("t: expected a 2-D tensor, got shape " + a.shape().str());
   return transpose(a, 0, 1);
 }
@@ -465,14 +496,14 @@ Tensor t(const Tensor& a) {
 // ---- Linear algebra ----
 
 Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
-  const Tensor a = f(a_in), b = f(b_in);
+  const Tensor a = f(a_in, "matmul"), b = f(b_in, "matmul");
   Tensor out = k::matmul(a, b);
   if (any_requires_grad(a, b)) record<MatmulBackward>(out, {a, b});
   return out;
 }
 
 Tensor linear(const Tensor& x_in, const Tensor& weight, const Tensor& bias) {
-  const Tensor x = f(x_in);
+  const Tensor x = f(x_in, "linear");
   Tensor out = k::linear(x, weight, bias);
   if (any_requires_grad(x, weight, bias)) {
     if (bias.defined()) record<LinearBackward>(out, {x, weight, bias});
@@ -484,21 +515,22 @@ Tensor linear(const Tensor& x_in, const Tensor& weight, const Tensor& bias) {
 // ---- Softmax and losses ----
 
 Tensor log_softmax(const Tensor& a_in) {
-  const Tensor a = f(a_in);
+  const Tensor a = f(a_in, "log_softmax");
   Tensor out = k::log_softmax(a);
   if (any_requires_grad(a)) record<LogSoftmaxBackward>(out, {a}, alias(out));
   return out;
 }
 
 Tensor softmax(const Tensor& a_in) {
-  const Tensor a = f(a_in);
+  const Tensor a = f(a_in, "softmax");
   Tensor out = k::softmax(a);
   if (any_requires_grad(a)) record<SoftmaxBackward>(out, {a}, alias(out));
   return out;
 }
 
 Tensor cross_entropy(const Tensor& logits_in, const Tensor& target, Reduction reduction) {
-  const Tensor logits = f(logits_in);
+  const Tensor logits = f(logits_in, "cross_entropy");
+  require_defined(target, "cross_entropy");
   if (logits.dim() != 2)
     throw std::invalid_argument("cross_entropy: expected logits of shape (N, C), got " + logits.shape().str());
   if (target.dtype() != DType::i64 && target.dtype() != DType::i32)
@@ -550,7 +582,7 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& target, Reduction re
 }
 
 Tensor mse_loss(const Tensor& input_in, const Tensor& target_in, Reduction reduction) {
-  const Tensor input = f(input_in), target = f(target_in);
+  const Tensor input = f(input_in, "mse_loss"), target = f(target_in, "mse_loss");
   if (!(input.shape() == target.shape()))
     throw std::invalid_argument(fmt::format("mse_loss: input of shape {} and target of shape {} differ",
                                             input.shape().str(), target.shape().str()));

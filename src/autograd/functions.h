@@ -48,11 +48,14 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 Tensor log_softmax(const Tensor& a);
 Tensor softmax(const Tensor& a);
 
-// Losses (mean reduction).
-// logits: (N, C) f32, target: (N) i64 class indices in [0, C). Fused
-// log-softmax + negative log-likelihood (eq. 10: gradient softmax - onehot).
-Tensor cross_entropy(const Tensor& logits, const Tensor& target);
-Tensor mse_loss(const Tensor& input, const Tensor& target);
+// Losses. Reduction as in PyTorch: the mean over the elements (default), their
+// sum, or none (one loss per sample / element).
+enum class Reduction { none, mean, sum };
+// logits: (N, C) f32, target: (N) i64 class indices in [0, C) -> () or (N).
+// Fused log-softmax + negative log-likelihood (eq. 10: gradient (softmax - onehot) / N).
+Tensor cross_entropy(const Tensor& logits, const Tensor& target, Reduction reduction = Reduction::mean);
+// input, target: same shape -> () or that shape; (input - target)^2.
+Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction reduction = Reduction::mean);
 
 // Operators, as in PyTorch.
 inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
@@ -63,8 +66,10 @@ inline Tensor operator-(const Tensor& a) { return neg(a); }
 inline Tensor operator+(const Tensor& a, float s) { return add(a, s); }
 inline Tensor operator+(float s, const Tensor& a) { return add(a, s); }
 inline Tensor operator-(const Tensor& a, float s) { return add(a, -s); }
+inline Tensor operator-(float s, const Tensor& a) { return add(neg(a), s); }
 inline Tensor operator*(const Tensor& a, float s) { return mul(a, s); }
 inline Tensor operator*(float s, const Tensor& a) { return mul(a, s); }
 inline Tensor operator/(const Tensor& a, float s) { return mul(a, 1.f / s); }
+inline Tensor operator/(float s, const Tensor& a) { return div(scalar_tensor(s), a); }
 
 }  // namespace tq

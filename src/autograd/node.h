@@ -18,7 +18,9 @@ class Node {
  public:
   static constexpr int kMaxInputs = 3;
 
-  virtual ~Node() = default;
+  // Releases the inputs without recursing down a long chain of nodes
+  // (engine.cpp), so dropping a 100000-op graph cannot overflow the stack.
+  virtual ~Node();
   // Op name for printing ("AddBackward").
   virtual const char* name() const = 0;
   // grad_out: d loss / d output. Writes d loss / d input[i] into grad_in[i]
@@ -48,6 +50,12 @@ class NoGradGuard {
   bool previous_;
 };
 
+// True when `t` is the only handle to its memory (no other tensor, view or
+// node sees it): a backward may then overwrite its incoming gradient in place.
+inline bool is_sole_owner(const Tensor& t) {
+  return t.defined() && t.impl_ptr().use_count() == 1 && t.impl()->storage.use_count() == 1;
+}
+
 // Does an op with these inputs need to record a node?
 inline bool any_requires_grad(const Tensor& a) { return grad_mode_enabled() && a.defined() && a.requires_grad(); }
 inline bool any_requires_grad(const Tensor& a, const Tensor& b) {
@@ -69,6 +77,21 @@ N& record(Tensor& out, std::initializer_list<Tensor> ins, Args&&... args) {
   out.impl()->grad_fn = std::move(node);
   return ref;
 }
+
+// A node's backward can often add its result straight into a leaf's .grad
+// (a GEMM with beta = 1 does the += of eq. 3 for free) instead of returning a
+// temporary for the engine to add. This returns that buffer for `input`:
+//   fresh = true:  .grad did not exist; it was created uninitialised, so the
+//                  caller must overwrite it (beta = 0);
+//   fresh = false: the existing .grad, to be added to (beta = 1).
+// `buffer` is undefined when `input` is not a leaf requiring a gradient, or
+// its .grad is not a contiguous f32 tensor of its shape: then the backward
+// returns the gradient through grad_in as usual.
+struct LeafGrad {
+  Tensor buffer;
+  bool fresh = false;
+};
+LeafGrad leaf_grad_for_accumulation(const Tensor& input);
 
 // Runs backward from `root` (a one-element tensor), seeding d root / d root = 1,
 // or from a non-scalar root with an explicit `grad_root` of its shape.

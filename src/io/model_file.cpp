@@ -296,17 +296,47 @@ std::shared_ptr<nn::Module> decode_tree(const json& node, const TensorMap& all, 
   return m;
 }
 
-// Swaps modules of the file's types into `m`'s slots where they differ.
-void adopt_tree(nn::Module& m, const json& node, const TensorMap& all, const std::string& path, const std::string& file) {
+// A module of the model that load_into replaces by the file's, and the module it held.
+struct Swap {
+  std::shared_ptr<nn::ModuleSlot> slot;
+  std::shared_ptr<nn::Module> replacement;
+};
+
+// Does the model's module `m` in a slot give way to the file's `node`? Where
+// the types differ; always for quantized layers, whose state lives in their
+// config and packed tensors rather than in parameters; and for observers and
+// fake quants whose settings (spec, enabled flags) differ from the file's.
+bool rebuild_from_file(const nn::Module& m, const json& node) {
+  const std::string type = node.at("type").get<std::string>();
+  if (m.type_name() != type || !stores_own_tensors_generically(m)) return true;
+  if (!dynamic_cast<const q::QParamsSource*>(&m)) return false;
+  auto& codecs = module_codecs();
+  auto it = codecs.find(type);
+  if (it == codecs.end()) return false;
+  json config = json::object();
+  it->second.encode(m, config);
+  return config != node.value("config", json::object());
+}
+
+// Plans which slots of `m` get the file's modules (built here, not yet put
+// in), so that a file that does not fit changes nothing.
+void plan_adoption(nn::Module& m, const json& node, const TensorMap& all, const std::string& path,
+                   const std::string& file, int depth, std::vector<Swap>& swaps) {
+  if (depth > 64) throw FormatError(fmt::format("{}: module tree is nested too deeply", file));
   const json children = node.value("children", json::array());
+  if (!children.is_array()) throw FormatError(fmt::format("{}: the children of '{}' are not a list", file, path));
   for (const json& child : children) {
-    const std::string name = child.at("name").get<std::string>();
+    if (!child.is_object() || !child.contains("name") || !child["name"].is_string() || !child.contains("module") ||
+        !child["module"].is_object() || !child["module"].contains("type") || !child["module"]["type"].is_string())
+      throw FormatError(fmt::format("{}: a child of '{}' has no name, module or type", file, path));
+    const std::string name = child["name"].get<std::string>();
     auto slot = m.find_slot(name);
     if (!slot)
       throw std::invalid_argument(fmt::format("{}: the file has a module '{}' that the model does not have", file, join(path, name)));
-    const std::string type = child.at("module").at("type").get<std::string>();
-    if (slot->module->type_name() != type) slot->module = decode_tree(child["module"], all, join(path, name), file, 1);
-    else adopt_tree(*slot->module, child["module"], all, join(path, name), file);
+    if (rebuild_from_file(*slot->module, child["module"]))
+      swaps.push_back({slot, decode_tree(child["module"], all, join(path, name), file, depth + 1)});
+    else
+      plan_adoption(*slot->module, child["module"], all, join(path, name), file, depth + 1, swaps);
   }
   if (children.size() != m.children().size())
     for (auto& s : m.children()) {
@@ -317,8 +347,9 @@ void adopt_tree(nn::Module& m, const json& node, const TensorMap& all, const std
     }
 }
 
-// Restores every parameter and buffer of `model` from the file's tensors.
-void restore_state(nn::Module& model, const TensorMap& all, const std::string& file) {
+// Checks that the file holds every parameter of `model` with its shape and
+// dtype, and every buffer; changes nothing. Throws naming the first mismatch.
+void check_state(const nn::Module& model, const TensorMap& all, const std::string& file) {
   for (auto& [path, m] : model.named_modules()) {
     if (!stores_own_tensors_generically(*m)) continue;
     for (auto& [name, p] : m->named_parameters(false)) {
@@ -329,19 +360,35 @@ void restore_state(nn::Module& model, const TensorMap& all, const std::string& f
         throw std::invalid_argument(fmt::format("{}: parameter '{}' is {} {} in the file but {} {} in the model", file, full,
                                                 dtype_name(it->second.dtype()), it->second.shape().str(),
                                                 dtype_name(p.dtype()), p.shape().str()));
-      kernels::copy_(p, it->second);
     }
     for (auto& [name, b] : m->named_buffers(false)) {
       const std::string full = join(path, name);
-      auto it = all.find(full);
-      if (it == all.end()) throw std::invalid_argument(fmt::format("{}: buffer '{}' is missing from the file", file, full));
-      if (it->second.shape() == b.shape() && it->second.dtype() == b.dtype()) kernels::copy_(b, it->second);
-      else m->set_buffer(name, kernels::clone(it->second));
+      if (!all.count(full)) throw std::invalid_argument(fmt::format("{}: buffer '{}' is missing from the file", file, full));
+    }
+  }
+}
+
+// Restores every parameter and buffer of `model` from the file's tensors.
+void restore_state(nn::Module& model, const TensorMap& all, const std::string& file) {
+  check_state(model, all, file);
+  for (auto& [path, m] : model.named_modules()) {
+    if (!stores_own_tensors_generically(*m)) continue;
+    for (auto& [name, p] : m->named_parameters(false)) kernels::copy_(p, all.at(join(path, name)));
+    for (auto& [name, b] : m->named_buffers(false)) {
+      const Tensor& t = all.at(join(path, name));
+      if (t.shape() == b.shape() && t.dtype() == b.dtype()) kernels::copy_(b, t);
+      else m->set_buffer(name, kernels::clone(t));
     }
   }
   // Children first, so a parent sees its children's restored state.
   auto modules = model.named_modules();
-  for (auto it = modules.rbegin(); it != modules.rend(); ++it) it->second->on_state_loaded();
+  for (auto it = modules.rbegin(); it != modules.rend(); ++it) {
+    try {
+      it->second->on_state_loaded();
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(fmt::format("{}: module '{}': {}", file, it->first, e.what()));
+    }
+  }
 }
 
 const json& model_tree(const SafetensorsFile& file, const std::string& name) {
@@ -421,13 +468,36 @@ void save_model(const nn::Module& model, const std::string& path, const std::map
 std::shared_ptr<nn::Module> build_model(const SafetensorsFile& file, const std::string& name) {
   const json meta = model_tree(file, name);
   auto model = decode_tree(meta["model"], file.tensors, "", name, 0);
-  restore_state(*model, file.tensors, name);
+  // The model was built from the file itself: a mismatch is a defect of the file.
+  try {
+    restore_state(*model, file.tensors, name);
+  } catch (const std::invalid_argument& e) {
+    throw FormatError(e.what());
+  }
   return model;
 }
 
 void load_into(nn::Module& model, const SafetensorsFile& file, const std::string& name) {
   const json meta = model_tree(file, name);
-  adopt_tree(model, meta["model"], file.tensors, "", name);
+  // Everything that can fail is checked before the model changes, so a file
+  // that does not fit leaves the model as it was.
+  std::vector<Swap> swaps;
+  try {
+    plan_adoption(model, meta["model"], file.tensors, "", name, 0, swaps);
+  } catch (const json::exception& e) {
+    throw FormatError(fmt::format("{}: bad module tree ({})", name, e.what()));
+  }
+  std::vector<std::shared_ptr<nn::Module>> previous;
+  for (Swap& s : swaps) {
+    previous.push_back(s.slot->module);
+    s.slot->module = s.replacement;
+  }
+  try {
+    check_state(model, file.tensors, name);
+  } catch (...) {
+    for (size_t i = 0; i < swaps.size(); ++i) swaps[i].slot->module = previous[i];
+    throw;
+  }
   restore_state(model, file.tensors, name);
 }
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -43,6 +44,19 @@ bool parse_dtype(const std::string& s, DType* out) {
 [[noreturn]] void fail(const std::string& file, const std::string& what) {
   throw FormatError(fmt::format("{}: {}", file, what));
 }
+
+// A JSON value for an error message, cut short: a hostile header can hold
+// megabytes in one value.
+std::string brief(const json& j) {
+  std::string s = j.dump();
+  if (s.size() > 80) s = s.substr(0, 77) + "...";
+  return s;
+}
+
+// A valid header nests three levels deep (object, tensor entry, shape); the
+// limit stops a header like [[[[...]]]] before anything recurses over it.
+constexpr int kMaxHeaderDepth = 16;
+struct TooDeep {};
 
 }  // namespace
 
@@ -118,9 +132,15 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& n
   if (n > bytes.size() - 8) fail(name, fmt::format("header length {} is larger than the file ({} bytes after the length)", n, bytes.size() - 8));
   json header;
   try {
-    header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(n));
+    header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(n),
+                         [](int depth, json::parse_event_t, json&) {
+                           if (depth > kMaxHeaderDepth) throw TooDeep{};
+                           return true;
+                         });
   } catch (const json::exception& e) {
     fail(name, fmt::format("header is not valid JSON ({})", e.what()));
+  } catch (const TooDeep&) {
+    fail(name, fmt::format("header JSON is nested more than {} levels deep", kMaxHeaderDepth));
   }
   if (!header.is_object()) fail(name, "header is not a JSON object");
   const uint64_t data_begin = 8 + n;
@@ -142,23 +162,23 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& n
       fail(name, fmt::format("tensor '{}' needs dtype, shape and data_offsets", key));
     DType dt;
     if (!e["dtype"].is_string() || !parse_dtype(e["dtype"].get<std::string>(), &dt))
-      fail(name, fmt::format("tensor '{}' has an unsupported dtype {}", key, e["dtype"].dump()));
+      fail(name, fmt::format("tensor '{}' has an unsupported dtype {}", key, brief(e["dtype"])));
     const json& shape = e["shape"];
     if (!shape.is_array() || shape.size() > static_cast<size_t>(kMaxDims))
-      fail(name, fmt::format("tensor '{}' has an invalid shape {}", key, shape.dump()));
+      fail(name, fmt::format("tensor '{}' has an invalid shape {}", key, brief(shape)));
     Shape s;
     uint64_t count = 1;
     for (const json& d : shape) {
-      if (!d.is_number_unsigned()) fail(name, fmt::format("tensor '{}' has a non-integer or negative dimension in {}", key, shape.dump()));
+      if (!d.is_number_unsigned()) fail(name, fmt::format("tensor '{}' has a non-integer or negative dimension in {}", key, brief(shape)));
       const uint64_t v = d.get<uint64_t>();
       // Overflow-safe: count * v must stay below the data size bound.
-      if (v != 0 && count > kMaxFileBytes / v) fail(name, fmt::format("tensor '{}' shape {} is too large", key, shape.dump()));
+      if (v != 0 && count > kMaxFileBytes / v) fail(name, fmt::format("tensor '{}' shape {} is too large", key, brief(shape)));
       count *= v;
       s.push_back(static_cast<int64_t>(v));
     }
     const json& offs = e["data_offsets"];
     if (!offs.is_array() || offs.size() != 2 || !offs[0].is_number_unsigned() || !offs[1].is_number_unsigned())
-      fail(name, fmt::format("tensor '{}' has invalid data_offsets {}", key, offs.dump()));
+      fail(name, fmt::format("tensor '{}' has invalid data_offsets {}", key, brief(offs)));
     const uint64_t b = offs[0].get<uint64_t>(), en = offs[1].get<uint64_t>();
     if (b > en || en > data_size)
       fail(name, fmt::format("tensor '{}' data_offsets [{}, {}] lie outside the data area of {} bytes", key, b, en, data_size));
@@ -176,6 +196,9 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& n
 }
 
 SafetensorsFile load_safetensors(const std::string& path) {
+  // An ifstream opens a directory and reports a nonsense size for it.
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw std::runtime_error(fmt::format("{}: is a directory, not a file", path));
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) throw std::runtime_error(fmt::format("{}: cannot open ({})", path, std::strerror(errno)));
   const std::streamoff size = in.tellg();

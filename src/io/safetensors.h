@@ -11,15 +11,10 @@
 #include <stdexcept>
 #include <string>
 
+#include "io/idx.h"  // FormatError, shared by every file reader of tq::io
 #include "tensor/tensor.h"
 
 namespace tq::io {
-
-// A file that is not what it claims to be.
-class FormatError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
 
 struct SafetensorsFile {
   std::map<std::string, Tensor> tensors;  // contiguous, in their stored dtype

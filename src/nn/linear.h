@@ -7,7 +7,7 @@ namespace tq::nn {
 
 class Linear : public Module {
  public:
-  // PyTorch's default initialisation: weight and bias uniform in
+  // PyTorch's default initialisation (docs/nn.md eq. 1): weight and bias uniform in
   // [-1/sqrt(in_features), 1/sqrt(in_features)], from the global generator.
   Linear(int64_t in_features, int64_t out_features, bool bias = true);
 

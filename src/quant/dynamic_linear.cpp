@@ -31,6 +31,33 @@ DynamicQuantizedLinear::DynamicQuantizedLinear(const Tensor& weight, const Tenso
     wq = obs.calculate_qparams();
   }
   weight_ = quantize(weight.detach(), wq, DType::i8);
+  finish(bias);
+}
+
+std::shared_ptr<DynamicQuantizedLinear> DynamicQuantizedLinear::from_quantized(const Tensor& weight_q, const Tensor& bias,
+                                                                               int32_t act_qmax) {
+  if (!weight_q.is_quantized() || weight_q.dtype() != DType::i8 || weight_q.dim() != 2)
+    throw std::invalid_argument("DynamicQuantizedLinear::from_quantized: weight must be a 2-D i8 quantized tensor");
+  const QParams& q = weight_q.qparams();
+  if (q.scheme != QScheme::per_tensor_symmetric && !(q.scheme == QScheme::per_channel_symmetric && q.axis == 0))
+    throw std::invalid_argument(fmt::format("DynamicQuantizedLinear::from_quantized: weights must be symmetric "
+                                            "(per tensor, or per channel along axis 0), got {}",
+                                            qscheme_name(q.scheme)));
+  if (act_qmax < 1 || act_qmax > 255)
+    throw std::invalid_argument(fmt::format("DynamicQuantizedLinear: activation range 0..{} does not fit u8", act_qmax));
+  std::shared_ptr<DynamicQuantizedLinear> d(new DynamicQuantizedLinear());
+  d->per_channel = is_per_channel(q.scheme);
+  d->activation_quant_max = act_qmax;
+  d->out_features = weight_q.size(0);
+  d->in_features = weight_q.size(1);
+  d->weight_ = kernels::clone(weight_q);
+  d->finish(bias);
+  return d;
+}
+
+void DynamicQuantizedLinear::finish(const Tensor& bias) {
+  const QParams& wq = weight_.qparams();
+  weight_scales_.clear();
   for (int64_t n = 0; n < out_features; ++n)
     weight_scales_.push_back(per_channel ? wq.scale[static_cast<size_t>(n)] : wq.scale[0]);
   packed_ = PackedWeightsI8(weight_.data<int8_t>(), out_features, in_features);

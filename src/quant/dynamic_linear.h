@@ -19,6 +19,11 @@ class DynamicQuantizedLinear : public nn::Module {
   DynamicQuantizedLinear(const Tensor& weight, const Tensor& bias, bool per_channel = true,
                          int32_t activation_quant_max = 127);
 
+  // From weights already quantized to i8 (symmetric, per-tensor or per-channel
+  // along axis 0), e.g. read from a model file.
+  static std::shared_ptr<DynamicQuantizedLinear> from_quantized(const Tensor& weight_q, const Tensor& bias,
+                                                                int32_t activation_quant_max = 127);
+
   // x: (N, in) or (in) f32 -> (N, out) or (out) f32.
   Tensor forward(const Tensor& x) override;
   std::string extra_repr() const override;
@@ -34,6 +39,9 @@ class DynamicQuantizedLinear : public nn::Module {
   const PackedWeightsI8& packed_weights() const { return packed_; }
 
  private:
+  DynamicQuantizedLinear() = default;
+  // Packs weight_ and checks / keeps bias (shared by both constructors).
+  void finish(const Tensor& bias);
   Tensor weight_, bias_;
   std::vector<float> weight_scales_;  // one per output channel
   PackedWeightsI8 packed_;

@@ -20,6 +20,16 @@ namespace tq::quant {
 Tensor fake_quantize(const Tensor& x, const QParams& qp);
 Tensor fake_quantize(const Tensor& x, const std::shared_ptr<const QParams>& qp);
 
+// Storage kept from one call to the next (a FakeQuantize module keeps one):
+// the output and the STE mask are written into it whenever no tensor refers
+// to it any more, so a training step does not allocate, and page-fault in,
+// a fresh weight-sized output and mask each time.
+struct FakeQuantizeBuffers {
+  Tensor out;   // f32
+  Tensor mask;  // u8
+};
+Tensor fake_quantize(const Tensor& x, const std::shared_ptr<const QParams>& qp, FakeQuantizeBuffers& buffers);
+
 // The plain reference of eq. 8 for one value (teaching and tests).
 inline float fake_quantize_value(float x, float scale, int32_t zero_point, int32_t qmin, int32_t qmax) {
   const float q = std::nearbyint(x * (1.f / scale)) + static_cast<float>(zero_point);
@@ -37,6 +47,9 @@ class FakeQuantize : public QParamsSource {
 
   Tensor forward(const Tensor& x) override;
   std::string extra_repr() const override;
+  // After a model file restored the scale / zero_point buffers (and the
+  // observer's): fake-quantize with exactly those.
+  void on_state_loaded() override;
 
   // The qparams of the last forward (what convert uses, DESIGN "Convert uses
   // exactly the qparams that the last fake-quant forward used").
@@ -48,7 +61,15 @@ class FakeQuantize : public QParamsSource {
   void enable_fake_quant(bool on = true) { fake_quant_enabled = on; }
   void disable_fake_quant() { fake_quant_enabled = false; }
 
-  ObserverBase& observer() const { return activation_post_process.get(); }
+  ObserverBase& observer() const {
+    // The checked cast is done once per module put into the slot, not per call.
+    const nn::Module* m = &activation_post_process.module();
+    if (m != observer_module_) {
+      observer_ = &activation_post_process.get();
+      observer_module_ = m;
+    }
+    return *observer_;
+  }
 
   bool observer_enabled = true;
   bool fake_quant_enabled = true;
@@ -59,7 +80,14 @@ class FakeQuantize : public QParamsSource {
   void refresh_qparams();
   Tensor scale_, zero_point_;  // (C) f32 / i32; C = 1 for per-tensor
   bool has_qparams_ = false;
-  std::shared_ptr<const QParams> qparams_;  // the same values, ready for the op
+  // The same values, ready for the op; shared with the outputs that lie on
+  // this grid, and overwritten in place only when no output refers to it.
+  std::shared_ptr<QParams> qparams_;
+  FakeQuantizeBuffers buffers_;
+
+ private:
+  mutable const nn::Module* observer_module_ = nullptr;
+  mutable ObserverBase* observer_ = nullptr;
 };
 
 // Factories, as QConfig holds them: each call makes a fresh module.

@@ -4,8 +4,10 @@
 #include <limits>
 #include <stdexcept>
 
+
 #include <fmt/format.h>
 
+#include "quant/quant_kernels.h"
 #include "tensor/ops.h"
 
 namespace tq::quant {
@@ -13,14 +15,25 @@ namespace tq::quant {
 namespace {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// The float values of x (dequantized if needed), contiguous, without graph.
-Tensor observed_values(const Tensor& x) { return kernels::contiguous(kernels::to_float(x.detach())); }
-
-// Replaces a registered buffer's tensor (the buffer changes shape on first data).
-void set_buffer(std::vector<std::pair<std::string, Tensor>>& buffers, const std::string& name, const Tensor& t) {
-  for (auto& [n, b] : buffers)
-    if (n == name) b = t;
+// The float values of x, contiguous: x itself when it already is a contiguous
+// f32 tensor (the common case: no copy, no allocation), else a dequantized /
+// compacted copy. Observers only read values, so the graph does not matter.
+Tensor observed_values(const Tensor& x) {
+  if (x.dtype() == DType::f32 && x.is_contiguous()) return x;
+  return kernels::contiguous(kernels::to_float(x.detach()));
 }
+
+// Fills q with the spec's scheme / axis / range and one (scale, zero point)
+// per channel. q's vectors keep their capacity.
+void fill_qparams(QParams& q, const QuantSpec& spec, size_t channels) {
+  q.scheme = spec.qscheme;
+  q.axis = spec.per_channel() ? spec.ch_axis : -1;
+  q.quant_min = spec.quant_min;
+  q.quant_max = spec.quant_max;
+  q.scale.resize(channels);
+  q.zero_point.resize(channels);
+}
+
 }  // namespace
 
 QParamsSource::QParamsSource(QuantSpec spec) : spec_(spec) { validate(spec_, "observer"); }
@@ -47,20 +60,17 @@ MinMaxObserver::MinMaxObserver(QuantSpec spec) : ObserverBase(spec) {
 void MinMaxObserver::observe(const Tensor& x) {
   if (x.numel() == 0) return;
   const Tensor v = observed_values(x);
-  const float* p = v.data<float>();
-  float lo = p[0], hi = p[0];
-  for (int64_t i = 1; i < v.numel(); ++i) {
-    lo = std::fmin(lo, p[i]);
-    hi = std::fmax(hi, p[i]);
-  }
+  float lo = kInf, hi = -kInf;
+  fold_min_max(v.data<float>(), v.numel(), lo, hi);
+  if (lo > hi) throw std::invalid_argument(fmt::format("{}: the observed tensor holds only NaN", owner));
   update(lo, hi);
 }
 
 void MinMaxObserver::update(float batch_min, float batch_max) {
   float& lo = min_val_.data<float>()[0];
   float& hi = max_val_.data<float>()[0];
-  lo = std::fmin(lo, batch_min);
-  hi = std::fmax(hi, batch_max);
+  lo = batch_min < lo ? batch_min : lo;
+  hi = batch_max > hi ? batch_max : hi;
 }
 
 void MinMaxObserver::reset() {
@@ -71,8 +81,25 @@ void MinMaxObserver::reset() {
 bool MinMaxObserver::has_data() const { return min_val() <= max_val(); }
 
 QParams MinMaxObserver::calculate_qparams() const {
+  QParams q;
+  calculate_qparams_into(q);
+  return q;
+}
+
+void MinMaxObserver::calculate_qparams_into(QParams& q) const {
   if (!has_data()) throw_no_data();
-  return make_qparams(spec_, {quant::calculate_qparams(min_val(), max_val(), spec_)});
+  const ScaleZeroPoint sz = quant::calculate_qparams(min_val(), max_val(), spec_);
+  fill_qparams(q, spec_, 1);
+  q.scale[0] = sz.scale;
+  q.zero_point[0] = sz.zero_point;
+}
+
+void MinMaxObserver::on_state_loaded() {
+  min_val_ = buffer("min_val");
+  max_val_ = buffer("max_val");
+  if (min_val_.numel() != 1 || max_val_.numel() != 1)
+    throw std::invalid_argument(fmt::format("{}: loaded min_val / max_val must hold one value each, got shapes {} and {}",
+                                            owner, min_val_.shape().str(), max_val_.shape().str()));
 }
 
 std::string MinMaxObserver::extra_repr() const {
@@ -119,59 +146,85 @@ void PerChannelMinMaxObserver::observe(const Tensor& x) {
                                             axis, x.shape().str()));
   const Tensor v = observed_values(x);
   const int64_t channels = v.shape()[axis];
-  int64_t inner = 1;
-  for (int d = axis + 1; d < v.dim(); ++d) inner *= v.shape()[d];
-  // One pass over the tensor: each element updates its channel's min and max.
-  std::vector<float> lo(static_cast<size_t>(channels), kInf), hi(static_cast<size_t>(channels), -kInf);
-  const float* p = v.data<float>();
-  const int64_t n = v.numel();
-  for (int64_t i = 0; i < n; i += inner) {
-    const size_t c = static_cast<size_t>((i / inner) % channels);
-    float l = lo[c], h = hi[c];
-    for (int64_t j = 0; j < inner; ++j) {
-      l = std::fmin(l, p[i + j]);
-      h = std::fmax(h, p[i + j]);
-    }
-    lo[c] = l;
-    hi[c] = h;
-  }
   if (min_val_.numel() != 0 && min_val_.numel() != channels)
     throw std::invalid_argument(fmt::format("{}: saw {} channels, earlier {}", owner, channels, min_val_.numel()));
-  update(lo, hi);
+  int64_t inner = 1, outer = 1;
+  for (int d = axis + 1; d < v.dim(); ++d) inner *= v.shape()[d];
+  for (int d = 0; d < axis; ++d) outer *= v.shape()[d];
+  // One pass over the tensor, viewed as (outer, channels, inner): each run of
+  // `inner` values belongs to one channel.
+  batch_min_.assign(static_cast<size_t>(channels), kInf);
+  batch_max_.assign(static_cast<size_t>(channels), -kInf);
+  float* lo = batch_min_.data();
+  float* hi = batch_max_.data();
+  const float* p = v.data<float>();
+  for (int64_t o = 0; o < outer; ++o, p += channels * inner) {
+    if (inner == 1) {
+      // The channel is the last dimension: vectorize across channels.
+      for (int64_t c = 0; c < channels; ++c) {
+        lo[c] = p[c] < lo[c] ? p[c] : lo[c];
+        hi[c] = p[c] > hi[c] ? p[c] : hi[c];
+      }
+    } else {
+      for (int64_t c = 0; c < channels; ++c) fold_min_max(p + c * inner, inner, lo[c], hi[c]);
+    }
+  }
+  for (int64_t c = 0; c < channels; ++c)
+    if (lo[c] > hi[c])
+      throw std::invalid_argument(fmt::format("{}: channel {} holds only NaN", owner, c));
+  update(batch_min_, batch_max_);
 }
 
 void PerChannelMinMaxObserver::update(const std::vector<float>& lo, const std::vector<float>& hi) {
   if (!has_data()) {
     min_val_ = from_vector(lo, {static_cast<int64_t>(lo.size())});
     max_val_ = from_vector(hi, {static_cast<int64_t>(hi.size())});
-    set_buffer(buffers_, "min_val", min_val_);
-    set_buffer(buffers_, "max_val", max_val_);
+    set_buffer("min_val", min_val_);
+    set_buffer("max_val", max_val_);
     return;
   }
   float* l = min_val_.data<float>();
   float* h = max_val_.data<float>();
   for (size_t c = 0; c < lo.size(); ++c) {
-    l[c] = std::fmin(l[c], lo[c]);
-    h[c] = std::fmax(h[c], hi[c]);
+    l[c] = lo[c] < l[c] ? lo[c] : l[c];
+    h[c] = hi[c] > h[c] ? hi[c] : h[c];
   }
 }
 
 void PerChannelMinMaxObserver::reset() {
   min_val_ = empty({0});
   max_val_ = empty({0});
-  set_buffer(buffers_, "min_val", min_val_);
-  set_buffer(buffers_, "max_val", max_val_);
+  set_buffer("min_val", min_val_);
+  set_buffer("max_val", max_val_);
 }
 
 bool PerChannelMinMaxObserver::has_data() const { return min_val_.numel() > 0; }
 
 QParams PerChannelMinMaxObserver::calculate_qparams() const {
+  QParams q;
+  calculate_qparams_into(q);
+  return q;
+}
+
+void PerChannelMinMaxObserver::calculate_qparams_into(QParams& q) const {
   if (!has_data()) throw_no_data();
-  std::vector<ScaleZeroPoint> pairs;
   const float* l = min_val_.data<float>();
   const float* h = max_val_.data<float>();
-  for (int64_t c = 0; c < min_val_.numel(); ++c) pairs.push_back(quant::calculate_qparams(l[c], h[c], spec_));
-  return make_qparams(spec_, pairs);
+  const size_t channels = static_cast<size_t>(min_val_.numel());
+  fill_qparams(q, spec_, channels);
+  for (size_t c = 0; c < channels; ++c) {
+    const ScaleZeroPoint sz = quant::calculate_qparams(l[c], h[c], spec_);
+    q.scale[c] = sz.scale;
+    q.zero_point[c] = sz.zero_point;
+  }
+}
+
+void PerChannelMinMaxObserver::on_state_loaded() {
+  min_val_ = buffer("min_val");
+  max_val_ = buffer("max_val");
+  if (!(min_val_.shape() == max_val_.shape()) || min_val_.dim() != 1)
+    throw std::invalid_argument(fmt::format("{}: loaded min_val / max_val must be two vectors of one shape, got {} and {}",
+                                            owner, min_val_.shape().str(), max_val_.shape().str()));
 }
 
 std::string PerChannelMinMaxObserver::extra_repr() const {

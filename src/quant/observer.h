@@ -25,6 +25,9 @@ class QParamsSource : public nn::Module {
   virtual bool has_data() const = 0;
   // The qparams for what it has seen; throws naming `owner` if it saw nothing.
   virtual QParams calculate_qparams() const = 0;
+  // The same, written into `out`, whose vectors keep their capacity: what a
+  // fake quant calls on every training step, so that the step allocates nothing.
+  virtual void calculate_qparams_into(QParams& out) const { out = calculate_qparams(); }
   // Where it sits in the model ("fc1.activation_post_process"), for messages.
   std::string owner = "observer";
 
@@ -52,7 +55,9 @@ class MinMaxObserver : public ObserverBase {
   void reset() override;
   bool has_data() const override;
   QParams calculate_qparams() const override;
+  void calculate_qparams_into(QParams& out) const override;
   std::string extra_repr() const override;
+  void on_state_loaded() override;
   float min_val() const { return min_val_.data<float>()[0]; }
   float max_val() const { return max_val_.data<float>()[0]; }
 
@@ -80,13 +85,18 @@ class PerChannelMinMaxObserver : public ObserverBase {
   void reset() override;
   bool has_data() const override;
   QParams calculate_qparams() const override;
+  void calculate_qparams_into(QParams& out) const override;
   std::string extra_repr() const override;
+  void on_state_loaded() override;
   std::vector<float> min_vals() const { return to_vector(min_val_); }
   std::vector<float> max_vals() const { return to_vector(max_val_); }
 
  protected:
   virtual void update(const std::vector<float>& batch_min, const std::vector<float>& batch_max);
   Tensor min_val_, max_val_;  // (C), empty before any data
+
+ private:
+  std::vector<float> batch_min_, batch_max_;  // scratch for observe(), reused from batch to batch
 };
 
 class MovingAveragePerChannelMinMaxObserver : public PerChannelMinMaxObserver {

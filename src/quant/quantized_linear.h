@@ -22,7 +22,9 @@ namespace tq::quant {
 class QuantizedLinear : public nn::Module {
  public:
   // weight: (out, in) f32, quantized here with weight_qparams (symmetric,
-  // per-tensor or per-channel along axis 0); bias: (out) f32 or undefined;
+  // per-tensor or per-channel along axis 0) — or an already quantized i8
+  // tensor, used as it is (weight_qparams is then ignored);
+  // bias: (out) f32 or undefined;
   // output_qparams: per-tensor affine u8; input_qparams: the qparams to
   // quantize a float input with, or nullptr if this layer never saw one.
   QuantizedLinear(const Tensor& weight, const Tensor& bias, const QParams& weight_qparams,

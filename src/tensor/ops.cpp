@@ -1,3 +1,6 @@
+// The tensor kernels: views, copies, elementwise ops with broadcasting,
+// reductions, matrix products (OpenBLAS) and softmax. docs/tensor.md derives
+// the stride arithmetic they rely on (eq. 1-6).
 #include "tensor/ops.h"
 
 #include <cblas.h>
@@ -21,7 +24,8 @@ void require_f32(const Tensor& t, const char* op) {
 }
 
 // Calls f(out_index, a_offset) for every element of `shape` walked in
-// row-major order, where a_offset follows `strides` (stride 0 = broadcast).
+// row-major order, where a_offset follows `strides` (docs/tensor.md eq. 1;
+// stride 0 = broadcast).
 // The inner loop runs over the last dimension with plain pointer steps.
 template <class F>
 void for_each_offset(const Shape& shape, const Shape& strides, int64_t base, F&& f) {
@@ -43,7 +47,33 @@ void for_each_offset(const Shape& shape, const Shape& strides, int64_t base, F&&
   }
 }
 
-// Strides of `t` seen as broadcast to `shape` (0 where t has size 1 / is missing).
+// The same walk over two operands at once: f(out_index, a_offset, b_offset).
+// Used by broadcasting binary ops and strided copies, so they need no
+// per-call table of offsets.
+template <class F>
+void for_each_offset2(const Shape& shape, const Shape& sa, int64_t base_a, const Shape& sb, int64_t base_b, F&& f) {
+  const int nd = shape.size();
+  const int64_t n = shape.numel();
+  if (n == 0) return;
+  if (nd == 0) { f(0, base_a, base_b); return; }
+  const int64_t inner = shape[nd - 1], ia = sa[nd - 1], ib = sb[nd - 1];
+  int64_t idx[kMaxDims] = {};
+  int64_t oa = base_a, ob = base_b;
+  for (int64_t i = 0; i < n; i += inner) {
+    for (int64_t j = 0; j < inner; ++j) f(i + j, oa + j * ia, ob + j * ib);
+    for (int d = nd - 2; d >= 0; --d) {
+      oa += sa[d];
+      ob += sb[d];
+      if (++idx[d] < shape[d]) break;
+      oa -= sa[d] * shape[d];
+      ob -= sb[d] * shape[d];
+      idx[d] = 0;
+    }
+  }
+}
+
+// Strides of `t` seen as broadcast to `shape` (0 where t has size 1 / is
+// missing: docs/tensor.md eq. 6).
 Shape broadcast_strides(const Tensor& t, const Shape& shape) {
   Shape st;
   st.resize(shape.size());
@@ -71,11 +101,10 @@ Tensor binary(const Tensor& a, const Tensor& b, const char* op, F f) {
     for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], y[i]);
     return out;
   }
-  // General case: walk b's offsets while a's come from a precomputed list.
+  // General case: broadcast operands have stride 0 along their size-1 dimensions.
   const Shape sa = broadcast_strides(a, shape), sb = broadcast_strides(b, shape);
-  std::vector<int64_t> aoff(static_cast<size_t>(shape.numel()));
-  for_each_offset(shape, sa, a.offset(), [&](int64_t i, int64_t off) { aoff[i] = off; });
-  for_each_offset(shape, sb, b.offset(), [&](int64_t i, int64_t off) { o[i] = f(pa[aoff[i]], pb[off]); });
+  for_each_offset2(shape, sa, a.offset(), sb, b.offset(),
+                   [&](int64_t i, int64_t oa, int64_t ob) { o[i] = f(pa[oa], pb[ob]); });
   return out;
 }
 
@@ -129,6 +158,7 @@ Tensor reshape(const Tensor& t, const Shape& shape) {
 }
 
 Tensor transpose(const Tensor& t, int dim0, int dim1) {
+  // Swap two sizes and their strides (docs/tensor.md eq. 3).
   const int d0 = normalize_dim(dim0, t.dim(), "transpose"), d1 = normalize_dim(dim1, t.dim(), "transpose");
   Shape shape = t.shape(), strides = t.strides();
   std::swap(shape[d0], shape[d1]);
@@ -144,6 +174,7 @@ Tensor slice(const Tensor& t, int dim, int64_t start, int64_t end) {
   end = std::min(end, n);
   if (start < 0 || start > end)
     throw std::out_of_range(fmt::format("slice: range [{}, {}) is invalid for dimension {} of size {}", start, end, d, n));
+  // Same strides, offset moved to the first kept element (docs/tensor.md eq. 4).
   Shape shape = t.shape();
   shape[d] = end - start;
   return make_view(t, shape, t.strides(), t.offset() + start * t.strides()[d]);
@@ -169,7 +200,7 @@ template <class Dst, class Src>
 static void copy_typed(const Tensor& dst, const Tensor& src) {
   const Src* s = static_cast<const Src*>(src.impl()->storage->data());
   Dst* d = static_cast<Dst*>(dst.impl()->storage->data());
-  if (dst.is_contiguous() && src.is_contiguous()) {
+  if (dst.shape() == src.shape() && dst.is_contiguous() && src.is_contiguous()) {
     s += src.offset();
     d += dst.offset();
     if constexpr (std::is_same_v<Dst, Src>) {
@@ -179,11 +210,8 @@ static void copy_typed(const Tensor& dst, const Tensor& src) {
     }
     return;
   }
-  std::vector<int64_t> doff(static_cast<size_t>(dst.numel()));
-  for_each_offset(dst.shape(), dst.strides(), dst.offset(), [&](int64_t i, int64_t off) { doff[i] = off; });
-  for_each_offset(src.shape(), broadcast_strides(src, dst.shape()), src.offset(),
-                  [&](int64_t i, int64_t off) { d[doff[i]] = static_cast<Dst>(s[off]); });
-  (void)0;
+  for_each_offset2(dst.shape(), dst.strides(), dst.offset(), broadcast_strides(src, dst.shape()), src.offset(),
+                   [&](int64_t, int64_t od, int64_t os) { d[od] = static_cast<Dst>(s[os]); });
 }
 
 template <class Dst>
@@ -198,8 +226,8 @@ static void copy_from(const Tensor& dst, const Tensor& src) {
 }
 
 void copy_(const Tensor& dst, const Tensor& src) {
+  if (!dst.defined() || !src.defined()) throw std::invalid_argument("copy_: the tensor is undefined");
   if (!(dst.shape() == src.shape())) {
-    broadcast_shapes(src.shape(), dst.shape(), "copy_");
     if (!(broadcast_shapes(src.shape(), dst.shape(), "copy_") == dst.shape()))
       throw std::invalid_argument(fmt::format("copy_: cannot copy shape {} into shape {}", src.shape().str(), dst.shape().str()));
   }
@@ -213,8 +241,16 @@ void copy_(const Tensor& dst, const Tensor& src) {
 }
 
 void fill_(const Tensor& t, double value) {
-  Tensor src = full(Shape{}, value, t.dtype());
-  copy_(t, src);
+  if (t.is_contiguous() && t.dtype() == DType::f32) {
+    // The common case (zeroing a gradient): a plain loop, no temporary.
+    float* p = t.data<float>();
+    const float v = static_cast<float>(value);
+    const int64_t n = t.numel();
+    if (v == 0.f) std::memset(p, 0, static_cast<size_t>(n) * sizeof(float));
+    else std::fill(p, p + n, v);
+    return;
+  }
+  copy_(t, full(Shape{}, value, t.dtype()));
 }
 
 Tensor to_dtype(const Tensor& t, DType dtype) {
@@ -424,6 +460,21 @@ float min_all(const Tensor& t) {
   return m;
 }
 
+void sum_rows_into(const Tensor& src, const Tensor& dst, bool accumulate) {
+  require_f32(src, "sum_rows_into");
+  require_f32(dst, "sum_rows_into");
+  if (src.dim() != 2 || !(dst.shape() == Shape{src.shape()[1]}) || !dst.is_contiguous())
+    throw std::invalid_argument(fmt::format("sum_rows_into: cannot sum rows of shape {} into shape {}",
+                                            src.shape().str(), dst.shape().str()));
+  const Tensor c = contiguous(src);
+  const int64_t rows = c.shape()[0], cols = c.shape()[1];
+  const float* p = c.data<float>();
+  float* d = dst.data<float>();
+  if (!accumulate) std::fill(d, d + cols, 0.f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) d[j] += p[r * cols + j];
+}
+
 Tensor sum_to(const Tensor& t, const Shape& shape) {
   if (t.shape() == shape) return t;
   Tensor r = t;
@@ -441,22 +492,43 @@ Tensor sum_to(const Tensor& t, const Shape& shape) {
 
 namespace {
 // A 2-D operand as BLAS sees it: row-major pointer, leading dimension, and
-// whether it has to be read transposed.
+// whether it has to be read transposed. A row-major matrix with rows `ld`
+// apart is read as it is; a transposed view of one (strides (1, ld)) is the
+// same memory read with the transpose flag flipped, so no copy is made.
 struct BlasOperand {
-  const float* ptr;
-  int64_t ld;
-  bool trans;
+  const float* ptr = nullptr;
+  int64_t ld = 0;
+  bool trans = false;
 };
 
-BlasOperand as_blas(const Tensor& t, bool want_trans, const char* op) {
+bool as_blas(const Tensor& t, bool want_trans, BlasOperand* out) {
   const float* base = static_cast<const float*>(t.impl()->storage->data()) + t.offset();
   const int64_t rows = t.shape()[0], cols = t.shape()[1];
-  if (t.strides()[1] == 1 && (t.strides()[0] >= cols || rows == 1))
-    return {base, std::max<int64_t>(t.strides()[0], std::max<int64_t>(cols, 1)), want_trans};
-  if (t.strides()[0] == 1 && (t.strides()[1] >= rows || cols == 1))
-    return {base, std::max<int64_t>(t.strides()[1], std::max<int64_t>(rows, 1)), !want_trans};
-  throw std::invalid_argument(fmt::format("{}: operand of shape {} and strides {} is neither a matrix nor a transposed one",
-                                          op, t.shape().str(), t.strides().str()));
+  if (t.strides()[1] == 1 && (t.strides()[0] >= cols || rows == 1)) {
+    *out = {base, std::max<int64_t>(t.strides()[0], std::max<int64_t>(cols, 1)), want_trans};
+    return true;
+  }
+  if (t.strides()[0] == 1 && (t.strides()[1] >= rows || cols == 1)) {
+    *out = {base, std::max<int64_t>(t.strides()[1], std::max<int64_t>(rows, 1)), !want_trans};
+    return true;
+  }
+  return false;  // e.g. a broadcast (stride 0) or a sliced-in-both-dimensions view
+}
+
+// Reference product for tiny shapes: out (M, N) = alpha A B + beta out, where
+// A and B are read through their BlasOperand descriptions.
+void small_gemm(const BlasOperand& A, const BlasOperand& B, int64_t M, int64_t N, int64_t K, float alpha, float beta,
+                float* c) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      float acc = 0.f;
+      for (int64_t kk = 0; kk < K; ++kk) {
+        const float x = A.trans ? A.ptr[kk * A.ld + i] : A.ptr[i * A.ld + kk];
+        const float y = B.trans ? B.ptr[j * B.ld + kk] : B.ptr[kk * B.ld + j];
+        acc += x * y;
+      }
+      c[i * N + j] = alpha * acc + (beta == 0.f ? 0.f : beta * c[i * N + j]);
+    }
 }
 }  // namespace
 
@@ -481,19 +553,40 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, float al
     else for (int64_t i = 0; i < M * N; ++i) c[i] *= beta;
     return;
   }
-  const BlasOperand A = as_blas(a, trans_a, "matmul"), B = as_blas(b, trans_b, "matmul");
-  // Tiny products (the batch-1 SimpleNN) cost less as a plain loop than a BLAS call.
-  if (M * N * K <= 4096) {
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j) {
-        float acc = 0.f;
-        for (int64_t k = 0; k < K; ++k) {
-          const float x = A.trans ? A.ptr[k * A.ld + i] : A.ptr[i * A.ld + k];
-          const float y = B.trans ? B.ptr[j * B.ld + k] : B.ptr[k * B.ld + j];
-          acc += x * y;
-        }
-        c[i * N + j] = alpha * acc + (beta == 0.f ? 0.f : beta * c[i * N + j]);
-      }
+  // Operands BLAS cannot read in place (rare: broadcast views) are copied.
+  BlasOperand A, B;
+  Tensor a_copy, b_copy;
+  if (!as_blas(a, trans_a, &A)) as_blas(a_copy = contiguous(clone(a)), trans_a, &A);
+  if (!as_blas(b, trans_b, &B)) as_blas(b_copy = contiguous(clone(b)), trans_b, &B);
+  // Tiny products (the batch-1 SimpleNN) cost less as a plain loop than a
+  // BLAS call (see kSmallGemmMacs).
+  if (M * N * K <= kSmallGemmMacs) {
+    small_gemm(A, B, M, N, K, alpha, beta, c);
+    return;
+  }
+  // One row (batch 1) or one column: a matrix-vector product. OpenBLAS's
+  // sgemv is several times faster than its sgemm on these shapes.
+  if (M == 1 || N == 1) {
+    if (beta == 0.f) std::fill(c, c + M * N, 0.f);  // beta = 0 must not read the (uninitialised) output
+    if (M == 1) {
+      // out (N) = op(B)^T x, x = the row op(A) (1, K): contiguous, or a column of a transposed store.
+      const int64_t incx = A.trans ? A.ld : 1;
+      if (B.trans)  // B stored (N, K)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(N), static_cast<int>(K), alpha, B.ptr,
+                    static_cast<int>(B.ld), A.ptr, static_cast<int>(incx), beta, c, 1);
+      else  // B stored (K, N)
+        cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<int>(K), static_cast<int>(N), alpha, B.ptr,
+                    static_cast<int>(B.ld), A.ptr, static_cast<int>(incx), beta, c, 1);
+    } else {
+      // out (M) = op(A) x, x = the column op(B) (K, 1).
+      const int64_t incx = B.trans ? 1 : B.ld;
+      if (A.trans)  // A stored (K, M)
+        cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<int>(K), static_cast<int>(M), alpha, A.ptr,
+                    static_cast<int>(A.ld), B.ptr, static_cast<int>(incx), beta, c, 1);
+      else  // A stored (M, K)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(M), static_cast<int>(K), alpha, A.ptr,
+                    static_cast<int>(A.ld), B.ptr, static_cast<int>(incx), beta, c, 1);
+    }
     return;
   }
   cblas_sgemm(CblasRowMajor, A.trans ? CblasTrans : CblasNoTrans, B.trans ? CblasTrans : CblasNoTrans,
@@ -539,32 +632,41 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
 
 // ---- Softmax ----
 
-Tensor log_softmax(const Tensor& t) {
-  require_f32(t, "log_softmax");
-  if (t.dim() == 0) throw std::invalid_argument("log_softmax: needs at least one dimension");
+// Both work row by row on the last dimension, n values per row:
+//   log_softmax(x)_j = (x_j - m) - log(sum_k exp(x_k - m)),  m = max_k x_k,
+//   softmax(x)_j     = exp(x_j - m) / sum_k exp(x_k - m).
+// Subtracting the maximum first means exp never overflows, and x_j - m is
+// exact, so large logits lose no precision.
+namespace {
+template <bool kLog>
+Tensor softmax_rows(const Tensor& t, const char* op) {
+  require_f32(t, op);
+  if (t.dim() == 0) throw std::invalid_argument(std::string(op) + ": needs at least one dimension");
   const Tensor c = contiguous(t);
   Tensor out = empty(c.shape());
   const int64_t n = c.shape().back(), rows = n ? c.numel() / n : 0;
   const float* p = c.data<float>();
   float* o = out.data<float>();
   for (int64_t r = 0; r < rows; ++r) {
-    // log_softmax(x)_i = x_i - m - log(sum_j exp(x_j - m)), m = max x: never overflows.
     const float* x = p + r * n;
+    float* y = o + r * n;
     float m = -std::numeric_limits<float>::infinity();
     for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
     double s = 0;
     for (int64_t j = 0; j < n; ++j) s += std::exp(static_cast<double>(x[j] - m));
-    const float lse = m + static_cast<float>(std::log(s));
-    for (int64_t j = 0; j < n; ++j) o[r * n + j] = x[j] - lse;
+    if constexpr (kLog) {
+      const float log_s = static_cast<float>(std::log(s));
+      for (int64_t j = 0; j < n; ++j) y[j] = (x[j] - m) - log_s;
+    } else {
+      const double inv = 1.0 / s;
+      for (int64_t j = 0; j < n; ++j) y[j] = static_cast<float>(std::exp(static_cast<double>(x[j] - m)) * inv);
+    }
   }
   return out;
 }
+}  // namespace
 
-Tensor softmax(const Tensor& t) {
-  Tensor out = log_softmax(t);
-  float* o = out.data<float>();
-  for (int64_t i = 0; i < out.numel(); ++i) o[i] = std::exp(o[i]);
-  return out;
-}
+Tensor log_softmax(const Tensor& t) { return softmax_rows<true>(t, "log_softmax"); }
+Tensor softmax(const Tensor& t) { return softmax_rows<false>(t, "softmax"); }
 
 }  // namespace tq::kernels

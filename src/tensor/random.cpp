@@ -2,6 +2,9 @@
 
 #include <cmath>
 #include <numbers>
+#include <stdexcept>
+#include <string>
+#include <utility>
 
 namespace tq {
 
@@ -84,10 +87,21 @@ Tensor randn(const Shape& shape, Generator& g) {
 }
 
 Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator& g) {
-  if (high <= low) throw std::invalid_argument("randint: high must be greater than low");
+  if (high <= low)
+    throw std::invalid_argument("randint: high (" + std::to_string(high) + ") must be greater than low (" +
+                                std::to_string(low) + ")");
   Tensor t = empty(shape, DType::i64);
   int64_t* p = t.data<int64_t>();
   for (int64_t i = 0; i < t.numel(); ++i) p[i] = low + static_cast<int64_t>(g.below(static_cast<uint64_t>(high - low)));
+  return t;
+}
+
+Tensor randperm(int64_t n, Generator& g) {
+  if (n < 0) throw std::invalid_argument("randperm: n must be non-negative, got " + std::to_string(n));
+  Tensor t = arange(n, DType::i64);
+  int64_t* p = t.data<int64_t>();
+  // Walk from the end, swapping each position with a uniformly chosen one at or before it.
+  for (int64_t i = n - 1; i > 0; --i) std::swap(p[i], p[static_cast<int64_t>(g.below(static_cast<uint64_t>(i + 1)))]);
   return t;
 }
 

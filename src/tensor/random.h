@@ -36,5 +36,8 @@ Tensor rand_uniform(const Shape& shape, double low, double high, Generator& g = 
 Tensor randn(const Shape& shape, Generator& g = default_generator());
 // i64 tensor of integers in [low, high).
 Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator& g = default_generator());
+// i64 tensor holding a random permutation of 0..n-1 (Fisher-Yates): the order
+// in which an epoch visits a data set.
+Tensor randperm(int64_t n, Generator& g = default_generator());
 
 }  // namespace tq

@@ -1,5 +1,5 @@
 // Shape and strides: small fixed-capacity arrays of sizes, kept inline in the
-// tensor so creating a tensor never allocates for its shape (docs/tensor.md §1).
+// tensor so creating a tensor never allocates for its shape (docs/tensor.md §2).
 #pragma once
 
 #include <cstdint>
@@ -64,11 +64,11 @@ class Shape {
   int ndim_ = 0;
 };
 
-// Row-major (C-order) strides of a contiguous tensor of this shape.
+// Row-major (C-order) strides of a contiguous tensor of this shape (docs/tensor.md eq. 2).
 Shape contiguous_strides(const Shape& shape);
 
-// The shape two operands broadcast to (NumPy rules); throws naming `op` and
-// both shapes when they do not broadcast.
+// The shape two operands broadcast to (NumPy rules, docs/tensor.md eq. 5);
+// throws naming `op` and both shapes when they do not broadcast.
 Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
 
 // Turns a possibly negative dimension index into 0..ndim-1, or throws naming `op`.

@@ -1,5 +1,6 @@
 #include "tensor/tensor.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -18,12 +19,16 @@ const char* node_name(const Node& node);
 
 Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
   // 64-byte alignment: a cache line, and what AVX2 / AVX-512 loads like.
-  const size_t rounded = ((nbytes ? nbytes : 1) + 63) / 64 * 64;
-  data_ = std::aligned_alloc(64, rounded);
-  if (!data_) throw std::bad_alloc();
+  // Plain malloc with 63 spare bytes, aligned by hand, rather than
+  // aligned_alloc: small blocks then come from malloc's per-thread cache,
+  // which matters when every op of a batch-1 step allocates its output.
+  raw_ = std::malloc((nbytes ? nbytes : 1) + kAlignment - 1);
+  if (!raw_) throw std::bad_alloc();
+  const auto address = reinterpret_cast<uintptr_t>(raw_);
+  data_ = reinterpret_cast<void*>((address + kAlignment - 1) / kAlignment * kAlignment);
 }
 
-Storage::~Storage() { std::free(data_); }
+Storage::~Storage() { std::free(raw_); }
 
 const char* qscheme_name(QScheme s) {
   switch (s) {
@@ -245,11 +250,35 @@ Tensor with_qparams(const Tensor& t, std::shared_ptr<const QParams> q) {
 
 // ---- Printing, in the spirit of PyTorch's repr ----
 
-static std::string format_value(double v, DType dt, bool all_integral) {
+// How float values are written, chosen once per tensor as PyTorch does:
+// integral values as "3.", others with four decimals, and scientific notation
+// when fixed point would hide digits (a wide range of magnitudes).
+enum class FloatStyle { integral, fixed, scientific };
+
+static FloatStyle choose_style(const std::vector<float>& values) {
+  bool all_integral = true;
+  double max_abs = 0, min_abs = INFINITY;
+  for (float v : values) {
+    if (!std::isfinite(v)) continue;
+    if (v != std::floor(v)) all_integral = false;
+    const double a = std::fabs(static_cast<double>(v));
+    max_abs = std::max(max_abs, a);
+    if (a > 0) min_abs = std::min(min_abs, a);
+  }
+  if (all_integral) return max_abs > 1e8 ? FloatStyle::scientific : FloatStyle::integral;
+  if (max_abs > 1e8 || min_abs < 1e-4 || (min_abs < INFINITY && max_abs / min_abs > 1000)) return FloatStyle::scientific;
+  return FloatStyle::fixed;
+}
+
+static std::string format_value(double v, DType dt, FloatStyle style) {
   if (dt != DType::f32) return fmt::format("{}", static_cast<int64_t>(v));
   if (std::isnan(v)) return "nan";
   if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  if (all_integral) return fmt::format("{:.0f}.", v);
+  switch (style) {
+    case FloatStyle::integral: return fmt::format("{:.0f}.", v);
+    case FloatStyle::scientific: return fmt::format("{:.4e}", v);
+    case FloatStyle::fixed: break;
+  }
   return fmt::format("{:.4f}", v);
 }
 
@@ -304,14 +333,12 @@ std::string Tensor::str() const {
     values = to_vector(*this);
   }
   const DType shown = is_quantized() ? DType::f32 : dtype();
-  bool all_integral = true;
-  for (float v : values)
-    if (std::isfinite(v) && v != std::floor(v)) { all_integral = false; break; }
+  const FloatStyle style = choose_style(values);
   std::vector<std::string> cells;
   cells.reserve(values.size());
   size_t width = 0;
   for (float v : values) {
-    cells.push_back(format_value(v, shown, all_integral));
+    cells.push_back(format_value(v, shown, style));
     width = std::max(width, cells.back().size());
   }
   std::ostringstream os;

@@ -26,6 +26,7 @@ class Node;  // an autograd graph node (src/autograd/node.h)
 // Owned, 64-byte aligned bytes. Never resized after creation.
 class Storage {
  public:
+  static constexpr size_t kAlignment = 64;
   explicit Storage(size_t nbytes);
   ~Storage();
   Storage(const Storage&) = delete;
@@ -34,7 +35,8 @@ class Storage {
   size_t nbytes() const { return nbytes_; }
 
  private:
-  void* data_ = nullptr;
+  void* raw_ = nullptr;   // what malloc returned
+  void* data_ = nullptr;  // raw_ rounded up to kAlignment
   size_t nbytes_ = 0;
 };
 
@@ -104,7 +106,7 @@ class Tensor {
   double at(std::initializer_list<int64_t> index) const;
 
   // Quantization.
-  bool is_quantized() const { return impl_->qparams != nullptr; }
+  bool is_quantized() const { return impl_ && impl_->qparams != nullptr; }
   const QParams& qparams() const;
   std::shared_ptr<const QParams> qparams_ptr() const { return impl_->qparams; }
 

@@ -311,6 +311,11 @@ int cmd_compare(int argc, char** argv) {
   apply_threads(r);
   auto fl = load(require(r, "float"));
   auto qm = load(require(r, "quantized"));
+  // A fused layer's output is taken after its ReLU: fuse the float model the
+  // same way, so that each layer is compared with the same quantity.
+  bool fused = false;
+  for (auto& [path, m] : qm->named_modules()) fused |= m->type_name().ends_with("LinearReLU");
+  if (fused) quant::fuse_linear_relu(*fl);
   const io::Dataset test_set = io::load_fashion_mnist(r["data"].as<std::string>(), io::Split::test);
   const int64_t n = std::min<int64_t>(std::max<int64_t>(1, r["samples"].as<int64_t>()), test_set.size());
   io::DataLoader loader(test_set.slice(0, n), {.batch_size = n, .shuffle = false});

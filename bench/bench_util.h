@@ -1,0 +1,160 @@
+// Small helpers shared by the benchmarks in bench/: a monotonic clock, the
+// median of repeated timings, command-line flags, and a minimal JSON printer
+// for `--json` output. Header-only; benchmarks are programs, not tests.
+//
+//   auto t = tq::bench::measure([&] { step(); }, {.repeats = 21, .inner = 50});
+//   std::printf("%.1f us\n", t.median * 1e6);
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace tq::bench {
+
+// Seconds from a monotonic clock.
+inline double now_seconds() {
+  using clock = std::chrono::steady_clock;
+  return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
+}
+
+struct MeasureOptions {
+  int repeats = 15;  // timed samples; the median of these is reported
+  int inner = 1;     // calls per sample (raise it for sub-microsecond work)
+  int warmup = 3;    // untimed samples first (caches, allocator, BLAS buffers)
+};
+
+// Seconds per call: median, fastest and slowest sample over the repeats.
+struct Timing {
+  double median = 0;
+  double min = 0;
+  double max = 0;
+  int repeats = 0;
+  int inner = 0;
+};
+
+inline double median_of(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Times fn(): `repeats` samples, each the mean over `inner` back-to-back calls.
+template <class F>
+Timing measure(F&& fn, MeasureOptions opt = {}) {
+  for (int w = 0; w < opt.warmup; ++w)
+    for (int i = 0; i < opt.inner; ++i) fn();
+  std::vector<double> samples;
+  samples.reserve(static_cast<size_t>(opt.repeats));
+  for (int r = 0; r < opt.repeats; ++r) {
+    const double t0 = now_seconds();
+    for (int i = 0; i < opt.inner; ++i) fn();
+    samples.push_back((now_seconds() - t0) / opt.inner);
+  }
+  Timing t;
+  t.median = median_of(samples);
+  t.min = *std::min_element(samples.begin(), samples.end());
+  t.max = *std::max_element(samples.begin(), samples.end());
+  t.repeats = opt.repeats;
+  t.inner = opt.inner;
+  return t;
+}
+
+// Chooses `inner` so one sample of fn() lasts about `target_seconds`.
+template <class F>
+int calibrate_inner(F&& fn, double target_seconds = 0.01) {
+  fn();
+  int inner = 1;
+  for (;;) {
+    const double t0 = now_seconds();
+    for (int i = 0; i < inner; ++i) fn();
+    const double dt = now_seconds() - t0;
+    if (dt >= target_seconds || inner >= (1 << 24)) return inner;
+    inner = dt <= 0 ? inner * 10 : std::max(inner + 1, static_cast<int>(inner * target_seconds / dt * 1.1));
+  }
+}
+
+// True when `flag` (e.g. "--json") is among the arguments.
+inline bool has_flag(int argc, char** argv, const char* flag) {
+  for (int i = 1; i < argc; ++i)
+    if (std::strcmp(argv[i], flag) == 0) return true;
+  return false;
+}
+
+// The integer after `--name` (as in "--repeats 31"), or `fallback`.
+inline long flag_value(int argc, char** argv, const char* flag, long fallback) {
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::strcmp(argv[i], flag) == 0) return std::strtol(argv[i + 1], nullptr, 10);
+  return fallback;
+}
+
+// A JSON object built key by key, printed in insertion order:
+//   Json j; j.add("median_us", 3.2).add("name", "simple_nn"); std::puts(j.str().c_str());
+class Json {
+ public:
+  Json& add(const std::string& key, double v) { return put(key, number(v)); }
+  Json& add(const std::string& key, int v) { return put(key, std::to_string(v)); }
+  Json& add(const std::string& key, int64_t v) { return put(key, std::to_string(v)); }
+  Json& add(const std::string& key, bool v) { return put(key, v ? "true" : "false"); }
+  Json& add(const std::string& key, const char* v) { return put(key, quote(v)); }
+  Json& add(const std::string& key, const std::string& v) { return put(key, quote(v)); }
+  Json& add(const std::string& key, const Json& v) { return put(key, v.str()); }
+  // A Timing as {"median_s": ..., "min_s": ..., "max_s": ..., "repeats": ..., "inner": ...}.
+  Json& add(const std::string& key, const Timing& t) {
+    Json j;
+    j.add("median_s", t.median).add("min_s", t.min).add("max_s", t.max).add("repeats", t.repeats).add("inner", t.inner);
+    return add(key, j);
+  }
+
+  std::string str() const {
+    std::string s = "{";
+    for (size_t i = 0; i < entries_.size(); ++i) {
+      if (i) s += ", ";
+      s += quote(entries_[i].first) + ": " + entries_[i].second;
+    }
+    return s + "}";
+  }
+
+ private:
+  Json& put(const std::string& key, std::string rendered) {
+    entries_.emplace_back(key, std::move(rendered));
+    return *this;
+  }
+  static std::string number(double v) {
+    if (!std::isfinite(v)) return "null";  // JSON has no inf / nan
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.6g", v);
+    return buf;
+  }
+  static std::string quote(const std::string& s) {
+    std::string out = "\"";
+    for (char c : s) {
+      switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\t': out += "\\t"; break;
+        default:
+          if (static_cast<unsigned char>(c) < 0x20) {
+            char buf[8];
+            std::snprintf(buf, sizeof buf, "\\u%04x", c);
+            out += buf;
+          } else {
+            out += c;
+          }
+      }
+    }
+    return out + "\"";
+  }
+  std::vector<std::pair<std::string, std::string>> entries_;
+};
+
+}  // namespace tq::bench
