@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 
@@ -70,6 +71,32 @@ std::string require(const cxxopts::ParseResult& r, const char* name) {
 
 std::shared_ptr<nn::Module> load(const std::string& path) { return io::load_model(path); }
 
+void add_checkpointing(cxxopts::Options& o) {
+  o.add_options("checkpoints")("checkpoint-every", "save a checkpoint every N training steps (0 = never)",
+                               cxxopts::value<int64_t>()->default_value("0"))(
+      "checkpoint", "checkpoint file (default: <out>.ckpt)", cxxopts::value<std::string>())(
+      "resume", "continue the run saved in this checkpoint (its options are used)", cxxopts::value<std::string>())(
+      "stop-after", "stop after N steps as if interrupted (for testing resume)", cxxopts::value<int64_t>()->default_value("0"));
+}
+
+cli::TrainOptions checkpoint_options(const cxxopts::ParseResult& r, const std::string& out, const json& command) {
+  cli::TrainOptions t;
+  t.checkpoint_every = r["checkpoint-every"].as<int64_t>();
+  if (t.checkpoint_every < 0) throw UsageError("--checkpoint-every must be 0 or positive");
+  t.checkpoint_path = r.count("checkpoint") ? r["checkpoint"].as<std::string>() : out + ".ckpt";
+  if (t.checkpoint_every > 0) cli::check_output_path(t.checkpoint_path);
+  t.stop_after = r["stop-after"].as<int64_t>();
+  t.command_json = command.dump();
+  return t;
+}
+
+// What an interrupted run prints (nothing is written to --out).
+int report_interrupted(const cxxopts::ParseResult& r, const cli::TrainState& st, const cli::TrainOptions& t) {
+  json j = {{"interrupted", true}, {"global_step", st.global_step}, {"checkpoint", t.checkpoint_path}};
+  finish(r, j, fmt::format("stopped after step {}; continue with --resume {}\n", st.global_step, t.checkpoint_path));
+  return 0;
+}
+
 // ---- train ----
 
 int cmd_train(int argc, char** argv) {
@@ -80,26 +107,58 @@ int cmd_train(int argc, char** argv) {
       "seed", "random seed (initialisation and shuffling)", cxxopts::value<uint64_t>()->default_value("0"))(
       "out", "model file to write", cxxopts::value<std::string>());
   add_common(o);
+  add_checkpointing(o);
   auto r = parse(o, argc, argv);
   apply_threads(r);
   const std::string out = require(r, "out");
-  const auto hidden = cli::parse_hidden(r["hidden"].as<std::string>());
-  const int epochs = r["epochs"].as<int>();
-  if (epochs < 1) throw UsageError("--epochs must be at least 1");
-  if (r["batch-size"].as<int64_t>() < 1) throw UsageError("--batch-size must be at least 1");
   cli::check_output_path(out);
+
+  // The run's options: from the command line, or from the checkpoint being resumed.
+  json cmd = {{"command", "train"}, {"hidden", r["hidden"].as<std::string>()}, {"epochs", r["epochs"].as<int>()},
+              {"batch_size", r["batch-size"].as<int64_t>()}, {"lr", r["lr"].as<double>()},
+              {"momentum", r["momentum"].as<double>()}, {"seed", r["seed"].as<uint64_t>()}};
+  std::optional<cli::Checkpoint> ck;
+  if (r.count("resume")) {
+    ck = cli::load_checkpoint(r["resume"].as<std::string>());
+    cmd = json::parse(ck->command_json);
+    if (cmd.value("command", "") != "train")
+      throw UsageError(fmt::format("--resume {}: a checkpoint of '{}', not of 'train'", r["resume"].as<std::string>(),
+                                   cmd.value("command", "?")));
+  }
+  const auto hidden = cli::parse_hidden(cmd["hidden"].get<std::string>());
+  const int epochs = cmd["epochs"].get<int>();
+  const int64_t batch_size = cmd["batch_size"].get<int64_t>();
+  const uint64_t seed = cmd["seed"].get<uint64_t>();
+  if (epochs < 1) throw UsageError("--epochs must be at least 1");
+  if (batch_size < 1) throw UsageError("--batch-size must be at least 1");
   const std::string dir = r["data"].as<std::string>();
   const io::Dataset train_set = io::load_fashion_mnist(dir, io::Split::train);
   const io::Dataset test_set = io::load_fashion_mnist(dir, io::Split::test);
 
   const auto t0 = std::chrono::steady_clock::now();
-  const uint64_t seed = r["seed"].as<uint64_t>();
-  manual_seed(seed);
-  auto model = cli::make_mlp(train_set.images.size(1) * train_set.images.size(2), hidden, train_set.num_classes);
-  io::DataLoader loader(train_set, {.batch_size = r["batch-size"].as<int64_t>(), .seed = seed});
-  const auto stats = cli::train(*model, loader, test_set,
-                                {.epochs = epochs, .lr = r["lr"].as<double>(), .momentum = r["momentum"].as<double>(),
-                                 .progress = cli::progress_wanted(r.count("progress") > 0), .label = "train"});
+  std::shared_ptr<nn::Module> model;
+  if (ck) {
+    model = ck->model;
+    default_generator().set_state(ck->global_rng);
+  } else {
+    manual_seed(seed);
+    model = cli::make_mlp(train_set.images.size(1) * train_set.images.size(2), hidden, train_set.num_classes);
+  }
+  io::DataLoader loader(train_set, {.batch_size = batch_size, .seed = seed});
+  nn::SGD optimizer(model->parameters(), {.lr = cmd["lr"].get<double>(), .momentum = cmd["momentum"].get<double>()});
+  cli::TrainState st;
+  if (ck) {
+    loader.set_state(ck->loader);
+    cli::restore_optimizer(optimizer, *ck, r["resume"].as<std::string>());
+    st = ck->state;
+  }
+  cli::TrainOptions topt = checkpoint_options(r, out, cmd);
+  topt.epochs = epochs;
+  topt.progress = cli::progress_wanted(r.count("progress") > 0);
+  topt.label = "train";
+  cli::train(*model, optimizer, loader, test_set, topt, st);
+  if (st.interrupted) return report_interrupted(r, st, topt);
+  const auto& stats = st.history;
   const double secs = seconds_since(t0);
   io::save_model(*model, out, {{"accuracy", fmt::format("{:.2f}", stats.back().test_accuracy)}});
   json j = {{"accuracy", stats.back().test_accuracy}, {"seconds", secs}, {"model_bytes", cli::file_bytes(out)}, {"model", out}};
@@ -127,26 +186,56 @@ int cmd_qat(int argc, char** argv) {
       "momentum", "SGD momentum", cxxopts::value<double>()->default_value("0.9"))("seed", "shuffling seed", cxxopts::value<uint64_t>()->default_value("0"))(
       "no-fuse", "keep Linear and ReLU apart (by default they are fused)")("out", "int8 model file to write", cxxopts::value<std::string>());
   add_common(o);
+  add_checkpointing(o);
   auto r = parse(o, argc, argv);
   apply_threads(r);
-  const std::string from = require(r, "from"), out = require(r, "out");
-  if (r["epochs"].as<int>() < 1) throw UsageError("--epochs must be at least 1");
+  const std::string out = require(r, "out");
   cli::check_output_path(out);
-  auto qconfig = quant::get_default_qat_qconfig(r["qconfig"].as<std::string>());
+  json cmd = {{"command", "qat"}, {"epochs", r["epochs"].as<int>()}, {"qconfig", r["qconfig"].as<std::string>()},
+              {"batch_size", r["batch-size"].as<int64_t>()}, {"lr", r["lr"].as<double>()},
+              {"momentum", r["momentum"].as<double>()}, {"seed", r["seed"].as<uint64_t>()}, {"fuse", !r.count("no-fuse")}};
+  std::optional<cli::Checkpoint> ck;
+  if (r.count("resume")) {
+    ck = cli::load_checkpoint(r["resume"].as<std::string>());
+    cmd = json::parse(ck->command_json);
+    if (cmd.value("command", "") != "qat")
+      throw UsageError(fmt::format("--resume {}: a checkpoint of '{}', not of 'qat'", r["resume"].as<std::string>(),
+                                   cmd.value("command", "?")));
+  }
+  if (cmd["epochs"].get<int>() < 1) throw UsageError("--epochs must be at least 1");
+  auto qconfig = quant::get_default_qat_qconfig(cmd["qconfig"].get<std::string>());
   const std::string dir = r["data"].as<std::string>();
   const io::Dataset train_set = io::load_fashion_mnist(dir, io::Split::train);
   const io::Dataset test_set = io::load_fashion_mnist(dir, io::Split::test);
 
   const auto t0 = std::chrono::steady_clock::now();
-  auto model = load(from);
-  const double float_acc = cli::evaluate(*model, test_set).accuracy;
-  if (!r.count("no-fuse")) quant::fuse_linear_relu(*model);
-  model->qconfig = qconfig;
-  quant::prepare_qat(*model);
-  io::DataLoader loader(train_set, {.batch_size = r["batch-size"].as<int64_t>(), .seed = r["seed"].as<uint64_t>()});
-  const auto stats = cli::train(*model, loader, test_set,
-                                {.epochs = r["epochs"].as<int>(), .lr = r["lr"].as<double>(), .momentum = r["momentum"].as<double>(),
-                                 .progress = cli::progress_wanted(r.count("progress") > 0), .label = "qat"});
+  std::shared_ptr<nn::Module> model;
+  if (ck) {
+    model = ck->model;  // already prepared for QAT, with its observers' state
+    default_generator().set_state(ck->global_rng);
+  } else {
+    model = load(require(r, "from"));
+    cmd["float_accuracy"] = cli::evaluate(*model, test_set).accuracy;
+    if (cmd["fuse"].get<bool>()) quant::fuse_linear_relu(*model);
+    model->qconfig = qconfig;
+    quant::prepare_qat(*model);
+  }
+  io::DataLoader loader(train_set, {.batch_size = cmd["batch_size"].get<int64_t>(), .seed = cmd["seed"].get<uint64_t>()});
+  nn::SGD optimizer(model->parameters(), {.lr = cmd["lr"].get<double>(), .momentum = cmd["momentum"].get<double>()});
+  cli::TrainState st;
+  if (ck) {
+    loader.set_state(ck->loader);
+    cli::restore_optimizer(optimizer, *ck, r["resume"].as<std::string>());
+    st = ck->state;
+  }
+  cli::TrainOptions topt = checkpoint_options(r, out, cmd);
+  topt.epochs = cmd["epochs"].get<int>();
+  topt.progress = cli::progress_wanted(r.count("progress") > 0);
+  topt.label = "qat";
+  cli::train(*model, optimizer, loader, test_set, topt, st);
+  if (st.interrupted) return report_interrupted(r, st, topt);
+  const auto& stats = st.history;
+  const double float_acc = cmd["float_accuracy"].get<double>();
   const cli::Evaluation fq = cli::evaluate(*model, test_set);
   quant::convert(*model);
   cli::set_int8_threads(*model, r["threads"].as<int>());

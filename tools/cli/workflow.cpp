@@ -12,7 +12,10 @@
 
 #include <fmt/format.h>
 
+#include <nlohmann/json.hpp>
+
 #include "autograd/functions.h"
+#include "io/model_file.h"
 #include "nn/activation.h"
 #include "nn/linear.h"
 #include "quant/dynamic_linear.h"
@@ -93,38 +96,141 @@ void Progress::finish() {
 
 // ---- Training and evaluation ----
 
-std::vector<EpochStats> train(nn::Module& model, io::DataLoader& loader, const io::Dataset& test, const TrainOptions& o) {
-  nn::SGD optimizer(model.parameters(), {.lr = o.lr, .momentum = o.momentum});
-  std::vector<EpochStats> stats;
+void train(nn::Module& model, nn::SGD& optimizer, io::DataLoader& loader, const io::Dataset& test, const TrainOptions& o,
+           TrainState& st) {
   io::Batch batch;
-  for (int epoch = 0; epoch < o.epochs; ++epoch) {
+  int64_t steps_this_run = 0;
+  while (st.epoch < o.epochs) {
     model.train();
     const double t0 = now_seconds();
-    Progress bar(fmt::format("{} {}/{}", o.label, epoch + 1, o.epochs), loader.num_batches(), o.progress);
-    double loss_sum = 0;
-    int64_t steps = 0;
+    Progress bar(fmt::format("{} {}/{}", o.label, st.epoch + 1, o.epochs), loader.num_batches(), o.progress);
+    bar.advance(st.step_in_epoch);
     while (loader.next(batch)) {
       optimizer.zero_grad();
       Tensor loss = cross_entropy(model(batch.images), batch.labels);
       const double l = loss.item();
       if (!std::isfinite(l))
-        throw std::runtime_error(fmt::format("{}: the loss became {} at epoch {}, step {}; lower --lr", o.label, l,
-                                             epoch + 1, steps + 1));
+        throw std::runtime_error(fmt::format("{}: the loss became {} at epoch {}, step {}; stopping (lower --lr; the "
+                                             "last checkpoint, if any, is kept)",
+                                             o.label, l, st.epoch + 1, st.step_in_epoch + 1));
       loss.backward();
       optimizer.step();
-      loss_sum += l;
-      ++steps;
-      bar.advance(1, fmt::format("loss {:.4f}", loss_sum / static_cast<double>(steps)));
+      st.loss_sum += l;
+      ++st.step_in_epoch;
+      ++st.global_step;
+      ++steps_this_run;
+      bar.advance(1, fmt::format("loss {:.4f}", st.loss_sum / static_cast<double>(st.step_in_epoch)));
+      if (o.checkpoint_every > 0 && st.global_step % o.checkpoint_every == 0)
+        save_checkpoint(o.checkpoint_path, model, optimizer, loader, st, o.command_json);
+      if (o.stop_after > 0 && steps_this_run >= o.stop_after) {
+        bar.finish();
+        st.interrupted = true;
+        return;
+      }
     }
     bar.finish();
     EpochStats s;
-    s.loss = steps ? loss_sum / static_cast<double>(steps) : 0;
+    s.loss = st.step_in_epoch ? st.loss_sum / static_cast<double>(st.step_in_epoch) : 0;
     s.seconds = now_seconds() - t0;
     s.test_accuracy = evaluate(model, test).accuracy;
-    stats.push_back(s);
+    st.history.push_back(s);
+    ++st.epoch;
+    st.step_in_epoch = 0;
+    st.loss_sum = 0;
   }
   model.eval();
-  return stats;
+}
+
+std::vector<EpochStats> train(nn::Module& model, io::DataLoader& loader, const io::Dataset& test, const TrainOptions& o) {
+  nn::SGD optimizer(model.parameters(), {.lr = o.lr, .momentum = o.momentum});
+  TrainState st;
+  train(model, optimizer, loader, test, o, st);
+  return st.history;
+}
+
+// ---- Checkpoints ----
+
+void save_checkpoint(const std::string& path, const nn::Module& model, nn::SGD& optimizer, const io::DataLoader& loader,
+                     const TrainState& st, const std::string& command_json) {
+  io::SafetensorsFile file = io::model_to_safetensors(model);
+  const auto& buffers = optimizer.momentum_buffers();
+  for (size_t i = 0; i < buffers.size(); ++i)
+    if (buffers[i].defined()) file.tensors[fmt::format("__optimizer__.momentum.{}", i)] = buffers[i];
+  const io::LoaderState ls = loader.state();
+  const Generator::State g = default_generator().state();
+  auto rng_json = [](const Generator::State& r) {
+    return nlohmann::json{{"s", {r.s[0], r.s[1], r.s[2], r.s[3]}}, {"has_spare", r.has_spare}, {"spare", r.spare}};
+  };
+  nlohmann::json history = nlohmann::json::array();
+  for (auto& e : st.history) history.push_back({{"loss", e.loss}, {"accuracy", e.test_accuracy}, {"seconds", e.seconds}});
+  nlohmann::json ck = {
+      {"epoch", st.epoch}, {"step_in_epoch", st.step_in_epoch}, {"global_step", st.global_step}, {"loss_sum", st.loss_sum},
+      {"history", history}, {"parameters", buffers.size()},
+      {"loader", {{"epoch", ls.epoch}, {"next_batch", ls.next_batch}, {"rng", rng_json(ls.rng)}, {"num_samples", ls.num_samples},
+                  {"batch_size", ls.batch_size}, {"shuffle", ls.shuffle}, {"drop_last", ls.drop_last}}},
+      {"global_rng", rng_json(g)}, {"command", nlohmann::json::parse(command_json)}};
+  file.metadata["tinyqat_checkpoint"] = ck.dump();
+  io::save_safetensors(path, file);
+}
+
+Checkpoint load_checkpoint(const std::string& path) {
+  const io::SafetensorsFile file = io::load_safetensors(path);
+  auto it = file.metadata.find("tinyqat_checkpoint");
+  if (it == file.metadata.end()) throw io::FormatError(fmt::format("{}: not a checkpoint (no 'tinyqat_checkpoint' metadata)", path));
+  Checkpoint c;
+  try {
+    const auto j = nlohmann::json::parse(it->second);
+    auto rng = [](const nlohmann::json& r) {
+      Generator::State s{};
+      for (int i = 0; i < 4; ++i) s.s[i] = r.at("s").at(static_cast<size_t>(i)).get<uint64_t>();
+      s.has_spare = r.at("has_spare").get<bool>();
+      s.spare = r.at("spare").get<double>();
+      return s;
+    };
+    c.state.epoch = j.at("epoch").get<int>();
+    c.state.step_in_epoch = j.at("step_in_epoch").get<int64_t>();
+    c.state.global_step = j.at("global_step").get<int64_t>();
+    c.state.loss_sum = j.at("loss_sum").get<double>();
+    for (auto& e : j.at("history"))
+      c.state.history.push_back({e.at("loss").get<double>(), e.at("accuracy").get<double>(), e.at("seconds").get<double>()});
+    const auto& l = j.at("loader");
+    c.loader.epoch = l.at("epoch").get<uint64_t>();
+    c.loader.next_batch = l.at("next_batch").get<int64_t>();
+    c.loader.rng = rng(l.at("rng"));
+    c.loader.num_samples = l.at("num_samples").get<int64_t>();
+    c.loader.batch_size = l.at("batch_size").get<int64_t>();
+    c.loader.shuffle = l.at("shuffle").get<bool>();
+    c.loader.drop_last = l.at("drop_last").get<bool>();
+    c.global_rng = rng(j.at("global_rng"));
+    c.command_json = j.at("command").dump();
+    const size_t n = j.at("parameters").get<size_t>();
+    if (n > 1'000'000) throw io::FormatError(fmt::format("{}: implausible parameter count {}", path, n));
+    c.momentum.resize(n);
+    for (size_t i = 0; i < n; ++i)
+      if (auto t = file.tensors.find(fmt::format("__optimizer__.momentum.{}", i)); t != file.tensors.end()) c.momentum[i] = t->second;
+  } catch (const nlohmann::json::exception& e) {
+    throw io::FormatError(fmt::format("{}: bad checkpoint description ({})", path, e.what()));
+  }
+  io::SafetensorsFile model_part = file;
+  for (auto t = model_part.tensors.begin(); t != model_part.tensors.end();)
+    t = t->first.rfind("__optimizer__.", 0) == 0 ? model_part.tensors.erase(t) : std::next(t);
+  c.model = io::build_model(model_part, path);
+  return c;
+}
+
+void restore_optimizer(nn::SGD& optimizer, const Checkpoint& c, const std::string& path) {
+  auto& buffers = optimizer.momentum_buffers();
+  if (buffers.size() != c.momentum.size())
+    throw io::FormatError(fmt::format("{}: the checkpoint has momentum for {} parameters, the model has {}", path,
+                                      c.momentum.size(), buffers.size()));
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    if (!c.momentum[i].defined()) continue;
+    const Tensor& p = optimizer.params()[i];
+    if (!(c.momentum[i].shape() == p.shape()) || c.momentum[i].dtype() != DType::f32)
+      throw io::FormatError(fmt::format("{}: momentum {} has shape {}, its parameter {}", path, i,
+                                        c.momentum[i].shape().str(), p.shape().str()));
+    buffers[i] = kernels::clone(c.momentum[i]);
+  }
 }
 
 Evaluation evaluate(nn::Module& model, const io::Dataset& data, int64_t batch_size) {

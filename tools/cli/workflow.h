@@ -14,6 +14,7 @@
 #include "nn/module.h"
 #include "nn/sequential.h"
 #include "nn/sgd.h"
+#include "tensor/random.h"
 
 namespace tq::cli {
 
@@ -52,13 +53,53 @@ struct TrainOptions {
   double momentum = 0.9;
   bool progress = false;
   std::string label = "train";
+  // Every this many steps, save a checkpoint to checkpoint_path (0 = never).
+  int64_t checkpoint_every = 0;
+  std::string checkpoint_path;
+  // Stop (as if killed) after this many steps in this run (0 = never); for
+  // testing resume. Training then returns early with `interrupted` set.
+  int64_t stop_after = 0;
+  // What the command needs to continue the run later, stored in checkpoints.
+  std::string command_json = "{}";
 };
 
-// Trains `model` with SGD + cross-entropy over `loader`'s batches for
-// options.epochs epochs; after each epoch evaluates on `test`. A NaN or
-// infinite loss stops training with an error naming the epoch and step.
+// Where a training run stands: everything besides the model, the optimizer
+// and the loader that a resumed run needs to continue bit for bit.
+struct TrainState {
+  int epoch = 0;             // epochs completed
+  int64_t step_in_epoch = 0;
+  int64_t global_step = 0;
+  double loss_sum = 0;       // of the current epoch
+  std::vector<EpochStats> history;
+  bool interrupted = false;
+};
+
+// Trains `model` with SGD + cross-entropy over `loader`'s batches until
+// options.epochs epochs are done, continuing from `state`; after each epoch
+// evaluates on `test`. A NaN or infinite loss stops training with an error
+// naming the epoch and step (the last checkpoint on disk stays as it was).
+void train(nn::Module& model, nn::SGD& optimizer, io::DataLoader& loader, const io::Dataset& test,
+           const TrainOptions& options, TrainState& state);
+// The same with a fresh SGD and state; returns the per-epoch statistics.
 std::vector<EpochStats> train(nn::Module& model, io::DataLoader& loader, const io::Dataset& test,
                               const TrainOptions& options);
+
+// Checkpoints: the model file plus the optimizer's momentum buffers, the
+// loader's position and RNG, the global RNG and the training state, written
+// atomically (docs/reliability.md).
+void save_checkpoint(const std::string& path, const nn::Module& model, nn::SGD& optimizer,
+                     const io::DataLoader& loader, const TrainState& state, const std::string& command_json);
+struct Checkpoint {
+  std::shared_ptr<nn::Module> model;
+  std::vector<Tensor> momentum;  // undefined where the optimizer had none yet
+  io::LoaderState loader;
+  Generator::State global_rng;
+  TrainState state;
+  std::string command_json;
+};
+Checkpoint load_checkpoint(const std::string& path);
+// Puts a checkpoint's momentum buffers into an optimizer over the same parameters.
+void restore_optimizer(nn::SGD& optimizer, const Checkpoint& checkpoint, const std::string& path);
 
 struct Evaluation {
   double accuracy = 0;              // percent
