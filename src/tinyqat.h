@@ -12,3 +12,6 @@
 #include "tensor/random.h"
 #include "tensor/tensor.h"
 #include "quant/quant.h"
+#include "io/data_loader.h"
+#include "io/dataset.h"
+#include "io/model_file.h"
