@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <functional>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -97,6 +98,71 @@ int report_interrupted(const cxxopts::ParseResult& r, const cli::TrainState& st,
   return 0;
 }
 
+
+// ---- bit widths (qat, ptq) ----
+
+void add_bits(cxxopts::Options& o) {
+  o.add_options("bit widths")("bits", "weight and activation bits, 2..8", cxxopts::value<int>())(
+      "weight-bits", "weight bits, 2..8 (default 8)", cxxopts::value<int>())(
+      "activation-bits", "activation bits, 2..8 (default: the preset's, 7 for x86)", cxxopts::value<int>())(
+      "layer-bits", "per-layer bits or float, e.g. fc1=8,fc2=w4a8,fc3=float", cxxopts::value<std::string>());
+}
+
+struct Bits {
+  int weight = 8, activation = 7;
+  bool given = false;  // any bit option on the command line
+  std::string layers;  // the --layer-bits text
+};
+
+int check_bits(int b, const char* what) {
+  if (b < 2 || b > 8) throw UsageError(fmt::format("{} {} is outside 2..8", what, b));
+  return b;
+}
+
+Bits parse_bits(const cxxopts::ParseResult& r, const std::string& backend) {
+  Bits b;
+  b.activation = backend == "qnnpack" ? 8 : 7;
+  if (r.count("bits")) b.weight = b.activation = check_bits(r["bits"].as<int>(), "--bits");
+  if (r.count("weight-bits")) b.weight = check_bits(r["weight-bits"].as<int>(), "--weight-bits");
+  if (r.count("activation-bits")) b.activation = check_bits(r["activation-bits"].as<int>(), "--activation-bits");
+  b.given = r.count("bits") || r.count("weight-bits") || r.count("activation-bits");
+  if (r.count("layer-bits")) b.layers = r["layer-bits"].as<std::string>();
+  return b;
+}
+
+// Applies "fc1=8,fc2=w4a8,fc3=float" with `make(weight_bits, activation_bits)`.
+void apply_layer_bits(nn::Module& model, const std::string& spec,
+                      const std::function<quant::QConfigPtr(int, int)>& make) {
+  if (spec.empty()) return;
+  std::stringstream ss(spec);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const auto eq = item.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == item.size())
+      throw UsageError(fmt::format("--layer-bits '{}': expected name=bits, name=wXaY or name=float", item));
+    const std::string name = item.substr(0, eq), value = item.substr(eq + 1);
+    nn::Module* layer = nullptr;
+    try {
+      layer = &model.get_submodule(name);
+    } catch (const std::exception&) {
+      throw UsageError(fmt::format("--layer-bits: the model has no layer '{}'", name));
+    }
+    if (value == "float") {
+      layer->qconfig = quant::QConfigPtr(nullptr);
+      continue;
+    }
+    int w = 0, a = 0;
+    char tail = 0;
+    if (std::sscanf(value.c_str(), "w%da%d%c", &w, &a, &tail) == 2) {
+    } else if (std::sscanf(value.c_str(), "%d%c", &w, &tail) == 1) {
+      a = w;
+    } else {
+      throw UsageError(fmt::format("--layer-bits '{}': expected a bit width (e.g. 8), wXaY (e.g. w4a8) or float", item));
+    }
+    layer->qconfig = make(check_bits(w, "--layer-bits weight bits"), check_bits(a, "--layer-bits activation bits"));
+  }
+}
+
 // ---- train ----
 
 int cmd_train(int argc, char** argv) {
@@ -184,8 +250,11 @@ int cmd_qat(int argc, char** argv) {
       "qconfig", "x86 | fbgemm | qnnpack", cxxopts::value<std::string>()->default_value("x86"))(
       "batch-size", "batch size", cxxopts::value<int64_t>()->default_value("64"))("lr", "learning rate", cxxopts::value<double>()->default_value("0.01"))(
       "momentum", "SGD momentum", cxxopts::value<double>()->default_value("0.9"))("seed", "shuffling seed", cxxopts::value<uint64_t>()->default_value("0"))(
-      "no-fuse", "keep Linear and ReLU apart (by default they are fused)")("out", "int8 model file to write", cxxopts::value<std::string>());
+      "no-fuse", "keep Linear and ReLU apart (by default they are fused)")(
+      "learnable-scale", "LSQ: learn the quantizers' scales (and activation zero points) with the weights")(
+      "out", "int8 model file to write", cxxopts::value<std::string>());
   add_common(o);
+  add_bits(o);
   add_checkpointing(o);
   auto r = parse(o, argc, argv);
   apply_threads(r);
@@ -193,7 +262,11 @@ int cmd_qat(int argc, char** argv) {
   cli::check_output_path(out);
   json cmd = {{"command", "qat"}, {"epochs", r["epochs"].as<int>()}, {"qconfig", r["qconfig"].as<std::string>()},
               {"batch_size", r["batch-size"].as<int64_t>()}, {"lr", r["lr"].as<double>()},
-              {"momentum", r["momentum"].as<double>()}, {"seed", r["seed"].as<uint64_t>()}, {"fuse", !r.count("no-fuse")}};
+              {"momentum", r["momentum"].as<double>()}, {"seed", r["seed"].as<uint64_t>()}, {"fuse", !r.count("no-fuse")},
+              {"learnable_scale", r.count("learnable-scale") > 0}};
+  const Bits bits = parse_bits(r, r["qconfig"].as<std::string>());
+  cmd["weight_bits"] = bits.weight;
+  cmd["activation_bits"] = bits.activation;
   std::optional<cli::Checkpoint> ck;
   if (r.count("resume")) {
     ck = cli::load_checkpoint(r["resume"].as<std::string>());
@@ -203,7 +276,13 @@ int cmd_qat(int argc, char** argv) {
                                    cmd.value("command", "?")));
   }
   if (cmd["epochs"].get<int>() < 1) throw UsageError("--epochs must be at least 1");
-  auto qconfig = quant::get_default_qat_qconfig(cmd["qconfig"].get<std::string>());
+  const bool lsq = cmd.value("learnable_scale", false);
+  auto make_qconfig = [lsq](int w, int a) {
+    return lsq ? quant::make_lsq_qat_qconfig(w, a) : quant::make_qat_qconfig(w, a);
+  };
+  // The preset itself unless bit widths or LSQ were asked for.
+  auto qconfig = (bits.given || lsq) ? make_qconfig(bits.weight, bits.activation)
+                                     : quant::get_default_qat_qconfig(cmd["qconfig"].get<std::string>());
   const std::string dir = r["data"].as<std::string>();
   const io::Dataset train_set = io::load_fashion_mnist(dir, io::Split::train);
   const io::Dataset test_set = io::load_fashion_mnist(dir, io::Split::test);
@@ -218,6 +297,7 @@ int cmd_qat(int argc, char** argv) {
     cmd["float_accuracy"] = cli::evaluate(*model, test_set).accuracy;
     if (cmd["fuse"].get<bool>()) quant::fuse_linear_relu(*model);
     model->qconfig = qconfig;
+    apply_layer_bits(*model, bits.layers, make_qconfig);
     quant::prepare_qat(*model);
   }
   io::DataLoader loader(train_set, {.batch_size = cmd["batch_size"].get<int64_t>(), .seed = cmd["seed"].get<uint64_t>()});
@@ -245,7 +325,8 @@ int cmd_qat(int argc, char** argv) {
   const double agree = cli::agreement(fq, int8), steps = cli::max_step_difference(fq, int8, step);
   json j = {{"float_accuracy", float_acc}, {"fake_quant_accuracy", fq.accuracy}, {"accuracy", int8.accuracy},
             {"agreement", agree}, {"max_step_diff", steps}, {"model_bytes", cli::file_bytes(out)},
-            {"seconds", seconds_since(t0)}, {"model", out}};
+            {"seconds", seconds_since(t0)}, {"model", out}, {"weight_bits", cmd["weight_bits"]},
+            {"activation_bits", cmd["activation_bits"]}, {"learnable_scale", lsq}};
   json epochs_j = json::array();
   for (size_t e = 0; e < stats.size(); ++e)
     epochs_j.push_back({{"epoch", e + 1}, {"loss", stats[e].loss}, {"accuracy", stats[e].test_accuracy}});
@@ -269,6 +350,7 @@ int cmd_ptq(int argc, char** argv) {
       "seed", "calibration sample seed", cxxopts::value<uint64_t>()->default_value("0"))("no-fuse", "keep Linear and ReLU apart")(
       "out", "int8 model file to write", cxxopts::value<std::string>());
   add_common(o);
+  add_bits(o);
   auto r = parse(o, argc, argv);
   apply_threads(r);
   const std::string from = require(r, "from"), out = require(r, "out");
@@ -277,7 +359,10 @@ int cmd_ptq(int argc, char** argv) {
   const std::string backend = r["qconfig"].as<std::string>();
   if (backend != "x86" && backend != "fbgemm" && backend != "qnnpack")
     throw UsageError(fmt::format("--qconfig '{}': use x86, fbgemm or qnnpack", backend));
-  auto qconfig = quant::make_ptq_qconfig(r["observer"].as<std::string>(), 8, backend == "qnnpack" ? 8 : 7, backend != "qnnpack");
+  const Bits bits = parse_bits(r, backend);
+  const std::string observer = r["observer"].as<std::string>();
+  auto make_qconfig = [&](int w, int a) { return quant::make_ptq_qconfig(observer, w, a, backend != "qnnpack"); };
+  auto qconfig = make_qconfig(bits.weight, bits.activation);
   cli::check_output_path(out);
   const std::string dir = r["data"].as<std::string>();
   const io::Dataset train_set = io::load_fashion_mnist(dir, io::Split::train);
@@ -288,6 +373,7 @@ int cmd_ptq(int argc, char** argv) {
   const cli::Evaluation fl = cli::evaluate(*model, test_set);
   if (!r.count("no-fuse")) quant::fuse_linear_relu(*model);
   model->qconfig = qconfig;
+  apply_layer_bits(*model, bits.layers, make_qconfig);
   quant::prepare(*model);
   {
     NoGradGuard no_grad;
@@ -306,7 +392,8 @@ int cmd_ptq(int argc, char** argv) {
   io::save_model(*model, out, {{"accuracy", fmt::format("{:.2f}", int8.accuracy)}});
   const double agree = cli::agreement(fl, int8);
   json j = {{"float_accuracy", fl.accuracy}, {"accuracy", int8.accuracy}, {"agreement", agree},
-            {"model_bytes", cli::file_bytes(out)}, {"seconds", seconds_since(t0)}, {"model", out}};
+            {"model_bytes", cli::file_bytes(out)}, {"seconds", seconds_since(t0)}, {"model", out},
+            {"weight_bits", bits.weight}, {"activation_bits", bits.activation}};
   finish(r, j,
          fmt::format("float {:.2f}% -> PTQ int8 {:.2f}% ({} observer, {} calibration batches); agreement with float "
                      "{:.2f}%; {} bytes -> {}\n",
