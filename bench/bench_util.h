@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,17 +26,29 @@ inline double now_seconds() {
   return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
 }
 
+// CPU seconds used by the calling thread. Unlike the wall clock it does not
+// count time the thread spent waiting for a core, so on a busy machine it
+// stays close to what the code costs alone (caches shared with other
+// processes still slow it a little).
+inline double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
 struct MeasureOptions {
   int repeats = 15;  // timed samples; the median of these is reported
   int inner = 1;     // calls per sample (raise it for sub-microsecond work)
   int warmup = 3;    // untimed samples first (caches, allocator, BLAS buffers)
 };
 
-// Seconds per call: median, fastest and slowest sample over the repeats.
+// Seconds per call: median, fastest and slowest sample over the repeats (wall
+// clock), and the median of the same samples in thread CPU time.
 struct Timing {
   double median = 0;
   double min = 0;
   double max = 0;
+  double cpu_median = 0;
   int repeats = 0;
   int inner = 0;
 };
@@ -52,15 +65,19 @@ template <class F>
 Timing measure(F&& fn, MeasureOptions opt = {}) {
   for (int w = 0; w < opt.warmup; ++w)
     for (int i = 0; i < opt.inner; ++i) fn();
-  std::vector<double> samples;
+  std::vector<double> samples, cpu_samples;
   samples.reserve(static_cast<size_t>(opt.repeats));
+  cpu_samples.reserve(static_cast<size_t>(opt.repeats));
   for (int r = 0; r < opt.repeats; ++r) {
-    const double t0 = now_seconds();
+    const double t0 = now_seconds(), c0 = thread_cpu_seconds();
     for (int i = 0; i < opt.inner; ++i) fn();
-    samples.push_back((now_seconds() - t0) / opt.inner);
+    const double c1 = thread_cpu_seconds(), t1 = now_seconds();
+    samples.push_back((t1 - t0) / opt.inner);
+    cpu_samples.push_back((c1 - c0) / opt.inner);
   }
   Timing t;
   t.median = median_of(samples);
+  t.cpu_median = median_of(cpu_samples);
   t.min = *std::min_element(samples.begin(), samples.end());
   t.max = *std::max_element(samples.begin(), samples.end());
   t.repeats = opt.repeats;
@@ -110,7 +127,8 @@ class Json {
   // A Timing as {"median_s": ..., "min_s": ..., "max_s": ..., "repeats": ..., "inner": ...}.
   Json& add(const std::string& key, const Timing& t) {
     Json j;
-    j.add("median_s", t.median).add("min_s", t.min).add("max_s", t.max).add("repeats", t.repeats).add("inner", t.inner);
+    j.add("median_s", t.median).add("min_s", t.min).add("max_s", t.max).add("cpu_median_s", t.cpu_median);
+    j.add("repeats", t.repeats).add("inner", t.inner);
     return add(key, j);
   }
 

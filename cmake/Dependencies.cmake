@@ -33,6 +33,11 @@ if(TINYQAT_BUILD_TESTS)
   if(NOT Catch2_FOUND)
     tinyqat_missing("Catch2 v2" "catch2")
   endif()
+  # The report test parses the HTML report with a real XML parser.
+  find_package(LibXml2 QUIET)
+  if(NOT LibXml2_FOUND)
+    tinyqat_missing("libxml2 (tests/test_report.cpp parses the HTML report with it)" "libxml2-dev")
+  endif()
 endif()
 
 find_package(nlohmann_json 3 QUIET)

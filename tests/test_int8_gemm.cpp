@@ -2,10 +2,9 @@
 // AVX2 kernels against the scalar reference, bit for bit, over edge shapes
 // and every range combination; the saturation guard; the dynamic path against
 // a float GEMM; the thread pool.
-#include <catch2/catch.hpp>
-
 #include <algorithm>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -52,8 +51,8 @@ struct Case {
 
   std::string describe() const {
     std::ostringstream s;
-    s << "M=" << M << " N=" << N << " K=" << K << " x in " << x_range.lo << ".." << x_range.hi << " w in "
-      << w_range.lo << ".." << w_range.hi << " zx=" << zx << " zy=" << zy << " y " << y_min << ".." << y_max
+    s << "M=" << M << " N=" << N << " K=" << K << " x in " << x_range.lo << ".." << x_range.hi << " w in " << w_range.lo
+      << ".." << w_range.hi << " zx=" << zx << " zy=" << zy << " y " << y_min << ".." << y_max
       << (has_bias ? " bias" : "") << (relu ? " relu" : "") << (per_channel ? " per-channel" : " per-tensor");
     return s.str();
   }
@@ -244,8 +243,8 @@ TEST_CASE("AVX2 epilogue equals the reference for unusual multipliers", "[int8_g
   // tiny shifts, M >= 1. Blocks holding any of them take the scalar function.
   std::mt19937 rng(21);
   Case c = make_case(rng, 9, 40, 50, {0, 255}, {-128, 127}, true, false, true);
-  const FixedPointMultiplier odd[] = {{3, 0}, {-5000000, 10}, {2147483647, 40}, {1 << 30, -3}, {1 << 30, -40},
-                                      {1 << 30, 70}, {123456789, 5}, {2147483647, 0}};
+  const FixedPointMultiplier odd[] = {{3, 0},         {-5000000, 10}, {2147483647, 40}, {1 << 30, -3},
+                                      {1 << 30, -40}, {1 << 30, 70},  {123456789, 5},   {2147483647, 0}};
   for (int64_t n = 0; n < 16; ++n) c.multipliers[static_cast<size_t>(n)] = odd[n % 8];
   // Channels 16..31: one block all normal, one block with a single M >= 1.
   c.multipliers[27] = tq::quantize_multiplier(1.5);
@@ -317,7 +316,7 @@ TEST_CASE("dynamic activation qparams follow the observer formula", "[int8_gemm]
   // scale = (max - min) / 127 over the range widened to include 0.
   tq::ActivationQParams q = tq::dynamic_activation_qparams(-1.0f, 3.0f, 127);
   CHECK(q.scale == Approx(4.0f / 127));
-  CHECK(q.zero_point == 32);  // round(1 / (4/127)) = round(31.75)
+  CHECK(q.zero_point == 32);                            // round(1 / (4/127)) = round(31.75)
   q = tq::dynamic_activation_qparams(0.5f, 2.0f, 255);  // min widened to 0
   CHECK(q.scale == Approx(2.0f / 255));
   CHECK(q.zero_point == 0);
@@ -356,7 +355,8 @@ TEST_CASE("dynamic GEMM from f32: fast equals reference, and is within quantizat
     tq::ActivationQParams q_ref;
     {
       tq::ScopedInt8Kernel kernel(Int8Kernel::reference);
-      q_ref = tq::gemm_f32_dynamic(X.data(), M, K, x_quant_max, packed, w_scale.data(), bias.data(), expected.data(), N);
+      q_ref =
+          tq::gemm_f32_dynamic(X.data(), M, K, x_quant_max, packed, w_scale.data(), bias.data(), expected.data(), N);
     }
     // Against the float GEMM with dequantized weights: each input is off by at
     // most s_x / 2 (round to nearest), so |error| <= s_x / 2 * sum_k |w_f|.
@@ -374,8 +374,8 @@ TEST_CASE("dynamic GEMM from f32: fast equals reference, and is within quantizat
     }
     if (!tq::cpu_has_avx2()) continue;
     tq::ScopedInt8Kernel kernel(Int8Kernel::automatic);
-    const tq::ActivationQParams q = tq::gemm_f32_dynamic(X.data(), M, K, x_quant_max, packed, w_scale.data(),
-                                                         bias.data(), got.data(), N);
+    const tq::ActivationQParams q =
+        tq::gemm_f32_dynamic(X.data(), M, K, x_quant_max, packed, w_scale.data(), bias.data(), got.data(), N);
     CHECK(q.scale == q_ref.scale);
     CHECK(q.zero_point == q_ref.zero_point);
     REQUIRE(std::memcmp(got.data(), expected.data(), got.size() * sizeof(float)) == 0);
@@ -436,9 +436,10 @@ TEST_CASE("thread pool runs every task once and rethrows task errors", "[int8_ge
   std::atomic<int> inner{0};
   pool.parallel_for(4, 3, [&](int64_t) { pool.parallel_for(5, 3, [&](int64_t) { inner++; }); });
   CHECK(inner.load() == 20);
-  CHECK_THROWS_WITH(pool.parallel_for(10, 2, [](int64_t i) {
-                      if (i == 7) throw std::runtime_error("task 7 failed");
-                    }),
+  CHECK_THROWS_WITH(pool.parallel_for(10, 2,
+                                      [](int64_t i) {
+                                        if (i == 7) throw std::runtime_error("task 7 failed");
+                                      }),
                     "task 7 failed");
   // Still usable after an error.
   std::atomic<int> after{0};

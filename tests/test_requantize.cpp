@@ -1,7 +1,6 @@
 // Tests of the fixed-point requantization (src/tensor/requantize.h,
 // docs/int8_kernel.md eq. 5-8) against floating-point references.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -42,8 +41,16 @@ std::vector<double> sample_multipliers(std::mt19937_64& rng, int count) {
 
 // Accumulators from the full int32 range, a typical GEMM range, and small values.
 std::vector<int32_t> sample_accumulators(std::mt19937_64& rng, int count) {
-  std::vector<int32_t> out = {0, 1, -1, 2, -2, 3, -3, std::numeric_limits<int32_t>::max(),
-                              std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::min() + 1};
+  std::vector<int32_t> out = {0,
+                              1,
+                              -1,
+                              2,
+                              -2,
+                              3,
+                              -3,
+                              std::numeric_limits<int32_t>::max(),
+                              std::numeric_limits<int32_t>::min(),
+                              std::numeric_limits<int32_t>::min() + 1};
   std::uniform_int_distribution<int32_t> full(std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max());
   std::uniform_int_distribution<int32_t> typical(-(1 << 20), 1 << 20);
   std::uniform_int_distribution<int32_t> small(-1000, 1000);
@@ -94,7 +101,8 @@ TEST_CASE("multiply_by_quantized_multiplier is exact for the multiplier it repre
   const std::vector<int32_t> accs = sample_accumulators(rng, 3000);
   std::vector<double> Ms = sample_multipliers(rng, 300);
   // Extremes of the representation: tiny (total shift >= 63) and huge (a left shift).
-  for (double extreme : {1e-12, 1e-20, std::ldexp(1.0, -32), std::ldexp(1.0, -31), 1e5, 3e9, 1e20}) Ms.push_back(extreme);
+  for (double extreme : {1e-12, 1e-20, std::ldexp(1.0, -32), std::ldexp(1.0, -31), 1e5, 3e9, 1e20})
+    Ms.push_back(extreme);
   int64_t checked = 0;
   for (double M : Ms) {
     const FixedPointMultiplier m = tq::quantize_multiplier(M);
@@ -102,8 +110,8 @@ TEST_CASE("multiply_by_quantized_multiplier is exact for the multiplier it repre
       const int64_t expected = exact_reference(acc, m);
       const int32_t got = tq::multiply_by_quantized_multiplier(acc, m);
       if (got != expected) {
-        FAIL("acc = " << acc << " M = " << M << " (multiplier " << m.multiplier << ", shift " << m.shift
-                      << "): got " << got << ", expected " << expected);
+        FAIL("acc = " << acc << " M = " << M << " (multiplier " << m.multiplier << ", shift " << m.shift << "): got "
+                      << got << ", expected " << expected);
       }
       ++checked;
     }
@@ -144,11 +152,11 @@ TEST_CASE("multiply_by_quantized_multiplier rounds halves away from zero", "[req
   CHECK(tq::multiply_by_quantized_multiplier(-3, half) == -2);  // -1.5
   CHECK(tq::multiply_by_quantized_multiplier(5, half) == 3);    // 2.5: not to even
   CHECK(tq::multiply_by_quantized_multiplier(-5, half) == -3);
-  CHECK(tq::multiply_by_quantized_multiplier(1, half) == 1);    // 0.5
+  CHECK(tq::multiply_by_quantized_multiplier(1, half) == 1);  // 0.5
   CHECK(tq::multiply_by_quantized_multiplier(-1, half) == -1);
   const FixedPointMultiplier quarter = tq::quantize_multiplier(0.25);
   CHECK(tq::multiply_by_quantized_multiplier(2, quarter) == 1);
-  CHECK(tq::multiply_by_quantized_multiplier(1, quarter) == 0);  // 0.25
+  CHECK(tq::multiply_by_quantized_multiplier(1, quarter) == 0);    // 0.25
   CHECK(tq::multiply_by_quantized_multiplier(-6, quarter) == -2);  // -1.5
   const FixedPointMultiplier one = tq::quantize_multiplier(1.0);
   CHECK(tq::multiply_by_quantized_multiplier(std::numeric_limits<int32_t>::min(), one) ==

@@ -1,5 +1,7 @@
 #include "io/model_file.h"
 
+#include "io/packing.h"
+
 #include <cmath>
 #include <fstream>
 
@@ -13,6 +15,7 @@
 #include "quant/fake_quantize.h"
 #include "quant/fused.h"
 #include "quant/histogram_observer.h"
+#include "quant/learnable_fake_quantize.h"
 #include "quant/qat_linear.h"
 #include "quant/quantized_linear.h"
 #include "tensor/ops.h"
@@ -172,12 +175,58 @@ std::shared_ptr<nn::Module> decode_fake_quant(const json& c, const TensorMap&) {
   return f;
 }
 
+// LSQ: the learned scale / zero point are its own tensors; the config holds
+// the options and the three toggles.
+void encode_learnable(const nn::Module& m, json& c) {
+  auto& f = dynamic_cast<const q::LearnableFakeQuantize&>(m);
+  c = {{"spec", spec_to_json(f.spec())}, {"owner", f.owner},
+       {"init", f.options().init == q::LsqInit::lsq ? "lsq" : "observer"},
+       {"use_grad_scaling", f.options().use_grad_scaling}, {"static_enabled", f.static_enabled()},
+       {"learning_enabled", f.learning_enabled()}, {"fake_quant_enabled", f.fake_quant_enabled()}};
+}
+
+std::shared_ptr<nn::Module> decode_learnable(const json& c, const TensorMap& t) {
+  const q::QuantSpec spec = spec_from_json(c.at("spec"));
+  const std::string init = c.at("init").get<std::string>();
+  if (init != "lsq" && init != "observer") throw FormatError("LearnableFakeQuantize: unknown init '" + init + "'");
+  q::LearnableFakeQuantizeOptions options;
+  options.init = init == "lsq" ? q::LsqInit::lsq : q::LsqInit::observer;
+  options.use_grad_scaling = c.at("use_grad_scaling").get<bool>();
+  // Per channel, the parameters are sized from the file's scale (restored afterwards).
+  if (spec.per_channel()) options.channels = need(t, "scale", "LearnableFakeQuantize").numel();
+  // A placeholder observer; the file's own child replaces it.
+  auto f = std::make_shared<q::LearnableFakeQuantize>(spec, options);
+  f->owner = c.value("owner", std::string("fake_quant"));
+  f->toggle_qparam_learning(c.at("learning_enabled").get<bool>())
+      .toggle_fake_quant(c.at("fake_quant_enabled").get<bool>())
+      .toggle_observer_update(c.at("static_enabled").get<bool>());
+  return f;
+}
+
+// Weights whose range fits 4 bits are stored two to a byte (io/packing.h).
+bool packs_int4(const QParams& q) { return q.quant_min >= -8 && q.quant_max <= 7; }
+
+Tensor stored_weight(const Tensor& w) { return packs_int4(w.qparams()) ? pack_int4(w.detach()) : w.detach(); }
+
+// The module's tensors with a packed weight unpacked to i8 (out, in).
+TensorMap unpacked(const TensorMap& t, const json& c, int64_t in, int64_t out, const std::string& type) {
+  const std::string packing = c.value("weight_packing", "");
+  if (packing.empty()) return t;
+  if (packing != "int4x2") throw FormatError(fmt::format("{}: unknown weight_packing '{}'", type, packing));
+  if (in <= 0 || out <= 0 || in > (int64_t{1} << 24) || out > (int64_t{1} << 24))
+    throw FormatError(fmt::format("{}: implausible in/out features ({}, {})", type, in, out));
+  TensorMap u = t;
+  u["weight"] = unpack_int4(need(t, "weight", type), {out, in}, type + ".weight");
+  return u;
+}
+
 void encode_quantized(const nn::Module& m, json& c) {
   auto& l = dynamic_cast<const q::QuantizedLinear&>(m);
   c = {{"in_features", l.in_features}, {"out_features", l.out_features}, {"bias", l.bias().defined()},
        {"fused_relu", l.fused_relu}, {"name", l.name}, {"weight_qparams", qparams_to_json(l.weight().qparams())},
        {"output_qparams", qparams_to_json(l.output_qparams())}};
   if (l.input_qparams()) c["input_qparams"] = qparams_to_json(*l.input_qparams());
+  if (packs_int4(l.weight().qparams())) c["weight_packing"] = "int4x2";
 }
 
 // The i8 weight tensor of a file, checked and given its qparams.
@@ -203,7 +252,7 @@ std::shared_ptr<nn::Module> decode_quantized(const json& c, const TensorMap& t) 
   const QParams oq = qparams_from_json(c.at("output_qparams"), type + " output_qparams");
   std::shared_ptr<const QParams> iq;
   if (c.contains("input_qparams")) iq = std::make_shared<const QParams>(qparams_from_json(c["input_qparams"], type + " input_qparams"));
-  const Tensor w = quantized_weight(t, wq, in, out, bias, type);
+  const Tensor w = quantized_weight(unpacked(t, c, in, out, type), wq, in, out, bias, type);
   return std::make_shared<q::QuantizedLinear>(w, bias ? t.at("bias") : Tensor(), wq, oq, iq, c.at("fused_relu").get<bool>(),
                                               c.at("name").get<std::string>());
 }
@@ -212,6 +261,7 @@ void encode_dynamic(const nn::Module& m, json& c) {
   auto& d = dynamic_cast<const q::DynamicQuantizedLinear&>(m);
   c = {{"in_features", d.in_features}, {"out_features", d.out_features}, {"bias", d.bias().defined()},
        {"activation_quant_max", d.activation_quant_max}, {"weight_qparams", qparams_to_json(d.weight().qparams())}};
+  if (packs_int4(d.weight().qparams())) c["weight_packing"] = "int4x2";
 }
 
 std::shared_ptr<nn::Module> decode_dynamic(const json& c, const TensorMap& t) {
@@ -219,7 +269,7 @@ std::shared_ptr<nn::Module> decode_dynamic(const json& c, const TensorMap& t) {
   const int64_t in = c.at("in_features").get<int64_t>(), out = c.at("out_features").get<int64_t>();
   const bool bias = c.at("bias").get<bool>();
   const QParams wq = qparams_from_json(c.at("weight_qparams"), type + " weight_qparams");
-  const Tensor w = quantized_weight(t, wq, in, out, bias, type);
+  const Tensor w = quantized_weight(unpacked(t, c, in, out, type), wq, in, out, bias, type);
   return q::DynamicQuantizedLinear::from_quantized(w, bias ? t.at("bias") : Tensor(), c.at("activation_quant_max").get<int32_t>());
 }
 
@@ -318,6 +368,14 @@ bool rebuild_from_file(const nn::Module& m, const json& node) {
   return config != node.value("config", json::object());
 }
 
+// (in_features, out_features) of a linear layer of any kind, or {0, 0}.
+std::pair<int64_t, int64_t> linear_features(const nn::Module& m) {
+  if (auto* l = dynamic_cast<const nn::Linear*>(&m)) return {l->in_features, l->out_features};
+  if (auto* q = dynamic_cast<const q::QuantizedLinear*>(&m)) return {q->in_features, q->out_features};
+  if (auto* d = dynamic_cast<const q::DynamicQuantizedLinear*>(&m)) return {d->in_features, d->out_features};
+  return {0, 0};
+}
+
 // Plans which slots of `m` get the file's modules (built here, not yet put
 // in), so that a file that does not fit changes nothing.
 void plan_adoption(nn::Module& m, const json& node, const TensorMap& all, const std::string& path,
@@ -333,8 +391,18 @@ void plan_adoption(nn::Module& m, const json& node, const TensorMap& all, const 
     auto slot = m.find_slot(name);
     if (!slot)
       throw std::invalid_argument(fmt::format("{}: the file has a module '{}' that the model does not have", file, join(path, name)));
-    if (rebuild_from_file(*slot->module, child["module"]))
-      swaps.push_back({slot, decode_tree(child["module"], all, join(path, name), file, depth + 1)});
+    if (rebuild_from_file(*slot->module, child["module"])) {
+      auto replacement = decode_tree(child["module"], all, join(path, name), file, depth + 1);
+      // A layer of another kind may replace the model's, not one of another size.
+      const auto have = linear_features(*slot->module), got = linear_features(*replacement);
+      if (have.first && got.first && have != got)
+        throw std::invalid_argument(fmt::format(
+            "{}: module '{}' is {} with in_features={}, out_features={} in the file but {} with in_features={}, "
+            "out_features={} in the model",
+            file, join(path, name), replacement->type_name(), got.first, got.second, slot->module->type_name(),
+            have.first, have.second));
+      swaps.push_back({slot, replacement});
+    }
     else
       plan_adoption(*slot->module, child["module"], all, join(path, name), file, depth + 1, swaps);
   }
@@ -434,6 +502,7 @@ std::map<std::string, ModuleCodec>& module_codecs() {
     c["PerChannelMinMaxObserver"] = {encode_observer, decode_observer<q::PerChannelMinMaxObserver>};
     c["MovingAveragePerChannelMinMaxObserver"] = {encode_observer, decode_observer<q::MovingAveragePerChannelMinMaxObserver>};
     c["HistogramObserver"] = {encode_observer, decode_observer<q::HistogramObserver>};
+    c["LearnableFakeQuantize"] = {encode_learnable, decode_learnable};
     return c;
   }();
   return codecs;
@@ -443,12 +512,12 @@ SafetensorsFile model_to_safetensors(const nn::Module& model, const std::map<std
   SafetensorsFile file;
   for (auto& [path, m] : model.named_modules()) {
     if (auto* ql = dynamic_cast<const q::QuantizedLinear*>(m)) {
-      file.tensors[join(path, "weight")] = ql->weight().detach();
+      file.tensors[join(path, "weight")] = stored_weight(ql->weight());
       if (ql->bias().defined()) file.tensors[join(path, "bias")] = ql->bias();
       continue;
     }
     if (auto* dl = dynamic_cast<const q::DynamicQuantizedLinear*>(m)) {
-      file.tensors[join(path, "weight")] = dl->weight().detach();
+      file.tensors[join(path, "weight")] = stored_weight(dl->weight());
       if (dl->bias().defined()) file.tensors[join(path, "bias")] = dl->bias();
       continue;
     }

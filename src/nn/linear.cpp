@@ -1,3 +1,5 @@
+// Linear layer: PyTorch's default initialisation (docs/nn.md eq. 1) and the
+// forward pass through the fused tq::linear op.
 #include "nn/linear.h"
 
 #include <cmath>

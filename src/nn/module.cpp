@@ -1,3 +1,5 @@
+// Module: registration, dotted names, slot replacement, modes and the
+// PyTorch-style tree printout (docs/nn.md).
 #include "nn/module.h"
 
 #include <cxxabi.h>

@@ -50,13 +50,12 @@ void fake_quantize_kernel(const float* x, float* y, uint8_t* mask, const Shape& 
   }
 }
 
-void check_qparams(const Tensor& x, const QParams& qp) {
+// x against qp: a float tensor, and for per-channel qparams an axis and a
+// channel count that fit it.
+void check_tensor(const Tensor& x, const QParams& qp) {
   if (!x.defined() || x.dtype() != DType::f32 || x.is_quantized())
     throw std::invalid_argument(fmt::format("fake_quantize: expected a float tensor, got {}",
                                             x.defined() ? dtype_name(x.dtype()) : "an undefined tensor"));
-  if (qp.quant_min >= qp.quant_max)
-    throw std::invalid_argument(fmt::format("fake_quantize: quant_min ({}) must be less than quant_max ({})",
-                                            qp.quant_min, qp.quant_max));
   size_t channels = 1;
   if (is_per_channel(qp.scheme)) {
     if (qp.axis < 0 || qp.axis >= x.dim())
@@ -67,7 +66,14 @@ void check_qparams(const Tensor& x, const QParams& qp) {
   if (qp.scale.size() != channels || qp.zero_point.size() != channels)
     throw std::invalid_argument(fmt::format("fake_quantize: {} scales and {} zero points for {} channel(s) of shape {}",
                                             qp.scale.size(), qp.zero_point.size(), channels, x.shape().str()));
-  for (size_t c = 0; c < channels; ++c) {
+}
+
+// The qparams themselves: a range, positive finite scales, zero points inside the range.
+void check_values(const QParams& qp) {
+  if (qp.quant_min >= qp.quant_max)
+    throw std::invalid_argument(fmt::format("fake_quantize: quant_min ({}) must be less than quant_max ({})",
+                                            qp.quant_min, qp.quant_max));
+  for (size_t c = 0; c < qp.scale.size(); ++c) {
     if (!(qp.scale[c] > 0) || !std::isfinite(qp.scale[c]))
       throw std::invalid_argument(fmt::format("fake_quantize: scale {} (channel {}) must be positive and finite",
                                               qp.scale[c], c));
@@ -125,9 +131,12 @@ std::shared_ptr<Storage> reuse_or_new_mask(Tensor* kept, int64_t n) {
   return kept->impl()->storage;
 }
 
+// `trusted`: the qparams come from an observer (eq. 3-6) and are valid by
+// construction, so only their fit to x is checked.
 Tensor fake_quantize_impl(const Tensor& x_in, const std::shared_ptr<const QParams>& grid, const QParams& qp,
-                          FakeQuantizeBuffers* buffers = nullptr) {
-  check_qparams(x_in, qp);
+                          FakeQuantizeBuffers* buffers = nullptr, bool trusted = false) {
+  check_tensor(x_in, qp);
+  if (!trusted) check_values(qp);
   const Tensor x = kernels::contiguous(x_in);
   const bool need_grad = any_requires_grad(x_in);
   Tensor y = reuse_or_empty(buffers ? &buffers->out : nullptr, x.shape());
@@ -190,13 +199,24 @@ void FakeQuantize::refresh_qparams() {
 }
 
 QParams FakeQuantize::calculate_qparams() const {
+  QParams q;
+  calculate_qparams_into(q);
+  return q;
+}
+
+void FakeQuantize::calculate_qparams_into(QParams& q) const {
   if (!has_qparams_)
     throw std::logic_error(fmt::format("{} (FakeQuantize) has seen no data: run training batches through the model "
                                        "(in train mode) before convert",
                                        owner));
-  std::vector<ScaleZeroPoint> pairs;
-  for (int64_t c = 0; c < scale_.numel(); ++c) pairs.push_back({scale_.data<float>()[c], zero_point_.data<int32_t>()[c]});
-  return make_qparams(spec_, pairs);
+  // From the buffers: what the last forward used (or what a model file restored).
+  const size_t channels = static_cast<size_t>(scale_.numel());
+  q.scheme = spec_.qscheme;
+  q.axis = spec_.per_channel() ? spec_.ch_axis : -1;
+  q.quant_min = spec_.quant_min;
+  q.quant_max = spec_.quant_max;
+  q.scale.assign(scale_.data<float>(), scale_.data<float>() + channels);
+  q.zero_point.assign(zero_point_.data<int32_t>(), zero_point_.data<int32_t>() + channels);
 }
 
 void FakeQuantize::on_state_loaded() {
@@ -207,7 +227,9 @@ void FakeQuantize::on_state_loaded() {
     throw std::invalid_argument(fmt::format("{}: loaded scale / zero_point must be (C) f32 / (C) i32, got {} {} / {} {}",
                                             owner, dtype_name(scale_.dtype()), scale_.shape().str(),
                                             dtype_name(zero_point_.dtype()), zero_point_.shape().str()));
-  // The buffers hold qparams once the observer has seen data.
+  // The buffers hold qparams once the observer has seen data (asked after
+  // the observer has resynced to its own restored buffers).
+  observer().on_state_loaded();
   has_qparams_ = observer().has_data();
   qparams_.reset();
   if (has_qparams_) qparams_ = std::make_shared<QParams>(calculate_qparams());
@@ -225,14 +247,18 @@ Tensor FakeQuantize::forward(const Tensor& x) {
                                        "run the model in train mode first",
                                        owner));
   if (!qparams_) qparams_ = std::make_shared<QParams>(calculate_qparams());
-  return fake_quantize(x, qparams_, buffers_);
+  return fake_quantize_impl(x, qparams_, *qparams_, &buffers_, /*trusted=*/true);
 }
 
 std::string FakeQuantize::extra_repr() const {
   std::string scales, zps;
   for (int64_t c = 0; c < scale_.numel() && c < 8; ++c) {
-    scales += (c ? ", " : "") + fmt::format("{:.6g}", scale_.data<float>()[c]);
-    zps += (c ? ", " : "") + std::to_string(zero_point_.data<int32_t>()[c]);
+    if (c) {
+      scales += ", ";
+      zps += ", ";
+    }
+    scales += fmt::format("{:.6g}", scale_.data<float>()[c]);
+    zps += std::to_string(zero_point_.data<int32_t>()[c]);
   }
   if (scale_.numel() > 8) { scales += ", ..."; zps += ", ..."; }
   return fmt::format("fake_quant_enabled={}, observer_enabled={}, quant_min={}, quant_max={}, dtype={}, qscheme={}, "

@@ -1,9 +1,10 @@
 // Fake quantization (docs/quantization.md §4, eq. 8-9): during training,
 // round a float tensor to the grid it will have after conversion, in float:
-//     y = (clamp(nearbyint(x / s) + z, qmin, qmax) - z) * s            (eq. 8)
+//     y = (clamp(nearbyint(x * (1/s)) + z, qmin, qmax) - z) * s        (eq. 8)
 // The rounding has zero gradient almost everywhere, so the backward pass uses
 // the straight-through estimator: the gradient passes unchanged where the
 // unclamped integer lies inside [qmin, qmax], and is zero outside (eq. 9).
+// x * (1/s) rather than x / s: PyTorch's choice, bit-identical to it (§8).
 #pragma once
 
 #include <cmath>
@@ -14,9 +15,13 @@
 
 namespace tq::quant {
 
-// The differentiable fake-quant op, one fused pass computing y and the STE
-// mask. qp: per-tensor, or per-channel along qp.axis.
-// x / s is computed as x * (1 / s), bit-identical to PyTorch.
+// The differentiable fake-quant op. x: f32, any shape; qp: per tensor, or
+// per channel along qp.axis (one scale / zero point per index). One fused
+// pass computes y and, when x requires a gradient, the STE mask (one byte
+// per element); the backward is one pass selecting the gradient by the mask,
+// added straight into x.grad when x is a leaf (a weight). A per-tensor
+// result is tagged as lying on its grid (docs §5). The loops:
+// quant/quant_kernels.h.
 Tensor fake_quantize(const Tensor& x, const QParams& qp);
 Tensor fake_quantize(const Tensor& x, const std::shared_ptr<const QParams>& qp);
 
@@ -55,6 +60,7 @@ class FakeQuantize : public QParamsSource {
   // exactly the qparams that the last fake-quant forward used").
   bool has_data() const override { return has_qparams_; }
   QParams calculate_qparams() const override;
+  void calculate_qparams_into(QParams& out) const override;
 
   void enable_observer(bool on = true) { observer_enabled = on; }
   void disable_observer() { observer_enabled = false; }

@@ -136,8 +136,11 @@ void HistogramObserver::count_into(const float* values, int64_t n, float lo, flo
   const float bins = static_cast<float>(bins_);
   for (int64_t i = 0; i < n; ++i) {
     // torch.histc's formula; the top edge belongs to the last bin.
-    int64_t b = range > 0 ? static_cast<int64_t>((values[i] - lo) * bins / range) : 0;
-    b = std::clamp<int64_t>(b, 0, bins_ - 1);
+    const float position = range > 0 ? (values[i] - lo) * bins / range : 0.f;
+    // Clamped before the cast: a range that overflows float (a loaded
+    // min_val / max_val of +-3e38) makes `position` NaN or infinite, and
+    // casting those to an integer is undefined behaviour.
+    const int64_t b = position >= bins ? bins_ - 1 : position > 0 ? static_cast<int64_t>(position) : 0;
     hist[b] += 1;
   }
 }

@@ -4,7 +4,6 @@
 #include <limits>
 #include <stdexcept>
 
-
 #include <fmt/format.h>
 
 #include "quant/quant_kernels.h"
@@ -114,15 +113,15 @@ MovingAverageMinMaxObserver::MovingAverageMinMaxObserver(QuantSpec spec, float c
 }
 
 void MovingAverageMinMaxObserver::update(float batch_min, float batch_max) {
-  float& lo = min_val_.data<float>()[0];
-  float& hi = max_val_.data<float>()[0];
-  if (!has_data()) {  // the first batch sets the range
-    lo = batch_min;
-    hi = batch_max;
+  float* lo = min_val_.data<float>();
+  float* hi = max_val_.data<float>();
+  if (!(*lo <= *hi)) {  // no data yet: the first batch sets the range
+    *lo = batch_min;
+    *hi = batch_max;
     return;
   }
-  lo = lo + averaging_constant * (batch_min - lo);  // eq. 7
-  hi = hi + averaging_constant * (batch_max - hi);
+  *lo = *lo + averaging_constant * (batch_min - *lo);  // eq. 7
+  *hi = *hi + averaging_constant * (batch_max - *hi);
 }
 
 std::string MovingAverageMinMaxObserver::extra_repr() const {

@@ -168,8 +168,10 @@ int quantize_dynamic(nn::Module& model, const std::set<std::type_index>& types, 
     }
   }
   const int n = swap_modules(model, "", nullptr, mapping, false);
-  if (n == 0)
+  if (n == 0) {  // unchanged means unchanged: not even switched to eval mode
     std::cerr << "quantize_dynamic: no module of the requested types was found; the model is unchanged\n";
+    return 0;
+  }
   model.eval();
   return n;
 }

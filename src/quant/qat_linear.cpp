@@ -1,8 +1,12 @@
 #include "quant/qat_linear.h"
 
+#include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 #include <fmt/format.h>
+
+#include "autograd/node.h"
 
 namespace tq::quant {
 
@@ -27,6 +31,41 @@ QATLinear::QATLinear(const nn::Linear& f, const QConfig& qconfig, bool relu, con
   train(f.is_training());
 }
 
+namespace {
+
+// The bias rounded to the accumulator's grid, s_x * s_w[n] per output channel
+// (docs/quantization.md eq. 12): exactly the i32 bias the int8 layer adds,
+// so the fake-quant model and the converted one compute the same sum. The
+// gradient passes straight through, as for any fake quant inside its range.
+struct BiasFakeQuantBackward final : Node {
+  const char* name() const override { return "BiasFakeQuantizeBackward"; }
+  void backward(const Tensor& g, Tensor* gi) override { gi[0] = g; }
+};
+
+Tensor fake_quantize_bias(const Tensor& bias, float x_scale, const QParams& wq) {
+  const int64_t n = bias.numel();
+  Tensor out = empty(bias.shape());
+  const float* b = bias.data<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    const double s_acc = static_cast<double>(x_scale) * wq.scale[is_per_channel(wq.scheme) ? static_cast<size_t>(i) : 0];
+    const double limit = 1 << 30;  // the int8 kernel's bound on |bias_q|
+    out.data<float>()[i] = static_cast<float>(std::clamp(std::nearbyint(b[i] / s_acc), -limit, limit) * s_acc);
+  }
+  if (any_requires_grad(bias)) record<BiasFakeQuantBackward>(out, {bias});
+  return out;
+}
+
+}  // namespace
+
+Tensor QATLinear::quantized_bias(const Tensor& x_q) const {
+  if (!bias.defined()) return bias;
+  const auto& grid = x_q.impl()->fake_quant_grid;
+  // Only fake quants round; observers (post-training quantization) watch the float model.
+  if (!grid || grid == kObservedGrid || grid->scale.size() != 1) return bias;
+  if (dynamic_cast<const ObserverBase*>(&weight_quant.module()) || !weight_quant->has_data()) return bias;
+  return fake_quantize_bias(bias, grid->scale[0], weight_quant->calculate_qparams());
+}
+
 Tensor QATLinear::forward(const Tensor& x_in) {
   if (x_in.is_quantized())
     throw std::invalid_argument(fmt::format("{}: this layer takes float input, got a quantized {} tensor", name,
@@ -34,7 +73,7 @@ Tensor QATLinear::forward(const Tensor& x_in) {
   const Tensor x = as_batch(x_in);
   const Tensor x_q = x.impl()->fake_quant_grid ? x : input_quant(x);
   const Tensor w_q = weight_quant(weight);
-  Tensor y = tq::linear(x_q, w_q, bias);
+  Tensor y = tq::linear(x_q, w_q, quantized_bias(x_q));
   if (fused_relu) y = tq::relu(y);
   y = output_quant(y);
   if (!y.impl()->fake_quant_grid) y.impl()->fake_quant_grid = kObservedGrid;

@@ -9,6 +9,11 @@
 //     float input itself — no QuantStub needed.
 // It shares weight and bias with the float Linear it replaced.
 //
+// The bias is rounded to the accumulator grid s_x s_w (eq. 12) in the
+// forward, so the fake-quant model adds exactly the integer bias the
+// converted layer adds: the two agree even at 2-4 bits, where one bias
+// rounding is a sizeable part of an output step.
+//
 // ObservedLinear is the same layer for post-training quantization
 // (docs/ptq.md): its three places hold observers instead of fake quants, so
 // it computes the float result and only records ranges.
@@ -37,6 +42,9 @@ class QATLinear : public nn::Linear {
   std::string name = "QATLinear";  // its path in the model, set by the pass
 
  protected:
+  // The bias the forward adds: on the accumulator grid s_x * s_w when fake
+  // quantizing (what the int8 layer adds), the float bias otherwise.
+  Tensor quantized_bias(const Tensor& x_q) const;
   QATLinear(const nn::Linear& float_linear, const QConfig& qconfig, bool fused_relu, const char* input_slot,
             const char* weight_slot);
 };

@@ -82,4 +82,18 @@ QConfigPtr make_qat_qconfig(int weight_bits, int activation_bits, bool per_chann
                                            fmt::format("W{}A{} QAT", weight_bits, activation_bits)});
 }
 
+QConfigPtr make_lsq_qat_qconfig(int weight_bits, int activation_bits, bool per_channel_weights, LsqInit weight_init,
+                                LsqInit activation_init) {
+  const QuantSpec act = activation_spec(activation_bits);
+  const QuantSpec w = weight_spec(weight_bits, per_channel_weights ? QScheme::per_channel_symmetric
+                                                                   : QScheme::per_tensor_symmetric);
+  auto learnable = [](QuantSpec spec, LsqInit init) -> FakeQuantFactory {
+    return [spec, init]() -> std::shared_ptr<QParamsSource> {
+      return std::make_shared<LearnableFakeQuantize>(spec, LearnableFakeQuantizeOptions{.init = init});
+    };
+  };
+  return std::make_shared<QConfig>(QConfig{learnable(act, activation_init), learnable(w, weight_init),
+                                           fmt::format("W{}A{} LSQ QAT", weight_bits, activation_bits)});
+}
+
 }  // namespace tq::quant

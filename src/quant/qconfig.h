@@ -8,6 +8,7 @@
 #include <string>
 
 #include "quant/fake_quantize.h"
+#include "quant/learnable_fake_quantize.h"
 
 namespace tq::quant {
 
@@ -28,6 +29,15 @@ QConfigPtr get_default_qat_qconfig(const std::string& backend = "x86");
 // Other bit widths (2..8): activations u8 in 0..2^a-1, weights symmetric in
 // -2^(w-1)..2^(w-1)-1, exactly as asked (no hidden range reduction).
 QConfigPtr make_qat_qconfig(int weight_bits, int activation_bits, bool per_channel_weights = true);
+
+// LSQ, learned step size QAT (docs/lsq.md): the ranges of make_qat_qconfig,
+// with LearnableFakeQuantize for activations and weights, whose scales (and
+// activation zero points) are trained with the model. The initial scales
+// come from the first training batch, by default with LSQ's 2 mean(|v|) /
+// sqrt(quant_max) for both (LsqInit::observer: the observer's min / max;
+// docs/lsq.md §6 compares them).
+QConfigPtr make_lsq_qat_qconfig(int weight_bits, int activation_bits, bool per_channel_weights = true,
+                                LsqInit weight_init = LsqInit::lsq, LsqInit activation_init = LsqInit::lsq);
 
 // Post-training (static) quantization presets, as PyTorch's get_default_qconfig:
 //  "x86" / "fbgemm": activations HistogramObserver u8 0..127, weights

@@ -54,6 +54,11 @@ QuantSpec weight_spec(int bits, QScheme scheme, int ch_axis) {
 ScaleZeroPoint calculate_qparams(float min_val, float max_val, const QuantSpec& spec) {
   if (std::isnan(min_val) || std::isnan(max_val))
     throw std::invalid_argument("calculate_qparams: the observed range contains NaN");
+  // An infinite end makes the scale infinite and the zero point NaN, whose
+  // conversion to an integer is undefined behaviour (found by fuzz/fuzz_model
+  // on a model file whose observer had min_val = -inf).
+  if (std::isinf(min_val) || std::isinf(max_val))
+    throw std::invalid_argument(fmt::format("calculate_qparams: the observed range [{}, {}] is not finite", min_val, max_val));
   if (min_val > max_val)
     throw std::invalid_argument(fmt::format("calculate_qparams: min ({}) is greater than max ({})", min_val, max_val));
   // eq. 3: the range must contain 0 so that real 0 has an exact integer.
@@ -84,6 +89,8 @@ QParams make_qparams(const QuantSpec& spec, const std::vector<ScaleZeroPoint>& p
   q.axis = spec.per_channel() ? spec.ch_axis : -1;
   q.quant_min = spec.quant_min;
   q.quant_max = spec.quant_max;
+  q.scale.reserve(pairs.size());
+  q.zero_point.reserve(pairs.size());
   for (auto& p : pairs) {
     q.scale.push_back(p.scale);
     q.zero_point.push_back(p.zero_point);

@@ -13,8 +13,9 @@
 
 namespace tq::quant {
 
-// float32 machine epsilon: the smallest scale an observer may return
-// (PyTorch's observers use the same floor).
+// float32 machine epsilon: the smallest scale an observer may return (eq. 6;
+// PyTorch's observers use the same floor), so an all-zero tensor still gets
+// a usable grid.
 inline constexpr float kScaleEps = 1.1920928955078125e-07f;
 
 // The integer range and scheme a tensor is quantized to.

@@ -20,20 +20,24 @@ constexpr float kRoundMagic = 12582912.f;
 inline float max_of(float a, float b) { return a > b ? a : b; }
 inline float min_of(float a, float b) { return a < b ? a : b; }
 
-std::atomic<QuantKernel> g_kernel{QuantKernel::automatic};
-
 bool detect_avx2() {
 #if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();  // we may run before libgcc's own start-up detection
   return __builtin_cpu_supports("avx2");
 #else
   return false;
 #endif
 }
 
-bool use_avx2() {
-  static const bool has_avx2 = detect_avx2();
-  return has_avx2 && g_kernel.load(std::memory_order_relaxed) == QuantKernel::automatic;
-}
+// Set once at start-up (no lazy-initialisation check on every call);
+// set_quant_kernel switches g_use_avx2. Read before this file's static
+// initialisation (from another file's), it is false: the reference loops,
+// correct, just slower.
+const bool g_cpu_has_avx2 = detect_avx2();
+std::atomic<QuantKernel> g_kernel{QuantKernel::automatic};
+std::atomic<bool> g_use_avx2{g_cpu_has_avx2};
+
+inline bool use_avx2() { return g_use_avx2.load(std::memory_order_relaxed); }
 
 }  // namespace
 
@@ -77,22 +81,26 @@ void fold_min_max_reference(const float* p, int64_t n, float& lo, float& hi) {
   }
 }
 
+// Below one vector's worth the AVX2 versions would only run their scalar tail.
 void fake_quantize_run(const float* x, float* y, uint8_t* mask, int64_t n, const FakeQuantConstants& k) {
-  if (use_avx2()) fake_quantize_run_avx2(x, y, mask, n, k);
+  if (n >= 8 && use_avx2()) fake_quantize_run_avx2(x, y, mask, n, k);
   else fake_quantize_run_reference(x, y, mask, n, k);
 }
 
 void apply_ste_mask(const float* g, const uint8_t* mask, float* out, int64_t n, bool accumulate) {
-  if (use_avx2()) apply_ste_mask_avx2(g, mask, out, n, accumulate);
+  if (n >= 8 && use_avx2()) apply_ste_mask_avx2(g, mask, out, n, accumulate);
   else apply_ste_mask_reference(g, mask, out, n, accumulate);
 }
 
 void fold_min_max(const float* p, int64_t n, float& lo, float& hi) {
-  if (use_avx2()) fold_min_max_avx2(p, n, lo, hi);
+  if (n >= 8 && use_avx2()) fold_min_max_avx2(p, n, lo, hi);
   else fold_min_max_reference(p, n, lo, hi);
 }
 
-void set_quant_kernel(QuantKernel kernel) { g_kernel.store(kernel, std::memory_order_relaxed); }
+void set_quant_kernel(QuantKernel kernel) {
+  g_kernel.store(kernel, std::memory_order_relaxed);
+  g_use_avx2.store(g_cpu_has_avx2 && kernel == QuantKernel::automatic, std::memory_order_relaxed);
+}
 QuantKernel quant_kernel() { return g_kernel.load(std::memory_order_relaxed); }
 bool quant_kernel_uses_avx2() { return use_avx2(); }
 

@@ -153,7 +153,8 @@ void check_common(const char* op, const uint8_t* X, int64_t M, int64_t ldx, int3
   if (W.empty()) fail(op, ": the packed weights are empty");
   if (M < 0) fail(op, ": M = ", M, " is negative");
   if (M > 0 && (X == nullptr || Y == nullptr)) fail(op, ": null input or output pointer with M = ", M);
-  if (ldx < W.K()) fail(op, ": input row stride ", ldx, " is smaller than K = ", W.K(), " (X is (", M, ", ", W.K(), "))");
+  if (ldx < W.K())
+    fail(op, ": input row stride ", ldx, " is smaller than K = ", W.K(), " (X is (", M, ", ", W.K(), "))");
   if (ldy < W.N()) fail(op, ": output row stride ", ldy, " is smaller than N = ", W.N());
   if (x_quant_max < 1 || x_quant_max > 255) fail(op, ": x_quant_max = ", x_quant_max, " is outside 1..255");
   if (zx < 0 || zx > x_quant_max) fail(op, ": input zero point ", zx, " is outside 0..", x_quant_max);
@@ -163,7 +164,8 @@ void check_requant(const char* op, const PackedWeightsI8& W, const int32_t* bias
                    const FixedPointMultiplier* multipliers, int32_t zy, int32_t y_min, int32_t y_max) {
   if (multipliers == nullptr) fail(op, ": multipliers is null (need one per output channel, N = ", W.N(), ")");
   if (zy < 0 || zy > 255) fail(op, ": output zero point ", zy, " is outside 0..255");
-  if (y_min < 0 || y_max > 255 || y_min > y_max) fail(op, ": output range ", y_min, "..", y_max, " is not within 0..255");
+  if (y_min < 0 || y_max > 255 || y_min > y_max)
+    fail(op, ": output range ", y_min, "..", y_max, " is not within 0..255");
   // |bias_q| <= 2^30 keeps eq. 1 and eq. 2 within int32 (K <= kMaxK bounds
   // the sum to 2^30). One branch-free pass, since this runs on every call.
   if (bias_q == nullptr) return;
@@ -273,8 +275,8 @@ void gemm_u8i8_requant(const uint8_t* X, int64_t M, int64_t ldx, int32_t zx, int
 // Dynamic quantization.
 
 void gemm_u8i8_dynamic_reference(const uint8_t* X, int64_t M, int64_t ldx, float x_scale, int32_t zx,
-                                 int32_t x_quant_max, const PackedWeightsI8& W, const float* w_scale,
-                                 const float* bias, float* Y, int64_t ldy) {
+                                 int32_t x_quant_max, const PackedWeightsI8& W, const float* w_scale, const float* bias,
+                                 float* Y, int64_t ldy) {
   // X: (M, K) u8, W: (N, K) i8, Y: (M, N) f32
   const char* op = "gemm_u8i8_dynamic_reference";
   check_common(op, X, M, ldx, zx, x_quant_max, W, Y, ldy);
@@ -321,7 +323,8 @@ void gemm_u8i8_dynamic(const uint8_t* X, int64_t M, int64_t ldx, float x_scale, 
 }
 
 ActivationQParams dynamic_activation_qparams(float min, float max, int32_t quant_max) {
-  if (quant_max < 1 || quant_max > 255) fail("dynamic_activation_qparams: quant_max = ", quant_max, " is outside 1..255");
+  if (quant_max < 1 || quant_max > 255)
+    fail("dynamic_activation_qparams: quant_max = ", quant_max, " is outside 1..255");
   if (!(min <= max)) fail("dynamic_activation_qparams: min ", min, " is not <= max ", max);
   // eq. 11: the range always contains 0, so that real 0 is exactly representable.
   const float lo = std::min(min, 0.0f);
@@ -334,8 +337,7 @@ ActivationQParams dynamic_activation_qparams(float min, float max, int32_t quant
 }
 
 namespace {
-void check_quantize(const char* op, const float* X, int64_t M, int64_t K, int64_t ldx, const uint8_t* Xq,
-                    int64_t ldq) {
+void check_quantize(const char* op, const float* X, int64_t M, int64_t K, int64_t ldx, const uint8_t* Xq, int64_t ldq) {
   if (M < 0 || K < 0) fail(op, ": shape (", M, ", ", K, ") is negative");
   if (ldx < K || ldq < K) fail(op, ": row strides ", ldx, " and ", ldq, " must be >= K = ", K);
   if (M > 0 && K > 0 && (X == nullptr || Xq == nullptr)) fail(op, ": null input or output pointer");

@@ -36,10 +36,12 @@ struct CacheAlignedAllocator {
   CacheAlignedAllocator() = default;
   template <class U>
   CacheAlignedAllocator(const CacheAlignedAllocator<U>&) {}
-  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{kAlignment})); }
-  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t{kAlignment}); }
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new (n * sizeof(T), std::align_val_t{kAlignment})); }
+  void deallocate(T* p, std::size_t) { ::operator delete (p, std::align_val_t{kAlignment}); }
   template <class U>
-  bool operator==(const CacheAlignedAllocator<U>&) const { return true; }
+  bool operator==(const CacheAlignedAllocator<U>&) const {
+    return true;
+  }
 };
 template <class T>
 using CacheAlignedVector = std::vector<T, CacheAlignedAllocator<T>>;
@@ -161,8 +163,8 @@ void gemm_u8i8_dynamic(const uint8_t* X, int64_t M, int64_t ldx, float x_scale, 
                        int threads = 0);
 
 void gemm_u8i8_dynamic_reference(const uint8_t* X, int64_t M, int64_t ldx, float x_scale, int32_t zx,
-                                 int32_t x_quant_max, const PackedWeightsI8& W, const float* w_scale,
-                                 const float* bias, float* Y, int64_t ldy);
+                                 int32_t x_quant_max, const PackedWeightsI8& W, const float* w_scale, const float* bias,
+                                 float* Y, int64_t ldy);
 
 // Scale and zero point of dynamically quantized activations.
 struct ActivationQParams {
@@ -226,8 +228,8 @@ void int8_gemm_avx2(const Int8GemmProblem& problem, int64_t m_begin, int64_t m_e
 // Min and max of X (M, K) f32; returns false if X holds NaN or infinity.
 bool min_max_avx2(const float* X, int64_t M, int64_t K, int64_t ldx, float* min, float* max);
 // Xq = clamp(nearbyint(X / scale) + zero_point, 0, quant_max), as in the reference.
-void quantize_u8_avx2(const float* X, int64_t M, int64_t K, int64_t ldx, ActivationQParams qparams,
-                      int32_t quant_max, uint8_t* Xq, int64_t ldq);
+void quantize_u8_avx2(const float* X, int64_t M, int64_t K, int64_t ldx, ActivationQParams qparams, int32_t quant_max,
+                      uint8_t* Xq, int64_t ldq);
 
 }  // namespace detail
 

@@ -27,12 +27,12 @@ namespace {
 
 #define TQ_ALWAYS_INLINE inline __attribute__((always_inline))
 
-constexpr int64_t kPanel = PackedWeightsI8::kPanelWidth;             // 16 output channels
-constexpr int64_t kGroupBytes = kPanel * PackedWeightsI8::kGroup;    // 64 bytes of weights per k group
-constexpr int kBlocks = static_cast<int>(kPanel / 8);                // ymm registers per panel row
-constexpr int kTileRows = 4;            // MR of the maddubs tile: 4x16 beat 3x16, 5x16, 6x16 (docs)
-constexpr int kTileRowsWidening = 4;    // MR of the widening tile: 4 beat 2 and 3
-constexpr int64_t kRowBlockBytes = 192 * 1024;                       // X rows kept in L2 while walking panels
+constexpr int64_t kPanel = PackedWeightsI8::kPanelWidth;           // 16 output channels
+constexpr int64_t kGroupBytes = kPanel * PackedWeightsI8::kGroup;  // 64 bytes of weights per k group
+constexpr int kBlocks = static_cast<int>(kPanel / 8);              // ymm registers per panel row
+constexpr int kTileRows = 4;                    // MR of the maddubs tile: 4x16 beat 3x16, 5x16, 6x16 (docs)
+constexpr int kTileRowsWidening = 4;            // MR of the widening tile: 4 beat 2 and 3
+constexpr int64_t kRowBlockBytes = 192 * 1024;  // X rows kept in L2 while walking panels
 
 static_assert(kBlocks == 2, "the kernels below are written for 16-channel panels");
 
@@ -72,7 +72,7 @@ TQ_ALWAYS_INLINE void widen_block(const int8_t* wb, __m256i& a, __m256i& b) {
   const __m256i pairs = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,  //
                                          0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
   __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb));
-  v = _mm256_shuffle_epi8(v, pairs);                   // per lane: [4 ch k01 | 4 ch k23]
+  v = _mm256_shuffle_epi8(v, pairs);                         // per lane: [4 ch k01 | 4 ch k23]
   v = _mm256_permute4x64_epi64(v, _MM_SHUFFLE(3, 1, 2, 0));  // [8 ch k01 | 8 ch k23]
   a = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v));
   b = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1));
@@ -134,13 +134,13 @@ TQ_ALWAYS_INLINE void accumulate_widening(const int32_t* xw, int64_t xw_stride, 
 // panel and reused by every row tile.
 
 struct BlockEpilogue {
-  int64_t valid = 0;                       // channels of the block that exist (< 8 at the edge)
-  __m256i bias_eff;                        // eq. 2: bias_q - zx * rowsum (i32)
+  int64_t valid = 0;  // channels of the block that exist (< 8 at the edge)
+  __m256i bias_eff;   // eq. 2: bias_q - zx * rowsum (i32)
   // requantization (eq. 6), in the 64-bit lane layout of vpmuludq:
   // "even" holds channels 0 2 4 6, "odd" channels 1 3 5 7
   __m256i mult_even, mult_odd, shift_even, shift_odd, round_even, round_odd;
-  bool needs_scalar = false;               // M >= 1 somewhere: use the scalar function
-  const FixedPointMultiplier* multipliers; // the block's `valid` multipliers, for that case
+  bool needs_scalar = false;                // M >= 1 somewhere: use the scalar function
+  const FixedPointMultiplier* multipliers;  // the block's `valid` multipliers, for that case
   // f32 output (eq. 10)
   __m256 scale, bias_f;
 };
@@ -186,15 +186,15 @@ void prepare_block(const Int8GemmProblem& P, int64_t n0, BlockEpilogue& e) {
 
   // Each FixedPointMultiplier is one 64-bit lane {multiplier, shift}.
   e.multipliers = P.multipliers + n0;
-  const __m256i lo = load_padded(e.multipliers, e.valid);                                        // ch 0..3
-  const __m256i hi = load_padded(e.valid > 4 ? e.multipliers + 4 : nullptr, e.valid - 4);        // ch 4..7
+  const __m256i lo = load_padded(e.multipliers, e.valid);                                  // ch 0..3
+  const __m256i hi = load_padded(e.valid > 4 ? e.multipliers + 4 : nullptr, e.valid - 4);  // ch 4..7
   // A negative shift (M >= 1) or multiplier (not made by quantize_multiplier)
   // takes the scalar function, which handles every value.
   e.needs_scalar = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_or_si256(lo, hi))) != 0;
   const __m256i lo_sorted = _mm256_permute4x64_epi64(lo, _MM_SHUFFLE(3, 1, 2, 0));  // ch 0 2 1 3
   const __m256i hi_sorted = _mm256_permute4x64_epi64(hi, _MM_SHUFFLE(3, 1, 2, 0));  // ch 4 6 5 7
-  const __m256i even = _mm256_permute2x128_si256(lo_sorted, hi_sorted, 0x20);      // ch 0 2 4 6
-  const __m256i odd = _mm256_permute2x128_si256(lo_sorted, hi_sorted, 0x31);       // ch 1 3 5 7
+  const __m256i even = _mm256_permute2x128_si256(lo_sorted, hi_sorted, 0x20);       // ch 0 2 4 6
+  const __m256i odd = _mm256_permute2x128_si256(lo_sorted, hi_sorted, 0x31);        // ch 1 3 5 7
   e.mult_even = even;  // vpmuludq reads the low 32 bits: the multiplier
   e.mult_odd = odd;
   // total shift 31 + shift (eq. 6); only used when no shift is negative.
@@ -248,8 +248,8 @@ TQ_ALWAYS_INLINE void store_requantized(const Int8GemmProblem& P, const BlockEpi
       }
     }
     // 16 int32 in 0..255 -> 16 bytes in channel order.
-    const __m256i words = _mm256_packus_epi32(q[0], q[1]);         // [a0-3 b0-3 | a4-7 b4-7] u16
-    const __m256i bytes = _mm256_packus_epi16(words, words);       // dwords: a0-3 b0-3 a0-3 b0-3 | a4-7 b4-7 ..
+    const __m256i words = _mm256_packus_epi32(q[0], q[1]);    // [a0-3 b0-3 | a4-7 b4-7] u16
+    const __m256i bytes = _mm256_packus_epi16(words, words);  // dwords: a0-3 b0-3 a0-3 b0-3 | a4-7 b4-7 ..
     const __m128i ordered = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(bytes, gather));
     uint8_t* row = y + i * ldy;
     if (valid == kPanel) {
@@ -289,10 +289,14 @@ void tile(const Int8GemmProblem& P, int64_t m, int64_t p, const BlockEpilogue (&
   const PackedWeightsI8& W = *P.W;
   const int8_t* panel = W.panels() + p * W.k_groups() * kGroupBytes;
   __m256i acc[MR][kBlocks];
-  if constexpr (Widening) accumulate_widening<MR>(xw, 2 * W.k_groups(), W.k_groups(), panel, acc);
-  else accumulate_maddubs<MR>(P.X + m * P.ldx, P.ldx, W.K(), panel, acc);
-  if (P.float_output) store_dequantized<MR>(e, acc, P.Y_f32 + m * P.ldy + p * kPanel, P.ldy);
-  else store_requantized<MR>(P, e, acc, P.Y_u8 + m * P.ldy + p * kPanel, P.ldy);
+  if constexpr (Widening)
+    accumulate_widening<MR>(xw, 2 * W.k_groups(), W.k_groups(), panel, acc);
+  else
+    accumulate_maddubs<MR>(P.X + m * P.ldx, P.ldx, W.K(), panel, acc);
+  if (P.float_output)
+    store_dequantized<MR>(e, acc, P.Y_f32 + m * P.ldy + p * kPanel, P.ldy);
+  else
+    store_requantized<MR>(P, e, acc, P.Y_u8 + m * P.ldy + p * kPanel, P.ldy);
 }
 
 template <bool Widening>
@@ -312,6 +316,8 @@ void gemm_blocked(const Int8GemmProblem& P, int64_t m_begin, int64_t m_end, int6
     auto xw = [&](int64_t m) { return Widening ? widened.data() + (m - m0) * 2 * k_groups : nullptr; };
     for (int64_t p = panel_begin; p < panel_end; ++p) {
       for (int b = 0; b < kBlocks; ++b) prepare_block(P, p * kPanel + 8 * b, e[b]);
+      // Batch 1 (GEMV) and the last rows take the smaller tiles: at M = 1 each
+      // panel streams through once with 2 accumulators (docs, "Batch 1").
       int64_t m = m0;
       for (; m + MR <= m1; m += MR) tile<MR, Widening>(P, m, p, e, xw(m));
       switch (m1 - m) {
@@ -334,8 +340,10 @@ static_assert(kTileRows <= 6 && kTileRowsWidening <= 6, "gemm_blocked handles re
 void int8_gemm_avx2(const Int8GemmProblem& problem, int64_t m_begin, int64_t m_end, int64_t panel_begin,
                     int64_t panel_end) {
   // X: (M, K) u8, W: packed (N, K) i8, Y: (M, N) u8 or f32
-  if (problem.widening) gemm_blocked<true>(problem, m_begin, m_end, panel_begin, panel_end);
-  else gemm_blocked<false>(problem, m_begin, m_end, panel_begin, panel_end);
+  if (problem.widening)
+    gemm_blocked<true>(problem, m_begin, m_end, panel_begin, panel_end);
+  else
+    gemm_blocked<false>(problem, m_begin, m_end, panel_begin, panel_end);
 }
 
 // ---------------------------------------------------------------------------
@@ -376,8 +384,8 @@ bool min_max_avx2(const float* X, int64_t M, int64_t K, int64_t ldx, float* min,
   return true;
 }
 
-void quantize_u8_avx2(const float* X, int64_t M, int64_t K, int64_t ldx, ActivationQParams qparams,
-                      int32_t quant_max, uint8_t* Xq, int64_t ldq) {
+void quantize_u8_avx2(const float* X, int64_t M, int64_t K, int64_t ldx, ActivationQParams qparams, int32_t quant_max,
+                      uint8_t* Xq, int64_t ldq) {
   // X: (M, K) f32, Xq: (M, K) u8. Same float operations, in the same order,
   // as quantize_activations_u8_reference: round(x / s) + z, then clamp.
   const __m256 scale = _mm256_set1_ps(qparams.scale);
@@ -389,7 +397,8 @@ void quantize_u8_avx2(const float* X, int64_t M, int64_t K, int64_t ldx, Activat
     uint8_t* q = Xq + m * ldq;
     int64_t k = 0;
     for (; k + 8 <= K; k += 8) {
-      __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + k), scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      __m256 v =
+          _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + k), scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, zero_point), _mm256_setzero_ps()), top);
       const __m256i i32 = _mm256_cvttps_epi32(v);
       const __m256i u16 = _mm256_packus_epi32(i32, i32);

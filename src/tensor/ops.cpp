@@ -556,8 +556,8 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, float al
   // Operands BLAS cannot read in place (rare: broadcast views) are copied.
   BlasOperand A, B;
   Tensor a_copy, b_copy;
-  if (!as_blas(a, trans_a, &A)) as_blas(a_copy = contiguous(clone(a)), trans_a, &A);
-  if (!as_blas(b, trans_b, &B)) as_blas(b_copy = contiguous(clone(b)), trans_b, &B);
+  if (!as_blas(a, trans_a, &A)) as_blas(a_copy = clone(a), trans_a, &A);
+  if (!as_blas(b, trans_b, &B)) as_blas(b_copy = clone(b), trans_b, &B);
   // Tiny products (the batch-1 SimpleNN) cost less as a plain loop than a
   // BLAS call (see kSmallGemmMacs).
   if (M * N * K <= kSmallGemmMacs) {

@@ -1,3 +1,5 @@
+// The global seeded generator (xoshiro256**), uniform / normal / integer
+// draws and permutations (docs/tensor.md §7).
 #include "tensor/random.h"
 
 #include <cmath>

@@ -38,7 +38,9 @@ double fixed_point_value(FixedPointMultiplier m);
 // Run time: round(acc * M), rounding half away from zero, saturated to int32
 // (docs/int8_kernel.md eq. 6-7). Integer-only.
 inline int32_t multiply_by_quantized_multiplier(int32_t acc, FixedPointMultiplier m) {
-  // |acc| <= 2^31 and multiplier < 2^31, so |product| < 2^62: no overflow.
+  constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+  constexpr int64_t kInt32Min = std::numeric_limits<int32_t>::min();
+  // |acc| <= 2^31 and |multiplier| < 2^31, so |product| < 2^62: no overflow.
   const int64_t product = static_cast<int64_t>(acc) * m.multiplier;
   const int64_t total_shift = 31 + static_cast<int64_t>(m.shift);  // acc * M = product * 2^-total_shift
   int64_t result;
@@ -46,22 +48,21 @@ inline int32_t multiply_by_quantized_multiplier(int32_t acc, FixedPointMultiplie
     // |product| < 2^62 <= 2^(total_shift - 1): strictly less than one half.
     return 0;
   } else if (total_shift > 0) {
-    // Rounding right shift on the magnitude, so that halves round away from zero.
+    // Rounding right shift of the magnitude, so that halves round away from zero (eq. 7).
     const int64_t magnitude = product < 0 ? -product : product;
     const int64_t rounded = (magnitude + (int64_t{1} << (total_shift - 1))) >> total_shift;
     result = product < 0 ? -rounded : rounded;
   } else {
-    // M >= 2^31: a left shift. Any nonzero result is already out of range
-    // once the shift reaches 32 (|product| >= 2^30), so saturate first.
+    // M >= 2^31: a left shift, saturating. Compare before shifting so that
+    // the shift cannot overflow int64.
     const int64_t left = -total_shift;
     if (product == 0) return 0;
-    if (left >= 32) result = product > 0 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int64_t>::min();
-    else if (product > (int64_t{std::numeric_limits<int32_t>::max()} >> left)) result = std::numeric_limits<int64_t>::max();
-    else if (product < (int64_t{std::numeric_limits<int32_t>::min()} >> left)) result = std::numeric_limits<int64_t>::min();
-    else result = product * (int64_t{1} << left);
+    if (left >= 32 || product > (kInt32Max >> left)) return product > 0 ? kInt32Max : kInt32Min;
+    if (product < (kInt32Min >> left)) return kInt32Min;
+    result = product * (int64_t{1} << left);
   }
-  if (result > std::numeric_limits<int32_t>::max()) return std::numeric_limits<int32_t>::max();
-  if (result < std::numeric_limits<int32_t>::min()) return std::numeric_limits<int32_t>::min();
+  if (result > kInt32Max) return kInt32Max;
+  if (result < kInt32Min) return kInt32Min;
   return static_cast<int32_t>(result);
 }
 

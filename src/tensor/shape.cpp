@@ -1,3 +1,5 @@
+// Shapes: printing, contiguous strides (docs/tensor.md eq. 2) and the
+// broadcasting rule (eq. 5).
 #include "tensor/shape.h"
 
 #include <string>

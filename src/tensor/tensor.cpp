@@ -1,3 +1,5 @@
+// Storage allocation, tensor accessors, creation functions and PyTorch-style
+// printing (docs/tensor.md §1, §7).
 #include "tensor/tensor.h"
 
 #include <algorithm>

@@ -35,8 +35,8 @@ struct ThreadPool::State {
   std::condition_variable done;
   uint64_t generation = 0;
   bool stopping = false;
-  int participants = 0;   // workers (not counting the caller) that take part in this generation
-  int running = 0;        // participants that have not finished yet
+  int participants = 0;  // workers (not counting the caller) that take part in this generation
+  int running = 0;       // participants that have not finished yet
   const std::function<void(int64_t)>* task = nullptr;
   int64_t tasks = 0;
   std::atomic<int64_t> next_task{0};

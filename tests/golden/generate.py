@@ -1038,12 +1038,268 @@ def gen_quant_ptq():
     g.write()
 
 
+# ---------------------------------------------------------------------------
+# lsq.txt: learnable fake quant (LSQ)
+# ---------------------------------------------------------------------------
+
+def np_lsq(x, gout, scale, zero_point, qmin, qmax, grad_factor, axis=None, pytorch=True):
+    """Forward and per-element gradients of the learnable fake quant, float32.
+
+    scale, zero_point: (C) float32 (C = 1 per tensor); axis: None per tensor.
+    pytorch=False is tinyqat's formula, the derivative of the forward it computed:
+        z = clamp(rint(zero_point)); r = rint(x * (1/s)); q = z + r
+    pytorch=True is what PyTorch 1.13's CPU backward kernels compute (this
+    Debian build contracts a*b+c into one fused multiply-add), which differs
+    from the forward in three places:
+      - per tensor, the backward's zero point is int(clamp(zero_point + 0.5))
+        (truncation toward zero), not the forward's rint;
+      - z is added before rounding, q = rint(z + x * (1/s)): exact ties round
+        differently from the forward when z is odd;
+      - z + x * (1/s) is one fused multiply-add (one rounding), so values
+        within an ulp of a tie can round differently from the forward's
+        rint(x * (1/s)).
+    Then, with gf = float32(grad_factor) and r*s - x rounded once (an FMA in
+    PyTorch; exact in float64 here, then rounded to float32):
+        inside  (qmin <= q <= qmax): dx = g, ds = ((g * (r*s - x)) * (1/s)) * gf, dz = 0,  r = q - z
+        below / above:               dx = 0, ds = (g * (qmin - z or qmax - z)) * gf,  dz = ((g * -1) * s) * gf
+    Returns out, dx, ds_elem, dz_elem (all x's shape).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    g = np.asarray(gout, dtype=np.float32)
+    shape = [1] * x.ndim
+    if axis is not None:
+        shape[axis] = -1
+    s = np.asarray(scale, dtype=np.float32).reshape(shape)
+    zf = np.asarray(zero_point, dtype=np.float32).reshape(shape)
+    inv = (F32(1) / s).astype(np.float32)
+    z_fwd = np.clip(np.rint(zf), qmin, qmax).astype(np.float32)
+    r_fwd = np.rint(x * inv)
+    out = ((np.clip(r_fwd + z_fwd, qmin, qmax) - z_fwd) * s).astype(np.float32)
+    if pytorch:
+        if axis is None:
+            z = np.trunc(np.clip(zf + F32(0.5), qmin, qmax)).astype(np.float32)
+        else:
+            z = z_fwd
+        q = np.rint((z.astype(np.float64) + x.astype(np.float64) * inv.astype(np.float64)).astype(np.float32))
+    else:
+        z = z_fwd
+        q = r_fwd + z
+    gf = F32(grad_factor)
+    inside = (q >= qmin) & (q <= qmax)
+    r = (np.clip(q, qmin, qmax) - z).astype(np.float64)
+    diff = (r * s.astype(np.float64) - x.astype(np.float64)).astype(np.float32)  # exact, then one rounding
+    ds_in = ((g * diff) * inv) * gf
+    ds_out = (g * np.where(q < qmin, F32(qmin) - z, F32(qmax) - z)) * gf
+    dz_out = ((g * F32(-1)) * s) * gf
+    dx = np.where(inside, g, F32(0)).astype(np.float32)
+    ds = np.where(inside, ds_in, ds_out).astype(np.float32)
+    dz = np.where(inside, F32(0), dz_out).astype(np.float32)
+    return out, dx, ds, dz
+
+
+def channel_sums(v, axis):
+    """float64 sums of a per-element gradient over everything but `axis`."""
+    v = v.astype(np.float64)
+    if axis is None:
+        return v.sum().reshape(1)
+    return v.sum(axis=tuple(d for d in range(v.ndim) if d != axis))
+
+
+def lsq_grad_factor(numel, quant_max):
+    """_LearnableFakeQuantize with use_grad_scaling=True."""
+    return 1.0 / (numel * quant_max) ** 0.5
+
+
+def lsq_op_case(g, base, x, scales, zero_points, qmin, qmax, axis):
+    """Runs one learnable fake-quant op case through torch and the numpy references."""
+    x = np.asarray(x, dtype=np.float32)
+    gf = lsq_grad_factor(x.size, qmax)
+    xt = torch.tensor(x, requires_grad=True)
+    st = torch.tensor(scales, dtype=torch.float32, requires_grad=True)
+    zt = torch.tensor(zero_points, dtype=torch.float32, requires_grad=True)
+    if axis is None:
+        out = torch._fake_quantize_learnable_per_tensor_affine(xt, st, zt, qmin, qmax, gf)
+    else:
+        out = torch._fake_quantize_learnable_per_channel_affine(xt, st, zt, axis, qmin, qmax, gf)
+    gout = torch.randn(out.shape)
+    out.backward(gout)
+    gn = gout.numpy()
+    ref_out, dx, ds, dz = np_lsq(x, gn, scales, zero_points, qmin, qmax, gf, axis, pytorch=True)
+    # The numpy port of PyTorch's kernels is exact element by element; the
+    # sums agree to float32 rounding (torch sums in float32, here in float64).
+    assert np.array_equal(out.detach().numpy(), ref_out), base
+    assert np.array_equal(xt.grad.numpy(), dx), base
+    for got, elem in ((st.grad.numpy(), ds), (zt.grad.numpy(), dz)):
+        want = channel_sums(elem, axis)
+        tol = 1e-6 * channel_sums(np.abs(elem), axis) + 1e-12
+        assert (np.abs(got - want) <= tol).all(), (base, got, want)
+    _, tdx, tds, tdz = np_lsq(x, gn, scales, zero_points, qmin, qmax, gf, axis, pytorch=False)
+    differ = (tdx != dx) | (tds != ds) | (tdz != dz)
+    g.f32(base + "/x", x)
+    g.f32(base + "/scale", st.detach())
+    g.f32(base + "/zero_point", zt.detach())
+    g.i64(base + "/quant_min", qmin)
+    g.i64(base + "/quant_max", qmax)
+    if axis is not None:
+        g.i64(base + "/axis", axis)
+    g.f64(base + "/grad_factor", gf)
+    g.f32(base + "/gout", gout)
+    g.f32(base + "/out", out)
+    g.f32(base + "/grad_x", xt.grad)
+    g.f32(base + "/grad_scale", st.grad)
+    g.f32(base + "/grad_zero_point", zt.grad)
+    if differ.any():
+        g.comment("   %s: PyTorch's backward differs from the derivative of its forward at %d of %d elements"
+                  % (base, int(differ.sum()), x.size))
+        g.f32(base + "/tinyqat/grad_x", tdx)
+        g.f32(base + "/tinyqat/grad_scale", channel_sums(tds, axis))
+        g.f32(base + "/tinyqat/grad_zero_point", channel_sums(tdz, axis))
+
+
+def gen_lsq_ops(g):
+    rng = np.random.RandomState(13)
+    torch.manual_seed(13)  # the upstream gradients
+    g.comment("")
+    g.comment("== lsq_tensor: torch._fake_quantize_learnable_per_tensor_affine(x, scale, zero_point, qmin, qmax,")
+    g.comment("   grad_factor) with grad_factor = 1/sqrt(numel(x) * qmax) (_LearnableFakeQuantize, use_grad_scaling)")
+    # (tag, qmin, qmax, scale, zero_point (float))
+    cases = [
+        ("u4_s0.5_z2.3", 0, 15, 0.5, 2.3),      # z rounds to 2: .5 ties of x/s stay ties of z + x/s
+        ("u4_s0.1_z0", 0, 15, 0.1, 0.0),        # post-ReLU activations
+        ("i4_s0.3_z0", -8, 7, 0.3, 0.0),        # 4-bit symmetric weights
+        ("u8_s0.05_z128.4", 0, 255, 0.05, 128.4),
+        ("i8_s0.02_z0", -128, 127, 0.02, 0.0),
+        ("u7_s0.5_z63.6", 0, 127, 0.5, 63.6),   # z rounds up to 64
+        ("u2_s0.7_z2", 0, 3, 0.7, 2.0),
+        ("quirk_odd_z_ties", 0, 15, 0.5, 3.0),   # ties: rint(3 + k.5) != 3 + rint(k.5)
+        ("quirk_negative_z", -8, 7, 0.25, -3.0), # backward uses int(-3 + 0.5) = -2
+        ("quirk_half_z", 0, 15, 0.5, 2.5),       # forward rint(2.5) = 2, backward int(3.0) = 3
+    ]
+    for tag, qmin, qmax, scale, zp in cases:
+        z_int = int(min(max(np.rint(F32(zp)), qmin), qmax))
+        x = fq_inputs(scale, z_int, qmin, qmax, rng)
+        lsq_op_case(g, "lsq_tensor/" + tag, x, [scale], [zp], qmin, qmax, None)
+
+    g.comment("")
+    g.comment("== lsq_channel: torch._fake_quantize_learnable_per_channel_affine(x, scale, zero_point, axis, qmin,")
+    g.comment("   qmax, grad_factor), grad_factor = 1/sqrt(numel(x) * qmax) (numel of the whole tensor)")
+    # (tag, axis, qmin, qmax, scales, zero points)
+    pc_cases = [
+        ("axis0_i4", 0, -8, 7, [0.5, 0.1, 0.3], [0.0, 0.0, 0.0]),
+        ("axis0_u8", 0, 0, 255, [0.5, 0.1, 0.25], [128.3, 37.8, 0.0]),
+        ("axis1_u4", 1, 0, 15, [0.5, 0.1, 0.2], [2.2, 0.0, 14.0]),
+        ("axis1_3d_i8", 1, -128, 127, [0.02, 0.05, 0.1], [0.0, 0.0, 0.0]),
+        ("quirk_axis0_odd_z_ties", 0, 0, 15, [0.5, 0.25], [3.0, 5.0]),
+    ]
+    for tag, axis, qmin, qmax, scales, zps in pc_cases:
+        cols = []
+        for s, z in zip(scales, zps):
+            z_int = int(min(max(np.rint(F32(z)), qmin), qmax))
+            full = fq_inputs(s, z_int, qmin, qmax, rng, n_random=4)
+            pick = rng.choice(len(full), 12, replace=False)
+            cols.append(full[np.sort(pick)])
+        x = np.stack(cols, axis=0)  # (C, 12)
+        if tag.endswith("3d_i8"):
+            x = np.ascontiguousarray(x.reshape(3, 3, 4).transpose(1, 0, 2))  # (3, C, 4)
+        elif axis == 1:
+            x = np.ascontiguousarray(x.T)  # (12, C)
+        lsq_op_case(g, "lsq_channel/" + tag, x, scales, zps, qmin, qmax, axis)
+
+
+def gen_lsq_modules(g):
+    from torch.ao.quantization._learnable_fake_quantize import _LearnableFakeQuantize
+
+    g.comment("")
+    g.comment("== lsq_module/act: _LearnableFakeQuantize(MovingAverageMinMaxObserver, quint8, per_tensor_affine,")
+    g.comment("   quant_min=0, quant_max=15, use_grad_scaling=True). Batch 0: static estimate (the observer sets")
+    g.comment("   scale / zero_point) with learning on; then learning only. Each batch: y = fq(x),")
+    g.comment("   loss = sum(y * gout), backward, torch.optim.SGD([scale, zero_point], lr=0.05).step().")
+    torch.manual_seed(17)
+    fq = _LearnableFakeQuantize(observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=15,
+                                use_grad_scaling=True, dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    fq.train()
+    fq.toggle_qparam_learning(True).toggle_fake_quant(True).toggle_observer_update(True)
+    opt = torch.optim.SGD([fq.scale, fq.zero_point], lr=0.05)
+    g.f64("lsq_module/act/lr", 0.05)
+    for i in range(4):
+        x = torch.randn(8, 16) * 2.0 + 0.5
+        gout = torch.randn(8, 16)
+        opt.zero_grad()
+        y = fq(x)
+        if i == 0:
+            obs = fq.activation_post_process
+            rs, rz = np_observer_qparams(obs.min_val.item(), obs.max_val.item(), 0, 15, False, True)
+            assert F32(fq.scale.item()) == rs and fq.zero_point.item() == rz
+            fq.toggle_observer_update(False)
+        (y * gout).sum().backward()
+        base = "lsq_module/act/batch%d" % i
+        g.f32(base + "/x", x)
+        g.f32(base + "/gout", gout)
+        g.f32(base + "/scale_used", fq.scale.detach())
+        g.f32(base + "/zero_point_used", fq.zero_point.detach())
+        g.f32(base + "/out", y)
+        g.f32(base + "/grad_scale", fq.scale.grad)
+        g.f32(base + "/grad_zero_point", fq.zero_point.grad)
+        opt.step()
+        g.f32(base + "/scale_after", fq.scale.detach())
+        g.f32(base + "/zero_point_after", fq.zero_point.detach())
+    s, z = fq.calculate_qparams()
+    g.f32("lsq_module/act/final_scale", s)
+    g.i64("lsq_module/act/final_zero_point", z)
+
+    g.comment("")
+    g.comment("== lsq_module/weight: _LearnableFakeQuantize(MovingAveragePerChannelMinMaxObserver, qint8,")
+    g.comment("   per_channel_symmetric, ch_axis=0, quant_min=-8, quant_max=7, channel_len=4, use_grad_scaling=True)")
+    g.comment("   on a fixed weight (4,16); scale initialised with LSQ's 2*mean(|w_c|)/sqrt(7) (in float64, then")
+    g.comment("   float32), then learning only: 3 steps of y = fq(w), loss = sum(y * gout), SGD([scale], lr=0.01).")
+    torch.manual_seed(18)
+    w = torch.randn(4, 16) * torch.tensor([[0.1], [0.5], [1.0], [0.05]])
+    fq = _LearnableFakeQuantize(observer=tq.MovingAveragePerChannelMinMaxObserver, quant_min=-8, quant_max=7,
+                                channel_len=4, use_grad_scaling=True, dtype=torch.qint8,
+                                qscheme=torch.per_channel_symmetric, ch_axis=0)
+    fq.train()
+    init = np.array([F32(2.0 * np.abs(w[c].numpy().astype(np.float64)).mean() / np.sqrt(7.0)) for c in range(4)],
+                    dtype=np.float32)
+    fq.scale.data.copy_(torch.tensor(init))
+    fq.enable_param_learning()
+    opt = torch.optim.SGD([fq.scale], lr=0.01)
+    g.f32("lsq_module/weight/w", w)
+    g.f32("lsq_module/weight/init_scale", init)
+    g.f64("lsq_module/weight/lr", 0.01)
+    for i in range(3):
+        gout = torch.randn(4, 16)
+        opt.zero_grad()
+        y = fq(w)
+        (y * gout).sum().backward()
+        base = "lsq_module/weight/step%d" % i
+        g.f32(base + "/gout", gout)
+        g.f32(base + "/out", y)
+        g.f32(base + "/grad_scale", fq.scale.grad)
+        opt.step()
+        g.f32(base + "/scale_after", fq.scale.detach())
+
+
+def gen_lsq():
+    g = GoldenFile("lsq.txt")
+    g.comment("Learnable fake quant (LSQ, torch.ao.quantization._LearnableFakeQuantize and its ops):")
+    g.comment("forward, gradients of x, scale and zero point; module trajectories.  PyTorch %s.  See README.md."
+              % torch.__version__)
+    gen_lsq_ops(g)
+    gen_lsq_modules(g)
+    g.write()
+
+
 def main():
     print("torch", torch.__version__, "numpy", np.__version__)
-    gen_autograd_ops()
-    gen_mlp()
-    gen_quant_core()
-    gen_quant_ptq()
+    # Optional arguments name the files to write (e.g. "lsq.txt"); default: all.
+    # Every generator seeds its own random numbers, so one file comes out the
+    # same whether it is written alone or with the others.
+    only = set(sys.argv[1:])
+    for filename, generate in (("autograd_ops.txt", gen_autograd_ops), ("mlp.txt", gen_mlp),
+                               ("quant_core.txt", gen_quant_core), ("quant_ptq.txt", gen_quant_ptq),
+                               ("lsq.txt", gen_lsq)):
+        if not only or filename in only:
+            generate()
 
 
 if __name__ == "__main__":

@@ -625,9 +625,114 @@ int cmd_pipeline(int argc, char** argv) {
   return 0;
 }
 
+// ---- lowbit: accuracy and size as bits fall ----
+
+int cmd_lowbit(int argc, char** argv) {
+  cxxopts::Options o("tinyqat lowbit",
+                     "For W8A8, W4A8, W4A4, W3A3, W2A8: PTQ, QAT with moving-average fake quant, and QAT with "
+                     "learned step sizes (LSQ), from one float model; accuracy, agreement and file sizes.");
+  o.add_options()("from", "float model file", cxxopts::value<std::string>())(
+      "epochs", "QAT epochs for each run", cxxopts::value<int>()->default_value("2"))(
+      "lr", "QAT learning rate", cxxopts::value<double>()->default_value("0.01"))(
+      "configs", "comma-separated WxAy list", cxxopts::value<std::string>()->default_value("w8a8,w4a8,w4a4,w3a3,w2a8"))(
+      "workdir", "where the model files go", cxxopts::value<std::string>()->default_value("models/lowbit"))(
+      "seed", "shuffling seed", cxxopts::value<uint64_t>()->default_value("0"));
+  add_common(o);
+  auto r = parse(o, argc, argv);
+  apply_threads(r);
+  const std::string from = require(r, "from"), wd = r["workdir"].as<std::string>();
+  const int epochs = r["epochs"].as<int>();
+  if (epochs < 1) throw UsageError("--epochs must be at least 1");
+  std::vector<std::pair<int, int>> configs;
+  {
+    std::stringstream ss(r["configs"].as<std::string>());
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      int w = 0, a = 0;
+      char tail = 0;
+      if (std::sscanf(item.c_str(), "w%da%d%c", &w, &a, &tail) != 2 && std::sscanf(item.c_str(), "W%dA%d%c", &w, &a, &tail) != 2)
+        throw UsageError(fmt::format("--configs: '{}' is not of the form w4a8", item));
+      configs.emplace_back(check_bits(w, "weight bits"), check_bits(a, "activation bits"));
+    }
+  }
+  std::filesystem::create_directories(wd);
+  const std::string dir = r["data"].as<std::string>();
+  const io::Dataset train_set = io::load_fashion_mnist(dir, io::Split::train);
+  const io::Dataset test_set = io::load_fashion_mnist(dir, io::Split::test);
+  const bool progress = cli::progress_wanted(r.count("progress") > 0);
+  const int threads = r["threads"].as<int>();
+  auto float_model = load(from);
+  const double float_acc = cli::evaluate(*float_model, test_set).accuracy;
+  const int64_t float_bytes = cli::file_bytes(from);
+
+  struct Result {
+    double accuracy = 0, fake_quant_accuracy = 0, agreement = 0;
+    int64_t bytes = 0;
+  };
+  auto run_qat = [&](int w, int a, bool lsq, const std::string& path) {
+    auto m = load(from);
+    quant::fuse_linear_relu(*m);
+    m->qconfig = lsq ? quant::make_lsq_qat_qconfig(w, a) : quant::make_qat_qconfig(w, a);
+    quant::prepare_qat(*m);
+    io::DataLoader loader(train_set, {.batch_size = 64, .seed = r["seed"].as<uint64_t>()});
+    cli::train(*m, loader, test_set,
+               {.epochs = epochs, .lr = r["lr"].as<double>(), .momentum = 0.9, .progress = progress,
+                .label = fmt::format("W{}A{} {}", w, a, lsq ? "LSQ" : "QAT")});
+    const cli::Evaluation fq = cli::evaluate(*m, test_set);
+    quant::convert(*m);
+    cli::set_int8_threads(*m, threads);
+    const cli::Evaluation q = cli::evaluate(*m, test_set);
+    io::save_model(*m, path);
+    return Result{q.accuracy, fq.accuracy, cli::agreement(fq, q), cli::file_bytes(path)};
+  };
+  auto run_ptq = [&](int w, int a, const std::string& path) {
+    auto m = load(from);
+    quant::fuse_linear_relu(*m);
+    m->qconfig = quant::make_ptq_qconfig("histogram", w, a);
+    quant::prepare(*m);
+    {
+      NoGradGuard no_grad;
+      m->eval();
+      io::DataLoader loader(train_set, {.batch_size = 64, .seed = r["seed"].as<uint64_t>()});
+      io::Batch b;
+      for (int i = 0; i < 32 && loader.next(b); ++i) (*m)(b.images);
+    }
+    quant::convert(*m);
+    cli::set_int8_threads(*m, threads);
+    const cli::Evaluation q = cli::evaluate(*m, test_set);
+    io::save_model(*m, path);
+    return Result{q.accuracy, 0, 0, cli::file_bytes(path)};
+  };
+
+  json rows = json::array();
+  std::string s = fmt::format(
+      "\nFashion-MNIST MLP from {} (float {:.2f}%, {} bytes); QAT {} epoch(s) from the float model\n\n"
+      "| weights/acts | PTQ (histogram) | QAT moving avg | QAT LSQ  | agreement MA / LSQ | int8 file | of float |\n"
+      "|--------------|-----------------|----------------|----------|--------------------|-----------|----------|\n",
+      from, float_acc, float_bytes, epochs);
+  for (auto [w, a] : configs) {
+    const std::string tag = fmt::format("w{}a{}", w, a);
+    const Result ptq = run_ptq(w, a, wd + "/" + tag + "_ptq.safetensors");
+    const Result ma = run_qat(w, a, false, wd + "/" + tag + "_qat.safetensors");
+    const Result lsq = run_qat(w, a, true, wd + "/" + tag + "_lsq.safetensors");
+    s += fmt::format("| W{}A{}         | {:>14.2f}% | {:>13.2f}% | {:>7.2f}% | {:>7.2f}% / {:>6.2f}% | {:>9} | {:>7.1f}% |\n", w, a,
+                     ptq.accuracy, ma.accuracy, lsq.accuracy, ma.agreement, lsq.agreement, lsq.bytes,
+                     100.0 * static_cast<double>(lsq.bytes) / static_cast<double>(float_bytes));
+    rows.push_back({{"config", fmt::format("W{}A{}", w, a)}, {"weight_bits", w}, {"activation_bits", a},
+                    {"ptq_accuracy", ptq.accuracy}, {"qat_accuracy", ma.accuracy}, {"qat_fake_quant_accuracy", ma.fake_quant_accuracy},
+                    {"qat_agreement", ma.agreement}, {"lsq_accuracy", lsq.accuracy},
+                    {"lsq_fake_quant_accuracy", lsq.fake_quant_accuracy}, {"lsq_agreement", lsq.agreement},
+                    {"ptq_bytes", ptq.bytes}, {"qat_bytes", ma.bytes}, {"lsq_bytes", lsq.bytes}});
+  }
+  json j = {{"float_accuracy", float_acc}, {"float_bytes", float_bytes}, {"epochs", epochs}, {"rows", rows}};
+  finish(r, j, s);
+  return 0;
+}
+
 const std::map<std::string, int (*)(int, char**)> kCommands = {
     {"train", cmd_train}, {"qat", cmd_qat},         {"ptq", cmd_ptq},         {"dynamic", cmd_dynamic},
     {"eval", cmd_eval},   {"inspect", cmd_inspect}, {"compare", cmd_compare}, {"pipeline", cmd_pipeline},
+    {"lowbit", cmd_lowbit},
 };
 
 void usage(std::FILE* f) {
@@ -641,7 +746,8 @@ void usage(std::FILE* f) {
                "  eval      accuracy and latency of a model file\n"
                "  inspect   print a model file's modules, parameters and bytes\n"
                "  compare   per-layer SQNR of a quantized model against its float model\n"
-               "  pipeline  all of the above in one run, with a comparison table\n");
+               "  pipeline  all of the above in one run, with a comparison table\n"
+               "  lowbit    accuracy and size from 8 down to 2 bits: PTQ, QAT, LSQ\n");
 }
 
 }  // namespace

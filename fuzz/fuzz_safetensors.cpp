@@ -1,0 +1,15 @@
+// libFuzzer target: run_safetensors of fuzz/fuzz_entry_points.h on each input.
+// Built by fuzz/CMakeLists.txt, run by scripts/fuzz.sh.
+#include <cstdio>
+#include <cstdlib>
+
+#include "fuzz_entry_points.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const tq::fuzzing::Problem problem = tq::fuzzing::run_safetensors(data, size);
+  if (!problem.empty()) {
+    std::fprintf(stderr, "fuzz_safetensors: property violated: %s\n", problem.c_str());
+    std::abort();
+  }
+  return 0;
+}

@@ -1,0 +1,293 @@
+// Tests of the `tinyqat` command line (tools/cli, docs/cli.md), run as a
+// separate process the way a user or a script runs it: the JSON each
+// subcommand prints, the accuracy it reaches on Fashion-MNIST (one epoch of a
+// small MLP, to stay fast), --help, exit codes (0 ok, 2 usage, 1 other) with
+// one-line errors, and that a failing command never touches its --out file.
+#include <catch2/catch.hpp>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "io/dataset.h"
+#include "io/model_file.h"
+#include "quant/quantized_linear.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using Catch::Matchers::Contains;
+using json = nlohmann::json;
+
+const fs::path& scratch_dir() {
+  static struct Dir {
+    fs::path path = fs::temp_directory_path() / ("tinyqat_test_cli_" + std::to_string(getpid()));
+    Dir() { fs::create_directories(path); }
+    ~Dir() {
+      std::error_code ec;
+      fs::remove_all(path, ec);
+    }
+  } dir;
+  return dir.path;
+}
+
+std::string temp_path(const std::string& name) { return (scratch_dir() / name).string(); }
+
+std::string read_bytes(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void write_bytes(const std::string& p, const std::string& bytes) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+struct Run {
+  int status = -1;  // exit status; 128 + signal when killed by one
+  std::string out, err;
+};
+
+// Runs `tinyqat ARGS` with stdout and stderr captured (stdin closed).
+Run tinyqat(const std::string& args) {
+  const std::string binary = std::string(TINYQAT_BINARY_DIR) + "/tinyqat";
+  REQUIRE(fs::exists(binary));
+  static int counter = 0;
+  const std::string out = temp_path("stdout_" + std::to_string(counter)), err = temp_path("stderr_" + std::to_string(counter));
+  ++counter;
+  const std::string cmd = binary + " " + args + " >" + out + " 2>" + err + " </dev/null";
+  const int s = std::system(cmd.c_str());
+  Run r;
+  r.status = WIFEXITED(s) ? WEXITSTATUS(s) : WIFSIGNALED(s) ? 128 + WTERMSIG(s) : -1;
+  r.out = read_bytes(out);
+  r.err = read_bytes(err);
+  return r;
+}
+
+// The one JSON object a --json run prints (and nothing else on stdout).
+json json_of(const Run& r) {
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.status == 0);
+  REQUIRE(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+  json j;
+  REQUIRE_NOTHROW(j = json::parse(r.out));
+  REQUIRE(j.is_object());
+  return j;
+}
+
+// An error is one line on stderr, and nothing on stdout.
+void expect_one_line_error(const Run& r, int status, const std::string& text) {
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  CHECK(r.status == status);
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+  CHECK_THAT(r.err, Contains(text));
+  CHECK(r.out.empty());
+}
+
+// The packaged dataset, or a failed test that says how to install it.
+void require_dataset() {
+  if (!fs::exists(std::string(tq::io::kFashionMnistDir) + "/t10k-labels-idx1-ubyte.gz") &&
+      !fs::exists(std::string(tq::io::kFashionMnistDir) + "/t10k-labels-idx1-ubyte"))
+    FAIL("Fashion-MNIST not found at " << tq::io::kFashionMnistDir
+                                       << ": install the Debian package dataset-fashion-mnist "
+                                          "(apt-get install dataset-fashion-mnist) or run scripts/setup.sh");
+}
+
+// Models made once per process (ctest runs each test case in its own process).
+const json& float_model() {
+  static json j = [] {
+    require_dataset();
+    return json_of(tinyqat("train --epochs 1 --hidden 32 --out " + temp_path("float.safetensors") + " --json"));
+  }();
+  return j;
+}
+std::string float_path() {
+  float_model();
+  return temp_path("float.safetensors");
+}
+const json& qat_model() {
+  static json j = json_of(tinyqat("qat --from " + float_path() + " --out " + temp_path("qat.safetensors") + " --json"));
+  return j;
+}
+std::string qat_path() {
+  qat_model();
+  return temp_path("qat.safetensors");
+}
+
+// IDX files in a temporary directory, the test images cut short.
+std::string broken_data_dir() {
+  const std::string dir = temp_path("broken_data");
+  fs::create_directories(dir);
+  auto idx = [](std::vector<uint32_t> dims, size_t data_bytes) {
+    std::string b = {0, 0, 8, static_cast<char>(dims.size())};
+    for (uint32_t d : dims)
+      for (int s = 24; s >= 0; s -= 8) b += static_cast<char>((d >> s) & 0xff);
+    return b + std::string(data_bytes, '\x01');
+  };
+  write_bytes(dir + "/train-images-idx3-ubyte", idx({60000, 28, 28}, 1000));  // truncated
+  write_bytes(dir + "/train-labels-idx1-ubyte", idx({60000}, 60000));
+  write_bytes(dir + "/t10k-images-idx3-ubyte", idx({10000, 28, 28}, 1000));   // truncated
+  write_bytes(dir + "/t10k-labels-idx1-ubyte", idx({10000}, 10000));
+  return dir;
+}
+
+}  // namespace
+
+TEST_CASE("cli train: one JSON object with accuracy and seconds and model_bytes", "[cli]") {
+  const json& j = float_model();
+  CHECK(j["accuracy"].get<double>() > 75.0);
+  CHECK(j["seconds"].get<double>() > 0.0);
+  CHECK(j["model_bytes"].get<int64_t>() == static_cast<int64_t>(fs::file_size(float_path())));
+  CHECK(j["epochs"].size() == 1);
+  // The file is a float MLP 784-32-10.
+  auto m = tq::io::load_model(float_path());
+  CHECK_THAT(m->repr(), Contains("(fc1): Linear(in_features=784, out_features=32"));
+  CHECK_THAT(m->repr(), Contains("(fc2): Linear(in_features=32, out_features=10"));
+}
+
+TEST_CASE("cli qat: fake-quant and int8 accuracy agree", "[cli]") {
+  const json& j = qat_model();
+  CHECK(j["accuracy"].get<double>() > 75.0);
+  CHECK(j["fake_quant_accuracy"].get<double>() > 75.0);
+  CHECK(j["agreement"].get<double>() >= 99.5);
+  CHECK(j["max_step_diff"].get<double>() <= 1.0);
+  CHECK(j["model_bytes"].get<int64_t>() == static_cast<int64_t>(fs::file_size(qat_path())));
+  CHECK(j["model_bytes"].get<double>() <= 0.3 * float_model()["model_bytes"].get<double>());
+  // An int8 model, loaded without prepare / convert.
+  auto m = tq::io::load_model(qat_path());
+  CHECK(dynamic_cast<tq::quant::QuantizedLinear*>(&m->get_submodule("fc1")));
+}
+
+TEST_CASE("cli ptq and dynamic: accuracy and model_bytes", "[cli]") {
+  for (const char* cmd : {"ptq", "dynamic"}) {
+    INFO(cmd);
+    const std::string out = temp_path(std::string(cmd) + ".safetensors");
+    const json j = json_of(tinyqat(std::string(cmd) + " --from " + float_path() + " --out " + out + " --json"));
+    CHECK(j["accuracy"].get<double>() > 75.0);
+    CHECK(j["accuracy"].get<double>() > float_model()["accuracy"].get<double>() - 2.0);
+    CHECK(j["model_bytes"].get<int64_t>() == static_cast<int64_t>(fs::file_size(out)));
+    CHECK(j["agreement"].get<double>() > 95.0);
+  }
+}
+
+TEST_CASE("cli eval: accuracy on the 10000 test images and latency at batch 1 and 256", "[cli]") {
+  const json j = json_of(tinyqat("eval --model " + qat_path() + " --json"));
+  CHECK(j["samples"] == 10000);
+  CHECK(j["accuracy"].get<double>() == qat_model()["accuracy"].get<double>());  // the saved model is the evaluated one
+  CHECK(j["latency_us"]["batch_1"].get<double>() > 0.0);
+  CHECK(j["latency_us"]["batch_256"].get<double>() > j["latency_us"]["batch_1"].get<double>());
+  CHECK(j["model_bytes"].get<int64_t>() == static_cast<int64_t>(fs::file_size(qat_path())));
+
+  const Run text = tinyqat("eval --model " + float_path());
+  CHECK(text.status == 0);
+  CHECK_THAT(text.out, Contains("test accuracy") && Contains("10000 samples") && Contains("us at batch 256"));
+}
+
+TEST_CASE("cli inspect: the module tree and bytes per dtype", "[cli]") {
+  const Run r = tinyqat("inspect --model " + qat_path());
+  REQUIRE(r.status == 0);
+  CHECK_THAT(r.out, Contains("Sequential(") && Contains("(fc1): QuantizedLinearReLU(in_features=784, out_features=32") &&
+                        Contains("(fc2): QuantizedLinear(in_features=32, out_features=10") && Contains("i8: 25408 bytes"));
+  const json j = json_of(tinyqat("inspect --model " + qat_path() + " --json"));
+  CHECK(j["bytes_per_dtype"]["i8"] == 784 * 32 + 32 * 10);
+  CHECK(j["bytes_per_dtype"]["f32"] == 4 * (32 + 10));
+  CHECK(j["tensors"] == 4);
+}
+
+TEST_CASE("cli compare: per-layer SQNR of a quantized model against its float model", "[cli]") {
+  const std::string ptq = temp_path("ptq_for_compare.safetensors");
+  REQUIRE(tinyqat("ptq --from " + float_path() + " --out " + ptq).status == 0);
+  const Run r = tinyqat("compare --float " + float_path() + " --quantized " + ptq);
+  REQUIRE(r.status == 0);
+  CHECK_THAT(r.out, Contains("SQNR (dB)") && Contains("weights") && Contains("layer outputs on 1000 test samples") &&
+                        Contains("fc1") && Contains("fc2"));
+  const json j = json_of(tinyqat("compare --float " + float_path() + " --quantized " + ptq + " --json"));
+  REQUIRE(j["weights"].size() == 2);
+  REQUIRE(j["outputs"].size() == 2);
+  // 8-bit weights: about 40 dB. Outputs: each layer compared with the same
+  // quantity in float (after the ReLU where the int8 layer fused it).
+  for (auto& row : j["weights"]) CHECK(row["sqnr_db"].get<double>() > 30.0);
+  for (auto& row : j["outputs"]) {
+    INFO(row.dump());
+    CHECK(row["sqnr_db"].get<double>() > 20.0);
+  }
+}
+
+TEST_CASE("cli: --help of every subcommand exits 0", "[cli]") {
+  for (const char* cmd : {"train", "qat", "ptq", "dynamic", "eval", "inspect", "compare", "pipeline"}) {
+    INFO(cmd);
+    const Run r = tinyqat(std::string(cmd) + " --help");
+    CHECK(r.status == 0);
+    CHECK_THAT(r.out, Contains(std::string("tinyqat ") + cmd) && Contains("--json"));
+  }
+  const Run top = tinyqat("--help");
+  CHECK(top.status == 0);
+  CHECK_THAT(top.out, Contains("train") && Contains("pipeline"));
+  CHECK(tinyqat("").status == 2);
+}
+
+TEST_CASE("cli: exit codes and one-line errors", "[cli]") {
+  SECTION("usage errors exit 2") {
+    const Run unknown = tinyqat("frobnicate");
+    CHECK(unknown.status == 2);
+    CHECK_THAT(unknown.err, Contains("unknown command 'frobnicate'"));
+    expect_one_line_error(tinyqat("train --bogus --out x"), 2, "bogus");
+    expect_one_line_error(tinyqat("train --hidden abc --out " + temp_path("x")), 2, "--hidden");
+    expect_one_line_error(tinyqat("train --hidden 32,-4 --out " + temp_path("x")), 2, "--hidden");
+    expect_one_line_error(tinyqat("train --epochs abc --out " + temp_path("x")), 2, "abc");
+    expect_one_line_error(tinyqat("train --epochs 0 --out " + temp_path("x")), 2, "--epochs");
+    expect_one_line_error(tinyqat("train"), 2, "--out is required");
+    expect_one_line_error(tinyqat("eval"), 2, "--model is required");
+    expect_one_line_error(tinyqat("eval --model m extra"), 2, "extra");
+    expect_one_line_error(tinyqat("ptq --from f --out o --qconfig bogus"), 2, "bogus");
+  }
+  SECTION("other errors exit 1") {
+    expect_one_line_error(tinyqat("train --epochs 1 --hidden 8 --out /nonexistent/dir/x"), 1, "/nonexistent/dir");
+    const std::string bad = temp_path("bad_header.safetensors");
+    write_bytes(bad, std::string("\xff\xff\xff\xff\x00\x00\x00\x00{}", 10));
+    expect_one_line_error(tinyqat("eval --model " + bad), 1, bad + ": header length");
+    expect_one_line_error(tinyqat("inspect --model " + bad), 1, bad);
+    expect_one_line_error(tinyqat("eval --model " + temp_path("missing.safetensors")), 1, "missing.safetensors: cannot open");
+    expect_one_line_error(tinyqat("eval --model " + scratch_dir().string()), 1, "is a directory");
+    const std::string data = broken_data_dir();
+    expect_one_line_error(tinyqat("eval --model " + float_path() + " --data " + data), 1, "t10k-images-idx3-ubyte");
+    expect_one_line_error(tinyqat("train --epochs 1 --out " + temp_path("y") + " --data " + data), 1, "train-images-idx3-ubyte");
+    expect_one_line_error(tinyqat("train --epochs 1 --out " + temp_path("y") + " --data " + temp_path("no_such_dir")), 1,
+                          "dataset-fashion-mnist");
+  }
+}
+
+TEST_CASE("cli: a failing command leaves an existing --out file untouched", "[cli]") {
+  const std::string sentinel = temp_path("sentinel.safetensors");
+  const std::string bytes = "precious bytes that must survive\n";
+  const std::string bad = temp_path("bad_model.safetensors");
+  write_bytes(bad, std::string("\x08\0\0\0\0\0\0\0[1,2,3] ", 16));
+  const std::string data = broken_data_dir();
+  const std::vector<std::pair<std::string, int>> failing = {
+      {"train --epochs 1 --hidden 8 --data " + data + " --out " + sentinel, 1},  // broken data
+      {"qat --from " + bad + " --out " + sentinel, 1},                           // broken model
+      {"ptq --from " + bad + " --out " + sentinel, 1},
+      {"dynamic --from " + temp_path("missing.safetensors") + " --out " + sentinel, 1},
+      {"ptq --from " + bad + " --calibration-batches 0 --out " + sentinel, 2},  // bad option value
+      {"train --epochs 1 --hidden 0 --out " + sentinel, 2},
+  };
+  for (auto& [args, status] : failing) {
+    INFO(args);
+    write_bytes(sentinel, bytes);
+    const Run r = tinyqat(args);
+    CHECK(r.status == status);
+    CHECK(read_bytes(sentinel) == bytes);
+    // And no temporary file was left beside it.
+    int beside = 0;
+    for (auto& e : fs::directory_iterator(scratch_dir()))
+      beside += e.path().filename().string().rfind("sentinel.safetensors.tmp", 0) == 0;
+    CHECK(beside == 0);
+  }
+}
