@@ -636,11 +636,14 @@ int cmd_lowbit(int argc, char** argv) {
       "lr", "QAT learning rate", cxxopts::value<double>()->default_value("0.01"))(
       "configs", "comma-separated WxAy list", cxxopts::value<std::string>()->default_value("w8a8,w4a8,w4a4,w3a3,w2a8"))(
       "workdir", "where the model files go", cxxopts::value<std::string>()->default_value("models/lowbit"))(
-      "seed", "shuffling seed", cxxopts::value<uint64_t>()->default_value("0"));
+      "seed", "shuffling seed", cxxopts::value<uint64_t>()->default_value("0"))(
+      "layer-bits", "layers kept at other widths in every run, e.g. fc1=8,fc3=8 (the LSQ paper keeps first and last at 8)",
+      cxxopts::value<std::string>()->default_value(""));
   add_common(o);
   auto r = parse(o, argc, argv);
   apply_threads(r);
   const std::string from = require(r, "from"), wd = r["workdir"].as<std::string>();
+  const std::string layer_bits = r["layer-bits"].as<std::string>();
   const int epochs = r["epochs"].as<int>();
   if (epochs < 1) throw UsageError("--epochs must be at least 1");
   std::vector<std::pair<int, int>> configs;
@@ -672,7 +675,9 @@ int cmd_lowbit(int argc, char** argv) {
   auto run_qat = [&](int w, int a, bool lsq, const std::string& path) {
     auto m = load(from);
     quant::fuse_linear_relu(*m);
-    m->qconfig = lsq ? quant::make_lsq_qat_qconfig(w, a) : quant::make_qat_qconfig(w, a);
+    auto make = [lsq](int wb, int ab) { return lsq ? quant::make_lsq_qat_qconfig(wb, ab) : quant::make_qat_qconfig(wb, ab); };
+    m->qconfig = make(w, a);
+    apply_layer_bits(*m, layer_bits, make);
     quant::prepare_qat(*m);
     io::DataLoader loader(train_set, {.batch_size = 64, .seed = r["seed"].as<uint64_t>()});
     cli::train(*m, loader, test_set,
@@ -688,7 +693,9 @@ int cmd_lowbit(int argc, char** argv) {
   auto run_ptq = [&](int w, int a, const std::string& path) {
     auto m = load(from);
     quant::fuse_linear_relu(*m);
-    m->qconfig = quant::make_ptq_qconfig("histogram", w, a);
+    auto make = [](int wb, int ab) { return quant::make_ptq_qconfig("histogram", wb, ab); };
+    m->qconfig = make(w, a);
+    apply_layer_bits(*m, layer_bits, make);
     quant::prepare(*m);
     {
       NoGradGuard no_grad;
@@ -706,10 +713,10 @@ int cmd_lowbit(int argc, char** argv) {
 
   json rows = json::array();
   std::string s = fmt::format(
-      "\nFashion-MNIST MLP from {} (float {:.2f}%, {} bytes); QAT {} epoch(s) from the float model\n\n"
+      "\nFashion-MNIST MLP from {} (float {:.2f}%, {} bytes); QAT {} epoch(s) from the float model{}\n\n"
       "| weights/acts | PTQ (histogram) | QAT moving avg | QAT LSQ  | agreement MA / LSQ | int8 file | of float |\n"
       "|--------------|-----------------|----------------|----------|--------------------|-----------|----------|\n",
-      from, float_acc, float_bytes, epochs);
+      from, float_acc, float_bytes, epochs, layer_bits.empty() ? "" : "; layers kept apart: " + layer_bits);
   for (auto [w, a] : configs) {
     const std::string tag = fmt::format("w{}a{}", w, a);
     const Result ptq = run_ptq(w, a, wd + "/" + tag + "_ptq.safetensors");
@@ -724,7 +731,8 @@ int cmd_lowbit(int argc, char** argv) {
                     {"lsq_fake_quant_accuracy", lsq.fake_quant_accuracy}, {"lsq_agreement", lsq.agreement},
                     {"ptq_bytes", ptq.bytes}, {"qat_bytes", ma.bytes}, {"lsq_bytes", lsq.bytes}});
   }
-  json j = {{"float_accuracy", float_acc}, {"float_bytes", float_bytes}, {"epochs", epochs}, {"rows", rows}};
+  json j = {{"float_accuracy", float_acc}, {"float_bytes", float_bytes}, {"epochs", epochs}, {"layer_bits", layer_bits},
+            {"rows", rows}};
   finish(r, j, s);
   return 0;
 }
