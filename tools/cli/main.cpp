@@ -20,6 +20,7 @@
 #include "io/model_file.h"
 #include "quant/quant.h"
 #include "tensor/random.h"
+#include "report.h"
 #include "workflow.h"
 
 using json = nlohmann::json;
@@ -522,12 +523,15 @@ int cmd_pipeline(int argc, char** argv) {
       "epochs", "float training epochs", cxxopts::value<int>()->default_value("5"))(
       "qat-epochs", "QAT fine-tuning epochs", cxxopts::value<int>()->default_value("1"))(
       "qat-lr", "QAT learning rate", cxxopts::value<double>()->default_value("0.01"))(
-      "seed", "random seed", cxxopts::value<uint64_t>()->default_value("0"));
+      "seed", "random seed", cxxopts::value<uint64_t>()->default_value("0"))(
+      "report", "also write DIR/report.html: pictures of training, weights, activation ranges, per-layer SQNR",
+      cxxopts::value<std::string>());
   add_common(o);
   auto r = parse(o, argc, argv);
   apply_threads(r);
   const std::string wd = r["workdir"].as<std::string>();
   std::filesystem::create_directories(wd);
+  const std::string report_dir = r.count("report") ? r["report"].as<std::string>() : "";
   const std::string dir = r["data"].as<std::string>();
   const io::Dataset train_set = io::load_fashion_mnist(dir, io::Split::train);
   const io::Dataset test_set = io::load_fashion_mnist(dir, io::Split::test);
@@ -536,13 +540,16 @@ int cmd_pipeline(int argc, char** argv) {
   const int threads = r["threads"].as<int>();
   const auto t0 = std::chrono::steady_clock::now();
 
+  cli::ReportRun report_run;  // training curves and table for --report
+
   // 1. Float model.
   manual_seed(seed);
   auto float_model = cli::make_mlp(784, {256, 128}, 10);
   {
     io::DataLoader loader(train_set, {.batch_size = 64, .seed = seed});
-    cli::train(*float_model, loader, test_set,
-               {.epochs = r["epochs"].as<int>(), .lr = 0.01, .momentum = 0.9, .progress = progress, .label = "float"});
+    report_run.float_history =
+        cli::train(*float_model, loader, test_set,
+                   {.epochs = r["epochs"].as<int>(), .lr = 0.01, .momentum = 0.9, .progress = progress, .label = "float"});
   }
   const std::string float_path = wd + "/float.safetensors";
   io::save_model(*float_model, float_path);
@@ -566,10 +573,13 @@ int cmd_pipeline(int argc, char** argv) {
   quant::prepare_qat(*qat);
   {
     io::DataLoader loader(train_set, {.batch_size = 64, .seed = seed + 1});
-    cli::train(*qat, loader, test_set,
-               {.epochs = r["qat-epochs"].as<int>(), .lr = r["qat-lr"].as<double>(), .momentum = 0.9, .progress = progress, .label = "qat"});
+    report_run.qat_history =
+        cli::train(*qat, loader, test_set,
+                   {.epochs = r["qat-epochs"].as<int>(), .lr = r["qat-lr"].as<double>(), .momentum = 0.9, .progress = progress, .label = "qat"});
   }
   const cli::Evaluation fq = cli::evaluate(*qat, test_set);
+  // convert works in place: the report needs the fake-quant model as it was.
+  if (!report_dir.empty()) io::save_model(*qat, wd + "/" + cli::kQatPreparedFile);
   quant::convert(*qat);
   cli::set_int8_threads(*qat, threads);
   const cli::Evaluation qat8 = cli::evaluate(*qat, test_set);
@@ -590,6 +600,7 @@ int cmd_pipeline(int argc, char** argv) {
     io::Batch b;
     for (int i = 0; i < 32 && loader.next(b); ++i) (*ptq)(b.images);
   }
+  if (!report_dir.empty()) io::save_model(*ptq, wd + "/" + cli::kPtqCalibratedFile);  // the observers, before convert
   quant::convert(*ptq);
   cli::set_int8_threads(*ptq, threads);
   const cli::Evaluation ptq8 = cli::evaluate(*ptq, test_set);
@@ -621,7 +632,41 @@ int cmd_pipeline(int argc, char** argv) {
   }
   s += fmt::format("\nQAT: fake-quant accuracy {:.2f}%, int8 vs fake quant max difference {:.2f} output steps\n", fq.accuracy, qat_steps);
   json j = {{"rows", rows}, {"fake_quant_accuracy", fq.accuracy}, {"max_step_diff", qat_steps}, {"seconds", seconds_since(t0)}};
+  if (!report_dir.empty()) {
+    report_run.title = "tinyqat pipeline report";
+    report_run.subtitle = fmt::format("Fashion-MNIST, MLP 784-256-128-10 (fc1, fc2, fc3), {} float + {} QAT epochs, {} test images",
+                                      report_run.float_history.size(), report_run.qat_history.size(), test_set.size());
+    for (auto& row : table)
+      report_run.table.push_back({row.method, row.accuracy, row.agreement, row.agreement_with, row.bytes, row.lat1, row.lat64});
+    report_run.fake_quant_accuracy = fq.accuracy;
+    cli::save_report_run(report_run, wd + "/" + cli::kReportRunFile);
+    const cli::ReportModels models{float_model, io::load_model(wd + "/" + cli::kQatPreparedFile), qat,
+                                   io::load_model(wd + "/" + cli::kPtqCalibratedFile), ptq, dyn};
+    const std::string page = cli::write_report(report_dir, report_run, models, cli::report_inputs(test_set, 1000));
+    j["report"] = page;
+    s += fmt::format("report: {}\n", page);
+  }
   finish(r, j, s);
+  return 0;
+}
+
+// ---- report: redraw the pipeline's HTML report from its workdir ----
+
+int cmd_report(int argc, char** argv) {
+  cxxopts::Options o("tinyqat report",
+                     "Write report.html (inline SVG pictures) from the model files that 'tinyqat pipeline --report' left in a workdir.");
+  o.add_options()("workdir", "the pipeline's workdir", cxxopts::value<std::string>()->default_value("models"))(
+      "out", "directory for report.html (default: the workdir)", cxxopts::value<std::string>())(
+      "samples", "test images for the output SQNR", cxxopts::value<int64_t>()->default_value("1000"));
+  add_common(o);
+  auto r = parse(o, argc, argv);
+  apply_threads(r);
+  const std::string wd = r["workdir"].as<std::string>();
+  const std::string out = r.count("out") ? r["out"].as<std::string>() : wd;
+  if (r["samples"].as<int64_t>() < 1) throw UsageError("--samples must be at least 1");
+  const io::Dataset test_set = io::load_fashion_mnist(r["data"].as<std::string>(), io::Split::test);
+  const std::string page = cli::write_report_from_workdir(wd, out, test_set, r["samples"].as<int64_t>());
+  finish(r, json{{"report", page}}, fmt::format("report: {}\n", page));
   return 0;
 }
 
@@ -740,7 +785,7 @@ int cmd_lowbit(int argc, char** argv) {
 const std::map<std::string, int (*)(int, char**)> kCommands = {
     {"train", cmd_train}, {"qat", cmd_qat},         {"ptq", cmd_ptq},         {"dynamic", cmd_dynamic},
     {"eval", cmd_eval},   {"inspect", cmd_inspect}, {"compare", cmd_compare}, {"pipeline", cmd_pipeline},
-    {"lowbit", cmd_lowbit},
+    {"lowbit", cmd_lowbit}, {"report", cmd_report},
 };
 
 void usage(std::FILE* f) {
@@ -754,8 +799,9 @@ void usage(std::FILE* f) {
                "  eval      accuracy and latency of a model file\n"
                "  inspect   print a model file's modules, parameters and bytes\n"
                "  compare   per-layer SQNR of a quantized model against its float model\n"
-               "  pipeline  all of the above in one run, with a comparison table\n"
-               "  lowbit    accuracy and size from 8 down to 2 bits: PTQ, QAT, LSQ\n");
+               "  pipeline  all of the above in one run, with a comparison table (--report DIR: HTML pictures)\n"
+               "  lowbit    accuracy and size from 8 down to 2 bits: PTQ, QAT, LSQ\n"
+               "  report    redraw the HTML report of a pipeline workdir\n");
 }
 
 }  // namespace

@@ -610,7 +610,8 @@ std::string sqnr_chart(const std::vector<SqnrSet>& sets, bool outputs, int64_t s
 // ---------------------------------------------------------------------------
 
 constexpr const char* kStyle = R"(
-body { font-family: "DejaVu Sans", Verdana, sans-serif; color: #222; background: #fff; max-width: 1340px; margin: 20px auto; padding: 0 16px; }
+body { font-family: "DejaVu Sans", Verdana, sans-serif; color: #222; background: #fff;
+       max-width: 1340px; margin: 20px auto; padding: 0 16px; }
 h1 { font-size: 26px; margin: 0 0 4px 0; }
 h2 { font-size: 20px; margin: 30px 0 6px 0; padding-bottom: 4px; border-bottom: 1px solid #ddd; }
 p { font-size: 15px; line-height: 1.45; max-width: 1080px; margin: 6px 0 10px 0; }
@@ -963,8 +964,8 @@ std::string render_report(const ReportData& d) {
   if (run.table.empty()) h += "<p class=\"note\">No summary table was recorded for this run.</p>\n";
   else {
     h += "<p>Test accuracy of each model; <em>agreement</em> is the share of test images on which it predicts the same "
-         "class as the model named. int8 weights take a quarter of the bytes of float ones; the speed comes from the "
-         "int8 kernels (latency is the median time of one forward pass).</p>\n";
+         "class as the model named. int8 weights take a quarter of the bytes of float ones. Latency is the median time "
+         "of one forward pass, for one image and for a batch of 64.</p>\n";
     h += summary_table(run);
     if (run.fake_quant_accuracy)
       h += fmt::format("<p class=\"note\">The QAT model before convert (fake quant, float arithmetic) scored {}%.</p>\n",
@@ -1020,8 +1021,9 @@ std::string render_report(const ReportData& d) {
     h += "<p>The signal-to-quantization-noise ratio 10·log10(Σr² / Σ(r−q)²) of each int8 tensor q against its float "
          "reference r; every 6 dB is about one bit of precision. Each int8 model is compared with the float computation it "
          "rounds: PTQ and dynamic with the float model, QAT with the float model carrying its fine-tuned weights. Output "
-         "errors add up from layer to layer; dynamic quantization loses least there, as it fits each batch's own "
-         "activation range and returns float outputs instead of rounding them to 7-bit u8. A layer far below the others is the one to keep in float.</p>\n";
+         "errors add up from layer to layer; dynamic quantization usually loses least there, as it fits each batch's "
+         "own activation range and returns float outputs instead of rounding them to u8. A layer far below the "
+         "others is the one to keep in float.</p>\n";
     h += "<div class=\"row\">\n" + sqnr_chart(d.sqnr, false, d.sqnr_samples, id++) + "\n";
     bool any_outputs = false;
     for (auto& s : d.sqnr) any_outputs |= !s.outputs.empty();
