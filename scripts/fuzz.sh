@@ -7,9 +7,9 @@
 # (fuzz/corpus/<target>/seed-*), runs each target for the given time
 # (default 60 s) on a working corpus in build-fuzz/work/<target>/, then
 # rewrites fuzz/corpus/<target>/ as the seeds plus a minimal set of small
-# inputs covering every edge reached so far. A crash, hang (> 10 s), leak, sanitizer report or
-# allocation above 2 GiB is saved in fuzz/corpus/regressions/<target>/; the
-# script then exits 1. tests/test_fuzz_regressions.cpp feeds every file of
+# inputs covering every edge reached so far. A crash, hang (> 10 s), leak,
+# sanitizer report, violated property or allocation above 2 GiB is saved in
+# fuzz/corpus/regressions/<target>/; the script then exits 1. tests/test_fuzz_regressions.cpp feeds every file of
 # fuzz/corpus to the same entry points in the normal build, so commit them.
 #
 # Environment: FUZZ_JOBS=n runs n targets at once (default 1);

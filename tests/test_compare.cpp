@@ -143,6 +143,30 @@ TEST_CASE("compare_model_outputs changes neither model", "[compare]") {
   CHECK(quantized->repr() == q_print);
 }
 
+TEST_CASE("compare_model_outputs on a QAT model in training mode updates no observer", "[compare]") {
+  auto reference = float_model(5);
+  auto qat = float_model(5);
+  qat->qconfig = quant::get_default_qat_qconfig("x86");
+  quant::prepare_qat(*qat);  // training mode
+  const Tensor x = calibration_data();
+  {
+    NoGradGuard g;
+    (*qat)(x);  // one training step's forward: the fake quants have qparams
+  }
+  auto buffers = [&] {
+    std::vector<std::vector<float>> out;
+    for (auto& [name, b] : qat->named_buffers()) out.push_back(to_vector(b));
+    return out;
+  };
+  const auto before = buffers();
+  Generator g(6);
+  const auto rows = quant::compare_model_outputs(*reference, *qat, kernels::mul_scalar(randn({64, 16}, g), 5.0f));
+  CHECK(rows.size() == 3);
+  CHECK(buffers() == before);  // wider data went through, yet no range moved
+  CHECK(qat->is_training());   // and the mode is back
+  CHECK(qat->fc1.module().is_training());
+}
+
 TEST_CASE("an outlier weight lowers that layer's SQNR, and only that layer's", "[compare][ptq]") {
   // Per-tensor weights: one outlier stretches the grid for the whole layer.
   const auto qconfig = quant::make_ptq_qconfig("minmax", 8, 7, /*per_channel_weights=*/false);

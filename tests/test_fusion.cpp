@@ -196,6 +196,10 @@ TEST_CASE("fuse, prepare, calibrate, convert: QuantizedLinearReLU with a range t
   // 0 (zero point 0), so it spends no levels on negatives and its step is finer.
   auto& f0 = dynamic_cast<quant::QuantizedLinear&>((*fused)[0]);
   auto& u0 = dynamic_cast<quant::QuantizedLinear&>((*unfused)[0]);
+  INFO("fc1 output qparams: fused scale " << f0.output_qparams().scale[0] << " zero point "
+                                          << f0.output_qparams().zero_point[0] << ", unfused scale "
+                                          << u0.output_qparams().scale[0] << " zero point "
+                                          << u0.output_qparams().zero_point[0]);
   CHECK(f0.output_qparams().zero_point[0] == 0);
   CHECK(u0.output_qparams().zero_point[0] > 0);
   CHECK(f0.output_qparams().scale[0] < u0.output_qparams().scale[0]);

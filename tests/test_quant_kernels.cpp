@@ -151,7 +151,13 @@ TEST_CASE("set_quant_kernel(reference) gives the same model outputs", "[quant][k
   xobs_ref.observe(x);
   const std::vector<float> rw = to_vector(fake_quantize(w, wobs_ref.calculate_qparams()));
   const std::vector<float> rx = to_vector(fake_quantize(x, xobs_ref.calculate_qparams()));
+  // quantize(): ties, the ends, NaN and infinities included
+  std::vector<float> probe = probe_values(xq.scale[0], xq.zero_point[0], xq.quant_min, xq.quant_max, 9);
+  const Tensor p = from_vector(probe, {static_cast<int64_t>(probe.size())});
+  const std::vector<float> q_ref = to_vector(quantize(p, xq, DType::u8));
   set_quant_kernel(QuantKernel::automatic);
+  const std::vector<float> q_fast = to_vector(quantize(p, xq, DType::u8));
+  CHECK(q_fast == q_ref);
   CHECK(wobs_ref.calculate_qparams().scale == wq.scale);
   CHECK(xobs_ref.calculate_qparams().scale == xq.scale);
   CHECK(rw == fw);

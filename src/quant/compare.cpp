@@ -108,6 +108,11 @@ std::vector<LayerComparison> compare_model_outputs(nn::Module& float_model, nn::
     if (path.empty() || !is_quantized_layer(*m) || !find_module(float_model, path)) continue;
     pairs.push_back({path, slot_at(float_model, path), slot_at(quantized_model, path), nullptr, nullptr});
   }
+  // Eval mode first (so QAT fake quants update no observer): once a logger
+  // sits in a slot, train() / eval() no longer reach the layer behind it.
+  const bool ft = float_model.is_training(), qt = quantized_model.is_training();
+  float_model.eval();
+  quantized_model.eval();
   for (auto& p : pairs) {
     p.float_log = std::make_shared<OutputLogger>(p.float_slot->module);
     p.quant_log = std::make_shared<OutputLogger>(p.quant_slot->module);
@@ -119,16 +124,13 @@ std::vector<LayerComparison> compare_model_outputs(nn::Module& float_model, nn::
       p.float_slot->module = p.float_log->inner_;
       p.quant_slot->module = p.quant_log->inner_;
     }
+    float_model.train(ft);
+    quantized_model.train(qt);
   };
   try {
     NoGradGuard no_grad;
-    const bool ft = float_model.is_training(), qt = quantized_model.is_training();
-    float_model.eval();
-    quantized_model.eval();
     float_model(inputs);
     quantized_model(inputs);
-    float_model.train(ft);
-    quantized_model.train(qt);
   } catch (...) {
     restore();
     throw;

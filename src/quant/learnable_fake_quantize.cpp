@@ -295,6 +295,9 @@ double LearnableFakeQuantize::grad_factor(int64_t numel) const {
 
 void LearnableFakeQuantize::resize_channels(int64_t c) {
   if (scale.numel() == c) return;
+  if (scale.numel() != 0)  // sized at construction or by an earlier batch
+    throw std::invalid_argument(fmt::format("{}: input has {} channels along axis {}, the learned scale has {}", owner,
+                                            c, spec_.ch_axis, scale.numel()));
   resize_in_place(scale, c, 1.f);
   resize_in_place(zero_point, c, spec_.symmetric() ? static_cast<float>(symmetric_zero_point()) : 0.f);
 }

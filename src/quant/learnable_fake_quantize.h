@@ -7,11 +7,13 @@
 // Forward (docs/lsq.md eq. 1-2), with z = clamp(nearbyint(zero_point), qmin, qmax):
 //     r = nearbyint(x * (1/s)),   q = r + z,   y = (clamp(q, qmin, qmax) - z) * s
 // Backward, per element, times the gradient scale g (eq. 3-6):
-//     dy/dx = 1 inside [qmin, qmax], else 0                      (STE, eq. 3)
+//     dy/dx = 1 inside (qmin <= q <= qmax), else 0               (STE, eq. 3)
 //     dy/ds = r - x/s inside,  qmin - z below,  qmax - z above   (eq. 4)
 //     dy/dz = 0 inside, -s outside                               (eq. 5)
 //     g = 1 / sqrt(numel(x) * quant_max)  (use_grad_scaling)     (eq. 6)
 // summed over the elements that share a scale (the tensor, or a channel).
+// The backward uses the forward's own r and z. PyTorch's recomputes them
+// differently, which changes a few elements at ties (docs/lsq.md §5).
 #pragma once
 
 #include <cstdint>
@@ -36,9 +38,9 @@ Tensor fake_quantize_learnable_per_channel_affine(const Tensor& x, const Tensor&
                                                   int axis, int32_t quant_min, int32_t quant_max,
                                                   double grad_factor = 1.0);
 
-// The plain reference of eq. 3-5 for one element, for teaching and tests:
-// given the upstream gradient g of y, the gradients of x, s and z (before
-// the gradient scale, and before summing over the elements).
+// The plain reference of eq. 3-5 for one finite element, for teaching and
+// tests: given the upstream gradient g of y, the gradients of x, s and z
+// (before the gradient scale, and before summing over the elements).
 struct LearnableFakeQuantizeGradients {
   float x, scale, zero_point;
 };

@@ -63,7 +63,8 @@ Tensor QATLinear::quantized_bias(const Tensor& x_q) const {
   // Only fake quants round; observers (post-training quantization) watch the float model.
   if (!grid || grid == kObservedGrid || grid->scale.size() != 1) return bias;
   if (dynamic_cast<const ObserverBase*>(&weight_quant.module()) || !weight_quant->has_data()) return bias;
-  return fake_quantize_bias(bias, grid->scale[0], weight_quant->calculate_qparams());
+  weight_quant->calculate_qparams_into(weight_qparams_);  // no allocation after the first step
+  return fake_quantize_bias(bias, grid->scale[0], weight_qparams_);
 }
 
 Tensor QATLinear::forward(const Tensor& x_in) {

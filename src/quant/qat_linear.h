@@ -45,6 +45,7 @@ class QATLinear : public nn::Linear {
   // The bias the forward adds: on the accumulator grid s_x * s_w when fake
   // quantizing (what the int8 layer adds), the float bias otherwise.
   Tensor quantized_bias(const Tensor& x_q) const;
+  mutable QParams weight_qparams_;  // scratch for quantized_bias
   QATLinear(const nn::Linear& float_linear, const QConfig& qconfig, bool fused_relu, const char* input_slot,
             const char* weight_slot);
 };

@@ -71,12 +71,12 @@ ScaleZeroPoint calculate_qparams(float min_val, float max_val, const QuantSpec& 
     // eq. 5: the grid is centred on zero.
     const float amax = std::max(-min_neg, max_pos);
     scale = amax / (static_cast<float>(qmax - qmin) / 2.f);
-    scale = std::max(scale, kScaleEps);
+    scale = std::max(scale, kScaleEps);  // eq. 6
     zero_point = spec.dtype == DType::u8 ? (qmin + qmax) / 2 : 0;
   } else {
     // eq. 4: the grid spans [min, max] exactly.
     scale = (max_pos - min_neg) / static_cast<float>(qmax - qmin);
-    scale = std::max(scale, kScaleEps);
+    scale = std::max(scale, kScaleEps);  // eq. 6
     const float zp = static_cast<float>(qmin) - std::nearbyint(min_neg / scale);  // half to even
     zero_point = static_cast<int32_t>(std::clamp(zp, static_cast<float>(qmin), static_cast<float>(qmax)));
   }

@@ -43,7 +43,8 @@ void apply_ste_mask_avx2(const float* g, const uint8_t* mask, float* out, int64_
 void fold_min_max_avx2(const float* p, int64_t n, float& lo, float& hi);
 
 // Which versions the entry points run: automatic (AVX2 if the CPU has it,
-// the default) or always the reference. Process-wide.
+// the default) or always the reference. Process-wide; quantize() (the u8
+// loop in quantize.cpp) follows the same switch.
 enum class QuantKernel { automatic, reference };
 void set_quant_kernel(QuantKernel kernel);
 QuantKernel quant_kernel();

@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "quant/quant_kernels.h"
 #include "tensor/ops.h"
 
 namespace tq::quant {
@@ -40,9 +41,10 @@ void quantize_into(const float* x, T* q, int64_t n, int64_t inner, int64_t chann
   const float qmin = static_cast<float>(qp.quant_min), qmax = static_cast<float>(qp.quant_max);
   if (!is_per_channel(qp.scheme)) {
     const float inv = 1.f / qp.scale[0], z = static_cast<float>(qp.zero_point[0]);
+    // The AVX2 twin when the QAT loops use AVX2 too (quant_kernels.h: one
+    // switch, so set_quant_kernel(reference) makes every loop the plain one).
     if constexpr (std::is_same_v<T, uint8_t>) {
-      static const bool avx2 = __builtin_cpu_supports("avx2");
-      if (avx2) return detail::quantize_u8_avx2(x, q, n, inv, z, qmin, qmax);
+      if (n >= 8 && quant_kernel_uses_avx2()) return detail::quantize_u8_avx2(x, q, n, inv, z, qmin, qmax);
     }
     return quantize_run(x, q, n, inv, z, qmin, qmax);
   }

@@ -54,7 +54,12 @@ void QuantizedLinear::prepare_for_input(float x_scale, int32_t x_zero_point) {
     const double s_acc = static_cast<double>(x_scale) * weight_scales_[static_cast<size_t>(n)];  // eq. 12
     multipliers_[static_cast<size_t>(n)] = quantize_multiplier(s_acc / s_y);                      // eq. 13
     if (bias_.defined()) {
-      const double b = std::nearbyint(bias_.data<float>()[n] / s_acc);
+      // A NaN bias (from a model file, or a training that diverged) would
+      // reach the integer conversion below as NaN: undefined behaviour.
+      const float bias_value = bias_.data<float>()[n];
+      if (!std::isfinite(bias_value))
+        throw std::invalid_argument(fmt::format("{}: bias[{}] is {}; an int8 layer needs finite biases", name, n, bias_value));
+      const double b = std::nearbyint(bias_value / s_acc);
       const double limit = 1 << 30;  // the kernel's bound on |bias_q|
       bias_q_[static_cast<size_t>(n)] = static_cast<int32_t>(std::clamp(b, -limit, limit));
     }

@@ -3,6 +3,8 @@
 #include "tensor/tensor.h"
 
 #include <algorithm>
+#include <malloc.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -18,6 +20,18 @@ namespace tq {
 const char* node_name(const Node& node);
 
 // ---- Storage ----
+
+namespace {
+// A training step frees and re-allocates the same large temporaries (an
+// 800 KB weight gradient) every step. glibc would serve blocks above 128 KB
+// with mmap and hand freed memory back to the OS, so each step would pay page
+// faults; keeping such blocks in the heap makes them cheap to reuse.
+const bool g_malloc_tuned = [] {
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  return true;
+}();
+}  // namespace
 
 Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
   // 64-byte alignment: a cache line, and what AVX2 / AVX-512 loads like.
