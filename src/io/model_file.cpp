@@ -182,7 +182,8 @@ void encode_learnable(const nn::Module& m, json& c) {
   c = {{"spec", spec_to_json(f.spec())}, {"owner", f.owner},
        {"init", f.options().init == q::LsqInit::lsq ? "lsq" : "observer"},
        {"use_grad_scaling", f.options().use_grad_scaling}, {"static_enabled", f.static_enabled()},
-       {"learning_enabled", f.learning_enabled()}, {"fake_quant_enabled", f.fake_quant_enabled()}};
+       {"learning_enabled", f.learning_enabled()}, {"fake_quant_enabled", f.fake_quant_enabled()},
+       {"channels", f.channels()}};  // a size change makes load_into rebuild the module from the file
 }
 
 std::shared_ptr<nn::Module> decode_learnable(const json& c, const TensorMap& t) {
