@@ -117,3 +117,28 @@ TEST_CASE("example int8_walkthrough: every printed number checks out", "[example
   }
   REQUIRE(out.find("the library computes exactly the integers above") != std::string::npos);
 }
+
+TEST_CASE("example dynamic_quant: swaps every Linear, keeps accuracy, weights 4x smaller", "[examples]") {
+  int status = 0;
+  const std::string out = run_example("dynamic_quant", &status);
+  REQUIRE(status == 0);
+  REQUIRE(out.find("DynamicQuantizedLinear") != std::string::npos);
+  std::smatch m;
+  REQUIRE(std::regex_search(out, m, std::regex(R"(accuracy: float ([0-9.]+)%, dynamic int8 ([0-9.]+)%)")));
+  CHECK(std::stod(m[2]) >= std::stod(m[1]) - 1.0);
+  REQUIRE(std::regex_search(out, m, std::regex(R"(weight bytes: float (\d+), int8 (\d+))")));
+  CHECK(std::stod(m[1]) == 4 * std::stod(m[2]));
+}
+
+TEST_CASE("example ptq_calibration: representative calibration beats unrepresentative", "[examples]") {
+  int status = 0;
+  const std::string out = run_example("ptq_calibration", &status);
+  REQUIRE(status == 0);
+  std::smatch m;
+  REQUIRE(std::regex_search(out, m, std::regex(R"(training data \(representative\)\s+\[[^\]]*\]\s+([0-9.]+)%)")));
+  const double representative = std::stod(m[1]);
+  REQUIRE(std::regex_search(out, m, std::regex(R"(too small\)\s+\[[^\]]*\]\s+([0-9.]+)%)")));
+  CHECK(std::stod(m[1]) < representative - 10.0);
+  REQUIRE(std::regex_search(out, m, std::regex(R"(class 0 only \(biased\)\s+\[[^\]]*\]\s+([0-9.]+)%)")));
+  CHECK(std::stod(m[1]) < representative - 5.0);
+}
