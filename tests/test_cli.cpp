@@ -4,6 +4,8 @@
 // small MLP, to stay fast), --help, exit codes (0 ok, 2 usage, 1 other) with
 // one-line errors, and that a failing command never touches its --out file.
 #include <catch2/catch.hpp>
+
+#include "test_files.h"
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,24 +29,11 @@ namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
 using json = nlohmann::json;
 
-const fs::path& scratch_dir() {
-  static struct Dir {
-    fs::path path = fs::temp_directory_path() / ("tinyqat_test_cli_" + std::to_string(getpid()));
-    Dir() { fs::create_directories(path); }
-    ~Dir() {
-      std::error_code ec;
-      fs::remove_all(path, ec);
-    }
-  } dir;
-  return dir.path;
-}
+const fs::path& scratch_dir() { return tq_test::scratch_dir("cli"); }
 
 std::string temp_path(const std::string& name) { return (scratch_dir() / name).string(); }
 
-std::string read_bytes(const std::string& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
+std::string read_bytes(const std::string& p) { return tq_test::read_bytes(p); }
 
 void write_bytes(const std::string& p, const std::string& bytes) {
   std::ofstream out(p, std::ios::binary | std::ios::trunc);

@@ -2,6 +2,8 @@
 // the public Fashion-MNIST files, the committed files in tests/data/idx, and
 // synthetic files written here, broken in every way the reader must catch.
 #include <catch2/catch.hpp>
+
+#include "test_files.h"
 #include <unistd.h>
 #include <zlib.h>
 
@@ -34,17 +36,7 @@ std::string fashion_file(const std::string& name) {
 std::string committed_data_dir() { return std::string(TINYQAT_GOLDEN_DIR) + "/../data/idx"; }
 
 // A scratch directory for this test run, removed at exit.
-const fs::path& scratch_dir() {
-  static struct Dir {
-    fs::path path = fs::temp_directory_path() / ("tinyqat_test_idx_" + std::to_string(getpid()));
-    Dir() { fs::create_directories(path); }
-    ~Dir() {
-      std::error_code ec;
-      fs::remove_all(path, ec);
-    }
-  } dir;
-  return dir.path;
-}
+const fs::path& scratch_dir() { return tq_test::scratch_dir("idx"); }
 
 // An IDX file's bytes: header for `type` and `dims`, then `data` as given.
 Bytes idx_bytes(uint8_t type, const std::vector<uint32_t>& dims, const Bytes& data) {

@@ -4,6 +4,8 @@
 // model; int8 files are small and hold I8 weights; a file that does not fit
 // or is corrupt gives an error naming the file and the part at fault.
 #include <catch2/catch.hpp>
+
+#include "test_files.h"
 #include <unistd.h>
 
 #include <chrono>
@@ -29,24 +31,11 @@ using Catch::Matchers::Contains;
 using json = nlohmann::json;
 using namespace tq;
 
-const fs::path& scratch_dir() {
-  static struct Dir {
-    fs::path path = fs::temp_directory_path() / ("tinyqat_test_model_file_" + std::to_string(getpid()));
-    Dir() { fs::create_directories(path); }
-    ~Dir() {
-      std::error_code ec;
-      fs::remove_all(path, ec);
-    }
-  } dir;
-  return dir.path;
-}
+const fs::path& scratch_dir() { return tq_test::scratch_dir("model_file"); }
 
 std::string temp_path(const std::string& name) { return (scratch_dir() / name).string(); }
 
-std::string read_bytes(const std::string& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
+std::string read_bytes(const std::string& p) { return tq_test::read_bytes(p); }
 
 // The MLP of the command line: Linear / ReLU pairs named fc1, relu1, ...
 std::shared_ptr<nn::Sequential> make_mlp(const std::vector<int64_t>& sizes) {

@@ -4,6 +4,8 @@
 // of corrupt input, and atomic writes that an interrupted or failed save
 // cannot turn into a half file.
 #include <catch2/catch.hpp>
+
+#include "test_files.h"
 #include <signal.h>
 #include <fcntl.h>
 #include <sys/resource.h>
@@ -41,17 +43,7 @@ using tq::io::FormatError;
 using tq::io::SafetensorsFile;
 
 // A scratch directory for this process, removed at exit.
-const fs::path& scratch_dir() {
-  static struct Dir {
-    fs::path path = fs::temp_directory_path() / ("tinyqat_test_safetensors_" + std::to_string(getpid()));
-    Dir() { fs::create_directories(path); }
-    ~Dir() {
-      std::error_code ec;
-      fs::remove_all(path, ec);
-    }
-  } dir;
-  return dir.path;
-}
+const fs::path& scratch_dir() { return tq_test::scratch_dir("safetensors"); }
 
 std::string read_bytes(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
