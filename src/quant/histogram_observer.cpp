@@ -271,6 +271,20 @@ void HistogramObserver::on_state_loaded() {
   if (min_val_.numel() != 1 || max_val_.numel() != 1)
     throw std::invalid_argument(fmt::format("{} ({}): loaded min_val / max_val must hold one value each, got shapes {} and {}",
                                             owner, type_name(), min_val_.shape().str(), max_val_.shape().str()));
+  // observe() takes only finite values, so a histogram holding data has a
+  // finite range and finite, non-negative counts; a file may say otherwise
+  // (fuzz/fuzz_model: min_val = -inf made widen() compute NaN bin indices).
+  if (min_val_.dtype() != DType::f32 || max_val_.dtype() != DType::f32)
+    throw std::invalid_argument(fmt::format("{} ({}): loaded min_val / max_val must be f32, got {} and {}", owner,
+                                            type_name(), dtype_name(min_val_.dtype()), dtype_name(max_val_.dtype())));
+  if (has_data() && !(std::isfinite(min_val()) && std::isfinite(max_val())))
+    throw std::invalid_argument(fmt::format("{} ({}): the loaded range [{}, {}] is not finite", owner, type_name(),
+                                            min_val(), max_val()));
+  const float* counts = histogram_.data<float>();
+  for (int k = 0; k < bins_; ++k)
+    if (!(counts[k] >= 0) || !std::isfinite(counts[k]))
+      throw std::invalid_argument(fmt::format("{} ({}): loaded histogram bin {} holds {}, not a count", owner, type_name(),
+                                              k, counts[k]));
 }
 
 std::string HistogramObserver::extra_repr() const {
