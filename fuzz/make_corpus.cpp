@@ -182,6 +182,8 @@ void model_seeds(const fs::path& dir) {
               "seed-observed-minmax-max-nan");
   with_tensor(dir, "seed-observed-histogram", "fc1.input_observer.max_val", from_vector({3e38f}, {}),
               "seed-observed-histogram-huge-range");
+  with_tensor(dir, "seed-observed-histogram", "fc1.input_observer.min_val", from_vector({-inf}, {}),
+              "seed-observed-histogram-min-inf");
   with_tensor(dir, "seed-qat-x86", "fc1.activation_post_process.scale", from_vector({0.f}, {1}), "seed-qat-x86-zero-scale");
   std::string file = read_bytes(dir / "seed-float-mlp");
   const size_t at = file.find("in_features");

@@ -162,3 +162,14 @@ TEST_CASE("fuzz regression: an int8 layer with a NaN bias refuses to run, naming
                                std::make_shared<const QParams>(quant::make_qparams(a, {{0.05f, 128}})), false, "fc9");
   CHECK_THROWS_WITH(layer(from_vector({1, 2, 3}, {1, 3})), Catch::Contains("fc9") && Catch::Contains("bias[1] is nan"));
 }
+
+// Found by fuzz/fuzz_model: a histogram observer loaded with an infinite
+// min_val or max_val computed NaN bin indices when the next batch widened its
+// range (undefined behaviour, then a write anywhere). The loaded state is now
+// checked: a range with data must be finite, counts finite and >= 0.
+TEST_CASE("fuzz regression: a histogram observer loaded with an infinite range is refused, naming file and module", "[fuzz][io][errors]") {
+  CHECK_THAT(answer("model", "seed-observed-histogram-min-inf"),
+             Catch::StartsWith("seed-observed-histogram-min-inf: ") && Catch::Contains("fc1.input_observer") &&
+                 Catch::Contains("[-inf, ") && Catch::Contains("not finite"));
+  CHECK(answer("model", "seed-observed-histogram-huge-range") == "");  // finite, however wide: accepted and runs
+}
