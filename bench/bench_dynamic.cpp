@@ -27,35 +27,9 @@ struct Case {
   int64_t batch, in, out;
 };
 
-// One sample: wall and thread-CPU seconds per call, averaged over `inner` calls.
-struct Sample {
-  double wall, cpu;
-};
-
-template <class F>
-Sample sample(F&& fn, int inner) {
-  const double t0 = tq::bench::now_seconds(), c0 = tq::bench::thread_cpu_seconds();
-  for (int i = 0; i < inner; ++i) fn();
-  const double c1 = tq::bench::thread_cpu_seconds(), t1 = tq::bench::now_seconds();
-  return {(t1 - t0) / inner, (c1 - c0) / inner};
-}
-
-tq::bench::Timing timing(const std::vector<Sample>& samples, int inner) {
-  std::vector<double> wall, cpu;
-  for (const Sample& s : samples) wall.push_back(s.wall), cpu.push_back(s.cpu);
-  tq::bench::Timing t;
-  t.median = tq::bench::median_of(wall);
-  t.cpu_median = tq::bench::median_of(cpu);
-  t.min = *std::min_element(wall.begin(), wall.end());
-  t.max = *std::max_element(wall.begin(), wall.end());
-  t.repeats = static_cast<int>(samples.size());
-  t.inner = inner;
-  return t;
-}
-
 struct Row {
   Case c;
-  tq::bench::Timing float_t, int8_t_;
+  tq::bench::PairTiming pair;  // a = int8 dynamic, b = float: ratio = speedup of int8
   double sqnr_db;
 };
 
@@ -82,15 +56,10 @@ int main(int argc, char** argv) {
 
     auto run_float = [&] { linear(x); };
     auto run_int8 = [&] { dynamic(x); };
-    // Samples alternate float / int8, so that both see the same machine load.
-    const int float_inner = bench::calibrate_inner(run_float), int8_inner = bench::calibrate_inner(run_int8);
-    std::vector<Sample> float_samples, int8_samples;
-    for (int w = 0; w < 2; ++w) run_float(), run_int8();
-    for (int rep = 0; rep < repeats; ++rep) {
-      float_samples.push_back(sample(run_float, float_inner));
-      int8_samples.push_back(sample(run_int8, int8_inner));
-    }
-    Row r{c, timing(float_samples, float_inner), timing(int8_samples, int8_inner), quant::sqnr_db(linear(x), dynamic(x))};
+    // Samples alternate int8 / float, so that both see the same machine load.
+    const auto pair = bench::measure_pair(run_int8, run_float, repeats, bench::calibrate_inner(run_int8),
+                                          bench::calibrate_inner(run_float), 2);
+    Row r{c, pair, quant::sqnr_db(linear(x), dynamic(x))};
     rows.push_back(r);
   }
 
@@ -100,9 +69,9 @@ int main(int argc, char** argv) {
       const Row& r = rows[i];
       bench::Json j;
       j.add("batch", r.c.batch).add("in_features", r.c.in).add("out_features", r.c.out).add("threads", 1);
-      j.add("float", r.float_t).add("int8_dynamic", r.int8_t_);
-      j.add("speedup", r.float_t.median / r.int8_t_.median)
-          .add("speedup_cpu", r.float_t.cpu_median / r.int8_t_.cpu_median)
+      j.add("float", r.pair.b).add("int8_dynamic", r.pair.a);
+      j.add("speedup", r.pair.ratio)
+          .add("speedup_cpu", r.pair.cpu_ratio)
           .add("output_sqnr_db", r.sqnr_db);
       out += (i ? ", " : "") + j.str();
     }
@@ -115,11 +84,10 @@ int main(int argc, char** argv) {
   for (const Row& r : rows) {
     const std::string layer = std::to_string(r.c.in) + "->" + std::to_string(r.c.out);
     std::printf("%-12s %6lld %12.1f %12.1f %8.2fx %12.1f %12.1f %8.2fx %10.1f\n", layer.c_str(),
-                static_cast<long long>(r.c.batch), r.float_t.median * 1e6, r.int8_t_.median * 1e6,
-                r.float_t.median / r.int8_t_.median, r.float_t.cpu_median * 1e6, r.int8_t_.cpu_median * 1e6,
-                r.float_t.cpu_median / r.int8_t_.cpu_median, r.sqnr_db);
+                static_cast<long long>(r.c.batch), r.pair.b.median * 1e6, r.pair.a.median * 1e6, r.pair.ratio,
+                r.pair.b.cpu_median * 1e6, r.pair.a.cpu_median * 1e6, r.pair.cpu_ratio, r.sqnr_db);
   }
-  std::printf("speedup = float time / int8 time (> 1: int8 is faster), on the wall clock and on this thread's CPU\n"
+  std::printf("speedup = float time / int8 time, median of per-pair ratios (> 1: int8 is faster), on the wall clock and on this thread's CPU\n"
               "time (which a busy machine disturbs less). SQNR: int8 output against float, docs/ptq.md eq. 10.\n");
   return 0;
 }

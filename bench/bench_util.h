@@ -85,6 +85,51 @@ Timing measure(F&& fn, MeasureOptions opt = {}) {
   return t;
 }
 
+// Two functions timed in alternating samples (a, b, a, b, ...) after a
+// warm-up, `inner_a` / `inner_b` calls per sample. Each side gets its Timing;
+// `ratio` is the median of the per-pair ratios t_b / t_a (wall clock) and
+// `cpu_ratio` the same on thread CPU time. Alternating makes a change of
+// machine load during the run slow both sides of a ratio alike.
+struct PairTiming {
+  Timing a, b;
+  double ratio = 0, cpu_ratio = 0;
+};
+
+template <class A, class B>
+PairTiming measure_pair(A&& a, B&& b, int repeats, int inner_a, int inner_b, int warmup = 3) {
+  struct Samples {
+    std::vector<double> wall, cpu;
+  } sa, sb, ignored;
+  auto sample = [](auto& fn, int inner, Samples& out) {
+    const double w0 = now_seconds(), c0 = thread_cpu_seconds();
+    for (int i = 0; i < inner; ++i) fn();
+    out.cpu.push_back((thread_cpu_seconds() - c0) / inner);
+    out.wall.push_back((now_seconds() - w0) / inner);
+  };
+  for (int w = 0; w < warmup; ++w) {
+    sample(a, inner_a, ignored);
+    sample(b, inner_b, ignored);
+  }
+  std::vector<double> ratios, cpu_ratios;
+  for (int r = 0; r < repeats; ++r) {
+    sample(a, inner_a, sa);
+    sample(b, inner_b, sb);
+    ratios.push_back(sb.wall.back() / sa.wall.back());
+    cpu_ratios.push_back(sb.cpu.back() / sa.cpu.back());
+  }
+  auto summary = [&](const Samples& s, int inner) {
+    Timing t;
+    t.median = median_of(s.wall);
+    t.min = *std::min_element(s.wall.begin(), s.wall.end());
+    t.max = *std::max_element(s.wall.begin(), s.wall.end());
+    t.cpu_median = median_of(s.cpu);
+    t.repeats = repeats;
+    t.inner = inner;
+    return t;
+  };
+  return {summary(sa, inner_a), summary(sb, inner_b), median_of(ratios), median_of(cpu_ratios)};
+}
+
 // Chooses `inner` so one sample of fn() lasts about `target_seconds`.
 template <class F>
 int calibrate_inner(F&& fn, double target_seconds = 0.01) {
@@ -130,6 +175,12 @@ class Json {
     j.add("median_s", t.median).add("min_s", t.min).add("max_s", t.max).add("cpu_median_s", t.cpu_median);
     j.add("repeats", t.repeats).add("inner", t.inner);
     return add(key, j);
+  }
+
+  Json& add(const std::string& key, const std::vector<Json>& items) {
+    std::string s = "[";
+    for (size_t i = 0; i < items.size(); ++i) s += (i ? ", " : "") + items[i].str();
+    return put(key, s + "]");
   }
 
   std::string str() const {

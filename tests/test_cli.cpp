@@ -15,6 +15,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -260,6 +261,49 @@ TEST_CASE("cli: exit codes and one-line errors", "[cli]") {
     expect_one_line_error(tinyqat("train --epochs 1 --out " + temp_path("y") + " --data " + temp_path("no_such_dir")), 1,
                           "dataset-fashion-mnist");
   }
+}
+
+TEST_CASE("cli bench: --quick --json measures every section of the speed report", "[cli][bench]") {
+  // Figures, not timing assertions: every shape and batch is there, each time
+  // is positive, each ratio is the one its two times imply (to within the
+  // spread of a median of per-pair ratios).
+  const Run r = tinyqat("bench --quick --json");
+  REQUIRE(r.status == 0);
+  const json j = json::parse(r.out);
+  CHECK(j["threads"] == 1);
+  CHECK(j["peak_rss_mib"].get<double>() > 0);
+  const json& gemm = j["int8_gemm"]["rows"];
+  REQUIRE(gemm.size() == 12);
+  std::vector<std::tuple<int, int, int>> shapes;
+  for (const json& row : gemm) {
+    shapes.emplace_back(row["M"], row["K"], row["N"]);
+    CHECK(row["int8_us"].get<double>() > 0);
+    CHECK(row["sgemm_us"].get<double>() > 0);
+    const double implied = row["sgemm_us"].get<double>() / row["int8_us"].get<double>();
+    CHECK(row["speedup_vs_sgemm"].get<double>() > 0.5 * implied);
+    CHECK(row["speedup_vs_sgemm"].get<double>() < 2.0 * implied);
+    CHECK(row.contains("sgemv_us") == (row["M"] == 1));
+  }
+  CHECK(std::count(shapes.begin(), shapes.end(), std::make_tuple(256, 1024, 1024)) == 1);
+  CHECK(std::count(shapes.begin(), shapes.end(), std::make_tuple(1, 784, 256)) == 1);
+  const json& inference = j["mlp_inference"]["rows"];
+  REQUIRE(inference.size() == 3);
+  CHECK(inference[0]["batch"] == 1);
+  CHECK(inference[2]["batch"] == 1000);
+  for (const json& row : inference) CHECK(row["int8_us"].get<double>() > 0);
+  const json& step = j["mlp_train_step"];
+  CHECK(step["batch"] == 64);
+  CHECK(step["float_step"]["median_us"].get<double>() > 0);
+  CHECK(step["qat_step"]["median_us"].get<double>() > 0);
+  CHECK(step["float_over_gemms"].get<double>() > 0);
+  CHECK(j["simple_nn"]["float_step"]["median_us"].get<double>() > 0);
+  CHECK(j["simple_nn"]["qat_step"]["median_us"].get<double>() > 0);
+
+  const Run text = tinyqat("bench --quick --only d");
+  REQUIRE(text.status == 0);
+  CHECK_THAT(text.out, Contains("(d) SimpleNN") && Contains("QAT step") && !Contains("(a) int8 GEMM"));
+  expect_one_line_error(tinyqat("bench --only e"), 2, "--only 'e'");
+  expect_one_line_error(tinyqat("bench --threads 0"), 2, "--threads");
 }
 
 TEST_CASE("cli: a failing command leaves an existing --out file untouched", "[cli]") {

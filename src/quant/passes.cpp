@@ -199,4 +199,14 @@ void convert(nn::Module& model, const ModuleMapping& mapping) {
   model.eval();
 }
 
+int set_int8_threads(nn::Module& model, int threads) {
+  if (threads < 0) throw std::invalid_argument(fmt::format("set_int8_threads: threads {} must be >= 0", threads));
+  int n = 0;
+  for (auto& [path, m] : model.named_modules()) {
+    if (auto* q = dynamic_cast<QuantizedLinear*>(m)) q->threads = threads, ++n;
+    if (auto* d = dynamic_cast<DynamicQuantizedLinear*>(m)) d->threads = threads, ++n;
+  }
+  return n;
+}
+
 }  // namespace tq::quant

@@ -52,4 +52,9 @@ void convert(nn::Module& model, const ModuleMapping& mapping = default_static_qu
 int quantize_dynamic(nn::Module& model, const std::set<std::type_index>& types = {},
                      DType dtype = DType::i8, bool per_channel = true);
 
+// Sets the thread count of every int8 layer (QuantizedLinear,
+// DynamicQuantizedLinear) in `model`: 0 = all cores, 1 = the calling thread
+// only. Results do not depend on it. Returns how many layers were set.
+int set_int8_threads(nn::Module& model, int threads);
+
 }  // namespace tq::quant

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/model_file.h"
+#include "suite.h"
 #include "quant/quant.h"
 #include "tensor/random.h"
 #include "report.h"
@@ -319,7 +320,7 @@ int cmd_qat(int argc, char** argv) {
   const double float_acc = cmd["float_accuracy"].get<double>();
   const cli::Evaluation fq = cli::evaluate(*model, test_set);
   quant::convert(*model);
-  cli::set_int8_threads(*model, r["threads"].as<int>());
+  quant::set_int8_threads(*model, r["threads"].as<int>());
   const cli::Evaluation int8 = cli::evaluate(*model, test_set);
   const double step = cli::output_step(*model);
   io::save_model(*model, out, {{"accuracy", fmt::format("{:.2f}", int8.accuracy)}});
@@ -388,7 +389,7 @@ int cmd_ptq(int argc, char** argv) {
     }
   }
   quant::convert(*model);
-  cli::set_int8_threads(*model, r["threads"].as<int>());
+  quant::set_int8_threads(*model, r["threads"].as<int>());
   const cli::Evaluation int8 = cli::evaluate(*model, test_set);
   io::save_model(*model, out, {{"accuracy", fmt::format("{:.2f}", int8.accuracy)}});
   const double agree = cli::agreement(fl, int8);
@@ -418,7 +419,7 @@ int cmd_dynamic(int argc, char** argv) {
   auto model = load(from);
   const cli::Evaluation fl = cli::evaluate(*model, test_set);
   quant::quantize_dynamic(*model, {}, DType::i8, !r.count("per-tensor"));
-  cli::set_int8_threads(*model, r["threads"].as<int>());
+  quant::set_int8_threads(*model, r["threads"].as<int>());
   const cli::Evaluation dyn = cli::evaluate(*model, test_set);
   io::save_model(*model, out, {{"accuracy", fmt::format("{:.2f}", dyn.accuracy)}});
   const double agree = cli::agreement(fl, dyn);
@@ -440,7 +441,7 @@ int cmd_eval(int argc, char** argv) {
   const std::string path = require(r, "model");
   if (r["batch-size"].as<int64_t>() < 1) throw UsageError("--batch-size must be at least 1");
   auto model = load(path);
-  cli::set_int8_threads(*model, r["threads"].as<int>());
+  quant::set_int8_threads(*model, r["threads"].as<int>());
   const io::Dataset test_set = io::load_fashion_mnist(r["data"].as<std::string>(), io::Split::test);
   const cli::Evaluation ev = cli::evaluate(*model, test_set, r["batch-size"].as<int64_t>());
   const double l1 = cli::latency_us(*model, test_set, 1), l256 = cli::latency_us(*model, test_set, 256);
@@ -581,7 +582,7 @@ int cmd_pipeline(int argc, char** argv) {
   // convert works in place: the report needs the fake-quant model as it was.
   if (!report_dir.empty()) io::save_model(*qat, wd + "/" + cli::kQatPreparedFile);
   quant::convert(*qat);
-  cli::set_int8_threads(*qat, threads);
+  quant::set_int8_threads(*qat, threads);
   const cli::Evaluation qat8 = cli::evaluate(*qat, test_set);
   const double qat_steps = cli::max_step_difference(fq, qat8, cli::output_step(*qat));
   io::save_model(*qat, wd + "/qat_int8.safetensors");
@@ -602,7 +603,7 @@ int cmd_pipeline(int argc, char** argv) {
   }
   if (!report_dir.empty()) io::save_model(*ptq, wd + "/" + cli::kPtqCalibratedFile);  // the observers, before convert
   quant::convert(*ptq);
-  cli::set_int8_threads(*ptq, threads);
+  quant::set_int8_threads(*ptq, threads);
   const cli::Evaluation ptq8 = cli::evaluate(*ptq, test_set);
   io::save_model(*ptq, wd + "/ptq_int8.safetensors");
   table.push_back({"PTQ int8", ptq8.accuracy, cli::agreement(fl, ptq8), "float", cli::file_bytes(wd + "/ptq_int8.safetensors"),
@@ -611,7 +612,7 @@ int cmd_pipeline(int argc, char** argv) {
   // 4. Dynamic.
   auto dyn = io::load_model(float_path);
   quant::quantize_dynamic(*dyn);
-  cli::set_int8_threads(*dyn, threads);
+  quant::set_int8_threads(*dyn, threads);
   const cli::Evaluation dyn8 = cli::evaluate(*dyn, test_set);
   io::save_model(*dyn, wd + "/dynamic_int8.safetensors");
   table.push_back({"dynamic int8", dyn8.accuracy, cli::agreement(fl, dyn8), "float", cli::file_bytes(wd + "/dynamic_int8.safetensors"),
@@ -730,7 +731,7 @@ int cmd_lowbit(int argc, char** argv) {
                 .label = fmt::format("W{}A{} {}", w, a, lsq ? "LSQ" : "QAT")});
     const cli::Evaluation fq = cli::evaluate(*m, test_set);
     quant::convert(*m);
-    cli::set_int8_threads(*m, threads);
+    quant::set_int8_threads(*m, threads);
     const cli::Evaluation q = cli::evaluate(*m, test_set);
     io::save_model(*m, path);
     return Result{q.accuracy, fq.accuracy, cli::agreement(fq, q), cli::file_bytes(path)};
@@ -750,7 +751,7 @@ int cmd_lowbit(int argc, char** argv) {
       for (int i = 0; i < 32 && loader.next(b); ++i) (*m)(b.images);
     }
     quant::convert(*m);
-    cli::set_int8_threads(*m, threads);
+    quant::set_int8_threads(*m, threads);
     const cli::Evaluation q = cli::evaluate(*m, test_set);
     io::save_model(*m, path);
     return Result{q.accuracy, 0, 0, cli::file_bytes(path)};
@@ -782,10 +783,86 @@ int cmd_lowbit(int argc, char** argv) {
   return 0;
 }
 
+// ---- bench ----
+
+int cmd_bench(int argc, char** argv) {
+  cxxopts::Options o("tinyqat bench",
+                     "Speed, measured side by side in one run (docs/speed.md):\n"
+                     "  (a) int8 GEMM vs cblas_sgemm (and cblas_sgemv at M=1), M in {1,64,256,1024} x "
+                     "(784->256, 256->128, 1024->1024)\n"
+                     "  (b) the MLP 784-256-128-10, static int8 vs float forward, batch 1, 64, 1000\n"
+                     "  (c) its train step at batch 64: float step vs the same GEMMs alone, QAT step vs float step\n"
+                     "  (d) SimpleNN 10-5-2 train step at batch 1, float and QAT, in microseconds\n"
+                     "Each ratio is the median of per-pair ratios of alternating samples.\n\n"
+                     "--json prints one object: threads, quick, int8_kernel, load_average_before/after,\n"
+                     "peak_rss_mib, seconds, and one key per section run:\n"
+                     "  int8_gemm {kernel, rows: [{M, K, N, path, sgemm_us, int8_us, speedup_vs_sgemm,\n"
+                     "             sgemv_us, speedup_vs_sgemv (M=1), target, met}]}\n"
+                     "  mlp_inference {model, rows: [{batch, float_us, int8_us, speedup, speedup_cpu, target, met}]}\n"
+                     "  mlp_train_step {batch, gemms, float_step, qat_step (timings: median_us, min_us,\n"
+                     "             cpu_median_us, samples, calls_per_sample), float_over_gemms, qat_over_float, ...}\n"
+                     "  simple_nn {float_step, qat_step (timings), qat_over_float, target_us}");
+  o.add_options()("threads", "threads for OpenBLAS and the int8 kernels (the targets are for 1)",
+                  cxxopts::value<int>()->default_value("1"))(
+      "only", "run only these sections, e.g. --only ab", cxxopts::value<std::string>()->default_value("abcd"))(
+      "quick", "few, short samples: a smoke run, not for claims")("json", "print one JSON object instead of the tables")(
+      "h,help", "show this help");
+  auto r = parse(o, argc, argv);
+  bench::SuiteOptions options{.threads = r["threads"].as<int>(), .quick = r.count("quick") > 0};
+  if (options.threads < 1) throw UsageError("--threads must be at least 1");
+  const std::string only = r["only"].as<std::string>();
+  if (only.empty() || only.find_first_not_of("abcd") != std::string::npos)
+    throw UsageError(fmt::format("--only '{}': use letters among a, b, c, d", only));
+  auto wanted = [&](char c) { return only.find(c) != std::string::npos; };
+  const bool as_json = r.count("json") > 0;
+
+  const auto t0 = std::chrono::steady_clock::now();
+  bench::Json j;
+  j.add("threads", options.threads).add("quick", options.quick).add("int8_kernel", bench::int8_kernel_description());
+  j.add("load_average_before", bench::load_average());
+  auto section = [&](auto&& print) {
+    if (as_json) return;
+    print();
+    std::printf("\n");
+    std::fflush(stdout);
+  };
+  if (!as_json)
+    std::printf("tinyqat bench: %d thread(s), int8 kernel %s%s; load average %.2f\n\n", options.threads,
+                bench::int8_kernel_description().c_str(), options.quick ? ", quick (not for claims)" : "", bench::load_average());
+  if (wanted('a')) {
+    const auto rows = bench::int8_gemm(options);
+    j.add("int8_gemm", bench::int8_gemm_json(rows));
+    section([&] { bench::print_int8_gemm(stdout, rows, options); });
+  }
+  if (wanted('b')) {
+    const auto rows = bench::mlp_inference(options);
+    j.add("mlp_inference", bench::mlp_inference_json(rows));
+    section([&] { bench::print_mlp_inference(stdout, rows, options); });
+  }
+  if (wanted('c')) {
+    const auto step = bench::mlp_train_step(options);
+    j.add("mlp_train_step", bench::mlp_train_step_json(step));
+    section([&] { bench::print_mlp_train_step(stdout, step, options); });
+  }
+  if (wanted('d')) {
+    const auto simple = bench::simple_nn_step(options);
+    j.add("simple_nn", bench::simple_nn_step_json(simple));
+    section([&] { bench::print_simple_nn_step(stdout, simple); });
+  }
+  const double secs = seconds_since(t0);
+  j.add("load_average_after", bench::load_average()).add("peak_rss_mib", bench::peak_rss_mib()).add("seconds", secs);
+  if (as_json)
+    std::printf("%s\n", j.str().c_str());
+  else
+    std::printf("peak resident memory %.1f MiB; %.1f s; load average %.2f\n", bench::peak_rss_mib(), secs,
+                bench::load_average());
+  return 0;
+}
+
 const std::map<std::string, int (*)(int, char**)> kCommands = {
     {"train", cmd_train}, {"qat", cmd_qat},         {"ptq", cmd_ptq},         {"dynamic", cmd_dynamic},
     {"eval", cmd_eval},   {"inspect", cmd_inspect}, {"compare", cmd_compare}, {"pipeline", cmd_pipeline},
-    {"lowbit", cmd_lowbit}, {"report", cmd_report},
+    {"lowbit", cmd_lowbit}, {"report", cmd_report},   {"bench", cmd_bench},
 };
 
 void usage(std::FILE* f) {
@@ -801,7 +878,8 @@ void usage(std::FILE* f) {
                "  compare   per-layer SQNR of a quantized model against its float model\n"
                "  pipeline  all of the above in one run, with a comparison table (--report DIR: HTML pictures)\n"
                "  lowbit    accuracy and size from 8 down to 2 bits: PTQ, QAT, LSQ\n"
-               "  report    redraw the HTML report of a pipeline workdir\n");
+               "  report    redraw the HTML report of a pipeline workdir\n"
+               "  bench     speed: int8 vs float GEMM and MLP, train step vs its GEMMs, QAT vs float\n");
 }
 
 }  // namespace

@@ -309,13 +309,6 @@ void check_output_path(const std::string& path) {
     throw std::runtime_error(fmt::format("--out {}: is a directory", path));
 }
 
-void set_int8_threads(nn::Module& model, int threads) {
-  for (auto& [path, m] : model.named_modules()) {
-    if (auto* q = dynamic_cast<quant::QuantizedLinear*>(m)) q->threads = threads;
-    if (auto* d = dynamic_cast<quant::DynamicQuantizedLinear*>(m)) d->threads = threads;
-  }
-}
-
 double output_step(nn::Module& model) {
   double step = 0;
   for (auto& [path, m] : model.named_modules()) {

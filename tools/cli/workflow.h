@@ -122,8 +122,6 @@ double latency_us(nn::Module& model, const io::Dataset& data, int64_t batch, int
 int64_t file_bytes(const std::string& path);
 // Throws when the directory that would hold `path` does not exist.
 void check_output_path(const std::string& path);
-// Sets the int8 kernels' thread count in every quantized layer of `model`.
-void set_int8_threads(nn::Module& model, int threads);
 // The output scale of the last quantized layer (one quantization step of the logits).
 double output_step(nn::Module& model);
 
