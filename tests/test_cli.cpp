@@ -253,6 +253,12 @@ TEST_CASE("cli: exit codes and one-line errors", "[cli]") {
     write_bytes(bad, std::string("\xff\xff\xff\xff\x00\x00\x00\x00{}", 10));
     expect_one_line_error(tinyqat("eval --model " + bad), 1, bad + ": header length");
     expect_one_line_error(tinyqat("inspect --model " + bad), 1, bad);
+    // qat / ptq / dynamic given an int8 model instead of a float one.
+    for (const char* cmd : {"qat", "ptq", "dynamic"}) {
+      INFO(cmd);
+      expect_one_line_error(tinyqat(std::string(cmd) + " --from " + qat_path() + " --out " + temp_path("z")), 1,
+                            qat_path() + ": holds a model that is already prepared or quantized ('fc1' is a QuantizedLinear");
+    }
     expect_one_line_error(tinyqat("eval --model " + temp_path("missing.safetensors")), 1, "missing.safetensors: cannot open");
     expect_one_line_error(tinyqat("eval --model " + scratch_dir().string()), 1, "is a directory");
     const std::string data = broken_data_dir();

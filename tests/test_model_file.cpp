@@ -182,6 +182,24 @@ TEST_CASE("model file: a float MLP loads back with identical outputs", "[modelfi
   CHECK(meta["model"]["children"][0]["module"]["config"] == json{{"in_features", 784}, {"out_features", 256}, {"bias", true}});
 }
 
+TEST_CASE("model file: loading a model leaves the caller's random sequence where it was", "[modelfile]") {
+  manual_seed(1);
+  auto model = make_mlp({784, 256, 128, 10});
+  const std::string path = temp_path("rng.safetensors");
+  io::save_model(*model, path);
+  manual_seed(42);
+  const Tensor expected = randn({8});
+  manual_seed(42);
+  auto loaded = io::load_model(path);  // builds three Linear layers, whose constructors draw weights
+  CHECK(bitwise_equal(randn({8}), expected));
+  // And when the file is refused part way through building.
+  io::SafetensorsFile file = io::load_safetensors(path);
+  file.tensors.erase("fc3.weight");
+  manual_seed(42);
+  CHECK_THROWS(io::build_model(file, "no-fc3-weight"));
+  CHECK(bitwise_equal(randn({8}), expected));
+}
+
 TEST_CASE("model file: a QAT model restores observers and fake quants; eval and further training match",
           "[modelfile][qat]") {
   struct Case {

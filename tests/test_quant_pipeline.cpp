@@ -130,6 +130,22 @@ TEST_CASE("prepare_qat twice is an error", "[quant][pipeline]") {
   CHECK_THROWS_WITH(quant::prepare_qat(model), Catch::Contains("already prepared"));
 }
 
+TEST_CASE("prepare_qat or prepare of a converted model names the quantized layer", "[quant][pipeline][errors]") {
+  SimpleNN model;
+  model.qconfig = quant::get_default_qat_qconfig("x86");
+  quant::prepare_qat(model);
+  {
+    NoGradGuard no_grad;
+    model(randn({4, 10}));
+  }
+  quant::convert(model);
+  model.qconfig = quant::get_default_qat_qconfig("x86");
+  const std::string before = model.repr();
+  CHECK_THROWS_WITH(quant::prepare_qat(model), Catch::Contains("already quantized") && Catch::Contains("'fc1' is a QuantizedLinear"));
+  CHECK_THROWS_WITH(quant::prepare(model), Catch::StartsWith("prepare: the model is already quantized"));
+  CHECK(model.repr() == before);
+}
+
 TEST_CASE("prepare_qat without any qconfig is an error that says what to do", "[quant][pipeline]") {
   SimpleNN model;
   CHECK_THROWS_WITH(quant::prepare_qat(model), Catch::Contains("qconfig"));

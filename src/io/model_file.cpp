@@ -11,6 +11,7 @@
 #include "nn/activation.h"
 #include "nn/linear.h"
 #include "nn/sequential.h"
+#include "tensor/random.h"
 #include "quant/dynamic_linear.h"
 #include "quant/fake_quantize.h"
 #include "quant/fused.h"
@@ -537,7 +538,19 @@ void save_model(const nn::Module& model, const std::string& path, const std::map
 
 std::shared_ptr<nn::Module> build_model(const SafetensorsFile& file, const std::string& name) {
   const json meta = model_tree(file, name);
-  auto model = decode_tree(meta["model"], file.tensors, "", name, 0);
+  // Constructing the modules draws initial weights from the default
+  // generator; they are overwritten by the file's. Loading a model must not
+  // shift the caller's random sequence, so the generator is put back.
+  Generator& rng = default_generator();
+  const Generator::State saved = rng.state();
+  std::shared_ptr<nn::Module> model;
+  try {
+    model = decode_tree(meta["model"], file.tensors, "", name, 0);
+  } catch (...) {
+    rng.set_state(saved);
+    throw;
+  }
+  rng.set_state(saved);
   // The model was built from the file itself: a mismatch is a defect of the file.
   try {
     restore_state(*model, file.tensors, name);

@@ -132,6 +132,10 @@ void prepare_with(nn::Module& model, const ModuleMapping& mapping, const char* p
     if (auto* p = dynamic_cast<QATLinear*>(m))
       throw std::logic_error(fmt::format("{}: the model is already prepared ('{}' is a {})", pass, p->name,
                                          p->type_name()));
+  for (auto& [path, m] : model.named_modules())
+    if (dynamic_cast<QuantizedLinear*>(m) || dynamic_cast<DynamicQuantizedLinear*>(m))
+      throw std::logic_error(fmt::format("{}: the model is already quantized ('{}' is a {}); {} starts from a float model",
+                                         pass, path, m->type_name(), pass));
   const int n = swap_modules(model, "", model.qconfig.value_or(nullptr), mapping, true);
   if (n == 0)
     throw std::logic_error(fmt::format("{}: no module with a qconfig has a mapping (is there a Linear under the qconfig?)", pass));
@@ -182,10 +186,17 @@ void convert(nn::Module& model, const ModuleMapping& mapping) {
   for (auto& [path, m] : model.named_modules()) {
     if (mapping.count(std::type_index(typeid(*m))) == 0) continue;
     any_prepared = true;
-    if (auto* p = dynamic_cast<QATLinear*>(m)) {
-      p->output_quant->calculate_qparams();  // throws naming the layer
-      p->weight_quant->calculate_qparams();  // if it saw no data
-    }
+    auto* p = dynamic_cast<QATLinear*>(m);
+    if (!p) continue;
+    // Each range the int8 layer will be made from must give valid qparams:
+    // no data yet, or a range that is not finite, stops here, naming the layer.
+    try {
+      p->output_quant->calculate_qparams();
+      p->weight_quant->calculate_qparams();
+      if (p->saw_float_input()) p->input_quant->calculate_qparams();
+    } catch (const std::invalid_argument& e) {  // from calculate_qparams, which knows no layer names
+      throw std::invalid_argument(fmt::format("convert: layer '{}': {}", path, e.what()));
+    }  // "has seen no data" (logic_error) names the observer by its path already
   }
   if (!any_prepared) {
     for (auto& [path, m] : model.named_modules())

@@ -74,6 +74,19 @@ std::string require(const cxxopts::ParseResult& r, const char* name) {
 
 std::shared_ptr<nn::Module> load(const std::string& path) { return io::load_model(path); }
 
+// A model file that qat, ptq, dynamic and lowbit can start from: float
+// layers only (LinearReLU counts as float).
+std::shared_ptr<nn::Module> load_float(const std::string& path, const char* command) {
+  auto model = load(path);
+  for (auto& [name, m] : model->named_modules())
+    if (dynamic_cast<quant::QuantizedLinear*>(m) || dynamic_cast<quant::DynamicQuantizedLinear*>(m) ||
+        dynamic_cast<quant::QATLinear*>(m))
+      throw std::runtime_error(fmt::format("{}: holds a model that is already prepared or quantized ('{}' is a {}); "
+                                           "{} starts from a float model, such as the one `tinyqat train` writes",
+                                           path, name, m->type_name(), command));
+  return model;
+}
+
 void add_checkpointing(cxxopts::Options& o) {
   o.add_options("checkpoints")("checkpoint-every", "save a checkpoint every N training steps (0 = never)",
                                cxxopts::value<int64_t>()->default_value("0"))(
@@ -295,7 +308,7 @@ int cmd_qat(int argc, char** argv) {
     model = ck->model;  // already prepared for QAT, with its observers' state
     default_generator().set_state(ck->global_rng);
   } else {
-    model = load(require(r, "from"));
+    model = load_float(require(r, "from"), "qat");
     cmd["float_accuracy"] = cli::evaluate(*model, test_set).accuracy;
     if (cmd["fuse"].get<bool>()) quant::fuse_linear_relu(*model);
     model->qconfig = qconfig;
@@ -371,7 +384,7 @@ int cmd_ptq(int argc, char** argv) {
   const io::Dataset test_set = io::load_fashion_mnist(dir, io::Split::test);
 
   const auto t0 = std::chrono::steady_clock::now();
-  auto model = load(from);
+  auto model = load_float(from, "ptq");
   const cli::Evaluation fl = cli::evaluate(*model, test_set);
   if (!r.count("no-fuse")) quant::fuse_linear_relu(*model);
   model->qconfig = qconfig;
@@ -416,7 +429,7 @@ int cmd_dynamic(int argc, char** argv) {
   cli::check_output_path(out);
   const io::Dataset test_set = io::load_fashion_mnist(r["data"].as<std::string>(), io::Split::test);
   const auto t0 = std::chrono::steady_clock::now();
-  auto model = load(from);
+  auto model = load_float(from, "dynamic");
   const cli::Evaluation fl = cli::evaluate(*model, test_set);
   quant::quantize_dynamic(*model, {}, DType::i8, !r.count("per-tensor"));
   quant::set_int8_threads(*model, r["threads"].as<int>());
@@ -710,7 +723,7 @@ int cmd_lowbit(int argc, char** argv) {
   const io::Dataset test_set = io::load_fashion_mnist(dir, io::Split::test);
   const bool progress = cli::progress_wanted(r.count("progress") > 0);
   const int threads = r["threads"].as<int>();
-  auto float_model = load(from);
+  auto float_model = load_float(from, "lowbit");
   const double float_acc = cli::evaluate(*float_model, test_set).accuracy;
   const int64_t float_bytes = cli::file_bytes(from);
 
