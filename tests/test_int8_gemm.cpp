@@ -209,14 +209,26 @@ TEST_CASE("AVX2 requantized GEMM equals the reference bit for bit on edge shapes
   CHECK(variant == 960);
 }
 
-TEST_CASE("every range combination on both AVX2 paths, threads 1 and 2", "[int8_gemm]") {
+// Splits every call across threads, however small, for one scope (by
+// default only calls above int8_parallel_min_macs() are split).
+struct SplitEveryCall {
+  int64_t saved = tq::int8_parallel_min_macs();
+  SplitEveryCall() { tq::set_int8_parallel_min_macs(0); }
+  ~SplitEveryCall() { tq::set_int8_parallel_min_macs(saved); }
+  SplitEveryCall(const SplitEveryCall&) = delete;
+  SplitEveryCall& operator=(const SplitEveryCall&) = delete;
+};
+
+TEST_CASE("every range combination on both AVX2 paths, threads 1 and 2, split by rows and by panels", "[int8_gemm]") {
   if (skip_without_avx2()) return;
   std::mt19937 rng(5);
+  const SplitEveryCall split;
+  CHECK_THROWS_WITH(tq::set_int8_parallel_min_macs(-1), Catch::Contains("must be >= 0"));
   for (const Range& x_range : kActivationRanges) {
     for (const Range& w_range : kWeightRanges) {
       for (int options = 0; options < 8; ++options) {
-        // Large enough to run on two threads, split by rows (M = 100) and by panels (M = 3).
-        for (const auto& [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{100, 64, 400}, {3, 1000, 784}}) {
+        // Split by rows (M >= 16), by panels (M < 16), uneven tails, one panel.
+        for (const auto& [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{100, 64, 400}, {3, 1000, 784}, {37, 50, 9}, {1, 15, 33}}) {
           const Case c = make_case(rng, M, N, K, x_range, w_range, options & 1, options & 2, options & 4);
           const std::vector<uint8_t> expected = run_requant_reference(c);
           const bool exact_fast_path = tq::maddubs_is_exact(x_range.hi, c.packed.max_abs());
@@ -303,6 +315,7 @@ TEST_CASE("dynamic GEMM: AVX2 f32 output equals the reference bit for bit and th
       }
     }
     if (!tq::cpu_has_avx2()) continue;
+    const SplitEveryCall split;  // so that the 2-thread trials really split
     for (Int8Kernel kernel : {Int8Kernel::avx2, Int8Kernel::avx2_widening}) {
       tq::ScopedInt8Kernel scoped(kernel);
       tq::gemm_u8i8_dynamic(c.X.data(), M, c.ldx, x_scale, c.zx, x_range.hi, c.packed, w_scale.data(), bias_or_null,

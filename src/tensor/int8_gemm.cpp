@@ -18,8 +18,7 @@ namespace tq {
 
 namespace {
 
-// Below this many multiply-accumulates a thread wake-up costs more than it saves.
-constexpr int64_t kParallelMinMacs = int64_t{1} << 21;
+std::atomic<int64_t> parallel_min_macs{kDefaultInt8ParallelMinMacs};
 
 template <class... Parts>
 [[noreturn]] void fail(const Parts&... parts) {
@@ -195,13 +194,18 @@ void run_avx2(const detail::Int8GemmProblem& problem, int threads) {
   if (M == 0) return;
   if (threads <= 0) threads = default_thread_count();
   const int64_t macs = M * W.N() * W.K();
-  if (threads == 1 || macs < kParallelMinMacs) {
+  if (threads == 1 || macs < parallel_min_macs.load(std::memory_order_relaxed)) {
     detail::int8_gemm_avx2(problem, 0, M, 0, W.n_panels());
     return;
   }
+  // A few tasks per thread rather than one: threads take tasks from a shared
+  // counter, so when one of them starts late (its core is busy, e.g. with an
+  // OpenBLAS thread still spinning after a float call) the others take its
+  // share instead of waiting for it.
+  constexpr int64_t kTasksPerThread = 4;
   constexpr int64_t kRowAlign = 4;  // a multiple of every row-tile height
   if (M >= 2 * kRowAlign * threads) {
-    int64_t rows = (M + threads - 1) / threads;
+    int64_t rows = std::max<int64_t>(2 * kRowAlign, (M + kTasksPerThread * threads - 1) / (kTasksPerThread * threads));
     rows = (rows + kRowAlign - 1) / kRowAlign * kRowAlign;
     const int64_t tasks = (M + rows - 1) / rows;
     ThreadPool::global().parallel_for(tasks, threads, [&](int64_t t) {
@@ -217,6 +221,13 @@ void run_avx2(const detail::Int8GemmProblem& problem, int threads) {
 }
 
 }  // namespace
+
+int64_t int8_parallel_min_macs() { return parallel_min_macs.load(); }
+
+void set_int8_parallel_min_macs(int64_t macs) {
+  if (macs < 0) throw std::invalid_argument("set_int8_parallel_min_macs: macs " + std::to_string(macs) + " must be >= 0");
+  parallel_min_macs.store(macs);
+}
 
 // ---------------------------------------------------------------------------
 // Static quantization.

@@ -118,6 +118,15 @@ bool maddubs_is_exact(int32_t x_quant_max, int32_t w_max_abs);
 // kernel setting.
 Int8Path select_int8_path(int32_t x_quant_max, const PackedWeightsI8& W);
 
+// Calls of at least this many multiply-adds (M * N * K) are split across
+// threads; smaller ones run on the calling thread. Default 10 M: on the 2-core
+// machine of docs/speed.md, waking a second thread costs tens of
+// microseconds, so 8.4 M ran slower on two threads and 12.8 M 1.3x faster.
+// Results never depend on it. Tests lower it to exercise the split.
+inline constexpr int64_t kDefaultInt8ParallelMinMacs = 10'000'000;
+int64_t int8_parallel_min_macs();
+void set_int8_parallel_min_macs(int64_t macs);  // >= 0
+
 // Sets the kernel for the lifetime of this object, then restores the old one.
 class ScopedInt8Kernel {
  public:
