@@ -3,6 +3,7 @@
 // straight through (docs/reliability.md).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -64,4 +65,33 @@ TEST_CASE("resume: a file that is not a checkpoint is a one-line error, exit 1",
   REQUIRE(run("train --epochs 1 --hidden 8 --batch-size 256 --out " + dir + "/float.st", dir) == 0);
   REQUIRE(run("train --out " + dir + "/x.st --resume " + dir + "/float.st", dir) == 1);
   REQUIRE(read_all(dir + "/stderr.txt").find("not a checkpoint") != std::string::npos);
+}
+
+TEST_CASE("train and qat: a loss that turns NaN stops naming epoch and step, and the last checkpoint stays", "[resume][cli][errors]") {
+  const std::string dir = (std::filesystem::temp_directory_path() / "tinyqat_nan_guard").string();
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  // lr 1e6 makes the loss NaN at step 5 (deterministic at seed 0, one thread).
+  const std::string common = "train --epochs 1 --hidden 16 --lr 1e6 --checkpoint-every 2";
+  REQUIRE(run(common + " --out " + dir + "/nan.st", dir) == 1);
+  const std::string err = read_all(dir + "/stderr.txt");
+  CHECK(err.find("train epoch 1, step 5: the loss became nan") != std::string::npos);
+  CHECK(std::count(err.begin(), err.end(), '\n') == 1);
+  CHECK_FALSE(std::filesystem::exists(dir + "/nan.st"));
+  // The checkpoint on disk is the one of step 4, the last good step: the same
+  // bytes as a run told to stop after step 4.
+  REQUIRE(run(common + " --stop-after 4 --out " + dir + "/stop.st", dir) == 0);
+  const std::string kept = read_all(dir + "/nan.st.ckpt");
+  REQUIRE(kept.size() > 1000);
+  CHECK(kept == read_all(dir + "/stop.st.ckpt"));
+
+  // In QAT an observer meets the infinite values before the loss does: the
+  // run still stops naming the epoch and step, exit 1.
+  REQUIRE(run("train --epochs 1 --hidden 16 --batch-size 256 --out " + dir + "/float.st", dir) == 0);
+  REQUIRE(run("qat --from " + dir + "/float.st --lr 1e8 --checkpoint-every 3 --out " + dir + "/q.st", dir) == 1);
+  const std::string qerr = read_all(dir + "/stderr.txt");
+  CHECK(qerr.find("qat epoch 1, step ") != std::string::npos);
+  CHECK(qerr.find("not finite") != std::string::npos);
+  CHECK(std::filesystem::exists(dir + "/q.st.ckpt"));
+  CHECK_FALSE(std::filesystem::exists(dir + "/q.st"));
 }

@@ -106,15 +106,27 @@ void train(nn::Module& model, nn::SGD& optimizer, io::DataLoader& loader, const 
     Progress bar(fmt::format("{} {}/{}", o.label, st.epoch + 1, o.epochs), loader.num_batches(), o.progress);
     bar.advance(st.step_in_epoch);
     while (loader.next(batch)) {
-      optimizer.zero_grad();
-      Tensor loss = cross_entropy(model(batch.images), batch.labels);
-      const double l = loss.item();
-      if (!std::isfinite(l))
-        throw std::runtime_error(fmt::format("{}: the loss became {} at epoch {}, step {}; stopping (lower --lr; the "
-                                             "last checkpoint, if any, is kept)",
-                                             o.label, l, st.epoch + 1, st.step_in_epoch + 1));
-      loss.backward();
-      optimizer.step();
+      // A diverging run shows up as a loss that is not finite, or earlier,
+      // in QAT, as an observer that saw an infinite range: either way the run
+      // stops, naming where, and the last checkpoint stays as it was.
+      auto diverged = [&](const std::string& what) {
+        return std::runtime_error(fmt::format("{} epoch {}, step {}: {}; stopping (try a lower --lr; the last "
+                                              "checkpoint, if any, is kept)",
+                                              o.label, st.epoch + 1, st.step_in_epoch + 1, what));
+      };
+      double l = 0;
+      try {
+        optimizer.zero_grad();
+        Tensor loss = cross_entropy(model(batch.images), batch.labels);
+        l = loss.item();
+        if (!std::isfinite(l)) throw diverged(fmt::format("the loss became {}", std::isnan(l) ? "nan" : l > 0 ? "inf" : "-inf"));
+        loss.backward();
+        optimizer.step();
+      } catch (const std::invalid_argument& e) {
+        const std::string what = e.what();
+        if (what.find("not finite") != std::string::npos || what.find("NaN") != std::string::npos) throw diverged(what);
+        throw std::invalid_argument(fmt::format("{} epoch {}, step {}: {}", o.label, st.epoch + 1, st.step_in_epoch + 1, what));
+      }
       st.loss_sum += l;
       ++st.step_in_epoch;
       ++st.global_step;
