@@ -10,7 +10,10 @@
 // says what is wrong.
 #include <catch2/catch.hpp>
 
+#include <sys/wait.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -172,4 +175,25 @@ TEST_CASE("fuzz regression: a histogram observer loaded with an infinite range i
              Catch::StartsWith("seed-observed-histogram-min-inf: ") && Catch::Contains("fc1.input_observer") &&
                  Catch::Contains("[-inf, ") && Catch::Contains("not finite"));
   CHECK(answer("model", "seed-observed-histogram-huge-range") == "");  // finite, however wide: accepted and runs
+}
+
+// The same files through the tinyqat binary, as a user would pass them: every
+// safetensors and model input ends with exit 0 (read) or 1 (a one-line error),
+// never a signal or a hang (killed after 10 s, exit 137).
+TEST_CASE("fuzz corpus: tinyqat inspect answers every safetensors and model input with exit 0 or 1", "[fuzz][cli][errors]") {
+  const std::string binary = std::string(TINYQAT_BINARY_DIR) + "/tinyqat";
+  REQUIRE(fs::exists(binary));
+  int files = 0;
+  for (const char* target : {"safetensors", "model"}) {
+    for (const fs::path& f : inputs_of(target)) {
+      INFO(f.string());
+      const std::string cmd = "timeout -s KILL 10 " + binary + " inspect --model '" + f.string() + "' >/dev/null 2>&1";
+      const int status = std::system(cmd.c_str());
+      REQUIRE(WIFEXITED(status));
+      const int code = WEXITSTATUS(status);
+      CHECK((code == 0 || code == 1));
+      ++files;
+    }
+  }
+  CHECK(files >= 100);
 }

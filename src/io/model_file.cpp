@@ -546,9 +546,14 @@ std::shared_ptr<nn::Module> build_model(const SafetensorsFile& file, const std::
   std::shared_ptr<nn::Module> model;
   try {
     model = decode_tree(meta["model"], file.tensors, "", name, 0);
-  } catch (...) {
+  } catch (const FormatError&) {
     rng.set_state(saved);
     throw;
+  } catch (const std::exception& e) {
+    // A constructor refused what the file describes (a bad module name, a
+    // size it cannot take): a defect of the file, so say which file.
+    rng.set_state(saved);
+    throw FormatError(fmt::format("{}: {}", name, e.what()));
   }
   rng.set_state(saved);
   // The model was built from the file itself: a mismatch is a defect of the file.

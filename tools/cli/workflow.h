@@ -55,7 +55,7 @@ struct TrainOptions {
   std::string label = "train";
   // Every this many steps, save a checkpoint to checkpoint_path (0 = never).
   int64_t checkpoint_every = 0;
-  std::string checkpoint_path;
+  std::string checkpoint_path = {};
   // Stop (as if killed) after this many steps in this run (0 = never); for
   // testing resume. Training then returns early with `interrupted` set.
   int64_t stop_after = 0;
