@@ -540,6 +540,41 @@ TEST_CASE("model file: defects of a model file are FormatErrors naming the file 
     expect_error(with_meta(m), "scale 0 must be positive");
   }
   {
+    json m = meta;
+    m["model"]["children"][0]["module"]["config"]["output_qparams"].erase("scale");
+    expect_error(with_meta(m), "scale");
+  }
+  {
+    json m = meta;
+    m["model"]["children"][0]["module"]["config"]["output_qparams"]["scale"][0] = 0.0;
+    expect_error(with_meta(m), "must be positive");
+  }
+  {
+    json m = meta;  // JSON has no NaN: a writer that had one leaves null
+    m["model"]["children"][0]["module"]["config"]["weight_qparams"]["scale"][1] = nullptr;
+    expect_error(with_meta(m), "scale");
+  }
+  {
+    json m = meta;
+    m["model"]["children"][0]["module"]["config"]["output_qparams"]["zero_point"][0] = 300;
+    expect_error(with_meta(m), "zero point 300");
+  }
+  {
+    json m = meta;  // a float where an integer belongs: refused, not cast (a cast of 1e30 is undefined behaviour)
+    m["model"]["children"][0]["module"]["config"]["in_features"] = 1e30;
+    expect_error(with_meta(m), "'in_features' must be an integer");
+  }
+  {
+    json m = meta;
+    m["model"]["children"][0]["module"]["config"]["output_qparams"]["zero_point"][0] = 1e10;
+    expect_error(with_meta(m), "'zero_point[0]' must be an integer in [-2147483648, 2147483647]");
+  }
+  {
+    io::SafetensorsFile f = good;
+    f.tensors["fc1.weight"] = zeros({8, 19}, DType::i8);  // fc1 is Linear(20, 8)
+    expect_error(f, "fc1");
+  }
+  {
     io::SafetensorsFile f = good;
     f.tensors.erase("fc2.bias");
     expect_error(f, "no tensor 'bias'");

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <limits>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -43,16 +44,36 @@ QScheme parse_qscheme(const std::string& s) {
   throw FormatError("unknown qscheme '" + s + "'");
 }
 
+// v as an integer of type T. nlohmann's get<int>() converts a float such
+// as 1e30 with a plain cast (undefined behaviour out of range), so the value
+// must be a JSON integer that fits T.
+template <class T>
+T integer_value(const json& v, const std::string& name) {
+  if (v.is_number_unsigned()) {
+    if (v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max())) return static_cast<T>(v.get<uint64_t>());
+  } else if (v.is_number_integer()) {
+    const int64_t x = v.get<int64_t>();
+    if (x >= std::numeric_limits<T>::min() && x <= std::numeric_limits<T>::max()) return static_cast<T>(x);
+  }
+  throw FormatError(fmt::format("'{}' must be an integer in [{}, {}], not {}", name, std::numeric_limits<T>::min(),
+                                std::numeric_limits<T>::max(), v.dump().substr(0, 40)));
+}
+
+template <class T>
+T integer(const json& j, const char* key) {
+  return integer_value<T>(j.at(key), key);
+}
+
 q::QuantSpec spec_from_json(const json& j) {
   q::QuantSpec s;
-  s.quant_min = j.at("quant_min").get<int32_t>();
-  s.quant_max = j.at("quant_max").get<int32_t>();
+  s.quant_min = integer<int32_t>(j, "quant_min");
+  s.quant_max = integer<int32_t>(j, "quant_max");
   const std::string dt = j.at("dtype").get<std::string>();
   if (dt == "u8") s.dtype = DType::u8;
   else if (dt == "i8") s.dtype = DType::i8;
   else throw FormatError("quantized dtype must be u8 or i8, not '" + dt + "'");
   s.qscheme = parse_qscheme(j.at("qscheme").get<std::string>());
-  s.ch_axis = j.at("ch_axis").get<int>();
+  s.ch_axis = integer<int>(j, "ch_axis");
   q::validate(s, "model file");
   return s;
 }
@@ -62,14 +83,40 @@ json qparams_to_json(const QParams& p) {
           {"quant_max", p.quant_max}, {"scale", p.scale}, {"zero_point", p.zero_point}};
 }
 
+// j[key] as T, or a FormatError naming `what` and the key (a missing key, a
+// null where a number belongs: JSON has no NaN, so a writer that had one
+// leaves null).
+template <class T>
+T field(const json& j, const char* key, const std::string& what) {
+  if (!j.is_object() || !j.contains(key)) throw FormatError(fmt::format("{}: no '{}'", what, key));
+  try {
+    if constexpr (std::is_integral_v<T>) {
+      return integer_value<T>(j.at(key), key);
+    } else if constexpr (std::is_same_v<T, std::vector<int32_t>>) {
+      const json& v = j.at(key);
+      if (!v.is_array()) throw FormatError(fmt::format("'{}' must be an array", key));
+      std::vector<int32_t> out;
+      for (size_t i = 0; i < v.size(); ++i) out.push_back(integer_value<int32_t>(v[i], fmt::format("{}[{}]", key, i)));
+      return out;
+    } else {
+      return j.at(key).get<T>();
+    }
+  } catch (const FormatError& e) {
+    throw FormatError(fmt::format("{}: {}", what, e.what()));
+  } catch (const json::exception&) {
+    throw FormatError(fmt::format("{}: '{}' has the wrong type or a null / non-numeric value: {}", what, key,
+                                  j.at(key).dump().substr(0, 80)));
+  }
+}
+
 QParams qparams_from_json(const json& j, const std::string& what) {
   QParams p;
-  p.scheme = parse_qscheme(j.at("qscheme").get<std::string>());
-  p.axis = j.at("axis").get<int>();
-  p.quant_min = j.at("quant_min").get<int32_t>();
-  p.quant_max = j.at("quant_max").get<int32_t>();
-  p.scale = j.at("scale").get<std::vector<float>>();
-  p.zero_point = j.at("zero_point").get<std::vector<int32_t>>();
+  p.scheme = parse_qscheme(field<std::string>(j, "qscheme", what));
+  p.axis = field<int>(j, "axis", what);
+  p.quant_min = field<int32_t>(j, "quant_min", what);
+  p.quant_max = field<int32_t>(j, "quant_max", what);
+  p.scale = field<std::vector<float>>(j, "scale", what);
+  p.zero_point = field<std::vector<int32_t>>(j, "zero_point", what);
   if (p.quant_min >= p.quant_max)
     throw FormatError(fmt::format("{}: quant_min {} is not below quant_max {}", what, p.quant_min, p.quant_max));
   if (p.scale.empty() || p.scale.size() != p.zero_point.size())
@@ -109,7 +156,7 @@ void encode_linear(const nn::Module& m, json& c) {
 }
 
 nn::Linear linear_from(const json& c, const TensorMap& t, const std::string& type) {
-  const int64_t in = c.at("in_features").get<int64_t>(), out = c.at("out_features").get<int64_t>();
+  const int64_t in = integer<int64_t>(c, "in_features"), out = integer<int64_t>(c, "out_features");
   const bool bias = c.at("bias").get<bool>();
   check_linear_shapes(t, in, out, bias, type);
   return nn::Linear(in, out, bias);  // values are restored afterwards
@@ -150,7 +197,7 @@ std::shared_ptr<nn::Module> decode_observer(const json& c, const TensorMap&) {
   if constexpr (std::is_same_v<O, q::MovingAverageMinMaxObserver> || std::is_same_v<O, q::MovingAveragePerChannelMinMaxObserver>)
     o = std::make_shared<O>(spec, c.at("averaging_constant").get<float>());
   else if constexpr (std::is_same_v<O, q::HistogramObserver>)
-    o = std::make_shared<O>(spec, c.at("bins").get<int>(), c.at("upsample_rate").get<int>());
+    o = std::make_shared<O>(spec, integer<int>(c, "bins"), integer<int>(c, "upsample_rate"));
   else
     o = std::make_shared<O>(spec);
   o->owner = c.value("owner", std::string("observer"));
@@ -248,7 +295,7 @@ Tensor quantized_weight(const TensorMap& t, const QParams& wq, int64_t in, int64
 
 std::shared_ptr<nn::Module> decode_quantized(const json& c, const TensorMap& t) {
   const std::string type = "QuantizedLinear";
-  const int64_t in = c.at("in_features").get<int64_t>(), out = c.at("out_features").get<int64_t>();
+  const int64_t in = integer<int64_t>(c, "in_features"), out = integer<int64_t>(c, "out_features");
   const bool bias = c.at("bias").get<bool>();
   const QParams wq = qparams_from_json(c.at("weight_qparams"), type + " weight_qparams");
   const QParams oq = qparams_from_json(c.at("output_qparams"), type + " output_qparams");
@@ -268,11 +315,11 @@ void encode_dynamic(const nn::Module& m, json& c) {
 
 std::shared_ptr<nn::Module> decode_dynamic(const json& c, const TensorMap& t) {
   const std::string type = "DynamicQuantizedLinear";
-  const int64_t in = c.at("in_features").get<int64_t>(), out = c.at("out_features").get<int64_t>();
+  const int64_t in = integer<int64_t>(c, "in_features"), out = integer<int64_t>(c, "out_features");
   const bool bias = c.at("bias").get<bool>();
   const QParams wq = qparams_from_json(c.at("weight_qparams"), type + " weight_qparams");
   const Tensor w = quantized_weight(unpacked(t, c, in, out, type), wq, in, out, bias, type);
-  return q::DynamicQuantizedLinear::from_quantized(w, bias ? t.at("bias") : Tensor(), c.at("activation_quant_max").get<int32_t>());
+  return q::DynamicQuantizedLinear::from_quantized(w, bias ? t.at("bias") : Tensor(), integer<int32_t>(c, "activation_quant_max"));
 }
 
 void encode_nothing(const nn::Module&, json& c) { c = json::object(); }
