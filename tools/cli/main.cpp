@@ -113,6 +113,38 @@ int report_interrupted(const cxxopts::ParseResult& r, const cli::TrainState& st,
   return 0;
 }
 
+// With --resume: the checkpoint, whose stored settings replace `cmd`; it
+// must come from `command`. Without: nothing.
+std::optional<cli::Checkpoint> resume_checkpoint(const cxxopts::ParseResult& r, const char* command, json& cmd) {
+  if (!r.count("resume")) return std::nullopt;
+  const std::string path = r["resume"].as<std::string>();
+  cli::Checkpoint ck = cli::load_checkpoint(path);
+  cmd = json::parse(ck.command_json);
+  if (cmd.value("command", "") != command)
+    throw UsageError(fmt::format("--resume {}: a checkpoint of '{}', not of '{}'", path, cmd.value("command", "?"), command));
+  return ck;
+}
+
+// The training loop of train and qat: SGD and the loader as `cmd` says,
+// restored from `ck` when resuming, then cli::train. `topt` holds the
+// checkpointing options; epochs and progress are set here.
+cli::TrainState run_training(const cxxopts::ParseResult& r, nn::Module& model, const io::Dataset& train_set,
+                             const io::Dataset& test_set, const json& cmd, const std::optional<cli::Checkpoint>& ck,
+                             cli::TrainOptions& topt) {
+  io::DataLoader loader(train_set, {.batch_size = cmd["batch_size"].get<int64_t>(), .seed = cmd["seed"].get<uint64_t>()});
+  nn::SGD optimizer(model.parameters(), {.lr = cmd["lr"].get<double>(), .momentum = cmd["momentum"].get<double>()});
+  cli::TrainState st;
+  if (ck) {
+    loader.set_state(ck->loader);
+    cli::restore_optimizer(optimizer, *ck, r["resume"].as<std::string>());
+    st = ck->state;
+  }
+  topt.epochs = cmd["epochs"].get<int>();
+  topt.progress = cli::progress_wanted(r.count("progress") > 0);
+  cli::train(model, optimizer, loader, test_set, topt, st);
+  return st;
+}
+
 
 // ---- bit widths (qat, ptq) ----
 
@@ -198,14 +230,7 @@ int cmd_train(int argc, char** argv) {
   json cmd = {{"command", "train"}, {"hidden", r["hidden"].as<std::string>()}, {"epochs", r["epochs"].as<int>()},
               {"batch_size", r["batch-size"].as<int64_t>()}, {"lr", r["lr"].as<double>()},
               {"momentum", r["momentum"].as<double>()}, {"seed", r["seed"].as<uint64_t>()}};
-  std::optional<cli::Checkpoint> ck;
-  if (r.count("resume")) {
-    ck = cli::load_checkpoint(r["resume"].as<std::string>());
-    cmd = json::parse(ck->command_json);
-    if (cmd.value("command", "") != "train")
-      throw UsageError(fmt::format("--resume {}: a checkpoint of '{}', not of 'train'", r["resume"].as<std::string>(),
-                                   cmd.value("command", "?")));
-  }
+  const std::optional<cli::Checkpoint> ck = resume_checkpoint(r, "train", cmd);
   const auto hidden = cli::parse_hidden(cmd["hidden"].get<std::string>());
   const int epochs = cmd["epochs"].get<int>();
   const int64_t batch_size = cmd["batch_size"].get<int64_t>();
@@ -225,19 +250,9 @@ int cmd_train(int argc, char** argv) {
     manual_seed(seed);
     model = cli::make_mlp(train_set.images.size(1) * train_set.images.size(2), hidden, train_set.num_classes);
   }
-  io::DataLoader loader(train_set, {.batch_size = batch_size, .seed = seed});
-  nn::SGD optimizer(model->parameters(), {.lr = cmd["lr"].get<double>(), .momentum = cmd["momentum"].get<double>()});
-  cli::TrainState st;
-  if (ck) {
-    loader.set_state(ck->loader);
-    cli::restore_optimizer(optimizer, *ck, r["resume"].as<std::string>());
-    st = ck->state;
-  }
   cli::TrainOptions topt = checkpoint_options(r, out, cmd);
-  topt.epochs = epochs;
-  topt.progress = cli::progress_wanted(r.count("progress") > 0);
   topt.label = "train";
-  cli::train(*model, optimizer, loader, test_set, topt, st);
+  const cli::TrainState st = run_training(r, *model, train_set, test_set, cmd, ck, topt);
   if (st.interrupted) return report_interrupted(r, st, topt);
   const auto& stats = st.history;
   const double secs = seconds_since(t0);
@@ -282,14 +297,7 @@ int cmd_qat(int argc, char** argv) {
   const Bits bits = parse_bits(r, r["qconfig"].as<std::string>());
   cmd["weight_bits"] = bits.weight;
   cmd["activation_bits"] = bits.activation;
-  std::optional<cli::Checkpoint> ck;
-  if (r.count("resume")) {
-    ck = cli::load_checkpoint(r["resume"].as<std::string>());
-    cmd = json::parse(ck->command_json);
-    if (cmd.value("command", "") != "qat")
-      throw UsageError(fmt::format("--resume {}: a checkpoint of '{}', not of 'qat'", r["resume"].as<std::string>(),
-                                   cmd.value("command", "?")));
-  }
+  const std::optional<cli::Checkpoint> ck = resume_checkpoint(r, "qat", cmd);
   if (cmd["epochs"].get<int>() < 1) throw UsageError("--epochs must be at least 1");
   const bool lsq = cmd.value("learnable_scale", false);
   auto make_qconfig = [lsq](int w, int a) {
@@ -315,19 +323,9 @@ int cmd_qat(int argc, char** argv) {
     apply_layer_bits(*model, bits.layers, make_qconfig);
     quant::prepare_qat(*model);
   }
-  io::DataLoader loader(train_set, {.batch_size = cmd["batch_size"].get<int64_t>(), .seed = cmd["seed"].get<uint64_t>()});
-  nn::SGD optimizer(model->parameters(), {.lr = cmd["lr"].get<double>(), .momentum = cmd["momentum"].get<double>()});
-  cli::TrainState st;
-  if (ck) {
-    loader.set_state(ck->loader);
-    cli::restore_optimizer(optimizer, *ck, r["resume"].as<std::string>());
-    st = ck->state;
-  }
   cli::TrainOptions topt = checkpoint_options(r, out, cmd);
-  topt.epochs = cmd["epochs"].get<int>();
-  topt.progress = cli::progress_wanted(r.count("progress") > 0);
   topt.label = "qat";
-  cli::train(*model, optimizer, loader, test_set, topt, st);
+  const cli::TrainState st = run_training(r, *model, train_set, test_set, cmd, ck, topt);
   if (st.interrupted) return report_interrupted(r, st, topt);
   const auto& stats = st.history;
   const double float_acc = cmd["float_accuracy"].get<double>();
