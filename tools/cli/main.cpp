@@ -576,7 +576,7 @@ int cmd_pipeline(int argc, char** argv) {
   };
   std::vector<Row> table;
   table.push_back({"float", fl.accuracy, 100.0, "itself", cli::file_bytes(float_path),
-                   cli::latency_us(*float_model, test_set, 1), cli::latency_us(*float_model, test_set, 64)});
+                   cli::latency_us_one_thread(*float_model, test_set, 1), cli::latency_us_one_thread(*float_model, test_set, 64)});
 
   // 2. QAT from the float model.
   auto qat = io::load_model(float_path);
@@ -598,7 +598,7 @@ int cmd_pipeline(int argc, char** argv) {
   const double qat_steps = cli::max_step_difference(fq, qat8, cli::output_step(*qat));
   io::save_model(*qat, wd + "/qat_int8.safetensors");
   table.push_back({"QAT int8", qat8.accuracy, cli::agreement(fq, qat8), "fake quant", cli::file_bytes(wd + "/qat_int8.safetensors"),
-                   cli::latency_us(*qat, test_set, 1), cli::latency_us(*qat, test_set, 64)});
+                   cli::latency_us_one_thread(*qat, test_set, 1), cli::latency_us_one_thread(*qat, test_set, 64)});
 
   // 3. PTQ (histogram observer, 32 calibration batches).
   auto ptq = io::load_model(float_path);
@@ -618,7 +618,7 @@ int cmd_pipeline(int argc, char** argv) {
   const cli::Evaluation ptq8 = cli::evaluate(*ptq, test_set);
   io::save_model(*ptq, wd + "/ptq_int8.safetensors");
   table.push_back({"PTQ int8", ptq8.accuracy, cli::agreement(fl, ptq8), "float", cli::file_bytes(wd + "/ptq_int8.safetensors"),
-                   cli::latency_us(*ptq, test_set, 1), cli::latency_us(*ptq, test_set, 64)});
+                   cli::latency_us_one_thread(*ptq, test_set, 1), cli::latency_us_one_thread(*ptq, test_set, 64)});
 
   // 4. Dynamic.
   auto dyn = io::load_model(float_path);
@@ -627,7 +627,7 @@ int cmd_pipeline(int argc, char** argv) {
   const cli::Evaluation dyn8 = cli::evaluate(*dyn, test_set);
   io::save_model(*dyn, wd + "/dynamic_int8.safetensors");
   table.push_back({"dynamic int8", dyn8.accuracy, cli::agreement(fl, dyn8), "float", cli::file_bytes(wd + "/dynamic_int8.safetensors"),
-                   cli::latency_us(*dyn, test_set, 1), cli::latency_us(*dyn, test_set, 64)});
+                   cli::latency_us_one_thread(*dyn, test_set, 1), cli::latency_us_one_thread(*dyn, test_set, 64)});
 
   json rows = json::array();
   std::string s = fmt::format("\nFashion-MNIST, MLP 784-256-128-10, {} test images ({:.0f} s in all)\n\n", test_set.size(),
@@ -642,6 +642,7 @@ int cmd_pipeline(int argc, char** argv) {
                     {"agreement_with", row.agreement_with}, {"model_bytes", row.bytes}, {"latency_us_batch_1", row.lat1},
                     {"latency_us_batch_64", row.lat64}});
   }
+  s += "(latency: one forward pass on float input, one thread, median of 7 repeats)\n";
   s += fmt::format("\nQAT: fake-quant accuracy {:.2f}%, int8 vs fake quant max difference {:.2f} output steps\n", fq.accuracy, qat_steps);
   json j = {{"rows", rows}, {"fake_quant_accuracy", fq.accuracy}, {"max_step_diff", qat_steps}, {"seconds", seconds_since(t0)}};
   if (!report_dir.empty()) {

@@ -965,7 +965,7 @@ std::string render_report(const ReportData& d) {
   else {
     h += "<p>Test accuracy of each model; <em>agreement</em> is the share of test images on which it predicts the same "
          "class as the model named. int8 weights take a quarter of the bytes of float ones. Latency is the median time "
-         "of one forward pass, for one image and for a batch of 64.</p>\n";
+         "of one forward pass on one thread, for one image and for a batch of 64.</p>\n";
     h += summary_table(run);
     if (run.fake_quant_accuracy)
       h += fmt::format("<p class=\"note\">The QAT model before convert (fake quant, float arithmetic) scored {}%.</p>\n",

@@ -1,5 +1,6 @@
 #include "workflow.h"
 
+#include <cblas.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -302,6 +303,27 @@ double latency_us(nn::Module& model, const io::Dataset& data, int64_t batch, int
   }
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
+}
+
+double latency_us_one_thread(nn::Module& model, const io::Dataset& data, int64_t batch) {
+  struct OneThread {
+    nn::Module& model;
+    int blas_threads = openblas_get_num_threads();
+    std::vector<std::pair<int*, int>> int8_threads;  // each layer's setting, to put back
+    explicit OneThread(nn::Module& m) : model(m) {
+      for (auto& [path, layer] : model.named_modules()) {
+        if (auto* q = dynamic_cast<quant::QuantizedLinear*>(layer)) int8_threads.emplace_back(&q->threads, q->threads);
+        if (auto* d = dynamic_cast<quant::DynamicQuantizedLinear*>(layer)) int8_threads.emplace_back(&d->threads, d->threads);
+      }
+      openblas_set_num_threads(1);
+      for (auto& [threads, saved] : int8_threads) *threads = 1;
+    }
+    ~OneThread() {
+      openblas_set_num_threads(blas_threads);
+      for (auto& [threads, saved] : int8_threads) *threads = saved;
+    }
+  } one_thread(model);
+  return latency_us(model, data, batch);
 }
 
 int64_t file_bytes(const std::string& path) {

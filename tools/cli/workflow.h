@@ -118,6 +118,11 @@ double max_step_difference(const Evaluation& a, const Evaluation& b, double step
 
 // Median microseconds of a forward pass over `batch` samples of `data`.
 double latency_us(nn::Module& model, const io::Dataset& data, int64_t batch, int repeats = 0);
+// latency_us with every kernel on the calling thread (OpenBLAS and the
+// model's int8 layers), their thread settings put back afterwards: the
+// figure to compare methods by, free of the two thread pools' contention
+// for the second core (docs/speed.md §4).
+double latency_us_one_thread(nn::Module& model, const io::Dataset& data, int64_t batch);
 
 int64_t file_bytes(const std::string& path);
 // Throws when the directory that would hold `path` does not exist.
