@@ -198,11 +198,12 @@ void run_avx2(const detail::Int8GemmProblem& problem, int threads) {
     detail::int8_gemm_avx2(problem, 0, M, 0, W.n_panels());
     return;
   }
-  // A few tasks per thread rather than one: threads take tasks from a shared
-  // counter, so when one of them starts late (its core is busy, e.g. with an
-  // OpenBLAS thread still spinning after a float call) the others take its
-  // share instead of waiting for it.
-  constexpr int64_t kTasksPerThread = 4;
+  // Many small tasks rather than one per thread: threads take tasks from a
+  // shared counter, so when one of them starts late or runs slowly (its core
+  // is busy, e.g. with an OpenBLAS thread still spinning after a float call)
+  // the others take its share, and the call is never slower than on one
+  // thread (with 4 tasks per thread it was, by up to 1.35x: docs/speed.md §4).
+  constexpr int64_t kTasksPerThread = 16;
   constexpr int64_t kRowAlign = 4;  // a multiple of every row-tile height
   if (M >= 2 * kRowAlign * threads) {
     int64_t rows = std::max<int64_t>(2 * kRowAlign, (M + kTasksPerThread * threads - 1) / (kTasksPerThread * threads));
