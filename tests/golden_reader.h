@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -180,6 +181,22 @@ struct Comparison {
                        max_abs_error, max_abs_reference, same_shape ? "" : " SHAPES DIFFER");
   }
 };
+
+// The golden file `name`, parsed once per test process and shared by every
+// test that reads it.
+inline const File& load(const std::string& name) {
+  static std::map<std::string, std::unique_ptr<const File>> cache;
+  auto& slot = cache[name];
+  if (!slot) slot = std::make_unique<const File>(name);
+  return *slot;
+}
+
+// The values of an integer-valued tensor (e.g. quantized codes read as f32).
+inline std::vector<int64_t> ints_of(const Tensor& t) {
+  std::vector<int64_t> out;
+  for (float v : to_vector(t)) out.push_back(static_cast<int64_t>(v));
+  return out;
+}
 
 inline Comparison compare(const Tensor& got, const Tensor& want) {
   Comparison c;

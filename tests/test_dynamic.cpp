@@ -42,20 +42,9 @@ constexpr double kWeightScaleRelative = 0.0;
 // spread over about 8 standard deviations of a Gaussian input.
 constexpr double kModelMinSqnrDb = 30.0;
 
-const golden::File& ptq_file() {
-  static const golden::File file("quant_ptq.txt");
-  return file;
-}
-
-std::vector<int64_t> ints_of(const Tensor& t) {
-  std::vector<int64_t> out;
-  for (float v : to_vector(t)) out.push_back(static_cast<int64_t>(v));
-  return out;
-}
-
 // Checks DynamicQuantizedLinear against dynamic/<w>/<engine>.
 void check_dynamic_golden(bool per_channel, const std::string& engine, int32_t act_quant_max) {
-  const golden::File& g = ptq_file();
+  const golden::File& g = golden::load("quant_ptq.txt");
   const std::string w_case = per_channel ? "per_channel" : "per_tensor";
   const std::string prefix = "dynamic/" + w_case + "/" + engine + "/";
   INFO("case " << w_case << " / " << engine);
@@ -65,7 +54,7 @@ void check_dynamic_golden(bool per_channel, const std::string& engine, int32_t a
   quant::DynamicQuantizedLinear layer(weight, bias, per_channel, act_quant_max);
 
   // Offline half: the same int8 weights and scales as PyTorch.
-  REQUIRE(ints_of(layer.weight()) == g.entry("dynamic/" + w_case + "/weight_int").ints);
+  REQUIRE(golden::ints_of(layer.weight()) == g.entry("dynamic/" + w_case + "/weight_int").ints);
   const std::vector<float> want_scales = to_vector(g.tensor("dynamic/" + w_case + "/weight_scale"));
   for (int64_t n = 0; n < 8; ++n) {
     const float want = want_scales[per_channel ? static_cast<size_t>(n) : 0];
@@ -106,7 +95,7 @@ void check_dynamic_golden(bool per_channel, const std::string& engine, int32_t a
   // (On this data they do, so the integers are compared too.)
   if (ours.zero_point == pt_zero_point && std::fabs(ours.scale - pt_scale) <= 1e-7 * pt_scale) {
     const Tensor x_int = quant::quantize_per_tensor(x, ours.scale, ours.zero_point, 0, act_quant_max, DType::u8);
-    CHECK(ints_of(x_int) == g.entry(prefix + "x_int").ints);
+    CHECK(golden::ints_of(x_int) == g.entry(prefix + "x_int").ints);
     CHECK(c.relative_error <= kEpilogueRelative);
   }
 }
@@ -158,7 +147,7 @@ TEST_CASE("golden: dynamic Linear with per-channel weights matches PyTorch (qnnp
 }
 
 TEST_CASE("golden bound can fail: a missing bias or weights 10% off break it", "[dynamic][golden]") {
-  const golden::File& g = ptq_file();
+  const golden::File& g = golden::load("quant_ptq.txt");
   const Tensor want = g.tensor("dynamic/per_tensor/onednn/out");
   const double s_x = g.scalar("dynamic/per_tensor/onednn/act_scale");
   const double s_w = g.scalar("dynamic/per_tensor/weight_scale");

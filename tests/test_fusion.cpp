@@ -7,6 +7,7 @@
 
 #include <sstream>
 
+#include "golden_reader.h"
 #include "tinyqat.h"
 
 using namespace tq;
@@ -19,12 +20,6 @@ struct Net : nn::Module {
   nn::Slot<nn::Linear> fc2 = register_module("fc2", nn::Linear(24, 3));
   Tensor forward(const Tensor& x) override { return fc2(relu1(fc1(x))); }
 };
-
-std::vector<int64_t> ints_of(const Tensor& t) {
-  std::vector<int64_t> out;
-  for (float v : to_vector(t)) out.push_back(static_cast<int64_t>(v));
-  return out;
-}
 
 QParams per_tensor_u8(float scale, int32_t zero_point, int32_t quant_max) {
   QParams q;
@@ -144,7 +139,7 @@ TEST_CASE("int8: QuantizedLinearReLU equals QuantizedLinear then a quantized ReL
   auto in = std::make_shared<const QParams>(per_tensor_u8(0.03f, 60, 127));
   quant::QuantizedLinear unfused(linear.weight, linear.bias, wq, out, in, false, "unfused");
   quant::QuantizedLinear fused(linear.weight, linear.bias, wq, out, in, true, "fused");
-  REQUIRE(ints_of(unfused.weight()) == ints_of(fused.weight()));
+  REQUIRE(golden::ints_of(unfused.weight()) == golden::ints_of(fused.weight()));
 
   const Tensor x = randn({64, 40});
   for (auto kernel : {Int8Kernel::reference, Int8Kernel::automatic}) {
@@ -154,7 +149,7 @@ TEST_CASE("int8: QuantizedLinearReLU equals QuantizedLinear then a quantized ReL
     const Tensor y_relu = relu(y_unfused);  // tq::relu on a quantized tensor stays quantized
     REQUIRE(y_relu.is_quantized());
     const Tensor y_fused = fused(x);
-    const std::vector<int64_t> a = ints_of(y_relu), b = ints_of(y_fused), raw = ints_of(y_unfused);
+    const std::vector<int64_t> a = golden::ints_of(y_relu), b = golden::ints_of(y_fused), raw = golden::ints_of(y_unfused);
     REQUIRE(a.size() == b.size());
     int64_t mismatches = 0, clamped = 0;
     for (size_t i = 0; i < a.size(); ++i) {
@@ -208,7 +203,7 @@ TEST_CASE("fuse, prepare, calibrate, convert: QuantizedLinearReLU with a range t
   // ReLU, then followed by a quantized ReLU: the same integers.
   quant::QuantizedLinear plain(f0.weight(), f0.bias(), f0.weight().qparams(), f0.output_qparams(), f0.input_qparams(),
                                false, "plain");
-  CHECK(ints_of(relu(plain(x))) == ints_of(f0(x)));
+  CHECK(golden::ints_of(relu(plain(x))) == golden::ints_of(f0(x)));
 
   // Both int8 models stay close to the float model.
   NoGradGuard g;

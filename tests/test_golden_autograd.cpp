@@ -97,15 +97,10 @@ std::vector<Case> all_cases() {
   return cases;
 }
 
-const golden::File& ops_file() {
-  static const golden::File file("autograd_ops.txt");
-  return file;
-}
-
 }  // namespace
 
 TEST_CASE("golden: every op's forward and input gradients match PyTorch", "[golden][autograd]") {
-  const golden::File& g = ops_file();
+  const golden::File& g = golden::load("autograd_ops.txt");
   for (const Case& c : all_cases()) {
     SECTION(c.name) {
       Args inputs;
@@ -138,7 +133,7 @@ TEST_CASE("golden: every op case in the file is covered", "[golden][autograd]") 
   // A case added to generate.py must get a C++ twin here (or a reason not to).
   std::set<std::string> covered;
   for (const Case& c : all_cases()) covered.insert(c.name);
-  for (const std::string& name : ops_file().names()) {
+  for (const std::string& name : golden::load("autograd_ops.txt").names()) {
     const auto slash = name.rfind("/out");
     if (slash == std::string::npos || slash + 4 != name.size()) continue;
     const std::string case_name = name.substr(0, slash);
@@ -149,7 +144,7 @@ TEST_CASE("golden: every op case in the file is covered", "[golden][autograd]") 
 }
 
 TEST_CASE("golden: max and argmax return PyTorch's indices, first index on ties", "[golden][autograd]") {
-  const golden::File& g = ops_file();
+  const golden::File& g = golden::load("autograd_ops.txt");
   for (const std::string c : {"dim1", "ties"}) {
     const Tensor x = g.tensor("max/" + c + "/x");
     const Tensor want = g.tensor("argmax/" + c + "/out");
@@ -162,7 +157,7 @@ TEST_CASE("golden: max and argmax return PyTorch's indices, first index on ties"
 }
 
 TEST_CASE("golden reader: parses the header, shapes and values, and names errors", "[golden]") {
-  const golden::File& g = ops_file();
+  const golden::File& g = golden::load("autograd_ops.txt");
   REQUIRE(g.has("add/row/b"));
   const golden::Entry& e = g.entry("add/row/b");
   CHECK(e.dtype == "f32");

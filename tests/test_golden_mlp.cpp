@@ -28,11 +28,6 @@ struct MLP : nn::Module {
   Tensor forward(const Tensor& x) override { return fc3(relu(fc2(relu(fc1(x))))); }
 };
 
-const golden::File& mlp_file() {
-  static const golden::File file("mlp.txt");
-  return file;
-}
-
 // Overwrites the parameters' values in place with the golden ones: the
 // parameter tensors (and so the optimizer's view of them) stay the same objects.
 void load(MLP& model, const std::string& prefix) {
@@ -40,14 +35,14 @@ void load(MLP& model, const std::string& prefix) {
     // "fc1.weight" -> "<prefix>/fc1/weight"
     std::string key = name;
     key[key.find('.')] = '/';
-    const Tensor value = mlp_file().tensor(prefix + "/" + key);
+    const Tensor value = golden::load("mlp.txt").tensor(prefix + "/" + key);
     REQUIRE(value.shape() == param.shape());
     kernels::copy_(param, value);
   }
 }
 
 void check_close(const Tensor& got, const std::string& golden_name, double tolerance) {
-  const golden::Comparison c = golden::compare(got, mlp_file().tensor(golden_name));
+  const golden::Comparison c = golden::compare(got, golden::load("mlp.txt").tensor(golden_name));
   INFO(c.describe(golden_name));
   CHECK(c.same_shape);
   CHECK(c.relative_error <= tolerance);
@@ -56,7 +51,7 @@ void check_close(const Tensor& got, const std::string& golden_name, double toler
 }  // namespace
 
 TEST_CASE("golden MLP: activations, loss and all gradients match PyTorch", "[golden][nn]") {
-  const golden::File& g = mlp_file();
+  const golden::File& g = golden::load("mlp.txt");
   MLP model;
   load(model, "init");
   Tensor x = g.tensor("input/x").requires_grad_(true);
@@ -88,7 +83,7 @@ TEST_CASE("golden MLP: activations, loss and all gradients match PyTorch", "[gol
 }
 
 TEST_CASE("golden MLP: SGD trajectories match torch.optim.SGD", "[golden][nn][sgd]") {
-  const golden::File& g = mlp_file();
+  const golden::File& g = golden::load("mlp.txt");
   const Tensor x = g.tensor("input/x");
   const Tensor target = g.tensor("input/target");
   const std::pair<const char*, nn::SGDOptions> settings[] = {

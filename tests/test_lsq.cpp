@@ -39,11 +39,6 @@ constexpr double kTrajectoryRelTol = 1e-5;
 // LSQ's initial scale: a mean computed in double in another order than numpy's.
 constexpr double kInitRelTol = 1e-6;
 
-const golden::File& lsq_file() {
-  static const golden::File file("lsq.txt");
-  return file;
-}
-
 bool bitwise_equal(const Tensor& a, const Tensor& b) {
   if (!(a.shape() == b.shape())) return false;
   const std::vector<float> x = to_vector(a), y = to_vector(b);
@@ -56,7 +51,7 @@ bool bitwise_equal(const Tensor& a, const Tensor& b) {
 std::vector<std::string> cases_of(const std::string& family) {
   std::vector<std::string> out;
   const std::string suffix = "/out";
-  for (const std::string& name : lsq_file().names(family + "/"))
+  for (const std::string& name : golden::load("lsq.txt").names(family + "/"))
     if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
       out.push_back(name.substr(0, name.size() - suffix.size()));
   return out;
@@ -64,7 +59,7 @@ std::vector<std::string> cases_of(const std::string& family) {
 
 // Runs one golden op case and checks the forward and the three gradients.
 void check_op_case(const std::string& base, bool per_channel) {
-  const golden::File& g = lsq_file();
+  const golden::File& g = golden::load("lsq.txt");
   INFO(base);
   Tensor x = g.tensor(base + "/x");
   Tensor scale = g.tensor(base + "/scale");
@@ -139,7 +134,7 @@ TEST_CASE("golden: learnable per-channel fake quant, forward and gradients of x,
 
 TEST_CASE("golden: the forward of the learnable op equals plain fake quant with the rounded zero point", "[lsq]") {
   // eq. 1-2 are FakeQuantize's eq. 8 with z = clamp(nearbyint(zero_point)).
-  const golden::File& g = lsq_file();
+  const golden::File& g = golden::load("lsq.txt");
   for (const std::string& base : cases_of("lsq_tensor")) {
     INFO(base);
     const std::vector<float> x = to_vector(g.tensor(base + "/x")), out = to_vector(g.tensor(base + "/out"));
@@ -155,7 +150,7 @@ TEST_CASE("golden: the forward of the learnable op equals plain fake quant with 
 TEST_CASE("golden: the cases where PyTorch's backward is not the derivative of its forward are marked", "[lsq][golden]") {
   // docs/lsq.md §5: the file marks each case whose PyTorch gradients differ
   // from the derivative of the forward; the documented quirk cases all do.
-  const golden::File& g = lsq_file();
+  const golden::File& g = golden::load("lsq.txt");
   for (const char* base : {"lsq_tensor/quirk_odd_z_ties", "lsq_tensor/quirk_negative_z", "lsq_tensor/quirk_half_z",
                            "lsq_channel/quirk_axis0_odd_z_ties"}) {
     INFO(base);
@@ -271,7 +266,7 @@ TEST_CASE("the learnable op checks its arguments and names itself", "[lsq]") {
 // ---------------------------------------------------------------------------
 
 TEST_CASE("golden: LearnableFakeQuantize with observer init then learning follows PyTorch's module", "[lsq][golden]") {
-  const golden::File& g = lsq_file();
+  const golden::File& g = golden::load("lsq.txt");
   LearnableFakeQuantize fq(std::make_shared<quant::MovingAverageMinMaxObserver>(quant::activation_spec(4)),
                            {.init = LsqInit::observer});
   fq.train();
@@ -299,7 +294,7 @@ TEST_CASE("golden: LearnableFakeQuantize with observer init then learning follow
 }
 
 TEST_CASE("golden: LearnableFakeQuantize per channel with LSQ init follows PyTorch's module", "[lsq][golden]") {
-  const golden::File& g = lsq_file();
+  const golden::File& g = golden::load("lsq.txt");
   LearnableFakeQuantize fq(quant::weight_spec(4), {.init = LsqInit::lsq});
   fq.train();
   nn::SGD optimizer(fq.parameters(), g.scalar("lsq_module/weight/lr"));

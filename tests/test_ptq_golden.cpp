@@ -18,17 +18,6 @@ using namespace tq;
 
 namespace {
 
-const golden::File& ptq_file() {
-  static const golden::File file("quant_ptq.txt");
-  return file;
-}
-
-std::vector<int64_t> ints_of(const Tensor& t) {
-  std::vector<int64_t> out;
-  for (float v : to_vector(t)) out.push_back(static_cast<int64_t>(v));
-  return out;
-}
-
 QParams per_tensor_u8(float scale, int32_t zero_point) {
   QParams q;
   q.scheme = QScheme::per_tensor_affine;
@@ -41,7 +30,7 @@ QParams per_tensor_u8(float scale, int32_t zero_point) {
 
 // static/weight_scale: per-channel symmetric qint8 along the output channels.
 QParams golden_weight_qparams() {
-  const golden::File& g = ptq_file();
+  const golden::File& g = golden::load("quant_ptq.txt");
   QParams q;
   q.scheme = QScheme::per_channel_symmetric;
   q.scale = to_vector(g.tensor("static/weight_scale"));
@@ -53,7 +42,7 @@ QParams golden_weight_qparams() {
 }
 
 quant::QuantizedLinear golden_layer(const std::string& config, bool fused_relu) {
-  const golden::File& g = ptq_file();
+  const golden::File& g = golden::load("quant_ptq.txt");
   const QParams out = per_tensor_u8(static_cast<float>(g.scalar("static/" + config + "/y_scale")),
                                     static_cast<int32_t>(g.scalar("static/" + config + "/y_zero_point")));
   auto in = std::make_shared<const QParams>(per_tensor_u8(static_cast<float>(g.scalar("static/x_scale")),
@@ -63,27 +52,27 @@ quant::QuantizedLinear golden_layer(const std::string& config, bool fused_relu) 
 }
 
 void check_config(const std::string& config, bool fused_relu) {
-  const golden::File& g = ptq_file();
+  const golden::File& g = golden::load("quant_ptq.txt");
   INFO("static/" << config << (fused_relu ? " (LinearReLU)" : " (Linear)"));
   quant::QuantizedLinear layer = golden_layer(config, fused_relu);
   CHECK(layer.type_name() == (fused_relu ? "QuantizedLinearReLU" : "QuantizedLinear"));
   // Offline: the same int8 weights as PyTorch.
-  REQUIRE(ints_of(layer.weight()) == g.entry("static/weight_int").ints);
+  REQUIRE(golden::ints_of(layer.weight()) == g.entry("static/weight_int").ints);
   const std::vector<int64_t>& want = g.entry("static/" + config + "/out_int").ints;
 
   // The layer quantizes the float input itself with the recorded input qparams...
   const Tensor x_float = g.tensor("static/x_float");
   const Tensor x_q = quant::quantize(x_float, *layer.input_qparams(), DType::u8);
-  REQUIRE(ints_of(x_q) == g.entry("static/x_int").ints);
+  REQUIRE(golden::ints_of(x_q) == g.entry("static/x_int").ints);
   for (auto kernel : {Int8Kernel::reference, Int8Kernel::automatic}) {
     ScopedInt8Kernel scoped(kernel);
     INFO("kernel " << to_string(kernel));
     const Tensor y_from_float = layer(x_float);
     REQUIRE(y_from_float.dtype() == DType::u8);
     CHECK(y_from_float.qparams().scale[0] == static_cast<float>(g.scalar("static/" + config + "/y_scale")));
-    CHECK(ints_of(y_from_float) == want);
+    CHECK(golden::ints_of(y_from_float) == want);
     // ...and takes an already quantized input as it is.
-    CHECK(ints_of(layer(x_q)) == want);
+    CHECK(golden::ints_of(layer(x_q)) == want);
   }
 }
 
@@ -101,13 +90,13 @@ TEST_CASE("golden: saturating outputs clamp to 0..255 as in PyTorch", "[ptq][gol
   check_config("linear_sat", false);
   check_config("linear_relu_sat", true);
   // The saturating case really reaches both ends of the range.
-  const std::vector<int64_t>& sat = ptq_file().entry("static/linear_sat/out_int").ints;
+  const std::vector<int64_t>& sat = golden::load("quant_ptq.txt").entry("static/linear_sat/out_int").ints;
   CHECK(std::count(sat.begin(), sat.end(), 0) + std::count(sat.begin(), sat.end(), 255) > 0);
 }
 
 TEST_CASE("golden: the fused ReLU clamps at the output zero point, nothing else changes", "[ptq][golden]") {
   // PyTorch's LinearReLU ints are max(Linear ints, y_zero_point) on this data.
-  const golden::File& g = ptq_file();
+  const golden::File& g = golden::load("quant_ptq.txt");
   const std::vector<int64_t>& plain = g.entry("static/linear/out_int").ints;
   const std::vector<int64_t>& fused = g.entry("static/linear_relu/out_int").ints;
   const int64_t zy = static_cast<int64_t>(g.scalar("static/linear_relu/y_zero_point"));

@@ -25,24 +25,19 @@ using namespace tq::quant;
 
 namespace {
 
-const golden::File& core() {
-  static const golden::File file("quant_core.txt");
-  return file;
-}
-
 std::vector<float> floats(const std::string& name) {
-  const golden::Entry& e = core().entry(name);
+  const golden::Entry& e = golden::load("quant_core.txt").entry(name);
   REQUIRE(e.dtype == "f32");
   return std::vector<float>(e.values.begin(), e.values.end());
 }
 
 std::vector<int64_t> ints(const std::string& name) {
-  const golden::Entry& e = core().entry(name);
+  const golden::Entry& e = golden::load("quant_core.txt").entry(name);
   REQUIRE(e.dtype == "i64");
   return e.ints;
 }
 
-int32_t int_scalar(const std::string& name) { return static_cast<int32_t>(core().scalar(name)); }
+int32_t int_scalar(const std::string& name) { return static_cast<int32_t>(golden::load("quant_core.txt").scalar(name)); }
 
 // "0_127" -> (0, 127); "-128_127" -> (-128, 127). As in the golden script,
 // the dtype is quint8 when quant_min >= 0, else qint8.
@@ -96,7 +91,7 @@ std::vector<int64_t> as_ints(const std::vector<float>& v) {
 TEST_CASE("golden qparams: per-tensor affine and symmetric, every range", "[quant][golden][qparams]") {
   const std::vector<float> minmax = floats("qparams/minmax");  // (39, 2)
   const size_t cases = minmax.size() / 2;
-  REQUIRE(core().scalar("qparams/eps") == kScaleEps);
+  REQUIRE(golden::load("quant_core.txt").scalar("qparams/eps") == kScaleEps);
   for (const char* scheme_name : {"per_tensor_affine", "per_tensor_symmetric"}) {
     const QScheme scheme =
         std::string(scheme_name) == "per_tensor_affine" ? QScheme::per_tensor_affine : QScheme::per_tensor_symmetric;
@@ -152,7 +147,7 @@ TEST_CASE("golden qparams: quint8 symmetric without an explicit range", "[quant]
 TEST_CASE("golden qparams: per-channel observers along axis 0 and axis 1", "[quant][golden][qparams]") {
   for (int axis : {0, 1}) {
     const std::string prefix = "qparams_pc/axis" + std::to_string(axis);
-    const Tensor x = core().tensor(prefix + "/x");
+    const Tensor x = golden::load("quant_core.txt").tensor(prefix + "/x");
     for (const char* scheme_name : {"per_channel_affine", "per_channel_symmetric"}) {
       const QScheme scheme =
           std::string(scheme_name) == "per_channel_affine" ? QScheme::per_channel_affine : QScheme::per_channel_symmetric;
@@ -175,10 +170,10 @@ namespace {
 // autograd: y = fake_quantize(x), then backward of sum(y * gout), which hands
 // the op exactly gout as its upstream gradient.
 void check_fake_quant_case(const std::string& key, const QParams& qp) {
-  Tensor x = core().tensor(key + "/x");
+  Tensor x = golden::load("quant_core.txt").tensor(key + "/x");
   x.requires_grad_();
   const Tensor y = fake_quantize(x, qp);
-  const Tensor gout = core().tensor(key + "/gout");
+  const Tensor gout = golden::load("quant_core.txt").tensor(key + "/gout");
   sum(y * gout).backward();
   check_same_floats(to_vector(y), floats(key + "/out"), key + "/out");
   REQUIRE(x.grad().defined());
@@ -197,7 +192,7 @@ TEST_CASE("golden fake quant per tensor: forward, STE gradient, ties and near-ti
     const std::string key = "fq_tensor/" + name;
     QParams qp;
     qp.scheme = QScheme::per_tensor_affine;
-    qp.scale = {static_cast<float>(core().scalar(key + "/scale"))};
+    qp.scale = {static_cast<float>(golden::load("quant_core.txt").scalar(key + "/scale"))};
     qp.zero_point = {int_scalar(key + "/zero_point")};
     qp.quant_min = int_scalar(key + "/quant_min");
     qp.quant_max = int_scalar(key + "/quant_max");
@@ -210,7 +205,7 @@ TEST_CASE("golden fake quant: the near-tie case fails with true division", "[qua
   // value of this case rounds differently under x / s; the test makes sure the
   // case really tells the two apart (so the exact match above means something).
   const std::string key = "fq_tensor/i8_s0.7_neartie";
-  const float s = static_cast<float>(core().scalar(key + "/scale"));
+  const float s = static_cast<float>(golden::load("quant_core.txt").scalar(key + "/scale"));
   const std::vector<float> x = floats(key + "/x");
   const std::vector<int64_t> q = ints(key + "/q");
   int divide_differs = 0, multiply_differs = 0;
@@ -249,14 +244,14 @@ TEST_CASE("golden moving-average observers: min, max, scale, zero point after ea
   for (int b = 0; b < 6; ++b) {
     const std::string t = "ma_tensor/batch" + std::to_string(b), c = "ma_channel/batch" + std::to_string(b);
     INFO("batch " << b);
-    per_tensor.observe(core().tensor(t + "/x"));
-    CHECK(per_tensor.min_val() == static_cast<float>(core().scalar(t + "/min_val")));
-    CHECK(per_tensor.max_val() == static_cast<float>(core().scalar(t + "/max_val")));
+    per_tensor.observe(golden::load("quant_core.txt").tensor(t + "/x"));
+    CHECK(per_tensor.min_val() == static_cast<float>(golden::load("quant_core.txt").scalar(t + "/min_val")));
+    CHECK(per_tensor.max_val() == static_cast<float>(golden::load("quant_core.txt").scalar(t + "/max_val")));
     const QParams qt = per_tensor.calculate_qparams();
-    CHECK(qt.scale[0] == static_cast<float>(core().scalar(t + "/scale")));
+    CHECK(qt.scale[0] == static_cast<float>(golden::load("quant_core.txt").scalar(t + "/scale")));
     CHECK(qt.zero_point[0] == int_scalar(t + "/zero_point"));
 
-    per_channel.observe(core().tensor(c + "/x"));
+    per_channel.observe(golden::load("quant_core.txt").tensor(c + "/x"));
     check_same_floats(per_channel.min_vals(), floats(c + "/min_val"), c + "/min_val");
     check_same_floats(per_channel.max_vals(), floats(c + "/max_val"), c + "/max_val");
     const QParams qc = per_channel.calculate_qparams();
@@ -282,14 +277,14 @@ TEST_CASE("golden fbgemm QAT preset: the activation FakeQuantize in training mod
   for (int b = 0; b < 6; ++b) {
     const std::string key = "fused_act/batch" + std::to_string(b);
     INFO("batch " << b);
-    const Tensor y = (*fq)(core().tensor("ma_tensor/batch" + std::to_string(b) + "/x"));
-    CHECK(observer.min_val() == static_cast<float>(core().scalar(key + "/min_val")));
-    CHECK(observer.max_val() == static_cast<float>(core().scalar(key + "/max_val")));
+    const Tensor y = (*fq)(golden::load("quant_core.txt").tensor("ma_tensor/batch" + std::to_string(b) + "/x"));
+    CHECK(observer.min_val() == static_cast<float>(golden::load("quant_core.txt").scalar(key + "/min_val")));
+    CHECK(observer.max_val() == static_cast<float>(golden::load("quant_core.txt").scalar(key + "/max_val")));
     const QParams q = fq->calculate_qparams();
-    CHECK(q.scale[0] == static_cast<float>(core().scalar(key + "/observer_scale")));
+    CHECK(q.scale[0] == static_cast<float>(golden::load("quant_core.txt").scalar(key + "/observer_scale")));
     CHECK(q.zero_point[0] == int_scalar(key + "/observer_zero_point"));
     // (and, on these batches, what the fused op used)
-    CHECK(q.scale[0] == static_cast<float>(core().scalar(key + "/scale")));
+    CHECK(q.scale[0] == static_cast<float>(golden::load("quant_core.txt").scalar(key + "/scale")));
     CHECK(q.zero_point[0] == int_scalar(key + "/zero_point"));
     check_same_floats(to_vector(y), floats(key + "/out"), key + "/out");
   }
@@ -309,7 +304,7 @@ TEST_CASE("golden fbgemm QAT preset: the weight FakeQuantize follows the observe
   auto* fq = dynamic_cast<FakeQuantize*>(made.get());
   REQUIRE(fq != nullptr);
   fq->train();
-  const Tensor w = core().tensor("fused_weight/x");
+  const Tensor w = golden::load("quant_core.txt").tensor("fused_weight/x");
   const Tensor y = (*fq)(w);
   const QParams q = fq->calculate_qparams();
   REQUIRE(q.scheme == QScheme::per_channel_symmetric);
