@@ -16,6 +16,7 @@
 #include "golden_reader.h"
 #include "gradcheck.h"
 #include "quant/learnable_fake_quantize.h"
+#include "clusters.h"
 #include "tinyqat.h"
 
 using namespace tq;
@@ -467,57 +468,24 @@ constexpr int64_t kFeatures = 20, kClasses = 10, kBatch = 64;
 constexpr int kFloatEpochs = 10, kQatEpochs = 5;
 constexpr double kQatLr = 0.01;
 
-struct MLP : nn::Module {
-  nn::Slot<nn::Linear> fc1 = register_module("fc1", nn::Linear(kFeatures, 64));
-  nn::Slot<nn::Linear> fc2 = register_module("fc2", nn::Linear(64, 32));
-  nn::Slot<nn::Linear> fc3 = register_module("fc3", nn::Linear(32, kClasses));
-  Tensor forward(const Tensor& x) override { return fc3(relu(fc2(relu(fc1(x))))); }
+struct MLP : tq_test::ClusterMLP {
+  MLP() : ClusterMLP(kFeatures, kClasses) {}
 };
+using Dataset = tq_test::Clusters;
 
-struct Dataset {
-  Tensor x;  // (N, 20) f32
-  Tensor y;  // (N) i64
-};
-
-// Ten Gaussian clusters in 20-D: centres N(0, 1), points centre + 1.5 N(0, 1).
-// They overlap: the float model reaches about 84%, and 4-bit quantization costs
-// a few points, so the choice of quantizer shows.
-Dataset make_clusters(int64_t n, uint64_t seed) {
-  Generator centres_gen(2024);
-  const std::vector<float> centres = to_vector(randn({kClasses, kFeatures}, centres_gen));
-  Generator g(seed);
-  const std::vector<float> noise = to_vector(randn({n, kFeatures}, g));
-  const Tensor labels = randint(0, kClasses, {n}, g);
-  std::vector<float> x(static_cast<size_t>(n * kFeatures));
-  for (int64_t i = 0; i < n; ++i) {
-    const auto c = static_cast<int64_t>(labels.at({i}));
-    for (int64_t f = 0; f < kFeatures; ++f)
-      x[static_cast<size_t>(i * kFeatures + f)] =
-          centres[static_cast<size_t>(c * kFeatures + f)] + 1.5f * noise[static_cast<size_t>(i * kFeatures + f)];
-  }
-  return {from_vector(x, {n, kFeatures}), labels};
-}
-
+// Ten Gaussian clusters in 20-D, spread 1.5. They overlap: the float model
+// reaches about 84%, and 4-bit quantization costs a few points, so the choice
+// of quantizer shows.
 const Dataset& train_set() {
-  static const Dataset d = make_clusters(4000, 1);
+  static const Dataset d = tq_test::make_clusters(4000, kClasses, kFeatures, 1.5f, 1);
   return d;
 }
 const Dataset& test_set() {
-  static const Dataset d = make_clusters(4000, 2);
+  static const Dataset d = tq_test::make_clusters(4000, kClasses, kFeatures, 1.5f, 2);
   return d;
 }
 
-void train(nn::Module& model, int epochs, double lr) {
-  nn::SGD optimizer(model.parameters(), {.lr = lr, .momentum = 0.9});
-  nn::CrossEntropyLoss criterion;
-  const Dataset& d = train_set();
-  for (int epoch = 0; epoch < epochs; ++epoch)
-    for (int64_t b = 0; b + kBatch <= d.x.size(0); b += kBatch) {
-      optimizer.zero_grad();
-      criterion(model(kernels::slice(d.x, 0, b, b + kBatch)), kernels::slice(d.y, 0, b, b + kBatch)).backward();
-      optimizer.step();
-    }
-}
+void train(nn::Module& model, int epochs, double lr) { tq_test::train_sgd(model, train_set(), epochs, lr, kBatch); }
 
 // The same seed and the same training give the same float model, bit for bit.
 std::unique_ptr<MLP> trained_float_mlp() {

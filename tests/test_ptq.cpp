@@ -7,6 +7,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "clusters.h"
 #include "tinyqat.h"
 
 using namespace tq;
@@ -24,42 +25,19 @@ constexpr int64_t kBatch = 64;
 
 constexpr int64_t kFeatures = 20, kClasses = 4;
 
-struct MLP : nn::Module {
-  nn::Slot<nn::Linear> fc1 = register_module("fc1", nn::Linear(kFeatures, 64));
-  nn::Slot<nn::Linear> fc2 = register_module("fc2", nn::Linear(64, 32));
-  nn::Slot<nn::Linear> fc3 = register_module("fc3", nn::Linear(32, kClasses));
-  Tensor forward(const Tensor& x) override { return fc3(relu(fc2(relu(fc1(x))))); }
+struct MLP : tq_test::ClusterMLP {
+  MLP() : ClusterMLP(kFeatures, kClasses) {}
 };
+using Dataset = tq_test::Clusters;
 
-struct Dataset {
-  Tensor x;  // (N, 20) f32
-  Tensor y;  // (N) i64
-};
-
-// Four Gaussian clusters in 20-D: centres N(0, 1), points centre + 1.8 N(0, 1)
-// (they overlap, so a perfect score is out of reach and accuracy can move).
-Dataset make_clusters(int64_t n, uint64_t seed) {
-  Generator centres_gen(2024);
-  const std::vector<float> centres = to_vector(randn({kClasses, kFeatures}, centres_gen));
-  Generator g(seed);
-  const std::vector<float> noise = to_vector(randn({n, kFeatures}, g));
-  const Tensor labels = randint(0, kClasses, {n}, g);
-  std::vector<float> x(static_cast<size_t>(n * kFeatures));
-  for (int64_t i = 0; i < n; ++i) {
-    const auto c = static_cast<int64_t>(labels.at({i}));
-    for (int64_t f = 0; f < kFeatures; ++f)
-      x[static_cast<size_t>(i * kFeatures + f)] =
-          centres[static_cast<size_t>(c * kFeatures + f)] + 1.8f * noise[static_cast<size_t>(i * kFeatures + f)];
-  }
-  return {from_vector(x, {n, kFeatures}), labels};
-}
-
+// Four Gaussian clusters in 20-D, spread 1.8 (they overlap, so a perfect
+// score is out of reach and accuracy can move).
 const Dataset& train_set() {
-  static const Dataset d = make_clusters(2000, 1);
+  static const Dataset d = tq_test::make_clusters(2000, kClasses, kFeatures, 1.8f, 1);
   return d;
 }
 const Dataset& test_set() {
-  static const Dataset d = make_clusters(2000, 2);
+  static const Dataset d = tq_test::make_clusters(2000, kClasses, kFeatures, 1.8f, 2);
   return d;
 }
 
@@ -67,15 +45,7 @@ const Dataset& test_set() {
 std::unique_ptr<MLP> trained_mlp() {
   manual_seed(7);
   auto model = std::make_unique<MLP>();
-  nn::SGD optimizer(model->parameters(), {.lr = 0.05, .momentum = 0.9});
-  nn::CrossEntropyLoss criterion;
-  const Dataset& d = train_set();
-  for (int epoch = 0; epoch < 10; ++epoch)
-    for (int64_t b = 0; b + kBatch <= d.x.size(0); b += kBatch) {
-      optimizer.zero_grad();
-      criterion((*model)(kernels::slice(d.x, 0, b, b + kBatch)), kernels::slice(d.y, 0, b, b + kBatch)).backward();
-      optimizer.step();
-    }
+  tq_test::train_sgd(*model, train_set(), 10, 0.05, kBatch);
   model->eval();
   return model;
 }
