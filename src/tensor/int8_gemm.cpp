@@ -266,21 +266,10 @@ void gemm_u8i8_requant(const uint8_t* X, int64_t M, int64_t ldx, int32_t zx, int
   const char* op = "gemm_u8i8_requant";
   check_common(op, X, M, ldx, zx, x_quant_max, W, Y, ldy);
   check_requant(op, W, bias_q, multipliers, zy, y_min, y_max);
-  detail::Int8GemmProblem problem;
-  problem.X = X;
-  problem.M = M;
-  problem.ldx = ldx;
-  problem.zx = zx;
-  problem.W = &W;
-  problem.widening = path == Int8Path::avx2_widening;
-  problem.bias_q = bias_q;
-  problem.multipliers = multipliers;
-  problem.zy = zy;
-  problem.y_min = y_min;
-  problem.y_max = y_max;
-  problem.Y_u8 = Y;
-  problem.ldy = ldy;
-  run_avx2(problem, threads);
+  run_avx2({.X = X, .M = M, .ldx = ldx, .zx = zx, .W = &W, .widening = path == Int8Path::avx2_widening,
+            .bias_q = bias_q, .multipliers = multipliers, .zy = zy, .y_min = y_min, .y_max = y_max, .Y_u8 = Y,
+            .ldy = ldy},
+           threads);
 }
 
 // ---------------------------------------------------------------------------
@@ -318,20 +307,9 @@ void gemm_u8i8_dynamic(const uint8_t* X, int64_t M, int64_t ldx, float x_scale, 
   const char* op = "gemm_u8i8_dynamic";
   check_common(op, X, M, ldx, zx, x_quant_max, W, Y, ldy);
   check_dynamic(op, x_scale, w_scale);
-  detail::Int8GemmProblem problem;
-  problem.X = X;
-  problem.M = M;
-  problem.ldx = ldx;
-  problem.zx = zx;
-  problem.W = &W;
-  problem.widening = path == Int8Path::avx2_widening;
-  problem.float_output = true;
-  problem.x_scale = x_scale;
-  problem.w_scale = w_scale;
-  problem.bias_f = bias;
-  problem.Y_f32 = Y;
-  problem.ldy = ldy;
-  run_avx2(problem, threads);
+  run_avx2({.X = X, .M = M, .ldx = ldx, .zx = zx, .W = &W, .widening = path == Int8Path::avx2_widening,
+            .float_output = true, .x_scale = x_scale, .w_scale = w_scale, .bias_f = bias, .Y_f32 = Y, .ldy = ldy},
+           threads);
 }
 
 ActivationQParams dynamic_activation_qparams(float min, float max, int32_t quant_max) {
