@@ -44,16 +44,8 @@ Json timing_json(const Timing& t) {
   return j;
 }
 
-// The float MLP of the Fashion-MNIST pipeline (tools/cli make_mlp).
-std::shared_ptr<nn::Sequential> make_mlp() {
-  auto mlp = std::make_shared<nn::Sequential>();
-  mlp->push_back("fc1", nn::Linear(784, 256));
-  mlp->push_back("relu1", nn::ReLU());
-  mlp->push_back("fc2", nn::Linear(256, 128));
-  mlp->push_back("relu2", nn::ReLU());
-  mlp->push_back("fc3", nn::Linear(128, 10));
-  return mlp;
-}
+// The float MLP of the Fashion-MNIST pipeline.
+std::shared_ptr<nn::Sequential> make_mlp() { return nn::make_mlp({784, 256, 128, 10}); }
 
 std::shared_ptr<nn::Sequential> make_simple_nn() {
   auto net = std::make_shared<nn::Sequential>();

@@ -37,16 +37,6 @@ std::string temp_path(const std::string& name) { return (scratch_dir() / name).s
 
 std::string read_bytes(const std::string& p) { return tq_test::read_bytes(p); }
 
-// The MLP of the command line: Linear / ReLU pairs named fc1, relu1, ...
-std::shared_ptr<nn::Sequential> make_mlp(const std::vector<int64_t>& sizes) {
-  auto mlp = std::make_shared<nn::Sequential>();
-  for (size_t i = 0; i + 1 < sizes.size(); ++i) {
-    mlp->push_back("fc" + std::to_string(i + 1), nn::Linear(sizes[i], sizes[i + 1]));
-    if (i + 2 < sizes.size()) mlp->push_back("relu" + std::to_string(i + 1), nn::ReLU());
-  }
-  return mlp;
-}
-
 // The seed example's model, defined by the user (not a library type).
 struct SimpleNN : nn::Module {
   nn::Slot<nn::Linear> fc1 = register_module("fc1", nn::Linear(10, 5));
@@ -130,7 +120,7 @@ std::vector<double> train_steps(nn::Module& m, int steps, int64_t features, int6
 // A QAT model (fused, prepared, trained a few steps) of the given sizes.
 std::shared_ptr<nn::Sequential> qat_mlp(const std::vector<int64_t>& sizes, q::QConfigPtr qconfig, int steps = 4) {
   manual_seed(3);
-  auto m = make_mlp(sizes);
+  auto m = nn::make_mlp(sizes);
   q::fuse_linear_relu(*m);
   m->qconfig = qconfig;
   q::prepare_qat(*m);
@@ -155,7 +145,7 @@ std::string fashion_dir() {
 
 TEST_CASE("model file: a float MLP loads back with identical outputs", "[modelfile]") {
   manual_seed(1);
-  auto model = make_mlp({784, 256, 128, 10});
+  auto model = nn::make_mlp({784, 256, 128, 10});
   const std::string path = temp_path("float.safetensors");
   io::save_model(*model, path, {{"note", "hello"}});
 
@@ -184,7 +174,7 @@ TEST_CASE("model file: a float MLP loads back with identical outputs", "[modelfi
 
 TEST_CASE("model file: loading a model leaves the caller's random sequence where it was", "[modelfile]") {
   manual_seed(1);
-  auto model = make_mlp({784, 256, 128, 10});
+  auto model = nn::make_mlp({784, 256, 128, 10});
   const std::string path = temp_path("rng.safetensors");
   io::save_model(*model, path);
   manual_seed(42);
@@ -285,7 +275,7 @@ TEST_CASE("model file: a static int8 model loads as QuantizedLinear bit for bit"
   // At most 27% of the float file of the same MLP.
   manual_seed(1);
   const std::string float_path = temp_path("float_for_size.safetensors");
-  io::save_model(*make_mlp({784, 256, 128, 10}), float_path);
+  io::save_model(*nn::make_mlp({784, 256, 128, 10}), float_path);
   const double ratio = static_cast<double>(fs::file_size(path)) / static_cast<double>(fs::file_size(float_path));
   CAPTURE(fs::file_size(path), fs::file_size(float_path));
   CHECK(ratio <= 0.27);
@@ -295,7 +285,7 @@ TEST_CASE("model file: PTQ — an observed model mid-calibration and its int8 mo
   for (const char* observer : {"histogram", "minmax", "moving_average"}) {
     INFO("observer " << observer);
     manual_seed(4);
-    auto model = make_mlp({784, 64, 10});
+    auto model = nn::make_mlp({784, 64, 10});
     q::fuse_linear_relu(*model);
     model->qconfig = q::make_ptq_qconfig(observer);
     q::prepare(*model);
@@ -330,7 +320,7 @@ TEST_CASE("model file: a dynamic int8 model loads as DynamicQuantizedLinear bit 
   for (bool per_channel : {true, false}) {
     INFO("per_channel " << per_channel);
     manual_seed(5);
-    auto model = make_mlp({784, 256, 128, 10});
+    auto model = nn::make_mlp({784, 256, 128, 10});
     const std::string float_path = temp_path("dyn_float.safetensors");
     io::save_model(*model, float_path);
     REQUIRE(q::quantize_dynamic(*model, {}, DType::i8, per_channel) == 3);
@@ -480,7 +470,7 @@ TEST_CASE("model file: load_into a model of another structure names the mismatch
     expect_unchanged(deeper, before, repr);
   }
   SECTION("a module the model does not have") {
-    auto mlp = make_mlp({10, 5});  // only fc1
+    auto mlp = nn::make_mlp({10, 5});  // only fc1
     const Tensor before = run(*mlp, x);
     const std::string repr = mlp->repr();
     CHECK_THROWS_WITH(io::load_into(*mlp, float_path), Contains("module 'fc2' that the model does not have"));
@@ -595,7 +585,7 @@ TEST_CASE("model file: defects of a model file are FormatErrors naming the file 
 
   // A float file missing a parameter: a defect of the file, not of the caller's arguments.
   manual_seed(2);
-  auto fl = make_mlp({20, 8, 4});
+  auto fl = nn::make_mlp({20, 8, 4});
   io::SafetensorsFile ff = io::model_to_safetensors(*fl);
   ff.tensors.erase("fc2.weight");
   expect_error(ff, "fc2");
@@ -612,7 +602,7 @@ TEST_CASE("model file: defects of a model file are FormatErrors naming the file 
 
 TEST_CASE("model file: a failed save leaves the existing file as it was", "[modelfile][atomic]") {
   manual_seed(0);
-  auto model = make_mlp({10, 4});
+  auto model = nn::make_mlp({10, 4});
   const std::string dir = temp_path("save_fail");
   fs::create_directories(dir + "/a_directory");
   CHECK_THROWS_WITH(io::save_model(*model, dir + "/a_directory"), Contains(dir + "/a_directory"));
@@ -625,7 +615,7 @@ TEST_CASE("model file: a failed save leaves the existing file as it was", "[mode
   const std::string blocker = path + ".tmp-" + std::to_string(getpid());
   fs::create_directories(blocker);  // the temporary file cannot be created
   manual_seed(1);
-  CHECK_THROWS(io::save_model(*make_mlp({10, 4}), path));
+  CHECK_THROWS(io::save_model(*nn::make_mlp({10, 4}), path));
   CHECK(read_bytes(path) == before);
   fs::remove(blocker);
   CHECK(io::load_model(path)->repr() == model->repr());
@@ -636,7 +626,7 @@ TEST_CASE("model file: one epoch on real Fashion-MNIST then save and load", "[mo
   const io::Dataset train = io::load_fashion_mnist(dir, io::Split::train);
   const io::Dataset test = io::load_fashion_mnist(dir, io::Split::test);
   manual_seed(0);
-  auto model = make_mlp({784, 256, 128, 10});
+  auto model = nn::make_mlp({784, 256, 128, 10});
   io::DataLoader loader(train, {.batch_size = 64, .seed = 0});
   nn::SGD opt(model->parameters(), {.lr = 0.01, .momentum = 0.9});
   const auto t0 = std::chrono::steady_clock::now();

@@ -1,6 +1,10 @@
 // Sequential: children named "0", "1", ... run one after another.
 #pragma once
 
+#include <cstdint>
+#include <memory>
+#include <vector>
+
 #include "nn/module.h"
 
 namespace tq::nn {
@@ -32,5 +36,10 @@ class Sequential : public Module {
   size_t size() const { return slots_.size(); }
   Module& operator[](size_t i) const { return *slots_.at(i)->module; }
 };
+
+// An MLP: Linear layers sizes[0] -> sizes[1] -> ... -> sizes.back(), a ReLU
+// between each two, named fc1, relu1, fc2, relu2, ..., fcN (the model of the
+// command line and of the benchmarks). Needs at least two sizes.
+std::shared_ptr<Sequential> make_mlp(const std::vector<int64_t>& sizes);
 
 }  // namespace tq::nn

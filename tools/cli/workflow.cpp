@@ -32,17 +32,10 @@ static double now_seconds() {
 }
 
 std::shared_ptr<nn::Sequential> make_mlp(int64_t in, const std::vector<int64_t>& hidden, int64_t classes) {
-  auto mlp = std::make_shared<nn::Sequential>();
-  int64_t prev = in;
-  int i = 1;
-  for (int64_t h : hidden) {
-    mlp->push_back(fmt::format("fc{}", i), nn::Linear(prev, h));
-    mlp->push_back(fmt::format("relu{}", i), nn::ReLU());
-    prev = h;
-    ++i;
-  }
-  mlp->push_back(fmt::format("fc{}", i), nn::Linear(prev, classes));
-  return mlp;
+  std::vector<int64_t> sizes{in};
+  sizes.insert(sizes.end(), hidden.begin(), hidden.end());
+  sizes.push_back(classes);
+  return nn::make_mlp(sizes);
 }
 
 std::vector<int64_t> parse_hidden(const std::string& text) {
