@@ -3,7 +3,7 @@
 // tests/test_fuzz_regressions.cpp (the normal build), which feeds every
 // committed corpus and regression file through the same code.
 //
-// The contract under test (docs/DESIGN "Errors"): bad bytes may raise any
+// The contract under test (docs/design.md §5, Errors): bad bytes may raise any
 // std::exception; they must not crash, hang, trip a sanitizer, or allocate
 // without bound. On top of that, each entry point checks a few properties of
 // what it accepted (a round trip, plain vs gzip); a violated property is

@@ -279,6 +279,33 @@ TEST_CASE("HistogramObserver: the bin error formula matches a numerical integral
   }
 }
 
+TEST_CASE("HistogramObserver: the search can end on a range that scores worse than min/max", "[histogram]") {
+  // What docs/ptq.md eq. H4 promises, and what it does not: the search keeps
+  // its first narrower candidate without comparing it with the full range
+  // (its best error starts at +inf), so the range it returns may score worse
+  // than [min, max] on its own estimate. A uniform histogram shows it:
+  // clipping either end only adds error, yet one bin is cut.
+  const int bins = 2048, levels = 128;
+  const std::vector<float> hist(bins, 1.f);
+  const double full = tq::quant::histogram_quantization_error(hist, 0.f, 1.f, 0, bins - 1, levels);
+  const auto r = tq::quant::non_linear_param_search(hist, 0.f, 1.f, levels);
+  const int chosen_end = static_cast<int>(std::lround(r.max * bins)) - 1;
+  const double chosen = tq::quant::histogram_quantization_error(hist, 0.f, 1.f, 0, chosen_end, levels);
+  INFO("full range " << full << ", chosen [" << r.min << ", " << r.max << "] (bins 0.." << chosen_end << ") " << chosen);
+  CHECK(r.min == 0.f);
+  CHECK(chosen_end == bins - 2);  // one bin cut off the top
+  // The full range: 2048 values, each with the rounding noise W^2 / 12 of a
+  // 1/128-wide step: 2048 / (12 * 128^2) = 1.0417e-2.
+  CHECK(full == Approx(2048.0 / (12.0 * 128 * 128)).epsilon(1e-12));
+  CHECK(chosen > full);  // 1.0419e-2: worse than min/max, and still chosen
+  // What the search does guarantee: each later step it keeps is no worse
+  // than the one before; here the next candidate (one bin cut at each end
+  // or two at the top) is worse than the chosen one.
+  const double next = std::min(tq::quant::histogram_quantization_error(hist, 0.f, 1.f, 1, bins - 2, levels),
+                               tq::quant::histogram_quantization_error(hist, 0.f, 1.f, 0, bins - 3, levels));
+  CHECK(next > chosen);
+}
+
 TEST_CASE("HistogramObserver: an outlier does not waste the range", "[histogram]") {
   // 200k activations from N(0, 1) and one at 20. MinMax stretches the 7-bit
   // grid over [-4.x, 20]; the histogram observer clips the outlier (cost

@@ -1,5 +1,5 @@
-// Misuse of the API gets an error that names what is wrong (DESIGN.md
-// "Errors", docs/reliability.md §2): a converted layer fed the wrong dtype or
+// Misuse of the API gets an error that names what is wrong (docs/design.md
+// §5, docs/reliability.md §2): a converted layer fed the wrong dtype or
 // width, quantization ranges that cannot work, a per-channel axis the tensor
 // does not have. (Convert before prepare, prepare twice, loading into another
 // structure and an optimizer step without gradients have their tests beside

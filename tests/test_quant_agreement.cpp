@@ -1,6 +1,6 @@
-// Does the int8 model compute what the fake-quant model trained? (DESIGN:
-// "outputs within one quantization step, predictions identical on at least
-// 99.5%"; docs/quantization.md §5, §7.)
+// Does the int8 model compute what the fake-quant model trained? (docs/design.md
+// §3: outputs within one quantization step, predictions identical on at least
+// 99.5%; docs/quantization.md §5, §7.)
 //   1. An MLP learns a seeded synthetic task with QAT; its fake-quant outputs
 //      on a test set are kept, the model is converted in place, and the int8
 //      outputs are compared element by element.

@@ -127,8 +127,8 @@ TEST_CASE("golden qparams: per-tensor affine and symmetric, every range", "[quan
 TEST_CASE("golden qparams: quint8 symmetric without an explicit range", "[quant][golden][qparams]") {
   // PyTorch's quint8 symmetric observer puts the zero point at 128 when it was
   // built without quant_min / quant_max, and at (qmin + qmax) / 2 = 127 with an
-  // explicit 0..255. A tinyqat spec always has an explicit range (DESIGN:
-  // "ranges come from quant_min / quant_max"), so it gives 127; the scale is
+  // explicit 0..255. A tinyqat spec always has an explicit range
+  // (docs/design.md §4), so it gives 127; the scale is
   // the same either way.
   const std::vector<float> minmax = floats("qparams/minmax");
   const std::vector<float> want_scale = floats("qparams/per_tensor_symmetric/quint8_default/scale");
@@ -263,7 +263,7 @@ TEST_CASE("golden moving-average observers: min, max, scale, zero point after ea
 // PyTorch's default QAT activation fake quant (FusedMovingAvgObsFakeQuantize)
 // chooses its qparams with ATen's ChooseQuantizationParams, while convert uses
 // its observer's calculate_qparams(); tinyqat uses the observer formula for
-// both (DESIGN: ONE function). On these batches the two PyTorch answers agree,
+// both (docs/design.md §1). On these batches the two PyTorch answers agree,
 // so our FakeQuantize must match PyTorch's training output exactly too.
 TEST_CASE("golden fbgemm QAT preset: the activation FakeQuantize in training mode", "[quant][golden][fake_quant]") {
   const QConfigPtr qconfig = get_default_qat_qconfig("fbgemm");

@@ -56,8 +56,8 @@ class FakeQuantize : public QParamsSource {
   // observer's): fake-quantize with exactly those.
   void on_state_loaded() override;
 
-  // The qparams of the last forward (what convert uses, DESIGN "Convert uses
-  // exactly the qparams that the last fake-quant forward used").
+  // The qparams of the last forward (what convert uses: docs/design.md §2,
+  // convert uses exactly the qparams of the last fake-quant forward).
   bool has_data() const override { return has_qparams_; }
   QParams calculate_qparams() const override;
   void calculate_qparams_into(QParams& out) const override;

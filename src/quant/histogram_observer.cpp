@@ -80,7 +80,9 @@ ClippingRange non_linear_param_search(const std::vector<float>& histogram, float
   // eq. H4: [alpha, beta] are the quantiles of the data kept inside the range.
   // Each step raises alpha or lowers beta by kQuantileStep, on the side where
   // that moves the range edge further (the side with the thinner tail), and
-  // keeps the move while the error keeps falling.
+  // keeps the move while the error does not grow. The first move is kept
+  // unconditionally (best_error starts at +inf): the result may score worse
+  // than the full range (docs/ptq.md eq. H4).
   double alpha = 0, beta = 1;
   int start_bin = 0, end_bin = bins - 1;
   double best_error = std::numeric_limits<double>::infinity();

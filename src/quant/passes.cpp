@@ -58,8 +58,8 @@ std::shared_ptr<nn::Module> make_prepared(nn::Module& m, const QConfig* qc, cons
 }
 
 // QATLinear / ObservedLinear -> QuantizedLinear with exactly the qparams the
-// prepared layer last used (DESIGN: "Convert uses exactly the qparams that
-// the last fake-quant forward used").
+// prepared layer last used (docs/design.md §2: convert uses exactly the
+// qparams of the last fake-quant forward).
 std::shared_ptr<nn::Module> make_quantized(nn::Module& m, const QConfig*, const std::string& path) {
   auto& p = static_cast<QATLinear&>(m);
   const QParams wq = p.weight_quant->calculate_qparams();
