@@ -1,4 +1,4 @@
-// The seed's SimpleNN, in C++: two Linear layers with ReLUs, trained with SGD
+// The SimpleNN of PyTorch's QAT lesson (docs/lesson.md), in C++: two Linear layers with ReLUs, trained with SGD
 // and cross-entropy on a small fixed data set. Run: ./build/examples/simple_nn
 #include <cstdio>
 #include <iostream>

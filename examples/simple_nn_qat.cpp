@@ -1,4 +1,4 @@
-// The seed's quantization-aware training example, line for line, and then
+// PyTorch's SimpleNN quantization-aware training lesson (docs/lesson.md), line for line, and then
 // what the PyTorch original cannot do: run the int8 model on a float input.
 // Run: ./build/examples/simple_nn_qat
 #include <cstdio>
@@ -36,7 +36,7 @@ static double accuracy(nn::Module& model, const Tensor& x, const Tensor& y) {
 int main() {
   manual_seed(0);
 
-  // ---- Part 1: the seed, line for line ----
+  // ---- Part 1: the SimpleNN QAT lesson, line for line ----
   SimpleNN model;
   model.qconfig = quant::get_default_qat_qconfig("fbgemm");
   quant::prepare_qat(model);

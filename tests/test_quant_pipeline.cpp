@@ -40,7 +40,7 @@ std::map<std::string, std::vector<float>> buffer_values(const nn::Module& m) {
 
 }  // namespace
 
-TEST_CASE("the seed: prepare_qat, one SGD step, convert, print", "[quant][pipeline]") {
+TEST_CASE("the SimpleNN QAT lesson: prepare_qat, one SGD step, convert, print", "[quant][pipeline]") {
   manual_seed(0);
   SimpleNN model;
   const Tensor input = randn({1, 10});

@@ -1,6 +1,6 @@
 // Seeing what quantization did to a model, layer by layer (docs/ptq.md §5).
 // The measure is the signal-to-quantization-noise ratio
-//     SQNR = 10 log10( sum r^2 / sum (r - q)^2 )  dB               (eq. 10)
+//     SQNR = 10 log10( sum r^2 / sum (r - q)^2 )  dB               (docs/ptq.md eq. 10)
 // of a quantized tensor q against its float reference r: each 6 dB is about
 // one bit. A layer whose SQNR is far below the others is the one to keep in
 // float (qconfig = nullptr on that module).

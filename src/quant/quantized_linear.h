@@ -4,7 +4,7 @@
 // Offline (here, at construction, floats allowed): the weights are quantized
 // to i8 with their per-channel scales and packed for the kernel; the bias
 // stays float until the input scale is known, then becomes i32 with scale
-// s_x s_w (eq. 12); the multipliers M = s_x s_w / s_y become Q31 fixed point.
+// s_x s_w (quantization.md eq. 12); the multipliers M = s_x s_w / s_y (eq. 13) become Q31 fixed point.
 // Run time (forward, integers only): u8 input, i32 accumulation with the
 // zero-point term folded out of the inner loop, fixed-point requantization,
 // + z_y, clamp (at z_y too when a ReLU is fused); u8 output that the next
@@ -52,7 +52,7 @@ class QuantizedLinear : public nn::Module {
 
  private:
   // The i32 bias and the multipliers depend on the input's (scale, zero
-  // point); they are computed once per distinct input qparams (eq. 12-13).
+  // point); they are computed once per distinct input qparams (docs/quantization.md eq. 12-13).
   void prepare_for_input(float x_scale, int32_t x_zero_point);
 
   Tensor weight_;  // i8 with per-channel qparams
