@@ -15,6 +15,11 @@ bit, from nothing but the model file and the formulas:
         For every HistogramObserver of a calibrated model (`prepare` + data,
         before `convert`): the range the search picks and its qparams
         (docs/ptq.md eq. H2-H4), as JSON.
+    python3 tools/numpy_int8.py uniform
+        The search on a uniform histogram, where it ends on a range that scores
+        worse than the full one (docs/ptq.md §3).
+    python3 tools/numpy_int8.py qparams MIN MAX [--bits 7] [--symmetric]
+        Scale and zero point of a range (docs/quantization.md eq. 3-6).
 
 Only numpy and the standard library; tests/test_numpy_companion.cpp runs all
 three against the C++ side. Every float step is done in the precision the C++
@@ -358,6 +363,23 @@ def command_histogram(args):
     print(json.dumps(result, indent=1))
 
 
+def command_uniform(_args):
+    hist = np.ones(2048, dtype=F32)
+    full = histogram_error(hist, 0.0, 1.0, 0, 2047, 128)
+    lo, hi = histogram_search(hist, 0.0, 1.0, 128)
+    end = int(round(float(hi) * 2048)) - 1
+    print(f"full range [0, 1]: error {full:.4e}")
+    print(f"chosen range [{float(lo):g}, {float(hi):.8f}] (bins 0..{end}): error {histogram_error(hist, 0.0, 1.0, 0, end, 128):.4e}")
+
+
+def command_qparams(args):
+    if args.symmetric:
+        scale, zp = calculate_qparams(args.min, args.max, -2 ** (args.bits - 1), 2 ** (args.bits - 1) - 1, True, False)
+    else:
+        scale, zp = calculate_qparams(args.min, args.max, 0, 2 ** args.bits - 1, False, True)
+    print("scale = %.9g, zero_point = %d" % (scale, zp))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -370,8 +392,15 @@ def main():
     sub.add_parser("walkthrough", help="examples/int8_walkthrough.cpp, Parts A and B")
     h = sub.add_parser("histogram", help="the histogram search of every HistogramObserver in a calibrated model")
     h.add_argument("model")
+    sub.add_parser("uniform", help="the search on a uniform histogram (docs/ptq.md §3)")
+    q = sub.add_parser("qparams", help="scale and zero point of a range")
+    q.add_argument("min", type=float)
+    q.add_argument("max", type=float)
+    q.add_argument("--bits", type=int, default=7)
+    q.add_argument("--symmetric", action="store_true", help="i8 symmetric (weights) instead of u8 affine")
     args = parser.parse_args()
-    {"eval": command_eval, "walkthrough": command_walkthrough, "histogram": command_histogram}[args.command](args)
+    {"eval": command_eval, "walkthrough": command_walkthrough, "histogram": command_histogram,
+     "uniform": command_uniform, "qparams": command_qparams}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ cross-entropy on a small two-class task (class 1 when x0 + x1 > x2 - x3), 20
 times from different random initial weights, once with the lesson's
 relu(fc2(...)) and once with the logits left alone.
 
-    /usr/bin/python3 tools/relu_logits.py
+    /usr/bin/python3 tools/relu_logits.py                 # about 10 s
+    /usr/bin/python3 tools/relu_logits.py --one-example   # only the one-example arithmetic
 """
 import os
 
@@ -52,8 +53,12 @@ def train(relu_logits, seed, steps=2000, lr=0.1):
 
 
 if __name__ == "__main__":
+    import sys
+
     print("One example, target class 0:")
     one_example()
+    if "--one-example" in sys.argv:
+        sys.exit(0)
     print("SimpleNN 10-5-2, 2000 SGD steps (lr 0.1, full batch of 512), 20 initialisations:")
     for relu_logits in (True, False):
         runs = [train(relu_logits, seed) for seed in range(20)]
