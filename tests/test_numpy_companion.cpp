@@ -122,7 +122,7 @@ TEST_CASE("numpy companion: int8 inference and the histogram search match the li
     int observers = 0;
     for (auto& [path, module] : model->named_modules()) {
       auto* h = dynamic_cast<quant::HistogramObserver*>(module);
-      if (h == nullptr) continue;
+      if (h == nullptr || !h->has_data()) continue;  // fc2's and fc3's input observers see u8, not float
       ++observers;
       INFO("observer " << path);
       REQUIRE(j.contains(path));

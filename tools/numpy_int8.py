@@ -355,6 +355,8 @@ def command_histogram(args):
         c = node["config"]
         spec = c["spec"]
         hist = tensors[path + ".histogram"]
+        if not tensors[path + ".min_val"].item() <= tensors[path + ".max_val"].item():
+            continue  # saw no data (an input observer whose layer gets the previous layer's u8 output)
         lo, hi = histogram_search(hist, tensors[path + ".min_val"].item(), tensors[path + ".max_val"].item(),
                                   spec["quant_max"] - spec["quant_min"] + 1)
         scale, zp = calculate_qparams(lo, hi, spec["quant_min"], spec["quant_max"],
