@@ -128,7 +128,7 @@ int main() {
   iq->zero_point = {xq.zero_point};
   iq->quant_min = 0;
   iq->quant_max = 127;
-  quant::QuantizedLinear layer(from_vector(W, {N, K}), from_vector(b, {N}), wq, oq, iq, false, "walkthrough");
+  quant::QuantizedLinear layer(from_vector(W, {N, K}), from_vector(b, {N}), wq, oq, iq, quant::FusedActivation::none, "walkthrough");
   const Tensor out = layer(from_vector(x, {1, K}));
   bool same = true;
   for (int n = 0; n < N; ++n) {

@@ -18,7 +18,10 @@
 
 namespace tq::io {
 
-inline constexpr int kModelFormatVersion = 1;
+// The version written. Version 2 names a layer's fused activation
+// ("activation": "none" | "relu" | "relu6") where version 1 had the bool
+// "fused_relu"; files of every version up to this one load.
+inline constexpr int kModelFormatVersion = 2;
 
 // Saves atomically (temp file + rename). Extra key/values go to __metadata__.
 void save_model(const nn::Module& model, const std::string& path,
@@ -43,12 +46,19 @@ SafetensorsFile model_to_safetensors(const nn::Module& model, const std::map<std
 // How a module type is written and rebuilt. `encode` fills the module's
 // config (constructor arguments, qparams); `decode` builds a module from it,
 // with `tensors` holding this module's own tensors (local names).
+// `save_tensors`, when set, says which tensors are stored for the module
+// (local names; an int8 layer stores its i8 weight, packed for 4 bits, and
+// its float bias): such a module is always rebuilt from its config and those
+// tensors at load. When unset, its parameters and buffers are stored and
+// restored as they are.
 struct ModuleCodec {
   std::function<void(const nn::Module&, nlohmann::json& config)> encode;
   std::function<std::shared_ptr<nn::Module>(const nlohmann::json& config, const std::map<std::string, Tensor>& tensors)>
       decode;
+  std::function<void(const nn::Module&, std::map<std::string, Tensor>& tensors)> save_tensors = nullptr;
 };
-// Keyed by Module::type_name(). Users may register their own module types.
+// The registry, keyed by Module::type_name(): every module kind that files
+// hold has its entry. Users may register their own module types.
 std::map<std::string, ModuleCodec>& module_codecs();
 
 }  // namespace tq::io

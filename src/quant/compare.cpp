@@ -7,18 +7,23 @@
 #include <fmt/format.h>
 
 #include "autograd/node.h"
-#include "quant/dynamic_linear.h"
-#include "quant/qat_linear.h"
-#include "quant/quantized_linear.h"
+#include "quant/layer.h"
 #include "tensor/ops.h"
 
 namespace tq::quant {
 
 namespace {
 
-bool is_quantized_layer(const nn::Module& m) {
-  return dynamic_cast<const QuantizedLinear*>(&m) || dynamic_cast<const DynamicQuantizedLinear*>(&m) ||
-         dynamic_cast<const QATLinear*>(&m);
+// The layers compared: int8 layers and prepared layers (whose rounding, for
+// QAT, is what their int8 layers will do).
+QuantLayer* compared_layer(nn::Module* m) { return as_quant_layer(m); }
+
+// The float model's own parameter `weight` of the module at `path`, or undefined.
+Tensor float_weight_at(nn::Module* f) {
+  if (!f) return Tensor();
+  for (auto& [name, p] : f->named_parameters(false))
+    if (name == "weight") return p;
+  return Tensor();
 }
 
 // The float model's module at `path`, or nullptr.
@@ -70,22 +75,14 @@ static double max_abs_diff(const Tensor& a_in, const Tensor& b_in) {
 std::vector<LayerComparison> compare_weights(nn::Module& float_model, nn::Module& quantized_model) {
   std::vector<LayerComparison> rows;
   for (auto& [path, m] : quantized_model.named_modules()) {
-    if (!is_quantized_layer(*m)) continue;
+    QuantLayer* layer = compared_layer(m);
+    if (!layer) continue;
     nn::Module* f = find_module(float_model, path);
-    auto* fl = f ? dynamic_cast<nn::Linear*>(f) : nullptr;
-    if (!fl) continue;
-    Tensor w;
-    if (auto* q = dynamic_cast<QuantizedLinear*>(m)) w = q->weight();
-    else if (auto* d = dynamic_cast<DynamicQuantizedLinear*>(m)) w = d->weight();
-    else if (auto* qat = dynamic_cast<QATLinear*>(m)) {
-      NoGradGuard no_grad;
-      const bool was_training = qat->weight_quant->is_training();
-      qat->weight_quant->eval();  // fake-quantize without updating the observer
-      w = qat->weight_quant(qat->weight);
-      qat->weight_quant->train(was_training);
-    }
-    rows.push_back({path, f->type_name(), m->type_name(), sqnr_db(fl->weight, w), max_abs_diff(fl->weight, w),
-                    fl->weight.numel()});
+    const Tensor float_weight = float_weight_at(f);
+    const Tensor w = float_weight.defined() ? layer->effective_weight() : Tensor();
+    if (!w.defined()) continue;
+    rows.push_back({path, f->type_name(), m->type_name(), sqnr_db(float_weight, w), max_abs_diff(float_weight, w),
+                    float_weight.numel()});
   }
   return rows;
 }
@@ -105,7 +102,7 @@ std::vector<LayerComparison> compare_model_outputs(nn::Module& float_model, nn::
   };
   std::vector<Pair> pairs;
   for (auto& [path, m] : quantized_model.named_modules()) {
-    if (path.empty() || !is_quantized_layer(*m) || !find_module(float_model, path)) continue;
+    if (path.empty() || !compared_layer(m) || !find_module(float_model, path)) continue;
     pairs.push_back({path, slot_at(float_model, path), slot_at(quantized_model, path), nullptr, nullptr});
   }
   // Eval mode first (so QAT fake quants update no observer): once a logger

@@ -55,6 +55,20 @@ std::shared_ptr<DynamicQuantizedLinear> DynamicQuantizedLinear::from_quantized(c
   return d;
 }
 
+std::shared_ptr<DynamicQuantizedLinear> DynamicQuantizedLinear::from_float(const nn::Linear& linear, const QConfig& qconfig,
+                                                                           int32_t act_qmax) {
+  auto observer = qconfig.weight ? std::dynamic_pointer_cast<ObserverBase>(qconfig.weight()) : nullptr;
+  if (!observer)
+    throw std::invalid_argument("DynamicQuantizedLinear::from_float: the qconfig's weight factory must make an observer");
+  observer->observe(linear.weight.detach());
+  return from_quantized(quantize(linear.weight.detach(), observer->calculate_qparams(), DType::i8), linear.bias, act_qmax);
+}
+
+std::optional<QParams> DynamicQuantizedLinear::qparams(QuantRole role) const {
+  if (role == QuantRole::weight) return weight_.qparams();
+  return std::nullopt;
+}
+
 void DynamicQuantizedLinear::finish(const Tensor& bias) {
   const QParams& wq = weight_.qparams();
   weight_scales_.clear();

@@ -1,7 +1,9 @@
 #include "quant/fused.h"
 
+#include <functional>
 #include <set>
 #include <stdexcept>
+#include <typeindex>
 #include <typeinfo>
 
 #include <fmt/format.h>
@@ -11,13 +13,53 @@
 namespace tq::quant {
 
 namespace {
+
+// The fusion patterns: (plain Linear, this activation module) -> this fused module.
+struct Pattern {
+  std::type_index activation;
+  std::function<std::shared_ptr<FusedLinear>(const nn::Linear&)> fuse;
+};
+
+const std::vector<Pattern>& patterns() {
+  static const std::vector<Pattern> table = {
+      {typeid(nn::ReLU), [](const nn::Linear& l) { return std::make_shared<LinearReLU>(l); }},
+      {typeid(nn::ReLU6), [](const nn::Linear& l) { return std::make_shared<LinearReLU6>(l); }},
+  };
+  return table;
+}
+
 bool is_plain_linear(const nn::Module& m) { return typeid(m) == typeid(nn::Linear); }
-bool is_relu(const nn::Module& m) { return typeid(m) == typeid(nn::ReLU); }
+
+// The pattern that fuses (first, second), or nullptr.
+const Pattern* find_pattern(const nn::Module& first, const nn::Module& second) {
+  if (!is_plain_linear(first)) return nullptr;
+  for (const Pattern& p : patterns())
+    if (p.activation == std::type_index(typeid(second))) return &p;
+  return nullptr;
+}
+
+std::shared_ptr<FusedLinear> fuse_pair(const Pattern& p, nn::Module& first) {
+  auto fused = p.fuse(static_cast<nn::Linear&>(first));
+  if (first.qconfig) fused->qconfig = first.qconfig;
+  return fused;
+}
+
 }  // namespace
+
+FusedLinear::FusedLinear(const nn::Linear& linear, FusedActivation a) : nn::Linear(linear.weight, linear.bias), activation(a) {
+  train(linear.is_training());
+}
+
+Tensor FusedLinear::forward(const Tensor& x) { return apply_fused_activation(activation, nn::Linear::forward(x)); }
+
+FusedActivation fused_activation_of(const nn::Module& m) {
+  auto* f = dynamic_cast<const FusedLinear*>(&m);
+  return f ? f->activation : FusedActivation::none;
+}
 
 void fuse_modules(nn::Module& model, const std::vector<std::vector<std::string>>& groups) {
   // Check every group before changing anything, so a bad group leaves the model as it was.
-  std::vector<std::shared_ptr<LinearReLU>> fused_modules;
+  std::vector<std::shared_ptr<FusedLinear>> fused_modules;
   std::set<std::string> seen;
   for (const auto& group : groups) {
     std::string names;
@@ -29,12 +71,12 @@ void fuse_modules(nn::Module& model, const std::vector<std::vector<std::string>>
         throw std::invalid_argument(fmt::format("fuse_modules: '{}' appears in more than one group", n));
     nn::Module& first = model.get_submodule(group[0]);
     nn::Module& second = model.get_submodule(group[1]);
-    if (!is_plain_linear(first) || !is_relu(second))
-      throw std::invalid_argument(fmt::format("fuse_modules: group [{}] is ({}, {}); only (Linear, ReLU) can be fused",
+    const Pattern* p = find_pattern(first, second);
+    if (!p)
+      throw std::invalid_argument(fmt::format("fuse_modules: group [{}] is ({}, {}); only (Linear, ReLU) and (Linear, "
+                                              "ReLU6) can be fused",
                                               names, first.type_name(), second.type_name()));
-    auto fused = std::make_shared<LinearReLU>(static_cast<nn::Linear&>(first));
-    if (first.qconfig) fused->qconfig = first.qconfig;
-    fused_modules.push_back(std::move(fused));
+    fused_modules.push_back(fuse_pair(*p, first));
   }
   for (size_t i = 0; i < groups.size(); ++i) {
     model.replace_module(groups[i][0], fused_modules[i]);
@@ -52,10 +94,9 @@ int fuse_linear_relu(nn::Module& model) {
   for (nn::Sequential* seq : sequentials) {
     const auto& slots = seq->children();
     for (size_t i = 0; i + 1 < slots.size(); ++i) {
-      if (!is_plain_linear(*slots[i]->module) || !is_relu(*slots[i + 1]->module)) continue;
-      auto f = std::make_shared<LinearReLU>(static_cast<nn::Linear&>(*slots[i]->module));
-      if (slots[i]->module->qconfig) f->qconfig = slots[i]->module->qconfig;
-      slots[i]->module = f;
+      const Pattern* p = find_pattern(*slots[i]->module, *slots[i + 1]->module);
+      if (!p) continue;
+      slots[i]->module = fuse_pair(*p, *slots[i]->module);
       slots[i + 1]->module = std::make_shared<Identity>();
       ++fused;
       ++i;

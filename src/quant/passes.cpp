@@ -10,6 +10,8 @@
 #include "nn/sequential.h"
 #include "quant/dynamic_linear.h"
 #include "quant/fused.h"
+#include "quant/layer.h"
+#include "quant/observer.h"
 #include "quant/qat_linear.h"
 #include "quant/quantized_linear.h"
 
@@ -20,9 +22,11 @@ namespace {
 std::string join(const std::string& prefix, const std::string& name) { return prefix.empty() ? name : prefix + "." + name; }
 
 // Depth-first over the slots: swaps every module whose exact type has an
-// entry (and, if `need_qconfig`, an effective qconfig). Returns the count.
+// entry (and, if `need_qconfig`, an effective qconfig). The swap function
+// gets the module's effective qconfig, or `fixed` when given (quantize_dynamic,
+// whose qconfig is not the model's). Returns the count.
 int swap_modules(nn::Module& parent, const std::string& prefix, QConfigPtr inherited, const ModuleMapping& mapping,
-                 bool need_qconfig) {
+                 bool need_qconfig, const QConfig* fixed = nullptr) {
   int swapped = 0;
   for (const auto& slot : parent.children()) {
     nn::Module& child = *slot->module;
@@ -30,12 +34,12 @@ int swap_modules(nn::Module& parent, const std::string& prefix, QConfigPtr inher
     const std::string path = join(prefix, slot->name);
     auto it = mapping.find(std::type_index(typeid(child)));
     if (it != mapping.end() && (qconfig || !need_qconfig)) {
-      auto replacement = it->second(child, qconfig.get(), path);
+      auto replacement = it->second(child, fixed ? fixed : qconfig.get(), path);
       replacement->qconfig = qconfig;
       slot->module = std::move(replacement);
       ++swapped;
     } else {
-      swapped += swap_modules(child, path, qconfig, mapping, need_qconfig);
+      swapped += swap_modules(child, path, qconfig, mapping, need_qconfig, fixed);
     }
   }
   return swapped;
@@ -48,63 +52,85 @@ void name_observers(nn::Module& m, const std::string& path) {
 
 }  // namespace
 
-// Builds a prepared layer of type P from a float Linear (fused or not).
-template <class P, bool kFusedRelu>
-std::shared_ptr<nn::Module> make_prepared(nn::Module& m, const QConfig* qc, const std::string& path) {
-  auto p = std::make_shared<P>(static_cast<nn::Linear&>(m), *qc, kFusedRelu);
+// prepare / prepare_qat: a prepared layer of type P from a float module F
+// with activation A fused (Linear: none; LinearReLU: relu; ...).
+template <class P, class F, FusedActivation A>
+std::shared_ptr<nn::Module> prepare_layer(nn::Module& m, const QConfig* qc, const std::string& path) {
+  auto p = std::make_shared<P>(static_cast<F&>(m), *qc, A);
   p->name = path;
   name_observers(*p, path);
   return p;
 }
 
-// QATLinear / ObservedLinear -> QuantizedLinear with exactly the qparams the
-// prepared layer last used (docs/design.md §2: convert uses exactly the
-// qparams of the last fake-quant forward).
-std::shared_ptr<nn::Module> make_quantized(nn::Module& m, const QConfig*, const std::string& path) {
-  auto& p = static_cast<QATLinear&>(m);
-  const QParams wq = p.weight_quant->calculate_qparams();
-  const QParams oq = p.output_quant->calculate_qparams();
-  std::shared_ptr<const QParams> iq;
-  if (p.saw_float_input()) iq = std::make_shared<const QParams>(p.input_quant->calculate_qparams());
-  auto q = std::make_shared<QuantizedLinear>(p.weight, p.bias, wq, oq, iq, p.fused_relu, path);
-  q->train(false);
-  return q;
+// convert: any prepared layer becomes the int8 layer it builds itself, with
+// exactly the qparams it last used (docs/design.md §2: convert uses exactly
+// the qparams of the last fake-quant forward).
+std::shared_ptr<nn::Module> convert_layer(nn::Module& m, const QConfig*, const std::string& path) {
+  return dynamic_cast<PreparedLayer&>(m).to_quantized(path);
 }
+
+// quantize_dynamic: float F (with activation A fused) -> its dynamic int8
+// form. The qconfig says how the weights are quantized; a fused activation
+// stays float, after the int8 layer.
+template <class D, class F, FusedActivation A>
+std::shared_ptr<nn::Module> dynamic_layer(nn::Module& m, const QConfig* qc, const std::string&) {
+  std::shared_ptr<nn::Module> d = D::from_float(static_cast<F&>(m), qc ? *qc : *get_default_dynamic_qconfig());
+  if constexpr (A == FusedActivation::none) {
+    return d;
+  } else {
+    auto seq = std::make_shared<nn::Sequential>();
+    seq->push_back(d);
+    if constexpr (A == FusedActivation::relu) seq->push_back(nn::ReLU());
+    else seq->push_back(nn::ReLU6());
+    return seq;
+  }
+}
+
+constexpr auto kNone = FusedActivation::none, kReLU = FusedActivation::relu, kReLU6 = FusedActivation::relu6;
 
 ModuleMapping& default_qat_module_mappings() {
   static ModuleMapping mapping = {
-      {std::type_index(typeid(nn::Linear)), make_prepared<QATLinear, false>},
-      {std::type_index(typeid(LinearReLU)), make_prepared<QATLinear, true>},
+      {typeid(nn::Linear), prepare_layer<QATLinear, nn::Linear, kNone>},
+      {typeid(LinearReLU), prepare_layer<QATLinear, nn::Linear, kReLU>},
+      {typeid(LinearReLU6), prepare_layer<QATLinear, nn::Linear, kReLU6>},
   };
   return mapping;
 }
 
 ModuleMapping& default_observed_module_mappings() {
   static ModuleMapping mapping = {
-      {std::type_index(typeid(nn::Linear)), make_prepared<ObservedLinear, false>},
-      {std::type_index(typeid(LinearReLU)), make_prepared<ObservedLinear, true>},
+      {typeid(nn::Linear), prepare_layer<ObservedLinear, nn::Linear, kNone>},
+      {typeid(LinearReLU), prepare_layer<ObservedLinear, nn::Linear, kReLU>},
+      {typeid(LinearReLU6), prepare_layer<ObservedLinear, nn::Linear, kReLU6>},
   };
   return mapping;
 }
 
 ModuleMapping& default_static_quant_module_mappings() {
   static ModuleMapping mapping = {
-      {std::type_index(typeid(QATLinear)), make_quantized},
-      {std::type_index(typeid(ObservedLinear)), make_quantized},
+      {typeid(QATLinear), convert_layer},
+      {typeid(ObservedLinear), convert_layer},
   };
   return mapping;
 }
 
 ModuleMapping& default_dynamic_quant_module_mappings() {
-  // The qconfig argument is unused: dynamic quantization needs no observers.
   static ModuleMapping mapping = {
-      {std::type_index(typeid(nn::Linear)),
-       [](nn::Module& m, const QConfig*, const std::string&) -> std::shared_ptr<nn::Module> {
-         auto& l = static_cast<nn::Linear&>(m);
-         return std::make_shared<DynamicQuantizedLinear>(l.weight, l.bias);
-       }},
+      {typeid(nn::Linear), dynamic_layer<DynamicQuantizedLinear, nn::Linear, kNone>},
+      {typeid(LinearReLU), dynamic_layer<DynamicQuantizedLinear, nn::Linear, kReLU>},
+      {typeid(LinearReLU6), dynamic_layer<DynamicQuantizedLinear, nn::Linear, kReLU6>},
   };
   return mapping;
+}
+
+QConfigPtr get_default_dynamic_qconfig(bool per_channel) {
+  auto qc = std::make_shared<QConfig>();
+  qc->name = per_channel ? "dynamic per-channel" : "dynamic";
+  if (per_channel)
+    qc->weight = [] { return std::make_shared<PerChannelMinMaxObserver>(weight_spec(8, QScheme::per_channel_symmetric, 0)); };
+  else
+    qc->weight = [] { return std::make_shared<MinMaxObserver>(weight_spec(8, QScheme::per_tensor_symmetric)); };
+  return qc;
 }
 
 std::map<std::string, QConfigPtr> propagate_qconfig(const nn::Module& model) {
@@ -129,11 +155,10 @@ void prepare_with(nn::Module& model, const ModuleMapping& mapping, const char* p
                                        "model.qconfig = quant::get_default_{}qconfig(\"x86\")",
                                        pass, std::string(pass) == "prepare_qat" ? "qat_" : ""));
   for (auto& [path, m] : model.named_modules())
-    if (auto* p = dynamic_cast<QATLinear*>(m))
-      throw std::logic_error(fmt::format("{}: the model is already prepared ('{}' is a {})", pass, p->name,
-                                         p->type_name()));
+    if (as_prepared_layer(m))
+      throw std::logic_error(fmt::format("{}: the model is already prepared ('{}' is a {})", pass, path, m->type_name()));
   for (auto& [path, m] : model.named_modules())
-    if (dynamic_cast<QuantizedLinear*>(m) || dynamic_cast<DynamicQuantizedLinear*>(m))
+    if (as_quantized_layer(m))
       throw std::logic_error(fmt::format("{}: the model is already quantized ('{}' is a {}); {} starts from a float model",
                                          pass, path, m->type_name(), pass));
   const int n = swap_modules(model, "", model.qconfig.value_or(nullptr), mapping, true);
@@ -152,26 +177,12 @@ void prepare(nn::Module& model, const ModuleMapping& mapping) { prepare_with(mod
 int quantize_dynamic(nn::Module& model, const std::set<std::type_index>& types, DType dtype, bool per_channel) {
   if (dtype != DType::i8)
     throw std::invalid_argument(fmt::format("quantize_dynamic: only qint8 (i8) weights are supported, not {}", dtype_name(dtype)));
-  const std::set<std::type_index> wanted =
-      types.empty() ? std::set<std::type_index>{typeid(nn::Linear), typeid(LinearReLU)} : types;
+  // The default table, or the part of it that `types` asks for.
   ModuleMapping mapping;
-  for (const auto& t : wanted) {
-    if (t == std::type_index(typeid(nn::Linear)) || t == std::type_index(typeid(LinearReLU))) {
-      const bool relu = t == std::type_index(typeid(LinearReLU));
-      mapping[t] = [per_channel, relu](nn::Module& m, const QConfig*, const std::string&) -> std::shared_ptr<nn::Module> {
-        auto& l = static_cast<nn::Linear&>(m);
-        auto d = std::make_shared<DynamicQuantizedLinear>(l.weight, l.bias, per_channel);
-        if (!relu) return d;
-        auto seq = std::make_shared<nn::Sequential>();  // dynamic int8 Linear, then the float ReLU
-        seq->push_back(std::shared_ptr<nn::Module>(d));
-        seq->push_back(nn::ReLU());
-        return seq;
-      };
-    } else if (auto it = default_dynamic_quant_module_mappings().find(t); it != default_dynamic_quant_module_mappings().end()) {
-      mapping[t] = it->second;
-    }
-  }
-  const int n = swap_modules(model, "", nullptr, mapping, false);
+  for (const auto& [type, swap] : default_dynamic_quant_module_mappings())
+    if (types.empty() || types.count(type)) mapping[type] = swap;
+  const QConfigPtr qconfig = get_default_dynamic_qconfig(per_channel);
+  const int n = swap_modules(model, "", nullptr, mapping, false, qconfig.get());
   if (n == 0) {  // unchanged means unchanged: not even switched to eval mode
     std::cerr << "quantize_dynamic: no module of the requested types was found; the model is unchanged\n";
     return 0;
@@ -186,21 +197,11 @@ void convert(nn::Module& model, const ModuleMapping& mapping) {
   for (auto& [path, m] : model.named_modules()) {
     if (mapping.count(std::type_index(typeid(*m))) == 0) continue;
     any_prepared = true;
-    auto* p = dynamic_cast<QATLinear*>(m);
-    if (!p) continue;
-    // Each range the int8 layer will be made from must give valid qparams:
-    // no data yet, or a range that is not finite, stops here, naming the layer.
-    try {
-      p->output_quant->calculate_qparams();
-      p->weight_quant->calculate_qparams();
-      if (p->saw_float_input()) p->input_quant->calculate_qparams();
-    } catch (const std::invalid_argument& e) {  // from calculate_qparams, which knows no layer names
-      throw std::invalid_argument(fmt::format("convert: layer '{}': {}", path, e.what()));
-    }  // "has seen no data" (logic_error) names the observer by its path already
+    if (auto* p = as_prepared_layer(m)) p->check_convertible(path);
   }
   if (!any_prepared) {
     for (auto& [path, m] : model.named_modules())
-      if (dynamic_cast<nn::Linear*>(m) && !path.empty())
+      if (default_qat_module_mappings().count(std::type_index(typeid(*m))) && !path.empty())
         throw std::logic_error(fmt::format("convert: '{}' is a float {} — call prepare_qat (or prepare) and "
                                            "train / calibrate before convert",
                                            path, m->type_name()));
@@ -213,10 +214,8 @@ void convert(nn::Module& model, const ModuleMapping& mapping) {
 int set_int8_threads(nn::Module& model, int threads) {
   if (threads < 0) throw std::invalid_argument(fmt::format("set_int8_threads: threads {} must be >= 0", threads));
   int n = 0;
-  for (auto& [path, m] : model.named_modules()) {
-    if (auto* q = dynamic_cast<QuantizedLinear*>(m)) q->threads = threads, ++n;
-    if (auto* d = dynamic_cast<DynamicQuantizedLinear*>(m)) d->threads = threads, ++n;
-  }
+  for (auto& [path, m] : model.named_modules())
+    if (auto* q = as_quantized_layer(m)) q->threads = threads, ++n;
   return n;
 }
 

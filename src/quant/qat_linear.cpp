@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "autograd/node.h"
+#include "quant/quantized_linear.h"
 
 namespace tq::quant {
 
@@ -17,12 +18,12 @@ namespace {
 const std::shared_ptr<const QParams> kObservedGrid = std::make_shared<const QParams>();
 }  // namespace
 
-QATLinear::QATLinear(const nn::Linear& f, const QConfig& qconfig, bool relu)
-    : QATLinear(f, qconfig, relu, "input_fake_quant", "weight_fake_quant") {}
+QATLinear::QATLinear(const nn::Linear& f, const QConfig& qconfig, FusedActivation activation)
+    : QATLinear(f, qconfig, activation, "input_fake_quant", "weight_fake_quant") {}
 
-QATLinear::QATLinear(const nn::Linear& f, const QConfig& qconfig, bool relu, const char* input_slot,
+QATLinear::QATLinear(const nn::Linear& f, const QConfig& qconfig, FusedActivation activation, const char* input_slot,
                      const char* weight_slot)
-    : nn::Linear(f.weight, f.bias), fused_relu(relu) {
+    : nn::Linear(f.weight, f.bias), fused_relu(activation == FusedActivation::relu), activation_(activation) {
   if (!qconfig.activation || !qconfig.weight)
     throw std::invalid_argument("QATLinear: the qconfig needs both an activation and a weight factory");
   input_quant = register_module(input_slot, qconfig.activation());
@@ -75,10 +76,31 @@ Tensor QATLinear::forward(const Tensor& x_in) {
   const Tensor x_q = x.impl()->fake_quant_grid ? x : input_quant(x);
   const Tensor w_q = weight_quant(weight);
   Tensor y = tq::linear(x_q, w_q, quantized_bias(x_q));
-  if (fused_relu) y = tq::relu(y);
+  y = apply_fused_activation(activation_, y);
   y = output_quant(y);
   if (!y.impl()->fake_quant_grid) y.impl()->fake_quant_grid = kObservedGrid;
   return x_in.dim() == 1 ? tq::reshape(y, {out_features}) : y;
+}
+
+QParamsSource* QATLinear::quantizer(QuantRole role) const {
+  switch (role) {
+    case QuantRole::input: return &input_quant.get();
+    case QuantRole::weight: return &weight_quant.get();
+    case QuantRole::output: return &output_quant.get();
+  }
+  return nullptr;
+}
+
+// Exactly the qparams the prepared layer last used (docs/design.md §2:
+// convert uses the qparams of the last fake-quant forward).
+std::shared_ptr<nn::Module> QATLinear::to_quantized(const std::string& path) const {
+  const QParams wq = weight_quant->calculate_qparams();
+  const QParams oq = output_quant->calculate_qparams();
+  std::shared_ptr<const QParams> iq;
+  if (saw_float_input()) iq = std::make_shared<const QParams>(input_quant->calculate_qparams());
+  auto q = std::make_shared<QuantizedLinear>(weight, bias, wq, oq, iq, activation_, path);
+  q->train(false);
+  return q;
 }
 
 }  // namespace tq::quant

@@ -1,5 +1,5 @@
 // QATLinear: a Linear trained with fake quantization (docs/quantization.md §5).
-//   y = fq_out( x' W_fq^T + b )         (relu before fq_out when fused)
+//   y = fq_out( act( x' W_fq^T + b ) )   (act: the fused activation, if any)
 // where W_fq is the weight fake-quantized per channel, and x' is the input:
 //   - used as it is when it already lies on a fake-quant grid (the output of
 //     an earlier fake quant, through relu): quantizing it again would change
@@ -20,16 +20,18 @@
 #pragma once
 
 #include "nn/linear.h"
+#include "quant/layer.h"
 #include "quant/qconfig.h"
 
 namespace tq::quant {
 
-class QATLinear : public nn::Linear {
+class QATLinear : public nn::Linear, public PreparedLayer {
  public:
-  QATLinear(const nn::Linear& float_linear, const QConfig& qconfig, bool fused_relu = false);
+  QATLinear(const nn::Linear& float_linear, const QConfig& qconfig,
+            FusedActivation activation = FusedActivation::none);
 
   Tensor forward(const Tensor& x) override;
-  std::string type_name() const override { return fused_relu ? "QATLinearReLU" : "QATLinear"; }
+  std::string type_name() const override { return std::string("QATLinear") + fused_activation_suffix(activation_); }
 
   // Did a plain float tensor ever enter this layer (so its input qparams are known)?
   bool saw_float_input() const { return input_quant->has_data(); }
@@ -38,23 +40,36 @@ class QATLinear : public nn::Linear {
   nn::Slot<QParamsSource> input_quant;   // float inputs
   nn::Slot<QParamsSource> weight_quant;  // the weight
   nn::Slot<QParamsSource> output_quant;  // the output ("activation_post_process")
-  bool fused_relu = false;
   std::string name = "QATLinear";  // its path in the model, set by the pass
+  // True when the fused activation is relu (for callers written before
+  // activation() existed; read activation() instead).
+  const bool fused_relu;
+
+  // ---- PreparedLayer ----
+  FusedActivation activation() const override { return activation_; }
+  QParamsSource* quantizer(QuantRole role) const override;
+  Tensor float_weight() const override { return weight; }
+  // A QuantizedLinear with the last qparams (or the observed ranges).
+  std::shared_ptr<nn::Module> to_quantized(const std::string& path) const override;
 
  protected:
   // The bias the forward adds: on the accumulator grid s_x * s_w when fake
   // quantizing (what the int8 layer adds), the float bias otherwise.
   Tensor quantized_bias(const Tensor& x_q) const;
   mutable QParams weight_qparams_;  // scratch for quantized_bias
-  QATLinear(const nn::Linear& float_linear, const QConfig& qconfig, bool fused_relu, const char* input_slot,
+  QATLinear(const nn::Linear& float_linear, const QConfig& qconfig, FusedActivation activation, const char* input_slot,
             const char* weight_slot);
+
+ private:
+  FusedActivation activation_;
 };
 
 class ObservedLinear : public QATLinear {
  public:
-  ObservedLinear(const nn::Linear& float_linear, const QConfig& qconfig, bool fused_relu = false)
-      : QATLinear(float_linear, qconfig, fused_relu, "input_observer", "weight_observer") {}
-  std::string type_name() const override { return fused_relu ? "ObservedLinearReLU" : "ObservedLinear"; }
+  ObservedLinear(const nn::Linear& float_linear, const QConfig& qconfig,
+                 FusedActivation activation = FusedActivation::none)
+      : QATLinear(float_linear, qconfig, activation, "input_observer", "weight_observer") {}
+  std::string type_name() const override { return std::string("ObservedLinear") + fused_activation_suffix(activation()); }
 };
 
 }  // namespace tq::quant

@@ -6,6 +6,7 @@
 #include "quant/fake_quantize.h"
 #include "quant/fused.h"
 #include "quant/histogram_observer.h"
+#include "quant/layer.h"
 #include "quant/learnable_fake_quantize.h"
 #include "quant/observer.h"
 #include "quant/passes.h"

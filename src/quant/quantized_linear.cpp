@@ -13,8 +13,11 @@
 namespace tq::quant {
 
 QuantizedLinear::QuantizedLinear(const Tensor& weight, const Tensor& bias, const QParams& wq_in, const QParams& oq,
-                                 std::shared_ptr<const QParams> iq, bool relu, std::string layer_name)
-    : fused_relu(relu), name(std::move(layer_name)), input_qparams_(std::move(iq)) {
+                                 std::shared_ptr<const QParams> iq, FusedActivation activation, std::string layer_name)
+    : fused_relu(activation == FusedActivation::relu),
+      name(std::move(layer_name)),
+      activation_(activation),
+      input_qparams_(std::move(iq)) {
   if (weight.dim() != 2) throw std::invalid_argument(fmt::format("{}: weight must be 2-D, got {}", name, weight.shape().str()));
   out_features = weight.size(0);
   in_features = weight.size(1);
@@ -96,12 +99,21 @@ Tensor QuantizedLinear::forward(const Tensor& x_in) {
   prepare_for_input(iq.scale[0], iq.zero_point[0]);
   const QParams& oq = *output_qparams_;
   const int32_t zy = oq.zero_point[0];
-  const int32_t y_min = fused_relu ? std::max(oq.quant_min, zy) : oq.quant_min;
+  const OutputRange y_range = fused_output_range(activation_, oq);  // eq. 13-14
   Tensor y = empty(one_row ? Shape{out_features} : Shape{M, out_features}, DType::u8);
   gemm_u8i8_requant(x.data<uint8_t>(), M, in_features, iq.zero_point[0], iq.quant_max, packed_,
-                    bias_.defined() ? bias_q_.data() : nullptr, multipliers_.data(), zy, y_min, oq.quant_max,
+                    bias_.defined() ? bias_q_.data() : nullptr, multipliers_.data(), zy, y_range.min, y_range.max,
                     y.data<uint8_t>(), out_features, threads);
   return with_qparams(y, output_qparams_);
+}
+
+std::optional<QParams> QuantizedLinear::qparams(QuantRole role) const {
+  switch (role) {
+    case QuantRole::input: return input_qparams_ ? std::optional<QParams>(*input_qparams_) : std::nullopt;
+    case QuantRole::weight: return weight_.qparams();
+    case QuantRole::output: return *output_qparams_;
+  }
+  return std::nullopt;
 }
 
 std::string QuantizedLinear::extra_repr() const {

@@ -7,19 +7,20 @@
 // s_x s_w (quantization.md eq. 12); the multipliers M = s_x s_w / s_y (eq. 13) become Q31 fixed point.
 // Run time (forward, integers only): u8 input, i32 accumulation with the
 // zero-point term folded out of the inner loop, fixed-point requantization,
-// + z_y, clamp (at z_y too when a ReLU is fused); u8 output that the next
-// layer takes as it is.
+// + z_y, clamp (raised to z_y when a ReLU is fused, and lowered to the code of
+// real 6 for a ReLU6: eq. 14); u8 output that the next layer takes as it is.
 #pragma once
 
 #include <memory>
 #include <optional>
 
 #include "nn/module.h"
+#include "quant/layer.h"
 #include "tensor/int8_gemm.h"
 
 namespace tq::quant {
 
-class QuantizedLinear : public nn::Module {
+class QuantizedLinear : public nn::Module, public QuantizedLayer {
  public:
   // weight: (out, in) f32, quantized here with weight_qparams (symmetric,
   // per-tensor or per-channel along axis 0) — or an already quantized i8
@@ -28,17 +29,25 @@ class QuantizedLinear : public nn::Module {
   // output_qparams: per-tensor affine u8; input_qparams: the qparams to
   // quantize a float input with, or nullptr if this layer never saw one.
   QuantizedLinear(const Tensor& weight, const Tensor& bias, const QParams& weight_qparams,
+                  const QParams& output_qparams, std::shared_ptr<const QParams> input_qparams,
+                  FusedActivation activation, std::string name);
+  // The same with a fused ReLU or none (the form before FusedActivation existed).
+  QuantizedLinear(const Tensor& weight, const Tensor& bias, const QParams& weight_qparams,
                   const QParams& output_qparams, std::shared_ptr<const QParams> input_qparams, bool fused_relu,
-                  std::string name);
+                  std::string name)
+      : QuantizedLinear(weight, bias, weight_qparams, output_qparams, std::move(input_qparams),
+                        fused_relu ? FusedActivation::relu : FusedActivation::none, std::move(name)) {}
 
   // x: (N, in) u8 quantized (used as it is), or f32 (quantized with the
   // recorded input qparams) -> (N, out) u8 quantized with output_qparams.
   Tensor forward(const Tensor& x) override;
-  std::string type_name() const override { return fused_relu ? "QuantizedLinearReLU" : "QuantizedLinear"; }
+  std::string type_name() const override { return std::string("QuantizedLinear") + fused_activation_suffix(activation_); }
   std::string extra_repr() const override;
 
   int64_t in_features = 0, out_features = 0;
-  bool fused_relu = false;
+  // True when the fused activation is relu (for callers written before
+  // activation() existed; read activation() instead).
+  const bool fused_relu;
   std::string name;
 
   const Tensor& weight() const { return weight_; }  // (out, in) i8, quantized
@@ -47,10 +56,13 @@ class QuantizedLinear : public nn::Module {
   const std::shared_ptr<const QParams>& input_qparams() const { return input_qparams_; }
   const PackedWeightsI8& packed_weights() const { return packed_; }
 
-  // Threads for the int8 GEMM (0 = the library default).
-  int threads = 0;
+  // ---- QuantizedLayer (threads: of the int8 GEMM, 0 = the library default) ----
+  FusedActivation activation() const override { return activation_; }
+  std::optional<QParams> qparams(QuantRole role) const override;
+  Tensor effective_weight() override { return weight_; }
 
  private:
+  FusedActivation activation_;
   // The i32 bias and the multipliers depend on the input's (scale, zero
   // point); they are computed once per distinct input qparams (docs/quantization.md eq. 12-13).
   void prepare_for_input(float x_scale, int32_t x_zero_point);
