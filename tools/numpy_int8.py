@@ -135,7 +135,8 @@ class QuantizedLinear:
 
     def __init__(self, path, node, tensors):
         c = node["config"]
-        self.path, self.fused_relu = path, c["fused_relu"]
+        # The fused activation: "activation" (format version 2), or version 1's bool "fused_relu".
+        self.path, self.activation = path, c.get("activation", "relu" if c.get("fused_relu") else "none")
         w = tensors[path + ".weight"]
         if c.get("weight_packing") == "int4x2":
             w = unpack_int4(w, c["out_features"] * c["in_features"]).reshape(c["out_features"], c["in_features"])
@@ -160,14 +161,18 @@ class QuantizedLinear:
         # eq. 11: the products are exact in float64 and every partial sum is
         # below 2^53, so BLAS's dgemm gives the exact integer sums.
         acc = ((x - z_x).astype(np.float64) @ self.weight.T.astype(np.float64)).astype(np.int64)
-        y_min = max(oq["quant_min"], z_y) if self.fused_relu else oq["quant_min"]
+        # eq. 13-14: a fused ReLU raises the lower end to z_y; ReLU6 also lowers the upper end to the code of 6.
+        y_min = max(oq["quant_min"], z_y) if self.activation != "none" else oq["quant_min"]
+        y_max = oq["quant_max"]
+        if self.activation == "relu6":
+            y_max = int(min(max(z_y + np.rint(6.0 / s_y), y_min), y_max))
         y = np.empty_like(acc)
         for n in range(self.weight.shape[0]):
             s_acc = float(s_x) * float(self.weight_scales[n])  # in double, as the C++ layer
             if self.bias is not None:  # eq. 12, clamped to the kernel's bound 2^30
                 acc[:, n] += int(min(max(np.rint(float(self.bias[n]) / s_acc), -2.0 ** 30), 2.0 ** 30))
             multiplier, shift = quantize_multiplier(s_acc / s_y)  # eq. 13
-            y[:, n] = np.clip(z_y + multiply_by_quantized_multiplier(acc[:, n], multiplier, shift), y_min, oq["quant_max"])
+            y[:, n] = np.clip(z_y + multiply_by_quantized_multiplier(acc[:, n], multiplier, shift), y_min, y_max)
         return y, oq
 
 
@@ -179,7 +184,7 @@ def int8_forward(model, tensors, images):
     for child in model["children"]:
         name, node = child["name"], child["module"]
         kind = node["type"]
-        if kind in ("QuantizedLinear", "QuantizedLinearReLU"):
+        if kind in ("QuantizedLinear", "QuantizedLinearReLU", "QuantizedLinearReLU6"):
             x, qparams = QuantizedLinear(name, node, tensors).forward(x, qparams)
         elif kind == "ReLU":  # on a quantized tensor: max(q, z) (quantization.md §1)
             x = np.maximum(x, qparams["zero_point"][0]) if qparams else np.maximum(x, F32(0))
