@@ -14,32 +14,33 @@ namespace tq::quant {
 
 namespace {
 
-// The fusion patterns: (plain Linear, this activation module) -> this fused module.
+// The fusion patterns: (this layer type, this activation type) -> the fused
+// module. A new fusable layer kind adds its rows here.
 struct Pattern {
-  std::type_index activation;
-  std::function<std::shared_ptr<FusedLinear>(const nn::Linear&)> fuse;
+  std::type_index layer, activation;
+  std::function<std::shared_ptr<nn::Module>(nn::Module& layer)> fuse;
 };
 
 const std::vector<Pattern>& patterns() {
   static const std::vector<Pattern> table = {
-      {typeid(nn::ReLU), [](const nn::Linear& l) { return std::make_shared<LinearReLU>(l); }},
-      {typeid(nn::ReLU6), [](const nn::Linear& l) { return std::make_shared<LinearReLU6>(l); }},
+      {typeid(nn::Linear), typeid(nn::ReLU),
+       [](nn::Module& l) { return std::make_shared<LinearReLU>(static_cast<nn::Linear&>(l)); }},
+      {typeid(nn::Linear), typeid(nn::ReLU6),
+       [](nn::Module& l) { return std::make_shared<LinearReLU6>(static_cast<nn::Linear&>(l)); }},
   };
   return table;
 }
 
-bool is_plain_linear(const nn::Module& m) { return typeid(m) == typeid(nn::Linear); }
-
-// The pattern that fuses (first, second), or nullptr.
+// The pattern that fuses (first, second), or nullptr. Types must match
+// exactly: a LinearReLU followed by a ReLU is not fused again.
 const Pattern* find_pattern(const nn::Module& first, const nn::Module& second) {
-  if (!is_plain_linear(first)) return nullptr;
   for (const Pattern& p : patterns())
-    if (p.activation == std::type_index(typeid(second))) return &p;
+    if (p.layer == std::type_index(typeid(first)) && p.activation == std::type_index(typeid(second))) return &p;
   return nullptr;
 }
 
-std::shared_ptr<FusedLinear> fuse_pair(const Pattern& p, nn::Module& first) {
-  auto fused = p.fuse(static_cast<nn::Linear&>(first));
+std::shared_ptr<nn::Module> fuse_pair(const Pattern& p, nn::Module& first) {
+  auto fused = p.fuse(first);
   if (first.qconfig) fused->qconfig = first.qconfig;
   return fused;
 }
@@ -59,7 +60,7 @@ FusedActivation fused_activation_of(const nn::Module& m) {
 
 void fuse_modules(nn::Module& model, const std::vector<std::vector<std::string>>& groups) {
   // Check every group before changing anything, so a bad group leaves the model as it was.
-  std::vector<std::shared_ptr<FusedLinear>> fused_modules;
+  std::vector<std::shared_ptr<nn::Module>> fused_modules;
   std::set<std::string> seen;
   for (const auto& group : groups) {
     std::string names;
