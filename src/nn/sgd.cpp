@@ -2,7 +2,6 @@
 // parameters in place.
 #include "nn/sgd.h"
 
-#include <cstring>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -11,18 +10,15 @@
 
 namespace tq::nn {
 
-SGD::SGD(std::vector<Tensor> params, SGDOptions options) : params_(std::move(params)), options_(options) {
+SGD::SGD(std::vector<ParamGroup> groups, SGDOptions options)
+    : Optimizer("SGD", std::move(groups), options.lr, options.weight_decay), options_(options) {
   if (!(options_.lr >= 0)) throw std::invalid_argument(fmt::format("SGD: invalid learning rate {}", options_.lr));
   if (!(options_.momentum >= 0)) throw std::invalid_argument(fmt::format("SGD: invalid momentum {}", options_.momentum));
   if (!(options_.weight_decay >= 0))
     throw std::invalid_argument(fmt::format("SGD: invalid weight_decay {}", options_.weight_decay));
   if (options_.nesterov && (options_.momentum <= 0 || options_.dampening != 0))
     throw std::invalid_argument("SGD: Nesterov momentum requires a momentum and zero dampening");
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const Tensor& p = params_[i];
-    if (!p.defined() || p.dtype() != DType::f32 || !p.is_contiguous())
-      throw std::invalid_argument(fmt::format("SGD: parameter {} is not a contiguous f32 tensor", i));
-  }
+  // The parameters and the groups' rates are checked by Optimizer.
   buffers_.resize(params_.size());
 }
 
@@ -54,11 +50,12 @@ void sgd_momentum(float* __restrict w, const float* __restrict g, float* __restr
 }  // namespace
 
 void SGD::step() {
-  const float lr = static_cast<float>(options_.lr), mu = static_cast<float>(options_.momentum);
-  const float wd = static_cast<float>(options_.weight_decay);
+  const float mu = static_cast<float>(options_.momentum);
   const float one_minus_dampening = static_cast<float>(1.0 - options_.dampening);
   bool any = false;
   for (size_t i = 0; i < params_.size(); ++i) {
+    const ParamGroup& group = groups_[group_index_[i]];
+    const float lr = static_cast<float>(*group.lr), wd = static_cast<float>(*group.weight_decay);
     const Tensor& p = params_[i];
     const Tensor g = p.grad();
     if (!g.defined()) continue;
@@ -87,11 +84,21 @@ void SGD::step() {
     throw std::logic_error("SGD.step: no parameter has a gradient; call backward() on a loss first");
 }
 
-void SGD::zero_grad() {
-  for (const Tensor& p : params_) {
-    const Tensor g = p.grad();
-    if (g.defined()) std::memset(g.data<float>(), 0, static_cast<size_t>(g.numel()) * sizeof(float));
-  }
+void SGD::save_state(StateDict& s) const {
+  s.scalars["momentum"] = options_.momentum;
+  s.scalars["dampening"] = options_.dampening;
+  s.scalars["nesterov"] = options_.nesterov;
+  for (size_t i = 0; i < buffers_.size(); ++i)
+    if (buffers_[i].defined()) s.tensors[fmt::format("param.{}.momentum_buffer", i)] = kernels::clone(buffers_[i]);
+}
+
+void SGD::load_state(const StateDict& s) {
+  check_setting(s, "momentum", options_.momentum);
+  check_setting(s, "dampening", options_.dampening);
+  check_setting(s, "nesterov", options_.nesterov);
+  std::vector<Tensor> buffers(params_.size());
+  for (size_t i = 0; i < buffers.size(); ++i) buffers[i] = load_buffer(s, fmt::format("param.{}.momentum_buffer", i), i);
+  buffers_ = std::move(buffers);
 }
 
 }  // namespace tq::nn

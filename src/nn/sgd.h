@@ -1,9 +1,11 @@
 // Stochastic gradient descent with the semantics of torch.optim.SGD
-// (docs/sgd.md eq. 1-4): weight decay, momentum with dampening, Nesterov.
+// (docs/sgd.md eq. 1-4): weight decay, momentum with dampening, Nesterov;
+// parameter groups with their own lr and weight decay (nn/optimizer.h).
 #pragma once
 
 #include <vector>
 
+#include "nn/optimizer.h"
 #include "tensor/tensor.h"
 
 namespace tq::nn {
@@ -16,24 +18,28 @@ struct SGDOptions {
   bool nesterov = false;
 };
 
-class SGD {
+// options.lr and options.weight_decay are the defaults of the groups; the
+// momentum settings apply to all of them.
+class SGD : public Optimizer {
  public:
-  SGD(std::vector<Tensor> params, SGDOptions options);
+  SGD(std::vector<ParamGroup> groups, SGDOptions options);
+  SGD(std::vector<Tensor> params, SGDOptions options) : SGD(single_group(std::move(params)), options) {}
   SGD(std::vector<Tensor> params, double lr) : SGD(std::move(params), SGDOptions{.lr = lr}) {}
 
+  const char* type_name() const override { return "SGD"; }
   // One update of every parameter that has a gradient. Throws if none has one.
-  void step();
-  // Zeroes the gradients in place (their buffers are reused).
-  void zero_grad();
+  void step() override;
 
   const SGDOptions& options() const { return options_; }
   SGDOptions& options() { return options_; }
-  const std::vector<Tensor>& params() const { return params_; }
-  // Momentum buffers (undefined until the first step that used them), for checkpoints.
+  // Momentum buffers, one per params() entry (undefined until the first step that used them).
   std::vector<Tensor>& momentum_buffers() { return buffers_; }
 
+ protected:
+  void save_state(StateDict& state) const override;
+  void load_state(const StateDict& state) override;
+
  private:
-  std::vector<Tensor> params_;
   std::vector<Tensor> buffers_;
   SGDOptions options_;
 };
