@@ -10,6 +10,7 @@
 #include "quant/learnable_fake_quantize.h"
 #include "quant/observer.h"
 #include "quant/passes.h"
+#include "quant/qat_schedule.h"
 #include "quant/qat_linear.h"
 #include "quant/qconfig.h"
 #include "quant/qparams.h"
