@@ -16,6 +16,11 @@ struct SGDOptions {
   bool nesterov = false;
 };
 
+// Throws std::invalid_argument naming `who` and the setting unless lr and
+// weight_decay are finite and >= 0, momentum and dampening are in [0, 1], and
+// Nesterov has a momentum and no dampening.
+void validate(const SGDOptions& options, const char* who);
+
 class SGD {
  public:
   SGD(std::vector<Tensor> params, SGDOptions options);
@@ -31,6 +36,10 @@ class SGD {
   const std::vector<Tensor>& params() const { return params_; }
   // Momentum buffers (undefined until the first step that used them), for checkpoints.
   std::vector<Tensor>& momentum_buffers() { return buffers_; }
+  // Restores momentum buffers (one per parameter, undefined = none yet), e.g.
+  // from a checkpoint: each must be f32 of its parameter's shape and finite;
+  // throws std::invalid_argument naming the buffer, and changes nothing, otherwise.
+  void set_momentum_buffers(std::vector<Tensor> buffers);
 
  private:
   std::vector<Tensor> params_;
