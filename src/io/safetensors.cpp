@@ -73,8 +73,12 @@ JsonShape scan_json(const char* p, const char* end) {
   for (; p < end; ++p) {
     const char c = *p;
     if (in_string) {
-      if (c == '\\') ++p;
-      else if (c == '"') in_string = false;
+      if (c == '\\') {
+        if (end - p < 2) break;  // a string cut short: the parser refuses it
+        ++p;
+      } else if (c == '"') {
+        in_string = false;
+      }
     } else if (c == '"') {
       in_string = true;
     } else if (c == '[' || c == '{') {
