@@ -13,8 +13,11 @@
 # fuzz/corpus to the same entry points in the normal build, so commit them.
 #
 # Environment: FUZZ_JOBS=n runs n targets at once (default 1);
-# FUZZ_MERGE=0 leaves the committed corpus as it is; FUZZ_COMMIT_MAX_BYTES
-# (default 8192) keeps larger inputs out of it (they stay in build-fuzz/work/).
+# FUZZ_MAX_LEN (default 1048576) is the largest input the fuzzer makes: large
+# enough for headers of thousands of tensors, now that every reader is linear
+# in its input; FUZZ_MERGE=0 leaves the committed corpus as it is;
+# FUZZ_COMMIT_MAX_BYTES (default 8192) keeps larger inputs out of it (they
+# stay in build-fuzz/work/).
 # Needs clang and libclang-rt-14-dev (apt-get install clang libclang-rt-14-dev);
 # not part of scripts/test.sh.
 set -euo pipefail
@@ -27,6 +30,7 @@ targets=("$@")
 jobs=${FUZZ_JOBS:-1}
 merge=${FUZZ_MERGE:-1}
 commit_max_bytes=${FUZZ_COMMIT_MAX_BYTES:-8192}
+max_len=${FUZZ_MAX_LEN:-1048576}
 
 command -v clang++ >/dev/null || { echo "fuzz.sh: clang++ not found: apt-get install clang libclang-rt-14-dev" >&2; exit 2; }
 cmake -S fuzz -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
@@ -46,7 +50,7 @@ run_target() {
   local start rc=0
   start=$(date +%s)
   ./build-fuzz/fuzz_"$t" "$work" "fuzz/corpus/$t" "$regressions" \
-    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=2048 \
+    -max_total_time="$seconds" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=2048 \
     -artifact_prefix="$regressions/" -print_final_stats=1 >"build-fuzz/logs/$t.log" 2>&1 || rc=$?
   echo "$rc $(($(date +%s) - start))" >"build-fuzz/logs/$t.result"
 }

@@ -4,7 +4,8 @@
 set -euo pipefail
 packages=(build-essential cmake pkg-config libopenblas-dev catch2 libfmt-dev
           libcxxopts-dev nlohmann-json3-dev zlib1g-dev libbenchmark-dev
-          dataset-fashion-mnist libxml2-dev python3-numpy)
+          dataset-fashion-mnist libxml2-dev python3-numpy
+          clang libclang-rt-14-dev)  # the last two: scripts/fuzz.sh (libFuzzer)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

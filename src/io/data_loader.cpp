@@ -44,6 +44,8 @@ DataLoader::DataLoader(Tensor images, Tensor labels, const DataLoaderOptions& op
   if (!(options_.std > 0))
     throw std::invalid_argument(fmt::format("DataLoader: std must be positive, got {}", options_.std));
   num_samples_ = images_.size(0);
+  // (0 samples: the division below would be by zero.)
+  if (num_samples_ == 0) throw std::invalid_argument(fmt::format("DataLoader: no samples: images {}", images_.shape().str()));
   sample_size_ = images_.numel() / num_samples_;
   if (num_batches() == 0)
     throw std::invalid_argument(fmt::format("DataLoader: no batches: {} samples, batch_size {} with drop_last",

@@ -13,7 +13,7 @@ Tensor pack_int4(const Tensor& values_in) {
   if (values_in.dtype() != DType::i8) throw std::invalid_argument("pack_int4: values must be i8");
   const Tensor values = kernels::contiguous(values_in);
   const int64_t n = values.numel();
-  Tensor packed = zeros({(n + 1) / 2}, DType::u8);
+  Tensor packed = zeros({n / 2 + n % 2}, DType::u8);
   const int8_t* v = values.data<int8_t>();
   uint8_t* p = packed.data<uint8_t>();
   for (int64_t i = 0; i < n; ++i) {
@@ -26,10 +26,18 @@ Tensor pack_int4(const Tensor& values_in) {
 }
 
 Tensor unpack_int4(const Tensor& packed_in, const Shape& shape, const std::string& what) {
-  const int64_t n = shape.numel();
-  if (packed_in.dtype() != DType::u8 || packed_in.dim() != 1 || packed_in.numel() != (n + 1) / 2)
+  int64_t n = 0;
+  try {
+    n = shape.numel();
+  } catch (const std::invalid_argument& e) {
+    throw FormatError(fmt::format("{}: {}", what, e.what()));
+  }
+  for (int64_t d : shape)
+    if (d < 0) throw FormatError(fmt::format("{}: packed 4-bit data for a shape {} with a negative dimension", what, shape.str()));
+  const int64_t bytes = n / 2 + n % 2;  // not (n + 1) / 2: n may be INT64_MAX
+  if (packed_in.dtype() != DType::u8 || packed_in.dim() != 1 || packed_in.numel() != bytes)
     throw FormatError(fmt::format("{}: packed 4-bit data of {} {} bytes does not hold shape {} ({} values need {} bytes)",
-                                  what, dtype_name(packed_in.dtype()), packed_in.numel(), shape.str(), n, (n + 1) / 2));
+                                  what, dtype_name(packed_in.dtype()), packed_in.numel(), shape.str(), n, bytes));
   const Tensor packed = kernels::contiguous(packed_in);
   Tensor values = empty(shape, DType::i8);
   const uint8_t* p = packed.data<uint8_t>();

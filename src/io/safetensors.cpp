@@ -54,14 +54,63 @@ std::string brief(const json& j) {
   return s;
 }
 
-// A valid header nests three levels deep (object, tensor entry, shape); the
-// limit stops a header like [[[[...]]]] before anything recurses over it.
-constexpr int kMaxHeaderDepth = 16;
-struct TooDeep {};
+// One linear pass over the JSON text [p, end) before it is parsed: the
+// deepest nesting of arrays and objects, and the number of JSON values
+// (counted by their separators and brackets). A header like [[[[...]]]] or
+// [0,0,0,...] is refused before anything recurses over it or allocates a
+// node per value. Brackets and commas inside strings do not count; a
+// backslash escapes the next character, as the JSON lexer reads it. Text that
+// is not JSON is left to the parser to refuse: up to the point where the
+// parser stops, it sees the same brackets as this scan.
+struct JsonShape {
+  int depth = 0;
+  uint64_t values = 1;
+};
+JsonShape scan_json(const char* p, const char* end) {
+  JsonShape out;
+  int depth = 0;
+  bool in_string = false;
+  for (; p < end; ++p) {
+    const char c = *p;
+    if (in_string) {
+      if (c == '\\') {
+        if (end - p < 2) break;  // a string cut short: the parser refuses it
+        ++p;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      out.depth = std::max(out.depth, ++depth);
+      ++out.values;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    } else if (c == ',') {
+      ++out.values;
+    }
+  }
+  return out;
+}
 
 }  // namespace
 
 std::string serialize_safetensors(const SafetensorsFile& file) {
+  // A file this reader would refuse is not written.
+  if (file.tensors.size() > kMaxTensors)
+    throw std::invalid_argument(fmt::format("safetensors: {} tensors are more than the limit of {} (kMaxTensors)",
+                                            file.tensors.size(), kMaxTensors));
+  if (file.metadata.size() > kMaxMetadataEntries)
+    throw std::invalid_argument(fmt::format("safetensors: {} metadata entries are more than the limit of {} (kMaxMetadataEntries)",
+                                            file.metadata.size(), kMaxMetadataEntries));
+  for (auto& [name, t] : file.tensors)
+    if (name.size() > kMaxNameBytes)
+      throw std::invalid_argument(fmt::format("safetensors: tensor name '{}...' of {} bytes is longer than the limit of {} (kMaxNameBytes)",
+                                              name.substr(0, 40), name.size(), kMaxNameBytes));
+  for (auto& [key, v] : file.metadata)
+    if (key.size() > kMaxNameBytes)
+      throw std::invalid_argument(fmt::format("safetensors: metadata key '{}...' of {} bytes is longer than the limit of {} (kMaxNameBytes)",
+                                              key.substr(0, 40), key.size(), kMaxNameBytes));
   json header = json::object();
   if (!file.metadata.empty()) {
     json meta = json::object();
@@ -150,6 +199,14 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
   remove_stale_temporaries(path);
 }
 
+void check_json_limits(const std::string& text, const std::string& file, const std::string& what, int max_depth,
+                       uint64_t max_values) {
+  const JsonShape scanned = scan_json(text.data(), text.data() + text.size());
+  if (scanned.depth > max_depth) fail(file, fmt::format("{} is nested more than {} levels deep", what, max_depth));
+  if (scanned.values > max_values)
+    fail(file, fmt::format("{} holds about {} values, more than the limit of {}", what, scanned.values, max_values));
+}
+
 void save_safetensors(const std::string& path, const SafetensorsFile& file) {
   write_file_atomically(path, serialize_safetensors(file));
 }
@@ -160,19 +217,27 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& n
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[static_cast<size_t>(i)]);
   if (n > kMaxHeaderBytes) fail(name, fmt::format("header length {} exceeds the limit of {} bytes", n, kMaxHeaderBytes));
   if (n > bytes.size() - 8) fail(name, fmt::format("header length {} is larger than the file ({} bytes after the length)", n, bytes.size() - 8));
+  // The depth is checked by a pre-scan, not by a parse callback: with a
+  // callback installed, nlohmann::json (3.11) searches the whole enclosing
+  // object for a discarded entry each time a nested object ends, which made a
+  // header of n tensors cost O(n^2) (200,000 tensors: minutes).
+  const char* text = bytes.data() + 8;
+  const JsonShape scanned = scan_json(text, text + n);
+  if (scanned.depth > kMaxHeaderDepth)
+    fail(name, fmt::format("header JSON is nested more than {} levels deep (the limit kMaxHeaderDepth)", kMaxHeaderDepth));
+  if (scanned.values > kMaxHeaderValues)
+    fail(name, fmt::format("header JSON holds about {} values, more than the limit of {} (kMaxHeaderValues)", scanned.values,
+                           kMaxHeaderValues));
   json header;
   try {
-    header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(n),
-                         [](int depth, json::parse_event_t, json&) {
-                           if (depth > kMaxHeaderDepth) throw TooDeep{};
-                           return true;
-                         });
+    header = json::parse(text, text + n);
   } catch (const json::exception& e) {
     fail(name, fmt::format("header is not valid JSON ({})", e.what()));
-  } catch (const TooDeep&) {
-    fail(name, fmt::format("header JSON is nested more than {} levels deep", kMaxHeaderDepth));
   }
   if (!header.is_object()) fail(name, "header is not a JSON object");
+  const size_t tensor_count = header.size() - (header.contains("__metadata__") ? 1 : 0);
+  if (tensor_count > kMaxTensors)
+    fail(name, fmt::format("header lists {} tensors, more than the limit of {} (kMaxTensors)", tensor_count, kMaxTensors));
   const uint64_t data_begin = 8 + n;
   const uint64_t data_size = bytes.size() - data_begin;
   SafetensorsFile out;
@@ -181,12 +246,21 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& n
     const std::string& key = it.key();
     if (key == "__metadata__") {
       if (!it->is_object()) fail(name, "__metadata__ is not an object");
+      if (it->size() > kMaxMetadataEntries)
+        fail(name, fmt::format("__metadata__ has {} entries, more than the limit of {} (kMaxMetadataEntries)", it->size(),
+                               kMaxMetadataEntries));
       for (auto m = it->begin(); m != it->end(); ++m) {
+        if (m.key().size() > kMaxNameBytes)
+          fail(name, fmt::format("a __metadata__ key of {} bytes is longer than the limit of {} (kMaxNameBytes)",
+                                 m.key().size(), kMaxNameBytes));
         if (!m->is_string()) fail(name, fmt::format("__metadata__ value '{}' is not a string", m.key()));
         out.metadata[m.key()] = m->get<std::string>();
       }
       continue;
     }
+    if (key.size() > kMaxNameBytes)
+      fail(name, fmt::format("a tensor name of {} bytes ('{}...') is longer than the limit of {} (kMaxNameBytes)",
+                             key.size(), key.substr(0, 40), kMaxNameBytes));
     const json& e = *it;
     if (!e.is_object() || !e.contains("dtype") || !e.contains("shape") || !e.contains("data_offsets"))
       fail(name, fmt::format("tensor '{}' needs dtype, shape and data_offsets", key));
@@ -197,12 +271,18 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& n
     if (!shape.is_array() || shape.size() > static_cast<size_t>(kMaxDims))
       fail(name, fmt::format("tensor '{}' has an invalid shape {}", key, brief(shape)));
     Shape s;
-    uint64_t count = 1;
+    uint64_t count = 1;     // elements
+    uint64_t nonzero = 1;   // product of the non-zero dimensions
     for (const json& d : shape) {
       if (!d.is_number_unsigned()) fail(name, fmt::format("tensor '{}' has a non-integer or negative dimension in {}", key, brief(shape)));
       const uint64_t v = d.get<uint64_t>();
-      // Overflow-safe: count * v must stay below the data size bound.
-      if (v != 0 && count > kMaxFileBytes / v) fail(name, fmt::format("tensor '{}' shape {} is too large", key, brief(shape)));
+      // Overflow-safe: the product of the non-zero dimensions must stay below
+      // the data size bound even when another dimension is 0, so that a
+      // shape like [0, 2^63, 2^63] (no bytes) has strides that fit in int64.
+      if (v != 0 && nonzero > kMaxFileBytes / v)
+        fail(name, fmt::format("tensor '{}' shape {} is too large (more than {} elements, the limit kMaxFileBytes)", key,
+                               brief(shape), kMaxFileBytes));
+      if (v != 0) nonzero *= v;
       count *= v;
       s.push_back(static_cast<int64_t>(v));
     }

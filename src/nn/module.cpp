@@ -53,6 +53,7 @@ std::shared_ptr<ModuleSlot> Module::register_slot(const std::string& name, std::
   check_new_name(name, type_name());
   if (find_slot(name)) throw std::invalid_argument(fmt::format("{}: child '{}' registered twice", type_name(), name));
   auto slot = std::make_shared<ModuleSlot>(ModuleSlot{name, std::move(m)});
+  slot_index_.emplace(name, slots_.size());
   slots_.push_back(slot);
   return slot;
 }
@@ -97,8 +98,13 @@ std::vector<std::pair<std::string, Module*>> Module::named_modules() const {
 }
 
 std::shared_ptr<ModuleSlot> Module::find_slot(const std::string& name) const {
-  for (auto& s : slots_)
-    if (s->name == name) return s;
+  if (auto it = slot_index_.find(name); it != slot_index_.end() && it->second < slots_.size() &&
+                                          slots_[it->second]->name == name)
+    return slots_[it->second];
+  // A subclass that filled slots_ itself, bypassing register_slot: search.
+  if (slot_index_.size() != slots_.size())
+    for (auto& s : slots_)
+      if (s->name == name) return s;
   return nullptr;
 }
 

@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -74,7 +75,7 @@ class Module {
   // Every module below and including this one; the root has the name "".
   std::vector<std::pair<std::string, Module*>> named_modules() const;
   const std::vector<std::shared_ptr<ModuleSlot>>& children() const { return slots_; }
-  // The slot of a direct child, or nullptr.
+  // The slot of a direct child, or nullptr. O(1).
   std::shared_ptr<ModuleSlot> find_slot(const std::string& name) const;
   // The module at a dotted path ("features.0"); throws naming the path if absent.
   Module& get_submodule(const std::string& path);
@@ -109,6 +110,12 @@ class Module {
   std::vector<std::pair<std::string, Tensor>> buffers_;
   std::vector<std::shared_ptr<ModuleSlot>> slots_;
   bool training_ = true;
+
+ private:
+  // Position in slots_ of each child registered through register_slot, so
+  // find_slot (and every dotted-path lookup, and every load of a model file)
+  // costs O(1) per child instead of a search through all children.
+  std::unordered_map<std::string, size_t> slot_index_;
 };
 
 // A handle to a child slot, typed for convenience: `fc1->weight` reaches the

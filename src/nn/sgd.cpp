@@ -2,6 +2,7 @@
 // parameters in place.
 #include "nn/sgd.h"
 
+#include <cmath>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -10,14 +11,23 @@
 
 namespace tq::nn {
 
+void validate(const SGDOptions& o, const char* who) {
+  // Written as !(in range) so that NaN fails every test.
+  if (!(std::isfinite(o.lr) && o.lr >= 0))
+    throw std::invalid_argument(fmt::format("{}: invalid learning rate {} (must be finite and >= 0)", who, o.lr));
+  if (!(std::isfinite(o.momentum) && o.momentum >= 0 && o.momentum <= 1))
+    throw std::invalid_argument(fmt::format("{}: invalid momentum {} (must be in [0, 1])", who, o.momentum));
+  if (!(std::isfinite(o.dampening) && o.dampening >= 0 && o.dampening <= 1))
+    throw std::invalid_argument(fmt::format("{}: invalid dampening {} (must be in [0, 1])", who, o.dampening));
+  if (!(std::isfinite(o.weight_decay) && o.weight_decay >= 0))
+    throw std::invalid_argument(fmt::format("{}: invalid weight_decay {} (must be finite and >= 0)", who, o.weight_decay));
+  if (o.nesterov && (o.momentum <= 0 || o.dampening != 0))
+    throw std::invalid_argument(fmt::format("{}: Nesterov momentum requires a momentum and zero dampening", who));
+}
+
 SGD::SGD(std::vector<ParamGroup> groups, SGDOptions options)
     : Optimizer("SGD", std::move(groups), options.lr, options.weight_decay), options_(options) {
-  if (!(options_.lr >= 0)) throw std::invalid_argument(fmt::format("SGD: invalid learning rate {}", options_.lr));
-  if (!(options_.momentum >= 0)) throw std::invalid_argument(fmt::format("SGD: invalid momentum {}", options_.momentum));
-  if (!(options_.weight_decay >= 0))
-    throw std::invalid_argument(fmt::format("SGD: invalid weight_decay {}", options_.weight_decay));
-  if (options_.nesterov && (options_.momentum <= 0 || options_.dampening != 0))
-    throw std::invalid_argument("SGD: Nesterov momentum requires a momentum and zero dampening");
+  validate(options_, "SGD");
   // The parameters and the groups' rates are checked by Optimizer.
   buffers_.resize(params_.size());
 }
@@ -49,7 +59,30 @@ void sgd_momentum(float* __restrict w, const float* __restrict g, float* __restr
 
 }  // namespace
 
+void SGD::set_momentum_buffers(std::vector<Tensor> buffers) {
+  if (buffers.size() != params_.size())
+    throw std::invalid_argument(fmt::format("SGD.set_momentum_buffers: {} buffers for {} parameters", buffers.size(),
+                                            params_.size()));
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    const Tensor& b = buffers[i];
+    if (!b.defined()) continue;
+    if (b.dtype() != DType::f32 || !(b.shape() == params_[i].shape()))
+      throw std::invalid_argument(fmt::format("SGD.set_momentum_buffers: buffer {} is {} {}, its parameter f32 {}", i,
+                                              dtype_name(b.dtype()), b.shape().str(), params_[i].shape().str()));
+    buffers[i] = kernels::contiguous(b);
+    const float* p = buffers[i].data<float>();
+    for (int64_t j = 0; j < buffers[i].numel(); ++j)
+      if (!std::isfinite(p[j]))
+        throw std::invalid_argument(fmt::format("SGD.set_momentum_buffers: buffer {} holds {} at element {}; "
+                                                "momentum must be finite",
+                                                i, p[j], j));
+  }
+  buffers_ = std::move(buffers);
+}
+
 void SGD::step() {
+  // options() hands out a mutable reference: check again what may have changed.
+  validate(options_, "SGD.step");
   const float mu = static_cast<float>(options_.momentum);
   const float one_minus_dampening = static_cast<float>(1.0 - options_.dampening);
   bool any = false;
@@ -74,6 +107,12 @@ void SGD::step() {
     // The first step that uses momentum starts the buffer at d (no dampening), as PyTorch does.
     const bool first = !buffers_[i].defined();
     if (first) buffers_[i] = empty(p.shape());
+    // momentum_buffers() is writable too: a buffer of another shape would be
+    // read and written out of bounds.
+    const Tensor& buf = buffers_[i];
+    if (buf.dtype() != DType::f32 || !(buf.shape() == p.shape()) || !buf.is_contiguous())
+      throw std::invalid_argument(fmt::format("SGD.step: momentum buffer {} is {} {}, its parameter f32 {}", i,
+                                              dtype_name(buf.dtype()), buf.shape().str(), p.shape().str()));
     float* b = buffers_[i].data<float>();
     if (first && options_.nesterov) sgd_momentum<true, true>(w, d, b, n, lr, wd, mu, one_minus_dampening);
     else if (first) sgd_momentum<true, false>(w, d, b, n, lr, wd, mu, one_minus_dampening);

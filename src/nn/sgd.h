@@ -18,6 +18,11 @@ struct SGDOptions {
   bool nesterov = false;
 };
 
+// Throws std::invalid_argument naming `who` and the setting unless lr and
+// weight_decay are finite and >= 0, momentum and dampening are in [0, 1], and
+// Nesterov has a momentum and no dampening.
+void validate(const SGDOptions& options, const char* who);
+
 // options.lr and options.weight_decay are the defaults of the groups; the
 // momentum settings apply to all of them.
 class SGD : public Optimizer {
@@ -34,6 +39,10 @@ class SGD : public Optimizer {
   SGDOptions& options() { return options_; }
   // Momentum buffers, one per params() entry (undefined until the first step that used them).
   std::vector<Tensor>& momentum_buffers() { return buffers_; }
+  // Restores momentum buffers (one per parameter, undefined = none yet), e.g.
+  // from a checkpoint: each must be f32 of its parameter's shape and finite;
+  // throws std::invalid_argument naming the buffer, and changes nothing, otherwise.
+  void set_momentum_buffers(std::vector<Tensor> buffers);
 
  protected:
   void save_state(StateDict& state) const override;

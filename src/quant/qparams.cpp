@@ -61,6 +61,9 @@ ScaleZeroPoint calculate_qparams(float min_val, float max_val, const QuantSpec& 
     throw std::invalid_argument(fmt::format("calculate_qparams: the observed range [{}, {}] is not finite", min_val, max_val));
   if (min_val > max_val)
     throw std::invalid_argument(fmt::format("calculate_qparams: min ({}) is greater than max ({})", min_val, max_val));
+  if (spec.quant_min >= spec.quant_max)
+    throw std::invalid_argument(fmt::format("calculate_qparams: quant_min ({}) must be less than quant_max ({})",
+                                            spec.quant_min, spec.quant_max));
   // eq. 3: the range must contain 0 so that real 0 has an exact integer.
   const float min_neg = std::min(min_val, 0.f);
   const float max_pos = std::max(max_val, 0.f);
@@ -80,6 +83,13 @@ ScaleZeroPoint calculate_qparams(float min_val, float max_val, const QuantSpec& 
     const float zp = static_cast<float>(qmin) - std::nearbyint(min_neg / scale);  // half to even
     zero_point = static_cast<int32_t>(std::clamp(zp, static_cast<float>(qmin), static_cast<float>(qmax)));
   }
+  // A finite range can still be too wide for float32: max - min of
+  // [-3.4e38, 3.4e38] is inf, and an infinite scale quantizes everything to
+  // the zero point.
+  if (!std::isfinite(scale))
+    throw std::invalid_argument(fmt::format("calculate_qparams: the observed range [{}, {}] is too wide: its scale for "
+                                            "[{}, {}] is {} in float32",
+                                            min_val, max_val, qmin, qmax, scale));
   return {scale, zero_point};
 }
 

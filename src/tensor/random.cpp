@@ -54,6 +54,7 @@ double Generator::normal() {
 }
 
 uint64_t Generator::below(uint64_t n) {
+  if (n == 0) throw std::invalid_argument("Generator::below: the range [0, 0) is empty");
   // Rejection sampling: no modulo bias.
   const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
   uint64_t x;
@@ -62,6 +63,14 @@ uint64_t Generator::below(uint64_t n) {
 }
 
 void Generator::set_state(const State& st) {
+  // xoshiro256** never reaches the all-zero state and stays there if put in
+  // it: every draw would be 0 and normal() would loop forever looking for a
+  // positive uniform. A spare normal deviate must be a number.
+  if ((st.s[0] | st.s[1] | st.s[2] | st.s[3]) == 0)
+    throw std::invalid_argument("Generator::set_state: the all-zero state is not a state of xoshiro256**");
+  if (st.has_spare && !std::isfinite(st.spare))
+    throw std::invalid_argument("Generator::set_state: the spare normal deviate " + std::to_string(st.spare) +
+                                " is not finite");
   for (int i = 0; i < 4; ++i) s_[i] = st.s[i];
   has_spare_ = st.has_spare;
   spare_ = st.spare;

@@ -16,11 +16,11 @@ class Generator {
   uint64_t next_u64();            // xoshiro256**
   double uniform();               // [0, 1) with 53 random bits
   double normal();                // standard normal (Box-Muller)
-  uint64_t below(uint64_t n);     // uniform integer in [0, n)
+  uint64_t below(uint64_t n);     // uniform integer in [0, n); n = 0 throws
   // The whole state, so a checkpoint can resume the exact sequence.
   struct State { uint64_t s[4]; bool has_spare; double spare; };
   State state() const { return {{s_[0], s_[1], s_[2], s_[3]}, has_spare_, spare_}; }
-  void set_state(const State& st);
+  void set_state(const State& st);  // throws on the all-zero state or a non-finite spare
 
  private:
   uint64_t s_[4] = {};

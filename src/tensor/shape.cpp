@@ -16,13 +16,22 @@ std::string Shape::str() const {
   return s + ")";
 }
 
+int64_t Shape::numel_overflowed() const {
+  for (int i = 0; i < ndim_; ++i)
+    if (dims_[i] == 0) return 0;
+  throw std::invalid_argument("shape " + str() + " has more elements than a 64-bit count can hold");
+}
+
 Shape contiguous_strides(const Shape& shape) {
   Shape st;
   st.resize(shape.size());
   int64_t stride = 1;
   for (int i = shape.size() - 1; i >= 0; --i) {
     st[i] = stride;
-    stride *= shape[i];
+    // The stride of dimension 0 is never needed beyond this point, so its
+    // product is not formed (a (2^62, 4) tensor has valid strides).
+    if (i > 0 && __builtin_mul_overflow(stride, shape[i], &stride))
+      throw std::invalid_argument("shape " + shape.str() + " is too large: its strides do not fit in 64 bits");
   }
   return st;
 }

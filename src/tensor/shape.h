@@ -37,10 +37,14 @@ class Shape {
     ndim_ = n;
   }
 
-  // Number of elements of a tensor of this shape (1 for a scalar).
+  // Number of elements of a tensor of this shape (1 for a scalar, 0 if any
+  // dimension is 0). Throws std::invalid_argument naming the shape when the
+  // count does not fit in int64 ({2^32, 2^32}), instead of wrapping around.
   int64_t numel() const {
     int64_t n = 1;
-    for (int i = 0; i < ndim_; ++i) n *= dims_[i];
+    bool overflow = false;
+    for (int i = 0; i < ndim_; ++i) overflow |= __builtin_mul_overflow(n, dims_[i], &n);
+    if (overflow) return numel_overflowed();
     return n;
   }
 
@@ -55,6 +59,7 @@ class Shape {
   }
 
  private:
+  int64_t numel_overflowed() const;  // 0 if a dimension is 0, else throws
   template <class It>
   void assign(It first, It last) {
     ndim_ = 0;
@@ -65,6 +70,8 @@ class Shape {
 };
 
 // Row-major (C-order) strides of a contiguous tensor of this shape (docs/tensor.md eq. 2).
+// Throws std::invalid_argument naming the shape if a stride does not fit in int64
+// (possible only with a zero dimension in front of huge ones: (0, 2^40, 2^40)).
 Shape contiguous_strides(const Shape& shape);
 
 // The shape two operands broadcast to (NumPy rules, docs/tensor.md eq. 5);

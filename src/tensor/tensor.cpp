@@ -38,8 +38,13 @@ Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
   // Plain malloc with 63 spare bytes, aligned by hand, rather than
   // aligned_alloc: small blocks then come from malloc's per-thread cache,
   // which matters when every op of a batch-1 step allocates its output.
+  // (PTRDIFF_MAX: no object may be larger, and the padding must not wrap.)
+  if (nbytes > static_cast<size_t>(PTRDIFF_MAX) - kAlignment)
+    throw AllocationError(fmt::format("cannot allocate {} bytes for a tensor: more than any object can have", nbytes));
   raw_ = std::malloc((nbytes ? nbytes : 1) + kAlignment - 1);
-  if (!raw_) throw std::bad_alloc();
+  if (!raw_)
+    throw AllocationError(fmt::format("cannot allocate {} bytes ({:.1f} GiB) for a tensor: out of memory", nbytes,
+                                      static_cast<double>(nbytes) / (1ull << 30)));
   const auto address = reinterpret_cast<uintptr_t>(raw_);
   data_ = reinterpret_cast<void*>((address + kAlignment - 1) / kAlignment * kAlignment);
 }
@@ -150,13 +155,24 @@ Tensor Tensor::detach() const {
 
 // ---- Creation ----
 
-Tensor empty(const Shape& shape, DType dtype) {
+size_t storage_bytes(const Shape& shape, DType dtype) {
   for (int64_t d : shape)
     if (d < 0) throw std::invalid_argument("empty: negative dimension in shape " + shape.str());
+  const int64_t n = shape.numel();  // throws if the count overflows
+  int64_t bytes = 0;
+  if (__builtin_mul_overflow(n, static_cast<int64_t>(dtype_size(dtype)), &bytes))
+    throw std::invalid_argument(fmt::format("shape {} of {} is too large: its size in bytes does not fit in 64 bits",
+                                        shape.str(), dtype_name(dtype)));
+  return static_cast<size_t>(bytes);
+}
+
+Tensor empty(const Shape& shape, DType dtype) {
+  const size_t nbytes = storage_bytes(shape, dtype);
+  Shape strides = contiguous_strides(shape);
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(static_cast<size_t>(shape.numel()) * dtype_size(dtype));
+  impl->storage = std::make_shared<Storage>(nbytes);
   impl->shape = shape;
-  impl->strides = contiguous_strides(shape);
+  impl->strides = strides;
   impl->dtype = dtype;
   return Tensor(std::move(impl));
 }
@@ -207,7 +223,8 @@ Tensor from_vector(const std::vector<float>& values, const Shape& shape) {
     throw std::invalid_argument(fmt::format("from_vector: {} values do not fill shape {} ({} elements)",
                                             values.size(), shape.str(), shape.numel()));
   Tensor t = empty(shape, DType::f32);
-  std::memcpy(t.raw_data(), values.data(), values.size() * sizeof(float));
+  // An empty vector's data() may be null, and memcpy from null is undefined even for 0 bytes.
+  if (!values.empty()) std::memcpy(t.raw_data(), values.data(), values.size() * sizeof(float));
   return t;
 }
 
@@ -216,13 +233,14 @@ Tensor from_vector_i64(const std::vector<int64_t>& values, const Shape& shape) {
     throw std::invalid_argument(fmt::format("from_vector_i64: {} values do not fill shape {} ({} elements)",
                                             values.size(), shape.str(), shape.numel()));
   Tensor t = empty(shape, DType::i64);
-  std::memcpy(t.raw_data(), values.data(), values.size() * sizeof(int64_t));
+  if (!values.empty()) std::memcpy(t.raw_data(), values.data(), values.size() * sizeof(int64_t));
   return t;
 }
 
 Tensor from_bytes(const void* data, DType dtype, const Shape& shape) {
   Tensor t = empty(shape, dtype);
-  std::memcpy(t.raw_data(), data, static_cast<size_t>(t.numel()) * dtype_size(dtype));
+  const size_t nbytes = static_cast<size_t>(t.numel()) * dtype_size(dtype);
+  if (nbytes > 0) std::memcpy(t.raw_data(), data, nbytes);
   return t;
 }
 

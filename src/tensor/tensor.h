@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <iosfwd>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,22 @@
 namespace tq {
 
 class Node;  // an autograd graph node (src/autograd/node.h)
+
+// Thrown when the memory for a tensor cannot be had: a std::bad_alloc (code
+// that catches that keeps working) whose message says how many bytes.
+class AllocationError : public std::bad_alloc {
+ public:
+  explicit AllocationError(std::string message) : message_(std::move(message)) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  std::string message_;
+};
+
+// The bytes of a contiguous tensor of `shape` and `dtype`: checked, so that a
+// huge shape is an error (std::invalid_argument naming the shape) rather than a
+// product that wraps around to a small allocation.
+size_t storage_bytes(const Shape& shape, DType dtype);
 
 // Owned, 64-byte aligned bytes. Never resized after creation.
 class Storage {
