@@ -12,9 +12,7 @@
 #include "io/data_loader.h"
 #include "io/model_file.h"
 #include "nn/sgd.h"
-#include "quant/dynamic_linear.h"
-#include "quant/qat_linear.h"
-#include "quant/quantized_linear.h"
+#include "quant/layer.h"
 
 namespace tq::cli {
 
@@ -67,8 +65,7 @@ FashionMnist load_data(const cxxopts::ParseResult& r) {
 std::shared_ptr<nn::Module> load_float(const std::string& path, const char* command) {
   auto model = io::load_model(path);
   for (auto& [name, m] : model->named_modules())
-    if (dynamic_cast<quant::QuantizedLinear*>(m) || dynamic_cast<quant::DynamicQuantizedLinear*>(m) ||
-        dynamic_cast<quant::QATLinear*>(m))
+    if (quant::as_quant_layer(m))
       throw std::runtime_error(fmt::format("{}: holds a model that is already prepared or quantized ('{}' is a {}); "
                                            "{} starts from a float model, such as the one `tinyqat train` writes",
                                            path, name, m->type_name(), command));

@@ -21,6 +21,7 @@
 #include "quant/fake_quantize.h"
 #include "quant/fused.h"
 #include "quant/histogram_observer.h"
+#include "quant/layer.h"
 #include "quant/observer.h"
 #include "quant/qat_linear.h"
 #include "quant/quantized_linear.h"
@@ -76,19 +77,14 @@ ChosenRange chosen_range(const QParams& qp) {
 
 // The qparams of a layer's weight in a quantized (or prepared) model.
 std::optional<QParams> weight_qparams(nn::Module* m) {
-  if (auto* q = dynamic_cast<quant::QuantizedLinear*>(m)) return q->weight().qparams();
-  if (auto* d = dynamic_cast<quant::DynamicQuantizedLinear*>(m)) return d->weight().qparams();
-  if (auto* p = dynamic_cast<quant::QATLinear*>(m))
-    if (p->weight_quant->has_data()) return p->weight_quant->calculate_qparams();
-  return std::nullopt;
+  const quant::QuantLayer* layer = quant::as_quant_layer(m);
+  return layer ? layer->qparams(quant::QuantRole::weight) : std::nullopt;
 }
 
 // The module observing a layer's output, and its qparams.
 std::optional<QParams> output_qparams(nn::Module* m) {
-  if (auto* q = dynamic_cast<quant::QuantizedLinear*>(m)) return q->output_qparams();
-  if (auto* p = dynamic_cast<quant::QATLinear*>(m))
-    if (p->output_quant->has_data()) return p->output_quant->calculate_qparams();
-  return std::nullopt;
+  const quant::QuantLayer* layer = quant::as_quant_layer(m);
+  return layer ? layer->qparams(quant::QuantRole::output) : std::nullopt;
 }
 
 WeightPanel weight_panel(const std::string& layer, const nn::Linear& fl, const QParams& qp, const std::string& grid_from) {
@@ -123,17 +119,18 @@ ActivationPanel activation_panel(const std::string& layer, nn::Module* calibrate
                                  nn::Module* qat_int8) {
   ActivationPanel a;
   a.layer = layer;
-  bool relu = false;
-  for (nn::Module* m : {calibrated, ptq_int8, qat_prepared, qat_int8}) {
-    if (auto* p = dynamic_cast<quant::QATLinear*>(m)) relu |= p->fused_relu;
-    if (auto* q = dynamic_cast<quant::QuantizedLinear*>(m)) relu |= q->fused_relu;
-  }
-  a.what = relu ? "output (after the fused ReLU)" : "output";
+  quant::FusedActivation fused = quant::FusedActivation::none;
+  for (nn::Module* m : {calibrated, ptq_int8, qat_prepared, qat_int8})
+    if (const quant::QuantLayer* layer = quant::as_quant_layer(m); layer && layer->activation() != quant::FusedActivation::none)
+      fused = layer->activation();
+  a.what = fused != quant::FusedActivation::none
+               ? fmt::format("output (after the fused {})", quant::fused_activation_suffix(fused))
+               : "output";
   // What the PTQ observer saw.
   const quant::HistogramObserver* hist = nullptr;
   const quant::MinMaxObserver* minmax = nullptr;
-  if (auto* p = dynamic_cast<quant::QATLinear*>(calibrated)) {
-    const quant::QParamsSource* src = &p->output_quant.get();
+  if (const quant::PreparedLayer* p = quant::as_prepared_layer(calibrated); p && p->quantizer(quant::QuantRole::output)) {
+    const quant::QParamsSource* src = p->quantizer(quant::QuantRole::output);
     if (auto* fq = dynamic_cast<const quant::FakeQuantize*>(src)) src = &fq->observer();
     hist = dynamic_cast<const quant::HistogramObserver*>(src);
     minmax = dynamic_cast<const quant::MinMaxObserver*>(src);

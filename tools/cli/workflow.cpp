@@ -21,6 +21,7 @@
 #include "nn/activation.h"
 #include "nn/linear.h"
 #include "quant/dynamic_linear.h"
+#include "quant/layer.h"
 #include "quant/qat_linear.h"
 #include "quant/quantized_linear.h"
 #include "tensor/ops.h"
@@ -291,8 +292,7 @@ double latency_us_one_thread(nn::Module& model, const io::Dataset& data, int64_t
     std::vector<std::pair<int*, int>> int8_threads;  // each layer's setting, to put back
     explicit OneThread(nn::Module& m) : model(m) {
       for (auto& [path, layer] : model.named_modules()) {
-        if (auto* q = dynamic_cast<quant::QuantizedLinear*>(layer)) int8_threads.emplace_back(&q->threads, q->threads);
-        if (auto* d = dynamic_cast<quant::DynamicQuantizedLinear*>(layer)) int8_threads.emplace_back(&d->threads, d->threads);
+        if (auto* q = quant::as_quantized_layer(layer)) int8_threads.emplace_back(&q->threads, q->threads);
       }
       openblas_set_num_threads(1);
       for (auto& [threads, saved] : int8_threads) *threads = 1;
@@ -325,9 +325,8 @@ void check_output_path(const std::string& path) {
 double output_step(nn::Module& model) {
   double step = 0;
   for (auto& [path, m] : model.named_modules()) {
-    if (auto* q = dynamic_cast<quant::QuantizedLinear*>(m)) step = q->output_qparams().scale[0];
-    if (auto* p = dynamic_cast<quant::QATLinear*>(m))
-      if (p->output_quant->has_data()) step = p->output_quant->calculate_qparams().scale[0];
+    if (const quant::QuantLayer* layer = quant::as_quant_layer(m))
+      if (auto qp = layer->qparams(quant::QuantRole::output); qp && !qp->scale.empty()) step = qp->scale[0];
   }
   return step;
 }
