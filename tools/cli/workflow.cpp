@@ -17,9 +17,11 @@
 
 #include "autograd/functions.h"
 #include "io/model_file.h"
+#include "quant/calibrate.h"
 #include "nn/activation.h"
 #include "nn/linear.h"
 #include "quant/dynamic_linear.h"
+#include "quant/layer.h"
 #include "quant/qat_linear.h"
 #include "quant/quantized_linear.h"
 #include "tensor/ops.h"
@@ -239,45 +241,30 @@ void restore_optimizer(nn::SGD& optimizer, const Checkpoint& c, const std::strin
   }
 }
 
-Evaluation evaluate(nn::Module& model, const io::Dataset& data, int64_t batch_size) {
-  const bool was_training = model.is_training();
-  model.eval();
-  NoGradGuard no_grad;
+quant::Evaluation evaluate(nn::Module& model, const io::Dataset& data, int64_t batch_size) {
   io::DataLoader loader(data, {.batch_size = batch_size, .shuffle = false});
-  Evaluation ev;
-  ev.samples = data.size();
   io::Batch batch;
-  int64_t correct = 0;
-  while (loader.next(batch)) {
-    const Tensor out = kernels::contiguous(kernels::to_float(model(batch.images)));
-    ev.classes = out.size(1);
-    const Tensor pred = kernels::argmax(out, 1);
-    for (int64_t i = 0; i < batch.size(); ++i) {
-      const int64_t p = pred.data<int64_t>()[i];
-      ev.predictions.push_back(p);
-      correct += p == batch.labels.data<int64_t>()[i];
-    }
-    ev.outputs.insert(ev.outputs.end(), out.data<float>(), out.data<float>() + out.numel());
-  }
-  ev.accuracy = ev.samples ? 100.0 * static_cast<double>(correct) / static_cast<double>(ev.samples) : 0;
-  model.train(was_training);
-  return ev;
+  return quant::evaluate(model, [&](Tensor& inputs, Tensor& labels) {
+    if (!loader.next(batch)) return false;
+    inputs = batch.images;
+    labels = batch.labels;
+    return true;
+  });
 }
 
-double agreement(const Evaluation& a, const Evaluation& b) {
-  if (a.predictions.size() != b.predictions.size() || a.predictions.empty()) return 0;
-  int64_t same = 0;
-  for (size_t i = 0; i < a.predictions.size(); ++i) same += a.predictions[i] == b.predictions[i];
-  return 100.0 * static_cast<double>(same) / static_cast<double>(a.predictions.size());
-}
-
-double max_step_difference(const Evaluation& a, const Evaluation& b, double step) {
-  double m = 0;
-  for (size_t i = 0; i < a.outputs.size() && i < b.outputs.size(); ++i)
-    m = std::max(m, std::fabs(static_cast<double>(a.outputs[i]) - b.outputs[i]));
-  // Rounded to 1e-3 steps: a difference of exactly one step computed in float
-  // comes out as 1.0000027, which is one step.
-  return step > 0 ? std::round(m / step * 1000.0) / 1000.0 : 0;
+int64_t calibrate(nn::Module& model, const io::Dataset& data, int64_t batches, const io::DataLoaderOptions& options,
+                  bool progress) {
+  io::DataLoader loader(data, options);
+  io::Batch batch;
+  Progress bar("calibrate", batches, progress);
+  return quant::calibrate(
+      model,
+      [&](Tensor& inputs) {
+        if (!loader.next(batch)) return false;
+        inputs = batch.images;
+        return true;
+      },
+      batches, [&](int64_t) { bar.advance(); });
 }
 
 double latency_us(nn::Module& model, const io::Dataset& data, int64_t batch, int repeats) {
@@ -305,8 +292,7 @@ double latency_us_one_thread(nn::Module& model, const io::Dataset& data, int64_t
     std::vector<std::pair<int*, int>> int8_threads;  // each layer's setting, to put back
     explicit OneThread(nn::Module& m) : model(m) {
       for (auto& [path, layer] : model.named_modules()) {
-        if (auto* q = dynamic_cast<quant::QuantizedLinear*>(layer)) int8_threads.emplace_back(&q->threads, q->threads);
-        if (auto* d = dynamic_cast<quant::DynamicQuantizedLinear*>(layer)) int8_threads.emplace_back(&d->threads, d->threads);
+        if (auto* q = quant::as_quantized_layer(layer)) int8_threads.emplace_back(&q->threads, q->threads);
       }
       openblas_set_num_threads(1);
       for (auto& [threads, saved] : int8_threads) *threads = 1;
@@ -339,9 +325,8 @@ void check_output_path(const std::string& path) {
 double output_step(nn::Module& model) {
   double step = 0;
   for (auto& [path, m] : model.named_modules()) {
-    if (auto* q = dynamic_cast<quant::QuantizedLinear*>(m)) step = q->output_qparams().scale[0];
-    if (auto* p = dynamic_cast<quant::QATLinear*>(m))
-      if (p->output_quant->has_data()) step = p->output_quant->calculate_qparams().scale[0];
+    if (const quant::QuantLayer* layer = quant::as_quant_layer(m))
+      if (auto qp = layer->qparams(quant::QuantRole::output); qp && !qp->scale.empty()) step = qp->scale[0];
   }
   return step;
 }

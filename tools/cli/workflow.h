@@ -1,6 +1,7 @@
-// The pieces every tinyqat subcommand shares: the MLP, training epochs with a
-// progress bar, evaluation on the test set, agreement between two models,
-// latency, and file sizes.
+// The pieces every tinyqat command shares: the MLP, training epochs with a
+// progress bar and checkpoints, evaluation and calibration over a data set
+// (quant::evaluate and quant::calibrate fed by a DataLoader), latency, and
+// file sizes.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include "nn/module.h"
 #include "nn/sequential.h"
 #include "nn/sgd.h"
+#include "quant/evaluate.h"
 #include "tensor/random.h"
 
 namespace tq::cli {
@@ -101,20 +103,13 @@ Checkpoint load_checkpoint(const std::string& path);
 // Puts a checkpoint's momentum buffers into an optimizer over the same parameters.
 void restore_optimizer(nn::SGD& optimizer, const Checkpoint& checkpoint, const std::string& path);
 
-struct Evaluation {
-  double accuracy = 0;              // percent
-  std::vector<int64_t> predictions;  // one per sample
-  std::vector<float> outputs;        // (samples, classes), dequantized
-  int64_t samples = 0;
-  int64_t classes = 0;
-};
-// Runs the test set through the model in eval mode, without gradients.
-Evaluation evaluate(nn::Module& model, const io::Dataset& data, int64_t batch_size = 1000);
+// quant::evaluate over every sample of `data`, in order, `batch_size` at a time.
+quant::Evaluation evaluate(nn::Module& model, const io::Dataset& data, int64_t batch_size = 1000);
 
-// Percent of identical predictions.
-double agreement(const Evaluation& a, const Evaluation& b);
-// The largest |a - b| over all outputs, in units of `step`.
-double max_step_difference(const Evaluation& a, const Evaluation& b, double step);
+// quant::calibrate over the first `batches` batches of a loader over `data`
+// with `loader` options (batch size, seed); with `progress`, a bar on stderr.
+int64_t calibrate(nn::Module& model, const io::Dataset& data, int64_t batches, const io::DataLoaderOptions& loader,
+                  bool progress = false);
 
 // Median microseconds of a forward pass over `batch` samples of `data`.
 double latency_us(nn::Module& model, const io::Dataset& data, int64_t batch, int repeats = 0);

@@ -1,0 +1,52 @@
+// tinyqat compare: per-layer SQNR of a quantized model against its float
+// model, weights and layer outputs (docs/cli.md "compare", docs/ptq.md §5).
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "common.h"
+#include "io/data_loader.h"
+#include "io/model_file.h"
+#include "quant/compare.h"
+#include "quant/fused.h"
+
+namespace tq::cli {
+
+int run_compare(int argc, char** argv) {
+  cxxopts::Options o("tinyqat compare", "Per-layer SQNR of a quantized model against its float model, on test data.");
+  o.add_options()("float", "float model file", cxxopts::value<std::string>())("quantized", "quantized model file", cxxopts::value<std::string>())(
+      "samples", "test samples to run", cxxopts::value<int64_t>()->default_value("1000"));
+  add_common(o);
+  auto r = parse(o, argc, argv);
+  apply_threads(r);
+  auto fl = io::load_model(require(r, "float"));
+  auto qm = io::load_model(require(r, "quantized"));
+  // A fused layer's output is taken after its ReLU: fuse the float model the
+  // same way, so that each layer is compared with the same quantity.
+  bool fused = false;
+  for (auto& [path, m] : qm->named_modules()) fused |= m->type_name().ends_with("LinearReLU");
+  if (fused) quant::fuse_linear_relu(*fl);
+  const io::Dataset test_set = io::load_fashion_mnist(r["data"].as<std::string>(), io::Split::test);
+  const int64_t n = std::min<int64_t>(std::max<int64_t>(1, r["samples"].as<int64_t>()), test_set.size());
+  io::DataLoader loader(test_set.slice(0, n), {.batch_size = n, .shuffle = false});
+  io::Batch b;
+  loader.next(b);
+  const auto weights = quant::compare_weights(*fl, *qm);
+  const auto outputs = quant::compare_model_outputs(*fl, *qm, b.images);
+  auto rows = [](const std::vector<quant::LayerComparison>& v) {
+    json a = json::array();
+    for (auto& c : v)
+      a.push_back({{"layer", c.name}, {"float_type", c.float_type}, {"quant_type", c.quant_type},
+                   {"sqnr_db", std::isfinite(c.sqnr_db) ? json(c.sqnr_db) : json(nullptr)}, {"max_abs_error", c.max_abs_error}});
+    return a;
+  };
+  json j = {{"weights", rows(weights)}, {"outputs", rows(outputs)}, {"samples", n}};
+  finish(r, j,
+         quant::format_comparison(weights, "weights") + "\n" +
+             quant::format_comparison(outputs, fmt::format("layer outputs on {} test samples", n)));
+  return 0;
+}
+
+}  // namespace tq::cli

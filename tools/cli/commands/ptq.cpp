@@ -1,0 +1,67 @@
+// tinyqat ptq: post-training static quantization (docs/cli.md "ptq",
+// docs/ptq.md): quant::quantize_static with calibration batches from the
+// training set.
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "common.h"
+#include "io/model_file.h"
+#include "quant/evaluate.h"
+#include "quant/passes.h"
+#include "quant/recipe.h"
+
+namespace tq::cli {
+
+int run_ptq(int argc, char** argv) {
+  cxxopts::Options o("tinyqat ptq", "Post-training static quantization: calibrate observers, convert to int8.");
+  o.add_options()("from", "float model file", cxxopts::value<std::string>())(
+      "calibration-batches", "training batches run through the observers", cxxopts::value<int64_t>()->default_value("32"))(
+      "batch-size", "calibration batch size", cxxopts::value<int64_t>()->default_value("64"))(
+      "observer", "minmax | moving_average | histogram", cxxopts::value<std::string>()->default_value("histogram"))(
+      "qconfig", "x86 | fbgemm | qnnpack (activation range and weight scheme)", cxxopts::value<std::string>()->default_value("x86"))(
+      "seed", "calibration sample seed", cxxopts::value<uint64_t>()->default_value("0"))("no-fuse", "keep Linear and ReLU apart")(
+      "out", "int8 model file to write", cxxopts::value<std::string>());
+  add_common(o);
+  add_bits(o);
+  auto r = parse(o, argc, argv);
+  apply_threads(r);
+  const std::string from = require(r, "from"), out = require(r, "out");
+  const int64_t batches = r["calibration-batches"].as<int64_t>();
+  if (batches < 1) throw UsageError("--calibration-batches must be at least 1");
+  const std::string backend = r["qconfig"].as<std::string>();
+  if (backend != "x86" && backend != "fbgemm" && backend != "qnnpack")
+    throw UsageError(fmt::format("--qconfig '{}': use x86, fbgemm or qnnpack", backend));
+  const Bits bits = parse_bits(r, backend);
+  const std::string observer = r["observer"].as<std::string>();
+  auto make_qconfig = [&](int w, int a) { return quant::make_ptq_qconfig(observer, w, a, backend != "qnnpack"); };
+  auto qconfig = make_qconfig(bits.weight, bits.activation);
+  check_output_path(out);
+  const FashionMnist data = load_data(r);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto model = load_float(from, "ptq");
+  const quant::Evaluation fl = evaluate(*model, data.test);
+  quant::quantize_static(
+      *model,
+      [&](nn::Module& m) {
+        calibrate(m, data.train, batches, {.batch_size = r["batch-size"].as<int64_t>(), .seed = r["seed"].as<uint64_t>()},
+                  progress_wanted(r.count("progress") > 0));
+      },
+      {.fuse = !r.count("no-fuse"),
+       .qconfig = qconfig,
+       .configure = [&](nn::Module& m) { apply_layer_bits(m, bits.layers, make_qconfig); }});
+  quant::set_int8_threads(*model, r["threads"].as<int>());
+  const quant::Evaluation int8 = evaluate(*model, data.test);
+  io::save_model(*model, out, {{"accuracy", fmt::format("{:.2f}", int8.accuracy)}});
+  const double agree = quant::agreement(fl, int8);
+  json j = {{"float_accuracy", fl.accuracy}, {"accuracy", int8.accuracy}, {"agreement", agree},
+            {"model_bytes", file_bytes(out)}, {"seconds", seconds_since(t0)}, {"model", out},
+            {"weight_bits", bits.weight}, {"activation_bits", bits.activation}};
+  finish(r, j,
+         fmt::format("float {:.2f}% -> PTQ int8 {:.2f}% ({} observer, {} calibration batches); agreement with float "
+                     "{:.2f}%; {} bytes -> {}\n",
+                     fl.accuracy, int8.accuracy, r["observer"].as<std::string>(), batches, agree, file_bytes(out), out));
+  return 0;
+}
+
+}  // namespace tq::cli

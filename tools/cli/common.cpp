@@ -1,0 +1,185 @@
+#include "common.h"
+
+#include <cblas.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "io/data_loader.h"
+#include "io/model_file.h"
+#include "nn/sgd.h"
+#include "quant/layer.h"
+
+namespace tq::cli {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// ---- Options every command has, parsing, output ----
+
+void add_common(cxxopts::Options& o) {
+  o.add_options("common")("data", "Fashion-MNIST directory (IDX files)", cxxopts::value<std::string>()->default_value(io::kFashionMnistDir))(
+      "threads", "threads for float and int8 kernels (0 = all cores)", cxxopts::value<int>()->default_value("0"))(
+      "json", "print one JSON object on stdout instead of the summary")("progress", "draw a progress bar on stderr even when it is not a terminal")(
+      "h,help", "show this help");
+}
+
+cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv) {
+  auto r = o.parse(argc, argv);
+  if (r.count("help")) {
+    std::cout << o.help() << "\n";
+    std::exit(0);
+  }
+  if (!r.unmatched().empty()) throw UsageError(fmt::format("unexpected argument '{}'", r.unmatched()[0]));
+  return r;
+}
+
+void apply_threads(const cxxopts::ParseResult& r) {
+  const int t = r["threads"].as<int>();
+  if (t < 0) throw UsageError("--threads must be 0 (all cores) or positive");
+  if (t > 0) openblas_set_num_threads(t);
+}
+
+void finish(const cxxopts::ParseResult& r, const json& j, const std::string& summary) {
+  if (r.count("json")) std::cout << j.dump() << "\n";
+  else std::cout << summary;
+}
+
+std::string require(const cxxopts::ParseResult& r, const char* name) {
+  if (!r.count(name)) throw UsageError(fmt::format("--{} is required", name));
+  return r[name].as<std::string>();
+}
+
+FashionMnist load_data(const cxxopts::ParseResult& r) {
+  const std::string dir = r["data"].as<std::string>();
+  FashionMnist d{io::load_fashion_mnist(dir, io::Split::train), {}};
+  d.test = io::load_fashion_mnist(dir, io::Split::test);
+  return d;
+}
+
+std::shared_ptr<nn::Module> load_float(const std::string& path, const char* command) {
+  auto model = io::load_model(path);
+  for (auto& [name, m] : model->named_modules())
+    if (quant::as_quant_layer(m))
+      throw std::runtime_error(fmt::format("{}: holds a model that is already prepared or quantized ('{}' is a {}); "
+                                           "{} starts from a float model, such as the one `tinyqat train` writes",
+                                           path, name, m->type_name(), command));
+  return model;
+}
+
+// ---- Bit widths ----
+
+void add_bits(cxxopts::Options& o) {
+  o.add_options("bit widths")("bits", "weight and activation bits, 2..8", cxxopts::value<int>())(
+      "weight-bits", "weight bits, 2..8 (default 8)", cxxopts::value<int>())(
+      "activation-bits", "activation bits, 2..8 (default: the preset's, 7 for x86)", cxxopts::value<int>())(
+      "layer-bits", "per-layer bits or float, e.g. fc1=8,fc2=w4a8,fc3=float", cxxopts::value<std::string>());
+}
+
+int check_bits(int b, const char* what) {
+  if (b < 2 || b > 8) throw UsageError(fmt::format("{} {} is outside 2..8", what, b));
+  return b;
+}
+
+Bits parse_bits(const cxxopts::ParseResult& r, const std::string& backend) {
+  Bits b;
+  b.activation = backend == "qnnpack" ? 8 : 7;
+  if (r.count("bits")) b.weight = b.activation = check_bits(r["bits"].as<int>(), "--bits");
+  if (r.count("weight-bits")) b.weight = check_bits(r["weight-bits"].as<int>(), "--weight-bits");
+  if (r.count("activation-bits")) b.activation = check_bits(r["activation-bits"].as<int>(), "--activation-bits");
+  b.given = r.count("bits") || r.count("weight-bits") || r.count("activation-bits");
+  if (r.count("layer-bits")) b.layers = r["layer-bits"].as<std::string>();
+  return b;
+}
+
+void apply_layer_bits(nn::Module& model, const std::string& spec,
+                      const std::function<quant::QConfigPtr(int, int)>& make) {
+  if (spec.empty()) return;
+  std::stringstream ss(spec);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const auto eq = item.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == item.size())
+      throw UsageError(fmt::format("--layer-bits '{}': expected name=bits, name=wXaY or name=float", item));
+    const std::string name = item.substr(0, eq), value = item.substr(eq + 1);
+    nn::Module* layer = nullptr;
+    try {
+      layer = &model.get_submodule(name);
+    } catch (const std::exception&) {
+      throw UsageError(fmt::format("--layer-bits: the model has no layer '{}'", name));
+    }
+    if (value == "float") {
+      layer->qconfig = quant::QConfigPtr(nullptr);
+      continue;
+    }
+    int w = 0, a = 0;
+    char tail = 0;
+    if (std::sscanf(value.c_str(), "w%da%d%c", &w, &a, &tail) == 2) {
+    } else if (std::sscanf(value.c_str(), "%d%c", &w, &tail) == 1) {
+      a = w;
+    } else {
+      throw UsageError(fmt::format("--layer-bits '{}': expected a bit width (e.g. 8), wXaY (e.g. w4a8) or float", item));
+    }
+    layer->qconfig = make(check_bits(w, "--layer-bits weight bits"), check_bits(a, "--layer-bits activation bits"));
+  }
+}
+
+// ---- Checkpoints and resume ----
+
+void add_checkpointing(cxxopts::Options& o) {
+  o.add_options("checkpoints")("checkpoint-every", "save a checkpoint every N training steps (0 = never)",
+                               cxxopts::value<int64_t>()->default_value("0"))(
+      "checkpoint", "checkpoint file (default: <out>.ckpt)", cxxopts::value<std::string>())(
+      "resume", "continue the run saved in this checkpoint (its options are used)", cxxopts::value<std::string>())(
+      "stop-after", "stop after N steps as if interrupted (for testing resume)", cxxopts::value<int64_t>()->default_value("0"));
+}
+
+TrainOptions checkpoint_options(const cxxopts::ParseResult& r, const std::string& out, const json& command) {
+  TrainOptions t;
+  t.checkpoint_every = r["checkpoint-every"].as<int64_t>();
+  if (t.checkpoint_every < 0) throw UsageError("--checkpoint-every must be 0 or positive");
+  t.checkpoint_path = r.count("checkpoint") ? r["checkpoint"].as<std::string>() : out + ".ckpt";
+  if (t.checkpoint_every > 0) check_output_path(t.checkpoint_path);
+  t.stop_after = r["stop-after"].as<int64_t>();
+  t.command_json = command.dump();
+  return t;
+}
+
+int report_interrupted(const cxxopts::ParseResult& r, const TrainState& st, const TrainOptions& t) {
+  json j = {{"interrupted", true}, {"global_step", st.global_step}, {"checkpoint", t.checkpoint_path}};
+  finish(r, j, fmt::format("stopped after step {}; continue with --resume {}\n", st.global_step, t.checkpoint_path));
+  return 0;
+}
+
+std::optional<Checkpoint> resume_checkpoint(const cxxopts::ParseResult& r, const char* command, json& cmd) {
+  if (!r.count("resume")) return std::nullopt;
+  const std::string path = r["resume"].as<std::string>();
+  Checkpoint ck = load_checkpoint(path);
+  cmd = json::parse(ck.command_json);
+  if (cmd.value("command", "") != command)
+    throw UsageError(fmt::format("--resume {}: a checkpoint of '{}', not of '{}'", path, cmd.value("command", "?"), command));
+  return ck;
+}
+
+TrainState run_training(const cxxopts::ParseResult& r, nn::Module& model, const FashionMnist& data, const json& cmd,
+                        const std::optional<Checkpoint>& ck, TrainOptions& topt) {
+  io::DataLoader loader(data.train, {.batch_size = cmd["batch_size"].get<int64_t>(), .seed = cmd["seed"].get<uint64_t>()});
+  nn::SGD optimizer(model.parameters(), {.lr = cmd["lr"].get<double>(), .momentum = cmd["momentum"].get<double>()});
+  TrainState st;
+  if (ck) {
+    loader.set_state(ck->loader);
+    restore_optimizer(optimizer, *ck, r["resume"].as<std::string>());
+    st = ck->state;
+  }
+  topt.epochs = cmd["epochs"].get<int>();
+  topt.progress = progress_wanted(r.count("progress") > 0);
+  train(model, optimizer, loader, data.test, topt, st);
+  return st;
+}
+
+}  // namespace tq::cli

@@ -1,0 +1,88 @@
+// What the tinyqat commands share (README "Command line", docs/cli.md):
+// the common options and their parsing, the one-JSON-object-or-summary
+// output, loading the float model a command starts from, bit-width options,
+// and checkpointing / resume around the training loop of workflow.h.
+// Exit status: a UsageError is 2, any other error 1 (main.cpp).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include <cxxopts.hpp>
+#include <nlohmann/json.hpp>
+
+#include "io/dataset.h"
+#include "nn/module.h"
+#include "quant/qconfig.h"
+#include "workflow.h"
+
+namespace tq::cli {
+
+using json = nlohmann::json;
+
+// A usage error: exit status 2.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t0);
+
+// ---- Options every command has, parsing, output ----
+
+// --data, --threads, --json, --progress, --help.
+void add_common(cxxopts::Options& o);
+// Parses; --help prints the help and exits 0; a stray argument is a UsageError.
+cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv);
+// --threads for OpenBLAS (0 = all cores).
+void apply_threads(const cxxopts::ParseResult& r);
+// With --json prints `j` on one line, else `summary`.
+void finish(const cxxopts::ParseResult& r, const json& j, const std::string& summary);
+// The value of a required string option.
+std::string require(const cxxopts::ParseResult& r, const char* name);
+// The training and the test split of the --data directory.
+struct FashionMnist {
+  io::Dataset train, test;
+};
+FashionMnist load_data(const cxxopts::ParseResult& r);
+
+// A model file that qat, ptq, dynamic and lowbit can start from: float
+// layers only (LinearReLU counts as float); else an error naming `command`.
+std::shared_ptr<nn::Module> load_float(const std::string& path, const char* command);
+
+// ---- Bit widths (qat, ptq) ----
+
+void add_bits(cxxopts::Options& o);
+struct Bits {
+  int weight = 8, activation = 7;
+  bool given = false;  // any bit option on the command line
+  std::string layers;  // the --layer-bits text
+};
+// `b` itself, or a UsageError naming `what` when it is outside 2..8.
+int check_bits(int b, const char* what);
+Bits parse_bits(const cxxopts::ParseResult& r, const std::string& backend);
+// Applies "fc1=8,fc2=w4a8,fc3=float" with `make(weight_bits, activation_bits)`.
+void apply_layer_bits(nn::Module& model, const std::string& spec,
+                      const std::function<quant::QConfigPtr(int, int)>& make);
+
+// ---- Checkpoints and resume (train, qat) ----
+
+void add_checkpointing(cxxopts::Options& o);
+// The checkpointing options of a run whose settings are `command`.
+TrainOptions checkpoint_options(const cxxopts::ParseResult& r, const std::string& out, const json& command);
+// What an interrupted run prints (nothing is written to --out); returns the exit status.
+int report_interrupted(const cxxopts::ParseResult& r, const TrainState& st, const TrainOptions& t);
+// With --resume: the checkpoint, whose stored settings replace `cmd`; it
+// must come from `command`. Without: nothing.
+std::optional<Checkpoint> resume_checkpoint(const cxxopts::ParseResult& r, const char* command, json& cmd);
+// The training loop of train and qat: SGD and the loader as `cmd` says,
+// restored from `ck` when resuming, then cli::train. `topt` holds the
+// checkpointing options; epochs and progress are set here.
+TrainState run_training(const cxxopts::ParseResult& r, nn::Module& model, const FashionMnist& data, const json& cmd,
+                        const std::optional<Checkpoint>& ck, TrainOptions& topt);
+
+}  // namespace tq::cli
