@@ -32,11 +32,13 @@ void accumulate(std::shared_ptr<TensorImpl>& slot, const Tensor& g, const Shape&
 // An interior node's gradient += g (eq. 3). The first contribution is adopted
 // without a copy (contiguous ones; others are copied once); a later one is
 // added in place only into memory the slot owns alone, else into a copy.
+// "Alone" means no other handle either: a node may hand the same gradient to
+// two inputs (AddBackward), and adding into it for one would change the other.
 void accumulate(Tensor& slot, const Tensor& g) {
   if (!slot.defined()) {
     slot = g.is_contiguous() ? g : kernels::clone(g);
   } else {
-    if (slot.impl()->storage.use_count() > 1 || !slot.is_contiguous()) slot = kernels::clone(slot);
+    if (!is_sole_owner(slot) || !slot.is_contiguous()) slot = kernels::clone(slot);
     kernels::add_(slot, g);
   }
 }
