@@ -37,6 +37,7 @@ struct Row {
 
 int main(int argc, char** argv) {
   using namespace tq;
+  tune_allocator_for_training();
   const bool json = bench::has_flag(argc, argv, "--json");
   const int repeats = static_cast<int>(bench::flag_value(argc, argv, "--repeats", 15));
   openblas_set_num_threads(1);

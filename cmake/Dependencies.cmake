@@ -7,9 +7,8 @@ endfunction()
 
 find_package(Threads REQUIRED)
 
-find_path(CBLAS_INCLUDE_DIR cblas.h PATHS /usr/include/x86_64-linux-gnu /usr/include/openblas)
-find_library(OPENBLAS_LIBRARY NAMES openblas)
-if(NOT CBLAS_INCLUDE_DIR OR NOT OPENBLAS_LIBRARY)
+include(${CMAKE_CURRENT_LIST_DIR}/tinyqatOpenBLAS.cmake)  # tinyqat::OpenBLAS
+if(NOT TARGET tinyqat::OpenBLAS)
   tinyqat_missing("OpenBLAS (cblas.h, libopenblas)" "libopenblas-dev")
 endif()
 
@@ -23,9 +22,11 @@ if(NOT ZLIB_FOUND)
   tinyqat_missing("zlib (zlib.h, libz; reads the gzip-compressed IDX datasets)" "zlib1g-dev")
 endif()
 
-find_package(cxxopts QUIET)
-if(NOT cxxopts_FOUND)
-  tinyqat_missing("cxxopts" "libcxxopts-dev")
+if(TINYQAT_BUILD_TOOLS)
+  find_package(cxxopts QUIET)
+  if(NOT cxxopts_FOUND)
+    tinyqat_missing("cxxopts" "libcxxopts-dev")
+  endif()
 endif()
 
 if(TINYQAT_BUILD_TESTS)

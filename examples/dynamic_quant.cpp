@@ -7,6 +7,7 @@
 // that batch's own min / max (docs/dynamic.md eq. 1-3). No qconfig, no
 // calibration data, float in and float out.
 // Run: ./build/examples/dynamic_quant
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <typeindex>
@@ -26,16 +27,20 @@ struct ClassifierHead : nn::Module {
 // Seeded toy features: 10 Gaussian clusters in 256-D.
 static void make_data(int64_t n, uint64_t seed, Tensor& x, Tensor& y) {
   Generator centres_gen(42), g(seed);
-  const Tensor centres = randn({10, 256}, centres_gen);
+  const std::vector<float> centres = to_vector(randn({10, 256}, centres_gen));
   y = randint(0, 10, {n}, g);
-  x = randn({n, 256}, g);
-  for (int64_t i = 0; i < n; ++i)
-    kernels::axpy_(kernels::slice(x, 0, i, i + 1), 0.2f, kernels::slice(centres, 0, y.at({i}), y.at({i}) + 1));
+  std::vector<float> values = to_vector(randn({n, 256}, g));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t c = static_cast<int64_t>(y.at({i}));
+    for (int64_t j = 0; j < 256; ++j)
+      values[static_cast<size_t>(i * 256 + j)] += 0.2f * centres[static_cast<size_t>(c * 256 + j)];
+  }
+  x = from_vector(values, {n, 256});
 }
 
 static double accuracy(nn::Module& model, const Tensor& x, const Tensor& y) {
   NoGradGuard no_grad;
-  const Tensor pred = kernels::argmax(model(x), 1);
+  const Tensor pred = argmax(model(x), 1);
   int64_t correct = 0;
   for (int64_t i = 0; i < x.size(0); ++i) correct += pred.at({i}) == y.at({i});
   return 100.0 * static_cast<double>(correct) / static_cast<double>(x.size(0));
@@ -63,7 +68,7 @@ int main() {
   for (int epoch = 0; epoch < 3; ++epoch)
     for (int64_t b = 0; b < 4000; b += 100) {
       optimizer.zero_grad();
-      criterion(model(kernels::slice(x_train, 0, b, b + 100)), kernels::slice(y_train, 0, b, b + 100)).backward();
+      criterion(model(slice(x_train, 0, b, b + 100)), slice(y_train, 0, b, b + 100)).backward();
       optimizer.step();
     }
   model.eval();
@@ -73,7 +78,7 @@ int main() {
   ClassifierHead float_model;
   for (auto& [name, p] : float_model.named_parameters())
     for (auto& [src_name, src] : model.named_parameters())
-      if (name == src_name) kernels::copy_(p, src);
+      if (name == src_name) std::copy_n(src.data<float>(), src.numel(), p.data<float>());
   float_model.eval();
 
   std::cout << "Before:\n" << model << "\n\n";
@@ -99,7 +104,7 @@ int main() {
   }
   std::printf("logits on 1000 test points: max |int8 - float| = %.5f (max |float| = %.3f), SQNR %.1f dB\n", max_diff,
               max_abs, quant::sqnr_db(y_float, y_int8));
-  const Tensor p_float = kernels::argmax(y_float, 1), p_int8 = kernels::argmax(y_int8, 1);
+  const Tensor p_float = argmax(y_float, 1), p_int8 = argmax(y_int8, 1);
   int64_t same = 0;
   for (int64_t i = 0; i < 1000; ++i) same += p_float.at({i}) == p_int8.at({i});
   std::printf("accuracy: float %.2f%%, dynamic int8 %.2f%%; the two predict the same class on %.1f%%\n\n",

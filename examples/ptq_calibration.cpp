@@ -10,6 +10,7 @@
 // data that is too small, or from one class only, and the int8 model clips
 // the real inputs: its accuracy falls although nothing else changed.
 // Run: ./build/examples/ptq_calibration
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -30,20 +31,22 @@ struct MLP : nn::Module {
 // their inputs get, which is exactly what a clipped input range destroys.
 static void make_data(int64_t n, uint64_t seed, Tensor& x, Tensor& y) {
   Generator centres_gen(2024), g(seed);
-  const Tensor centres = kernels::mul_scalar(randn({4, 20}, centres_gen), 0.5f);
+  const std::vector<float> centres = to_vector(randn({4, 20}, centres_gen) * 0.5f);
   y = randint(0, 4, {n}, g);
-  x = randn({n, 20}, g);
+  std::vector<float> values = to_vector(randn({n, 20}, g));
   for (int64_t i = 0; i < n; ++i) {
-    const Tensor row = kernels::slice(x, 0, i, i + 1);
     const int64_t c = static_cast<int64_t>(y.at({i}));
-    kernels::mul_scalar_(row, 1.0f + static_cast<float>(c));
-    kernels::add_(row, kernels::slice(centres, 0, c, c + 1));
+    for (int64_t j = 0; j < 20; ++j) {
+      float& v = values[static_cast<size_t>(i * 20 + j)];
+      v = v * (1.0f + static_cast<float>(c)) + centres[static_cast<size_t>(c * 20 + j)];
+    }
   }
+  x = from_vector(values, {n, 20});
 }
 
 static double accuracy(nn::Module& model, const Tensor& x, const Tensor& y) {
   NoGradGuard no_grad;
-  const Tensor pred = kernels::argmax(kernels::to_float(model(x)), 1);  // int8 logits are dequantized
+  const Tensor pred = argmax(model(x), 1);  // int8 logits are dequantized by argmax
   int64_t correct = 0;
   for (int64_t i = 0; i < x.size(0); ++i) correct += pred.at({i}) == y.at({i});
   return 100.0 * static_cast<double>(correct) / static_cast<double>(x.size(0));
@@ -54,7 +57,7 @@ static std::unique_ptr<MLP> copy_of(MLP& trained) {
   auto m = std::make_unique<MLP>();
   for (auto& [name, p] : m->named_parameters())
     for (auto& [src_name, src] : trained.named_parameters())
-      if (name == src_name) kernels::copy_(p, src);
+      if (name == src_name) std::copy_n(src.data<float>(), src.numel(), p.data<float>());
   m->eval();
   return m;
 }
@@ -72,21 +75,23 @@ int main() {
     for (int64_t b = 0; b < 2000; b += 64) {
       const int64_t e = std::min<int64_t>(b + 64, 2000);
       optimizer.zero_grad();
-      criterion(model(kernels::slice(x_train, 0, b, e)), kernels::slice(y_train, 0, b, e)).backward();
+      criterion(model(slice(x_train, 0, b, e)), slice(y_train, 0, b, e)).backward();
       optimizer.step();
     }
   model.eval();
   const double float_acc = accuracy(model, x_test, y_test);
-  std::printf("float model: %.2f%% on 2000 test points; test inputs span [%.2f, %.2f]\n\n", float_acc,
-              kernels::min_all(x_test), kernels::max_all(x_test));
+  const std::vector<float> test_values = to_vector(x_test);
+  const auto [lowest, highest] = std::minmax_element(test_values.begin(), test_values.end());
+  std::printf("float model: %.2f%% on 2000 test points; test inputs span [%.2f, %.2f]\n\n", float_acc, *lowest,
+              *highest);
 
   // ---- 2. Three calibration sets of 512 points ----
-  const Tensor representative = kernels::slice(x_train, 0, 0, 512);
-  const Tensor too_small = kernels::mul_scalar(representative, 0.1f);  // e.g. forgot to undo a rescaling
+  const Tensor representative = slice(x_train, 0, 0, 512);
+  const Tensor too_small = representative * 0.1f;  // e.g. forgot to undo a rescaling
   std::vector<float> one_class_rows;                                 // e.g. a biased sample of the data
   for (int64_t i = 0; i < 2000 && one_class_rows.size() < 512 * 20; ++i)
     if (y_train.at({i}) == 0) {
-      const std::vector<float> row = to_vector(kernels::slice(x_train, 0, i, i + 1));
+      const std::vector<float> row = to_vector(slice(x_train, 0, i, i + 1));
       one_class_rows.insert(one_class_rows.end(), row.begin(), row.end());
     }
   const Tensor one_class = from_vector(one_class_rows, {static_cast<int64_t>(one_class_rows.size() / 20), 20});
@@ -107,7 +112,7 @@ int main() {
     {
       NoGradGuard no_grad;
       for (int64_t b = 0; b < c.data.size(0); b += 64)
-        (*int8_model)(kernels::slice(c.data, 0, b, std::min<int64_t>(b + 64, c.data.size(0))));
+        (*int8_model)(slice(c.data, 0, b, std::min<int64_t>(b + 64, c.data.size(0))));
     }
     quant::convert(*int8_model);
 
@@ -128,8 +133,9 @@ int main() {
 
   // ---- 4. Three activation observers (docs/ptq.md §2-3), on the representative
   // data and on the same data with one corrupted value (200 among 10240 values in [-14, 12]) ----
-  Tensor with_outlier = kernels::clone(representative);
-  with_outlier.data<float>()[0] = 200.0f;
+  std::vector<float> outlier_values = to_vector(representative);
+  outlier_values[0] = 200.0f;
+  const Tensor with_outlier = from_vector(outlier_values, representative.shape());
   std::printf("%-16s %24s %24s\n", "", "representative", "+ one value = 200");
   std::printf("%-16s %10s %13s %10s %13s\n", "observer", "int8 acc", "logits SQNR", "int8 acc", "logits SQNR");
   for (const char* observer : {"minmax", "moving_average", "histogram"}) {
@@ -140,7 +146,7 @@ int main() {
       quant::prepare(*int8_model);
       {
         NoGradGuard no_grad;
-        for (int64_t b = 0; b < 512; b += 64) (*int8_model)(kernels::slice(data, 0, b, b + 64));
+        for (int64_t b = 0; b < 512; b += 64) (*int8_model)(slice(data, 0, b, b + 64));
       }
       quant::convert(*int8_model);
       auto float_twin = copy_of(model);

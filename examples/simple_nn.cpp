@@ -46,7 +46,7 @@ int main() {
   }
 
   NoGradGuard no_grad;
-  Tensor predicted = kernels::argmax(model(x), 1);
+  Tensor predicted = argmax(model(x), 1);
   int correct = 0;
   for (int64_t i = 0; i < 32; ++i) correct += predicted.at({i}) == labels[static_cast<size_t>(i)];
   std::printf("training accuracy: %d / 32\n", correct);

@@ -27,7 +27,7 @@ static Tensor labels_for(const Tensor& x) {
 
 static double accuracy(nn::Module& model, const Tensor& x, const Tensor& y) {
   NoGradGuard no_grad;
-  Tensor pred = kernels::argmax(kernels::to_float(model(x)), 1);
+  Tensor pred = argmax(model(x), 1);
   int64_t correct = 0;
   for (int64_t i = 0; i < x.size(0); ++i) correct += pred.at({i}) == y.at({i});
   return 100.0 * static_cast<double>(correct) / static_cast<double>(x.size(0));
@@ -65,7 +65,7 @@ int main() {
   // ---- Beyond the original: the int8 model takes the float input ----
   Tensor int8_output = model(input);
   std::cout << "int8 output:       " << int8_output << "\n";
-  std::cout << "as float:          " << kernels::to_float(int8_output) << "\n";
+  std::cout << "as float:          " << quant::dequantize(int8_output) << "\n";
   std::cout << "fake-quant output: " << fake_quant_output << "\n\n";
 
   // ---- Part 2: learn a task with QAT, then compare float / fake quant / int8 ----
@@ -79,7 +79,7 @@ int main() {
   for (int epoch = 0; epoch < 30; ++epoch)
     for (int64_t b = 0; b < 512; b += 32) {
       float_opt.zero_grad();
-      Tensor l = criterion(net(kernels::slice(x_train, 0, b, b + 32)), kernels::slice(y_train, 0, b, b + 32));
+      Tensor l = criterion(net(slice(x_train, 0, b, b + 32)), slice(y_train, 0, b, b + 32));
       l.backward();
       float_opt.step();
     }
@@ -92,7 +92,7 @@ int main() {
   for (int epoch = 0; epoch < 5; ++epoch)
     for (int64_t b = 0; b < 512; b += 32) {
       qat_opt.zero_grad();
-      Tensor l = criterion(net(kernels::slice(x_train, 0, b, b + 32)), kernels::slice(y_train, 0, b, b + 32));
+      Tensor l = criterion(net(slice(x_train, 0, b, b + 32)), slice(y_train, 0, b, b + 32));
       l.backward();
       qat_opt.step();
     }
@@ -101,11 +101,11 @@ int main() {
   Tensor fq_pred;
   {
     NoGradGuard g;
-    fq_pred = kernels::argmax(net(x_test), 1);
+    fq_pred = argmax(net(x_test), 1);
   }
   quant::convert(net);
   const double int8_acc = accuracy(net, x_test, y_test);
-  Tensor int8_pred = kernels::argmax(kernels::to_float(net(x_test)), 1);
+  Tensor int8_pred = argmax(net(x_test), 1);
   int64_t same = 0;
   for (int64_t i = 0; i < 1000; ++i) same += fq_pred.at({i}) == int8_pred.at({i});
   std::printf("synthetic task, 1000 test points\n");

@@ -32,6 +32,7 @@ merge=${FUZZ_MERGE:-1}
 commit_max_bytes=${FUZZ_COMMIT_MAX_BYTES:-8192}
 max_len=${FUZZ_MAX_LEN:-1048576}
 
+bash scripts/setup.sh fuzz  # clang and libFuzzer's runtime
 command -v clang++ >/dev/null || { echo "fuzz.sh: clang++ not found: apt-get install clang libclang-rt-14-dev" >&2; exit 2; }
 cmake -S fuzz -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build-fuzz -j"$(nproc)" >/dev/null

@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
 # Installs the Debian packages tinyqat needs, only those that are missing.
 # Runs as root on a fresh Debian 12 machine (uses sudo when not root).
+#
+#   scripts/setup.sh            what the build, the tests and the main job need
+#   scripts/setup.sh clang      and clang too (scripts/clang-build.sh)
 set -euo pipefail
 packages=(build-essential cmake pkg-config libopenblas-dev catch2 libfmt-dev
           libcxxopts-dev nlohmann-json3-dev zlib1g-dev libbenchmark-dev
-          dataset-fashion-mnist libxml2-dev python3-numpy
-          clang libclang-rt-14-dev)  # the last two: scripts/fuzz.sh (libFuzzer)
+          dataset-fashion-mnist libxml2-dev python3-numpy)
+# Extras for the scripts that need more than the default build:
+#   clang  scripts/clang-build.sh;  fuzz  scripts/fuzz.sh (libFuzzer's runtime too)
+for extra in "$@"; do
+  case "$extra" in
+    clang) packages+=(clang) ;;
+    fuzz) packages+=(clang libclang-rt-14-dev) ;;
+    *) echo "setup: unknown extra '$extra' (known: clang, fuzz)" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,6 +2,8 @@
 // leaves and grad_fn, and the errors of bad input.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+
 #include "tinyqat.h"
 
 using namespace tq;
@@ -18,6 +20,34 @@ TEST_CASE("a tensor used twice receives both gradient contributions", "[autograd
   Tensor y = sum(x * x + x);
   y.backward();
   CHECK(to_vector(x.grad()) == std::vector<float>{3, -3, 7});
+}
+
+TEST_CASE("a gradient sent to two inputs at once is not added into twice", "[autograd]") {
+  // s1 = a + b hands the same gradient to a and b; a also gets one from
+  // s2 = s1 + a, which must not change what b receives.
+  // loss = sum(2x + 3x + 2x): d loss / dx = 7.
+  Tensor x = from_vector({1, 2}, {2}).requires_grad_();
+  Tensor a = x * 2.f, b = x * 3.f;
+  Tensor loss = sum((a + b) + a);
+  loss.backward();
+  CHECK(to_vector(x.grad()) == std::vector<float>{7, 7});
+}
+
+TEST_CASE("topological_order lists every node after the nodes that feed it", "[autograd]") {
+  Tensor x = from_vector({1, 2}, {2}).requires_grad_();
+  Tensor a = x * 2.f;
+  Tensor loss = sum(a * a + exp(a));
+  const std::vector<Node*> order = topological_order(loss.grad_fn().get());
+  REQUIRE(order.size() == 5);  // MulBackward (a), MulBackward (a*a), ExpBackward, AddBackward, SumBackward
+  CHECK(order.front() == a.grad_fn().get());
+  CHECK(order.back() == loss.grad_fn().get());
+  for (size_t i = 0; i < order.size(); ++i)
+    for (int j = 0; j < order[i]->num_inputs; ++j) {
+      const Tensor& in = order[i]->inputs[j];
+      if (!in.grad_fn()) continue;
+      const auto at = std::find(order.begin(), order.end(), in.grad_fn().get());
+      CHECK(at - order.begin() < static_cast<std::ptrdiff_t>(i));
+    }
 }
 
 TEST_CASE("a diamond graph runs each node once, after all its consumers", "[autograd]") {

@@ -181,6 +181,14 @@ TEST_CASE("gradcheck: reshape, flatten, transpose", "[autograd][gradcheck]") {
       [](const Inputs& in) { return tq::reshape(tq::transpose(in[0], 0, 1), {-1}) * in[1]; }, {x, w}, kDefault));
 }
 
+TEST_CASE("gradcheck: slice", "[autograd][gradcheck]") {
+  const Tensor x = randn_seeded({4, 5}, 43);
+  const Tensor w = randn_seeded({4, 2}, 44);
+  REQUIRE_GRADCHECK(gradcheck([](const Inputs& in) { return tq::slice(in[0], 0, 1, 3); }, {x}, kDefault));
+  // Negative bounds, a strided view, then a weight that tells positions apart.
+  REQUIRE_GRADCHECK(gradcheck([](const Inputs& in) { return tq::slice(in[0], 1, -3, -1) * in[1]; }, {x, w}, kDefault));
+}
+
 TEST_CASE("gradcheck: matmul with plain and transposed operands", "[autograd][gradcheck]") {
   // a is stored (3, 4) or (4, 3), b is stored (4, 5) or (5, 4); t() makes a
   // transposed view that reaches BLAS as a transpose flag, never copied.

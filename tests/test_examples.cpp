@@ -1,5 +1,6 @@
 // Every example builds and runs, and prints what it teaches. The int8
-// walkthrough's numbers are recomputed here independently, in double.
+// walkthrough's numbers are recomputed here independently, in double
+// (equations: docs/quantization.md).
 #include <catch2/catch.hpp>
 
 #include <cmath>

@@ -1,5 +1,6 @@
 // nn: Module (named parameters, slots and swapping, modes, printing), Linear,
-// ReLU, Sequential, the loss modules and SGD's torch.optim.SGD semantics.
+// ReLU, Sequential, the loss modules and SGD's torch.optim.SGD semantics
+// (docs/sgd.md eq. 1-4).
 #include <catch2/catch.hpp>
 
 #include <cmath>

@@ -144,7 +144,7 @@ QParams per_tensor(float scale, int32_t zero_point, int32_t qmin, int32_t qmax) 
 // The layer in double: acc = sum_k (x_q - z_x) w_q (exact), then
 // y = clamp(nearbyint((acc s_x s_w + b) / s_y) + z_y), ReLU clamping at z_y.
 // The int8 layer differs only by quantizing b to the accumulator's scale
-// (eq. 12) and by its Q31 multiplier (eq. 13) with round-half-away; both move
+// (docs/quantization.md eq. 12) and by its Q31 multiplier (eq. 13) with round-half-away; both move
 // a result by less than one step, so at most one step and almost always zero.
 TEST_CASE("QuantizedLinear's fixed-point requantization matches double precision within one step",
           "[quant][agreement][int8]") {

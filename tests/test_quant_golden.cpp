@@ -310,7 +310,7 @@ TEST_CASE("golden fbgemm QAT preset: the weight FakeQuantize follows the observe
   REQUIRE(q.scheme == QScheme::per_channel_symmetric);
   check_same_floats(q.scale, floats("fused_weight/observer_scale"), "fused_weight/observer_scale");
   check_same_ints(as_ints(q.zero_point), ints("fused_weight/observer_zero_point"), "fused_weight/observer_zero_point");
-  // Our output: eq. 8 with those qparams, per row.
+  // Our output: eq. 8 of docs/quantization.md with those qparams, per row.
   const std::vector<float> x = to_vector(w), got = to_vector(y);
   for (size_t i = 0; i < x.size(); ++i) {
     const size_t c = i / 8;

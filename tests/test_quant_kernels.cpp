@@ -1,5 +1,5 @@
 // The QAT loops (src/quant/quant_kernels.h): the plain reference loops
-// against eq. 8-9 written out with nearbyint (fake_quantize_value), and the
+// against docs/quantization.md eq. 8-9 written out with nearbyint (fake_quantize_value), and the
 // AVX2 loops against the reference, on values chosen to hit every corner:
 // .5 ties, near-ties, the ends of the range, far outside it, NaN, inf, signed
 // zeros, odd lengths (vector tails). All comparisons are exact.

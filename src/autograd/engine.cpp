@@ -32,17 +32,35 @@ void accumulate(std::shared_ptr<TensorImpl>& slot, const Tensor& g, const Shape&
 // An interior node's gradient += g (eq. 3). The first contribution is adopted
 // without a copy (contiguous ones; others are copied once); a later one is
 // added in place only into memory the slot owns alone, else into a copy.
+// "Alone" means no other handle either: a node may hand the same gradient to
+// two inputs (AddBackward), and adding into it for one would change the other.
 void accumulate(Tensor& slot, const Tensor& g) {
   if (!slot.defined()) {
     slot = g.is_contiguous() ? g : kernels::clone(g);
   } else {
-    if (slot.impl()->storage.use_count() > 1 || !slot.is_contiguous()) slot = kernels::clone(slot);
+    if (!is_sole_owner(slot) || !slot.is_contiguous()) slot = kernels::clone(slot);
     kernels::add_(slot, g);
   }
 }
+// d root / d root (eq. 1): 1 for a one-element root, else the given
+// gradient, which must have the root's shape.
+Tensor seed_gradient(const Tensor& root, const Tensor& grad_root) {
+  if (!root.defined()) throw std::invalid_argument("backward: the tensor is undefined");
+  if (!root.requires_grad())
+    throw std::logic_error("backward: the tensor does not require grad and has no grad_fn (did any input require grad?)");
+  if (!grad_root.defined()) {
+    if (root.numel() != 1)
+      throw std::invalid_argument(fmt::format(
+          "backward: can only start from a scalar (one element), got shape {}; pass a gradient of that shape instead",
+          root.shape().str()));
+    return ones(root.shape());
+  }
+  if (!(grad_root.shape() == root.shape()))
+    throw std::invalid_argument(fmt::format("backward: gradient of shape {} does not match the tensor's shape {}",
+                                            grad_root.shape().str(), root.shape().str()));
+  return grad_root;
+}
 }  // namespace
-
-const char* node_name(const Node& node) { return node.name(); }
 
 Node::~Node() {
   // Dropping a node drops its inputs; an input's own node dies with it if
@@ -85,55 +103,46 @@ bool grad_mode_enabled() { return g_grad_enabled; }
 NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
 
-void backward(const Tensor& root, const Tensor& grad_root) {
-  if (!root.defined()) throw std::invalid_argument("backward: the tensor is undefined");
-  if (!root.requires_grad())
-    throw std::logic_error("backward: the tensor does not require grad and has no grad_fn (did any input require grad?)");
-  Tensor seed = grad_root;
-  if (!seed.defined()) {
-    if (root.numel() != 1)
-      throw std::invalid_argument(fmt::format(
-          "backward: can only start from a scalar (one element), got shape {}; pass a gradient of that shape instead",
-          root.shape().str()));
-    seed = ones(root.shape());
-  } else if (!(seed.shape() == root.shape())) {
-    throw std::invalid_argument(fmt::format("backward: gradient of shape {} does not match the tensor's shape {}",
-                                            seed.shape().str(), root.shape().str()));
-  }
-  if (root.is_leaf()) {
-    accumulate(root.impl()->grad, seed, root.shape());
-    return;
-  }
-
-  // Topological order by an iterative depth-first search: a node is appended
-  // after every node that feeds it, so the reversed list visits each node
-  // only once all of its consumers have added their contributions (eq. 3).
-  // The two work lists live on as long as the thread: after the first
-  // backward() they have the capacity they need and allocate nothing.
-  const uint64_t pass = ++g_backward_pass;
+// Every node that `root` depends on, each after all the nodes that feed it:
+// an iterative depth-first search (an explicit stack, so a 20 000-op chain
+// is fine) appends a node once all its inputs' nodes are in the list. The
+// list is a per-thread buffer, reused by the next call: after the first
+// backward() it allocates nothing.
+const std::vector<Node*>& topological_order(Node* root) {
+  const uint64_t pass = ++g_backward_pass;  // marks the nodes this search has seen
   thread_local std::vector<Node*> order;
-  thread_local std::vector<std::pair<Node*, int>> stack;
+  thread_local std::vector<std::pair<Node*, int>> stack;  // a node, its next input to look at
   order.clear();
   stack.clear();
-  Node* start = root.grad_fn().get();
-  start->visit_mark = pass;
-  stack.push_back({start, 0});
+  root->visit_mark = pass;
+  stack.push_back({root, 0});
   while (!stack.empty()) {
     auto& [node, next] = stack.back();
     if (next < node->num_inputs) {
       const Tensor& in = node->inputs[next++];
-      Node* child = in.defined() ? in.grad_fn().get() : nullptr;
-      if (child && child->visit_mark != pass) {
-        child->visit_mark = pass;
-        stack.push_back({child, 0});
+      Node* producer = in.defined() ? in.grad_fn().get() : nullptr;
+      if (producer && producer->visit_mark != pass) {
+        producer->visit_mark = pass;
+        stack.push_back({producer, 0});
       }
     } else {
       order.push_back(node);
       stack.pop_back();
     }
   }
+  return order;
+}
 
-  start->grad = seed;
+void backward(const Tensor& root, const Tensor& grad_root) {
+  const Tensor seed = seed_gradient(root, grad_root);
+  if (root.is_leaf()) {
+    accumulate(root.impl()->grad, seed, root.shape());
+    return;
+  }
+  // The plain walk: in reverse topological order every consumer of a tensor
+  // has added its contribution (eq. 3) before the tensor's own node runs.
+  const std::vector<Node*>& order = topological_order(root.grad_fn().get());
+  root.grad_fn()->grad = seed;
   Tensor grad_in[Node::kMaxInputs];
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     Node* node = *it;
@@ -143,19 +152,27 @@ void backward(const Tensor& root, const Tensor& grad_root) {
     // else holds it, the node's backward may reuse its memory in place.
     const Tensor grad_out = std::move(node->grad);
     node->grad = Tensor();
-    node->backward(grad_out, grad_in);
+    node->backward(grad_out, grad_in);  // the chain rule (eq. 2)
     for (int i = 0; i < node->num_inputs; ++i) {
       const Tensor& in = node->inputs[i];
       if (!grad_in[i].defined() || !in.defined() || !in.requires_grad()) continue;
       if (!(grad_in[i].shape() == in.shape()))  // a bug in that node's backward
         throw std::logic_error(fmt::format("backward: {} returned a gradient of shape {} for input {} of shape {}",
                                            node->name(), grad_in[i].shape().str(), i, in.shape().str()));
-      if (in.grad_fn()) accumulate(in.grad_fn()->grad, grad_in[i]);
-      else accumulate(in.impl()->grad, grad_in[i], in.shape());
+      if (in.grad_fn()) accumulate(in.grad_fn()->grad, grad_in[i]);  // an interior tensor
+      else accumulate(in.impl()->grad, grad_in[i], in.shape());         // a leaf: its .grad
     }
   }
 }
 
-void Tensor::backward() const { tq::backward(*this); }
+// Tensor::backward() and the printing of a grad_fn reach this layer through
+// the tensor layer's hooks, registered when the program starts. The library
+// target adds a linker flag that keeps this file in every program linking
+// autograd (CMakeLists.txt), so the hooks are there whenever it is.
+extern "C" const bool tinyqat_autograd_hooks_registered = [] {
+  set_autograd_hooks({.backward = [](const Tensor& root) { tq::backward(root); },
+                      .node_name = [](const Node& node) { return node.name(); }});
+  return true;
+}();
 
 }  // namespace tq

@@ -1,8 +1,12 @@
-// The differentiable op set. Each op computes its result with a plain kernel
-// (src/tensor/ops.h) and, when an input requires a gradient, records a Node
-// whose backward is derived in docs/autograd.md. A quantized input is
+// The public op set. Each differentiable op computes its result with a plain
+// kernel (src/tensor/ops.h) and, when an input requires a gradient, records a
+// Node whose backward is derived in docs/autograd.md. A quantized input is
 // dequantized first (float ops see real values); relu keeps a quantized
 // tensor quantized (clamping at its zero point is exact on the grid).
+//
+// The ops are defined by family, each op's forward beside its backward node:
+// elementwise.cpp, reductions.cpp, views.cpp, linear_algebra.cpp, losses.cpp
+// (shared helpers in op_helpers.h; the engine in engine.cpp).
 #pragma once
 
 #include "autograd/node.h"
@@ -32,12 +36,17 @@ Tensor sum(const Tensor& a, int dim, bool keepdim = false);
 Tensor mean(const Tensor& a);
 Tensor mean(const Tensor& a, int dim, bool keepdim = false);
 Tensor max(const Tensor& a, int dim, bool keepdim = false);  // values; gradient to the first maximum
+// i64 index of the first maximum along `dim` (no gradient); a quantized input is dequantized.
+Tensor argmax(const Tensor& a, int dim, bool keepdim = false);
 
 // Shapes (views; backward reshapes / transposes the gradient back).
 Tensor reshape(const Tensor& a, const Shape& shape);
 Tensor flatten(const Tensor& a, int start_dim = 1);  // (N, ...) -> (N, rest)
 Tensor transpose(const Tensor& a, int dim0, int dim1);
 Tensor t(const Tensor& a);  // transpose of a 2-D tensor
+// Elements [start, end) along `dim` (negative counts from the end), a view
+// of any dtype; backward puts the gradient back in place, zero elsewhere.
+Tensor slice(const Tensor& a, int dim, int64_t start, int64_t end);
 
 // Linear algebra. a: (M, K), b: (K, N) -> (M, N).
 Tensor matmul(const Tensor& a, const Tensor& b);

@@ -9,6 +9,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "tensor/tensor.h"
 
@@ -50,12 +51,6 @@ class NoGradGuard {
   bool previous_;
 };
 
-// True when `t` is the only handle to its memory (no other tensor, view or
-// node sees it): a backward may then overwrite its incoming gradient in place.
-inline bool is_sole_owner(const Tensor& t) {
-  return t.defined() && t.impl_ptr().use_count() == 1 && t.impl()->storage.use_count() == 1;
-}
-
 // Does an op with these inputs need to record a node?
 inline bool any_requires_grad(const Tensor& a) { return grad_mode_enabled() && a.defined() && a.requires_grad(); }
 inline bool any_requires_grad(const Tensor& a, const Tensor& b) {
@@ -78,9 +73,13 @@ N& record(Tensor& out, std::initializer_list<Tensor> ins, Args&&... args) {
   return ref;
 }
 
-// A node's backward can often add its result straight into a leaf's .grad
-// (a GEMM with beta = 1 does the += of eq. 3 for free) instead of returning a
-// temporary for the engine to add. This returns that buffer for `input`:
+// An optimisation over the plain path. Plainly, a node's backward returns
+// each input's gradient in grad_in and backward() adds it to the input's
+// .grad (the += of eq. 3): a temporary, then a second pass over it. A node
+// whose gradient comes out of a GEMM can instead write it straight into a
+// leaf's .grad, with beta = 1 doing the += for free (Linear's dW and db never
+// exist as temporaries). The result is the same; see docs/autograd.md §3.
+// This returns that buffer for `input`:
 //   fresh = true:  .grad did not exist; it was created uninitialised, so the
 //                  caller must overwrite it (beta = 0);
 //   fresh = false: the existing .grad, to be added to (beta = 1).
@@ -93,8 +92,15 @@ struct LeafGrad {
 };
 LeafGrad leaf_grad_for_accumulation(const Tensor& input);
 
+// Every node `root` depends on, root included, each listed after all the
+// nodes that feed it. Valid until the next call on this thread.
+const std::vector<Node*>& topological_order(Node* root);
+
 // Runs backward from `root` (a one-element tensor), seeding d root / d root = 1,
-// or from a non-scalar root with an explicit `grad_root` of its shape.
+// or from a non-scalar root with an explicit `grad_root` of its shape: visits
+// topological_order() in reverse, each node applying the chain rule (eq. 2)
+// and adding what it sends back into its inputs' gradients (eq. 3).
+// Tensor::backward() calls this.
 void backward(const Tensor& root, const Tensor& grad_root = Tensor());
 
 }  // namespace tq

@@ -16,7 +16,7 @@ namespace {
 // `t` itself when it qualifies, else a new one.
 Tensor exclusive_or_new(const Tensor& t, const Shape& shape, DType dtype) {
   const TensorImpl* impl = t.impl();
-  if (impl && t.impl_ptr().use_count() == 1 && impl->storage.use_count() == 1 && t.dtype() == dtype &&
+  if (is_sole_owner(t) && t.dtype() == dtype &&
       t.shape() == shape && t.is_contiguous() && !impl->requires_grad && !impl->grad_fn && !impl->grad &&
       !impl->qparams && !impl->fake_quant_grid)
     return t;

@@ -94,8 +94,7 @@ struct FakeQuantizeBackward final : Node {
   void backward(const Tensor& g_in, Tensor* gi) override {
     // Is the incoming gradient held by nobody else? (Usually: it is the fresh
     // output of the next node's backward.) Checked before any copy of the handle.
-    const bool sole_owner =
-        g_in.is_contiguous() && g_in.impl_ptr().use_count() == 1 && g_in.impl()->storage.use_count() == 1;
+    const bool sole_owner = g_in.is_contiguous() && is_sole_owner(g_in);
     const Tensor g = kernels::contiguous(g_in);
     // A weight (a leaf): add the masked gradient straight into its .grad, in
     // the same pass (no temporary for the engine to add).
@@ -116,7 +115,7 @@ struct FakeQuantizeBackward final : Node {
 // then keeps. Without `kept`, a plain new tensor.
 Tensor reuse_or_empty(Tensor* kept, const Shape& shape) {
   if (!kept) return empty(shape);
-  if (!kept->defined() || kept->numel() != shape.numel() || kept->impl()->storage.use_count() > 1)
+  if (!kept->defined() || kept->numel() != shape.numel() || !is_sole_owner(*kept))
     *kept = empty(shape);
   // A new TensorImpl on the kept storage: the result's autograd slots are its own.
   return make_view(*kept, shape, contiguous_strides(shape), 0);
@@ -126,7 +125,7 @@ Tensor reuse_or_empty(Tensor* kept, const Shape& shape) {
 // itself, so a finished graph releases it).
 std::shared_ptr<Storage> reuse_or_new_mask(Tensor* kept, int64_t n) {
   if (!kept) return std::make_shared<Storage>(static_cast<size_t>(n));
-  if (!kept->defined() || kept->numel() != n || kept->impl()->storage.use_count() > 1)
+  if (!kept->defined() || kept->numel() != n || !is_sole_owner(*kept))
     *kept = empty({n}, DType::u8);
   return kept->impl()->storage;
 }

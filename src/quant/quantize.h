@@ -21,9 +21,4 @@ Tensor quantize(const Tensor& x, const QParams& q, DType dtype);
 // q -> f32 real values s (q - z).
 Tensor dequantize(const Tensor& q);
 
-// The integer a real value maps to before clamping (eq. 2): nearbyint(x * inv_scale) + z.
-inline float quantize_unclamped(float x, float inv_scale, int32_t zero_point) {
-  return std::nearbyint(x * inv_scale) + static_cast<float>(zero_point);
-}
-
 }  // namespace tq::quant

@@ -289,15 +289,11 @@ Tensor add(const Tensor& a, const Tensor& b) { return binary(a, b, "add", [](flo
 Tensor sub(const Tensor& a, const Tensor& b) { return binary(a, b, "sub", [](float x, float y) { return x - y; }); }
 Tensor mul(const Tensor& a, const Tensor& b) { return binary(a, b, "mul", [](float x, float y) { return x * y; }); }
 Tensor div(const Tensor& a, const Tensor& b) { return binary(a, b, "div", [](float x, float y) { return x / y; }); }
-Tensor maximum(const Tensor& a, const Tensor& b) {
-  return binary(a, b, "maximum", [](float x, float y) { return x > y ? x : y; });
-}
 Tensor add_scalar(const Tensor& a, float s) { return unary(a, "add_scalar", [s](float x) { return x + s; }); }
 Tensor mul_scalar(const Tensor& a, float s) { return unary(a, "mul_scalar", [s](float x) { return x * s; }); }
 Tensor neg(const Tensor& a) { return unary(a, "neg", [](float x) { return -x; }); }
 Tensor exp(const Tensor& a) { return unary(a, "exp", [](float x) { return std::exp(x); }); }
 Tensor log(const Tensor& a) { return unary(a, "log", [](float x) { return std::log(x); }); }
-Tensor sqrt(const Tensor& a) { return unary(a, "sqrt", [](float x) { return std::sqrt(x); }); }
 Tensor abs(const Tensor& a) { return unary(a, "abs", [](float x) { return std::fabs(x); }); }
 Tensor relu(const Tensor& a) { return unary(a, "relu", [](float x) { return x > 0.f ? x : 0.f; }); }
 Tensor sigmoid(const Tensor& a) { return unary(a, "sigmoid", [](float x) { return 1.f / (1.f + std::exp(-x)); }); }

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <stdexcept>
 #include <ostream>
 #include <sstream>
 
@@ -16,22 +17,26 @@
 
 namespace tq {
 
-// Defined by src/autograd (node.cpp): the op name of a graph node, for printing.
-const char* node_name(const Node& node);
-
-// ---- Storage ----
+// ---- Process-wide state: the autograd hooks, the allocator tuning ----
 
 namespace {
-// A training step frees and re-allocates the same large temporaries (an
-// 800 KB weight gradient) every step. glibc would serve blocks above 128 KB
-// with mmap and hand freed memory back to the OS, so each step would pay page
-// faults; keeping such blocks in the heap makes them cheap to reuse.
-const bool g_malloc_tuned = [] {
+AutogradHooks g_autograd_hooks;  // filled in by src/autograd/engine.cpp
+}  // namespace
+
+void set_autograd_hooks(const AutogradHooks& hooks) { g_autograd_hooks = hooks; }
+
+void Tensor::backward() const {
+  if (!g_autograd_hooks.backward)
+    throw std::logic_error("backward: the autograd engine is not linked in (link tinyqat::autograd)");
+  g_autograd_hooks.backward(*this);
+}
+
+void tune_allocator_for_training() {
   mallopt(M_MMAP_THRESHOLD, 64 << 20);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
-  return true;
-}();
-}  // namespace
+}
+
+// ---- Storage ----
 
 Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
   // 64-byte alignment: a cache line, and what AVX2 / AVX-512 loads like.
@@ -396,7 +401,8 @@ std::string Tensor::str() const {
     }
     os << ", quant_min=" << q.quant_min << ", quant_max=" << q.quant_max;
   }
-  if (grad_fn()) os << ", grad_fn=<" << node_name(*grad_fn()) << ">";
+  if (grad_fn())
+    os << ", grad_fn=<" << (g_autograd_hooks.node_name ? g_autograd_hooks.node_name(*grad_fn()) : "?") << ">";
   else if (requires_grad()) os << ", requires_grad=True";
   os << ")";
   return os.str();

@@ -7,7 +7,9 @@
 //
 // The tensor layer knows nothing of autograd; it only keeps three slots that
 // src/autograd gives meaning to (requires_grad, grad, grad_fn), so that a user
-// holds one kind of object, as in PyTorch.
+// holds one kind of object, as in PyTorch. t.backward() and the printing of a
+// grad_fn go through AutogradHooks, which src/autograd fills in: this layer
+// builds and links on its own.
 #pragma once
 
 #include <cstdint>
@@ -136,7 +138,8 @@ class Tensor {
   void set_grad(const Tensor& g);
   const std::shared_ptr<Node>& grad_fn() const { return impl_->grad_fn; }
   bool is_leaf() const { return impl_->grad_fn == nullptr; }
-  // Runs backward from this scalar (src/autograd/engine.cpp).
+  // Runs backward from this scalar: tq::backward(*this) of src/autograd,
+  // reached through AutogradHooks (an error if autograd is not linked in).
   void backward() const;
   // The same data, cut from the graph.
   Tensor detach() const;
@@ -153,6 +156,29 @@ class Tensor {
 };
 
 std::ostream& operator<<(std::ostream& os, const Tensor& t);
+
+// True when `t` is the only handle to its memory (no other tensor, view or
+// graph node sees it): its holder may then overwrite it in place.
+inline bool is_sole_owner(const Tensor& t) {
+  return t.defined() && t.impl_ptr().use_count() == 1 && t.impl()->storage.use_count() == 1;
+}
+
+// The tensor layer's only door into autograd, which lies above it. The
+// autograd engine (src/autograd/engine.cpp) registers these when the program
+// starts; without it, Tensor::backward() throws and a grad_fn prints as "?".
+struct AutogradHooks {
+  void (*backward)(const Tensor& root) = nullptr;
+  const char* (*node_name)(const Node& node) = nullptr;
+};
+void set_autograd_hooks(const AutogradHooks& hooks);
+
+// Opt-in tuning of glibc's malloc for training loops (docs/tensor.md §1): a
+// step frees and re-allocates the same large temporaries (an 800 KB weight
+// gradient) every time; glibc would serve blocks above 128 KB with mmap and
+// give freed memory back to the OS, so each step would pay page faults.
+// Keeping such blocks in the heap makes them cheap to reuse. Process-wide;
+// the tinyqat command and the benchmarks call it first thing in main().
+void tune_allocator_for_training();
 
 // ---- Creation (never records autograd history) ----
 Tensor empty(const Shape& shape, DType dtype = DType::f32);

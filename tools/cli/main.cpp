@@ -44,6 +44,7 @@ void usage(std::FILE* f) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  tq::tune_allocator_for_training();
   if (argc < 2) {
     usage(stderr);
     return 2;
