@@ -22,8 +22,9 @@ namespace tq::detail {
 
 namespace {
 
-constexpr int kTileRows = 8;    // MR (measured: docs/int8_kernel.md, "AVX-512 VNNI")
+constexpr int kTileRows = 8;    // MR (docs/int8_kernel.md, "AVX-512 VNNI": 8 x 2 against 6 x 4, 4 x 4, 8 x 3)
 constexpr int kTilePanels = 2;  // NP: 8 x 2 = 16 accumulators of 32 registers
+static_assert(kTilePanels <= 4, "the panel remainder switch handles up to 3 panels");
 
 TQ_ALWAYS_INLINE __mmask16 first_lanes(int64_t count) {
   return count >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
@@ -111,7 +112,7 @@ void int8_gemm_avx512vnni(const Int8GemmProblem& P, int64_t m_begin, int64_t m_e
   const int64_t row_block = max64(kTileRows, kRowBlockBytes / P.W->K() / kTileRows * kTileRows);
   // At batch 1 (GEMV) wider tiles give more independent accumulators.
   constexpr int kGemvPanels = 4;
-  BlockEpilogue e[kGemvPanels][kBlocks];
+  BlockEpilogue e[kGemvPanels > kTilePanels ? kGemvPanels : kTilePanels][kBlocks];
   for (int64_t m0 = m_begin; m0 < m_end; m0 += row_block) {
     const int64_t m1 = min64(m_end, m0 + row_block);
     int64_t p = panel_begin;
@@ -126,8 +127,12 @@ void int8_gemm_avx512vnni(const Int8GemmProblem& P, int64_t m_begin, int64_t m_e
       const int np = static_cast<int>(min64(kTilePanels, panel_end - p));
       for (int j = 0; j < np; ++j)
         for (int b = 0; b < kBlocks; ++b) prepare_block(P, (p + j) * kPanel + 8 * b, e[j][b]);
-      if (np == kTilePanels) row_tiles<kTilePanels>(P, m0, m1, p, e);
-      else row_tiles<1>(P, m0, m1, p, e);
+      switch (np) {
+        case 1: row_tiles<1>(P, m0, m1, p, e); break;
+        case 2: row_tiles<kTilePanels >= 2 ? 2 : 1>(P, m0, m1, p, e); break;
+        case 3: row_tiles<kTilePanels >= 3 ? 3 : 1>(P, m0, m1, p, e); break;
+        default: row_tiles<kTilePanels>(P, m0, m1, p, e); break;
+      }
     }
   }
 }
