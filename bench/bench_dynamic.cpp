@@ -31,6 +31,7 @@ struct Row {
   Case c;
   tq::bench::PairTiming pair;  // a = int8 dynamic, b = float: ratio = speedup of int8
   double sqnr_db;
+  std::string path;  // the int8 kernel path the layer took
 };
 
 }  // namespace
@@ -60,33 +61,36 @@ int main(int argc, char** argv) {
     // Samples alternate int8 / float, so that both see the same machine load.
     const auto pair = bench::measure_pair(run_int8, run_float, repeats, bench::calibrate_inner(run_int8),
                                           bench::calibrate_inner(run_float), 2);
-    Row r{c, pair, quant::sqnr_db(linear(x), dynamic(x))};
+    Row r{c, pair, quant::sqnr_db(linear(x), dynamic(x)),
+          to_string(select_int8_path(dynamic.activation_quant_max, dynamic.packed_weights()))};
     rows.push_back(r);
   }
 
   if (json) {
-    std::string out = "[";
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const Row& r = rows[i];
-      bench::Json j;
-      j.add("batch", r.c.batch).add("in_features", r.c.in).add("out_features", r.c.out).add("threads", 1);
-      j.add("float", r.pair.b).add("int8_dynamic", r.pair.a);
-      j.add("speedup", r.pair.ratio)
-          .add("speedup_cpu", r.pair.cpu_ratio)
-          .add("output_sqnr_db", r.sqnr_db);
-      out += (i ? ", " : "") + j.str();
+    nlohmann::ordered_json out = nlohmann::ordered_json::array();
+    for (const Row& r : rows) {
+      out.push_back({{"batch", r.c.batch},
+                     {"in_features", r.c.in},
+                     {"out_features", r.c.out},
+                     {"threads", 1},
+                     {"int8_path", r.path},
+                     {"float", r.pair.b},
+                     {"int8_dynamic", r.pair.a},
+                     {"speedup", r.pair.ratio},
+                     {"speedup_cpu", r.pair.cpu_ratio},
+                     {"output_sqnr_db", r.sqnr_db}});
     }
-    std::puts((out + "]").c_str());
+    std::puts(out.dump().c_str());
     return 0;
   }
   std::printf("DynamicQuantizedLinear vs float Linear, forward, 1 thread, median of %d repeats\n", repeats);
-  std::printf("%-12s %6s %12s %12s %9s %12s %12s %9s %10s\n", "layer", "batch", "float (us)", "int8 (us)", "speedup",
-              "float cpu", "int8 cpu", "speedup", "SQNR (dB)");
+  std::printf("%-12s %6s %12s %12s %9s %12s %12s %9s %10s  %s\n", "layer", "batch", "float (us)", "int8 (us)", "speedup",
+              "float cpu", "int8 cpu", "speedup", "SQNR (dB)", "int8 path");
   for (const Row& r : rows) {
     const std::string layer = std::to_string(r.c.in) + "->" + std::to_string(r.c.out);
-    std::printf("%-12s %6lld %12.1f %12.1f %8.2fx %12.1f %12.1f %8.2fx %10.1f\n", layer.c_str(),
+    std::printf("%-12s %6lld %12.1f %12.1f %8.2fx %12.1f %12.1f %8.2fx %10.1f  %s\n", layer.c_str(),
                 static_cast<long long>(r.c.batch), r.pair.b.median * 1e6, r.pair.a.median * 1e6, r.pair.ratio,
-                r.pair.b.cpu_median * 1e6, r.pair.a.cpu_median * 1e6, r.pair.cpu_ratio, r.sqnr_db);
+                r.pair.b.cpu_median * 1e6, r.pair.a.cpu_median * 1e6, r.pair.cpu_ratio, r.sqnr_db, r.path.c_str());
   }
   std::printf("speedup = float time / int8 time, median of per-pair ratios (> 1: int8 is faster), on the wall clock and on this thread's CPU\n"
               "time (which a busy machine disturbs less). SQNR: int8 output against float, docs/ptq.md eq. 10.\n");

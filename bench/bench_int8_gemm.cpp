@@ -9,7 +9,7 @@ int main(int argc, char** argv) {
   const auto o = tq::bench::parse_program_options(argc, argv);
   const auto rows = tq::bench::int8_gemm(o.suite);
   if (o.json) {
-    std::puts(tq::bench::int8_gemm_json(rows).str().c_str());
+    std::puts(tq::bench::int8_gemm_json(rows).dump().c_str());
   } else {
     tq::bench::print_int8_gemm(stdout, rows, o.suite);
   }

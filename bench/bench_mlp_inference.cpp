@@ -9,7 +9,7 @@ int main(int argc, char** argv) {
   const auto o = tq::bench::parse_program_options(argc, argv);
   const auto rows = tq::bench::mlp_inference(o.suite);
   if (o.json) {
-    std::puts(tq::bench::mlp_inference_json(rows).str().c_str());
+    std::puts(tq::bench::mlp_inference_json(rows).dump().c_str());
   } else {
     tq::bench::print_mlp_inference(stdout, rows, o.suite);
   }

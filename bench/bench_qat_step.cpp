@@ -39,13 +39,15 @@ int main(int argc, char** argv) {
       },
       piece);
 
-  const char* kernels = quant::quant_kernel_uses_avx2() ? "avx2" : "reference";
+  const char* kernels = to_string(quant::quant_kernel_level());
   if (o.json) {
-    bench::Json j;
-    j.add("quant_kernels", kernels).add("per_channel_observer_256x784", t_wobs).add("per_tensor_observer_64x784", t_xobs)
-        .add("fake_quant_per_channel_256x784", t_wfq).add("fake_quant_per_tensor_64x784", t_xfq)
-        .add("zero_grad_fake_quant_ste_256x784", t_ste);
-    std::puts(j.str().c_str());
+    const nlohmann::ordered_json j = {{"quant_kernels", kernels},
+                                      {"per_channel_observer_256x784", t_wobs},
+                                      {"per_tensor_observer_64x784", t_xobs},
+                                      {"fake_quant_per_channel_256x784", t_wfq},
+                                      {"fake_quant_per_tensor_64x784", t_xfq},
+                                      {"zero_grad_fake_quant_ste_256x784", t_ste}};
+    std::puts(j.dump().c_str());
     return 0;
   }
   std::printf("QAT pieces alone (%s loops; median of %d samples, wall [thread CPU])\n", kernels, piece.repeats);

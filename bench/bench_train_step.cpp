@@ -15,9 +15,9 @@ int main(int argc, char** argv) {
   const auto step = tq::bench::mlp_train_step(o.suite);
   const auto simple = tq::bench::simple_nn_step(o.suite);
   if (o.json) {
-    tq::bench::Json j;
-    j.add("mlp_train_step", tq::bench::mlp_train_step_json(step)).add("simple_nn", tq::bench::simple_nn_step_json(simple));
-    std::puts(j.str().c_str());
+    const nlohmann::ordered_json j = {{"mlp_train_step", tq::bench::mlp_train_step_json(step)},
+                                      {"simple_nn", tq::bench::simple_nn_step_json(simple)}};
+    std::puts(j.dump().c_str());
   } else {
     tq::bench::print_mlp_train_step(stdout, step, o.suite);
     std::puts("");

@@ -1,6 +1,7 @@
 // Small helpers shared by the benchmarks in bench/: a monotonic clock, the
-// median of repeated timings, command-line flags, and a minimal JSON printer
-// for `--json` output. Header-only; benchmarks are programs, not tests.
+// median of repeated timings, command-line flags, and the JSON form of a
+// timing for `--json` output (nlohmann::json). Header-only; benchmarks are
+// programs, not tests.
 //
 //   auto t = tq::bench::measure([&] { step(); }, {.repeats = 21, .inner = 50});
 //   std::printf("%.1f us\n", t.median * 1e6);
@@ -17,6 +18,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 namespace tq::bench {
 
@@ -158,72 +161,12 @@ inline long flag_value(int argc, char** argv, const char* flag, long fallback) {
   return fallback;
 }
 
-// A JSON object built key by key, printed in insertion order:
-//   Json j; j.add("median_us", 3.2).add("name", "simple_nn"); std::puts(j.str().c_str());
-class Json {
- public:
-  Json& add(const std::string& key, double v) { return put(key, number(v)); }
-  Json& add(const std::string& key, int v) { return put(key, std::to_string(v)); }
-  Json& add(const std::string& key, int64_t v) { return put(key, std::to_string(v)); }
-  Json& add(const std::string& key, bool v) { return put(key, v ? "true" : "false"); }
-  Json& add(const std::string& key, const char* v) { return put(key, quote(v)); }
-  Json& add(const std::string& key, const std::string& v) { return put(key, quote(v)); }
-  Json& add(const std::string& key, const Json& v) { return put(key, v.str()); }
-  // A Timing as {"median_s": ..., "min_s": ..., "max_s": ..., "repeats": ..., "inner": ...}.
-  Json& add(const std::string& key, const Timing& t) {
-    Json j;
-    j.add("median_s", t.median).add("min_s", t.min).add("max_s", t.max).add("cpu_median_s", t.cpu_median);
-    j.add("repeats", t.repeats).add("inner", t.inner);
-    return add(key, j);
-  }
-
-  Json& add(const std::string& key, const std::vector<Json>& items) {
-    std::string s = "[";
-    for (size_t i = 0; i < items.size(); ++i) s += (i ? ", " : "") + items[i].str();
-    return put(key, s + "]");
-  }
-
-  std::string str() const {
-    std::string s = "{";
-    for (size_t i = 0; i < entries_.size(); ++i) {
-      if (i) s += ", ";
-      s += quote(entries_[i].first) + ": " + entries_[i].second;
-    }
-    return s + "}";
-  }
-
- private:
-  Json& put(const std::string& key, std::string rendered) {
-    entries_.emplace_back(key, std::move(rendered));
-    return *this;
-  }
-  static std::string number(double v) {
-    if (!std::isfinite(v)) return "null";  // JSON has no inf / nan
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.6g", v);
-    return buf;
-  }
-  static std::string quote(const std::string& s) {
-    std::string out = "\"";
-    for (char c : s) {
-      switch (c) {
-        case '"': out += "\\\""; break;
-        case '\\': out += "\\\\"; break;
-        case '\n': out += "\\n"; break;
-        case '\t': out += "\\t"; break;
-        default:
-          if (static_cast<unsigned char>(c) < 0x20) {
-            char buf[8];
-            std::snprintf(buf, sizeof buf, "\\u%04x", c);
-            out += buf;
-          } else {
-            out += c;
-          }
-      }
-    }
-    return out + "\"";
-  }
-  std::vector<std::pair<std::string, std::string>> entries_;
-};
+// A Timing in `--json` output (nlohmann::json, keys in insertion order):
+// {"median_s", "min_s", "max_s", "cpu_median_s", "repeats", "inner"}. Found by
+// argument-dependent lookup, so `j["float"] = timing;` works.
+inline void to_json(nlohmann::ordered_json& j, const Timing& t) {
+  j = nlohmann::ordered_json{{"median_s", t.median},         {"min_s", t.min},         {"max_s", t.max},
+                             {"cpu_median_s", t.cpu_median}, {"repeats", t.repeats}, {"inner", t.inner}};
+}
 
 }  // namespace tq::bench

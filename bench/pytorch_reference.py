@@ -1,11 +1,15 @@
 #!/usr/bin/python3
-"""The PyTorch counterparts of `tinyqat bench` sections (b), (c) and (d).
+"""The PyTorch counterparts of `tinyqat bench` sections (a), (b), (c) and (d).
 
-Same models, batches and recipe as bench/suite.cpp, timed the same way
-(alternating samples, median of per-pair ratios), one thread:
+Same shapes, models, batches and recipe as bench/suite.cpp, timed the same
+way (alternating samples, median of per-pair ratios), one thread:
 
+  (a) one quantized Linear (u8 x s8 -> requantized u8, ReLU fused) vs the
+      float Linear, at M=1 and M=64 784->256 and M=1024 1024->1024, on every
+      quantized engine this PyTorch has (x86 / fbgemm, onednn)
   (b) MLP 784-256-128-10 forward, static int8 (fused Linear+ReLU, default
-      qconfig of the best quantized engine this PyTorch has) vs float
+      qconfig of the best quantized engine this PyTorch has) and dynamic int8
+      (quantize_dynamic) vs float
   (c) its train step at batch 64, SGD momentum 0.9: QAT (prepare_qat) vs float
   (d) SimpleNN 10-5-2 train step at batch 1, float and QAT, microseconds
 
@@ -21,6 +25,7 @@ import time
 import torch
 import torch.nn as nn
 import torch.ao.quantization as tq
+import torch.nn.intrinsic.quantized as nniq
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -76,6 +81,28 @@ def fuse(model):
     return tq.fuse_modules(model, [["1", "2"], ["3", "4"]], inplace=False)
 
 
+def section_a():
+    rows = []
+    for engine in [e for e in ("x86", "fbgemm", "onednn") if e in ENGINES]:
+        torch.backends.quantized.engine = engine
+        for m, k, n in ((1, 784, 256), (64, 784, 256), (1024, 1024, 1024)):
+            torch.manual_seed(0)
+            linear = nn.Linear(k, n).eval()
+            w_q = torch.quantize_per_channel(linear.weight.detach(), linear.weight.detach().abs().amax(1) / 127.5,
+                                             torch.zeros(n, dtype=torch.long), 0, torch.qint8)
+            qlinear = nniq.LinearReLU(k, n)
+            qlinear.set_weight_bias(w_q, linear.bias.detach())
+            qlinear.scale, qlinear.zero_point = 0.05, 0
+            x = torch.rand(m, k)
+            x_q = torch.quantize_per_tensor(x, 1.0 / 127, 0, torch.quint8)
+            with torch.no_grad():
+                t_int8, t_float, ratio = pair(lambda: qlinear(x_q), lambda: linear(x), 11 if m * k * n > 1e8 else 31)
+            rows.append({"engine": engine, "M": m, "K": k, "N": n, "float_us": t_float * 1e6, "int8_us": t_int8 * 1e6,
+                         "speedup": ratio})
+    torch.backends.quantized.engine = ENGINE
+    return rows
+
+
 def section_b():
     float_model = mlp().eval()
     q = fuse(mlp(fused_stubs=True).eval())
@@ -85,12 +112,15 @@ def section_b():
         for _ in range(4):
             q(torch.rand(64, 784))
     tq.convert(q, inplace=True)
+    dynamic = tq.quantize_dynamic(mlp().eval(), {nn.Linear}, dtype=torch.qint8)
     rows = []
     with torch.no_grad():
         for batch in (1, 64, 1000):
             x = torch.rand(batch, 784)
             t_int8, t_float, ratio = pair(lambda: q(x), lambda: float_model(x), 31)
-            rows.append({"batch": batch, "float_us": t_float * 1e6, "int8_us": t_int8 * 1e6, "speedup": ratio})
+            t_dyn, t_float2, ratio_dyn = pair(lambda: dynamic(x), lambda: float_model(x), 31)
+            rows.append({"batch": batch, "float_us": t_float * 1e6, "int8_us": t_int8 * 1e6, "speedup": ratio,
+                         "dynamic_us": t_dyn * 1e6, "dynamic_speedup": ratio_dyn})
     return rows
 
 
@@ -144,15 +174,19 @@ def section_d():
 
 def main():
     out = {"torch": torch.__version__, "engine": ENGINE, "threads": torch.get_num_threads(),
-           "mlp_inference": section_b(), "mlp_train_step": section_c(), "simple_nn": section_d()}
+           "linear": section_a(), "mlp_inference": section_b(), "mlp_train_step": section_c(), "simple_nn": section_d()}
     if "--json" in sys.argv[1:]:
         print(json.dumps(out))
         return
     print(f"PyTorch {out['torch']}, quantized engine {ENGINE}, {out['threads']} thread")
-    print("(b) MLP 784-256-128-10 forward, static int8 vs float")
+    print("(a) one Linear, quantized (u8 x s8 -> u8, ReLU fused) vs float")
+    for r in out["linear"]:
+        print(f"    {r['engine']:7s} M={r['M']:5d} {r['K']:4d}->{r['N']:<4d}: float {r['float_us']:9.1f} us, "
+              f"int8 {r['int8_us']:9.1f} us, int8 speedup {r['speedup']:.2f}x")
+    print("(b) MLP 784-256-128-10 forward, static and dynamic int8 vs float")
     for r in out["mlp_inference"]:
-        print(f"    batch {r['batch']:5d}: float {r['float_us']:9.1f} us, int8 {r['int8_us']:9.1f} us, "
-              f"int8 speedup {r['speedup']:.2f}x")
+        print(f"    batch {r['batch']:5d}: float {r['float_us']:9.1f} us, int8 {r['int8_us']:9.1f} us "
+              f"({r['speedup']:.2f}x), dynamic {r['dynamic_us']:9.1f} us ({r['dynamic_speedup']:.2f}x)")
     c = out["mlp_train_step"]
     print(f"(c) train step, batch 64: float {c['float_step_us']:.1f} us, QAT {c['qat_step_us']:.1f} us, "
           f"QAT / float {c['qat_over_float']:.2f}")

@@ -13,6 +13,8 @@
 #include <random>
 
 #include "quant/quant.h"
+#include "quant/quant_kernels.h"
+#include "tensor/cpu_features.h"
 #include "tensor/int8_gemm.h"
 #include "tensor/requantize.h"
 #include "tinyqat.h"
@@ -37,11 +39,14 @@ PairTiming pair(const SuiteOptions& o, int full_repeats, A&& a, B&& b) {
   return measure_pair(a, b, repeats_for(o, full_repeats), inner_a, inner_b);
 }
 
+using Json = nlohmann::ordered_json;
+
 Json timing_json(const Timing& t) {
-  Json j;
-  j.add("median_us", t.median * 1e6).add("min_us", t.min * 1e6).add("cpu_median_us", t.cpu_median * 1e6);
-  j.add("samples", t.repeats).add("calls_per_sample", t.inner);
-  return j;
+  return {{"median_us", t.median * 1e6},
+          {"min_us", t.min * 1e6},
+          {"cpu_median_us", t.cpu_median * 1e6},
+          {"samples", t.repeats},
+          {"calls_per_sample", t.inner}};
 }
 
 // The float MLP of the Fashion-MNIST pipeline.
@@ -130,8 +135,14 @@ double load_average() {
 
 std::string int8_kernel_description() {
   const Int8Kernel k = int8_kernel();
-  if (k != Int8Kernel::automatic) return to_string(k);
-  return cpu_has_avx2() ? "automatic (AVX2)" : "automatic (no AVX2: reference)";
+  std::string s = to_string(k);
+  if (k == Int8Kernel::automatic) {
+    // What automatic resolves to for the x86 preset's 7-bit activations.
+    const int8_t w[4] = {1, -1, 1, -1};
+    s += std::string(" (") + to_string(select_int8_path(127, PackedWeightsI8(w, 1, 4))) + ")";
+  }
+  const CpuFeatures& f = cpu_features();
+  return s + " on " + (f.brand.empty() ? "an unnamed CPU" : f.brand) + " [" + cpu_feature_summary() + "]";
 }
 
 const char* verdict(bool met) { return met ? "ok" : "MISSED"; }
@@ -196,7 +207,7 @@ void print_int8_gemm(std::FILE* out, const std::vector<GemmRow>& rows, const Sui
   std::fprintf(out, "(a) int8 GEMM (u8 0..127 x i8 -> requantized u8, ReLU fused) vs OpenBLAS f32, %d thread(s), %s\n",
                options.threads, int8_kernel_description().c_str());
   std::fprintf(out, "    speedup = t_float / t_int8, median of per-pair ratios (float = sgemm; sgemv at M = 1)\n");
-  std::fprintf(out, "    %5s %10s | %9s %6s | %9s | %9s %6s %-10s | %8s %8s  %s\n", "M", "K->N", "sgemm us", "GMAC/s",
+  std::fprintf(out, "    %5s %10s | %9s %6s | %9s | %9s %6s %-13s | %8s %8s  %s\n", "M", "K->N", "sgemm us", "GMAC/s",
                "sgemv us", "int8 us", "GMAC/s", "path", "vs sgemm", "vs sgemv", "target");
   for (const GemmRow& r : rows) {
     const int64_t macs = r.M * r.K * r.N;
@@ -208,7 +219,7 @@ void print_int8_gemm(std::FILE* out, const std::vector<GemmRow>& rows, const Sui
     }
     if (r.target > 0)
       std::snprintf(target, sizeof target, ">= %.1fx %s", r.target, verdict(r.speedup() >= r.target));
-    std::fprintf(out, "    %5lld %10s | %9.2f %6.1f | %9s | %9.2f %6.1f %-10s | %7.2fx %8s  %s\n",
+    std::fprintf(out, "    %5lld %10s | %9.2f %6.1f | %9s | %9.2f %6.1f %-13s | %7.2fx %8s  %s\n",
                  static_cast<long long>(r.M), shape.c_str(), r.vs_sgemm.b.median * 1e6, gmacs(macs, r.vs_sgemm.b.median),
                  sgemv, r.vs_sgemm.a.median * 1e6, gmacs(macs, r.vs_sgemm.a.median), r.path.c_str(), r.vs_sgemm.ratio,
                  vs_sgemv, target);
@@ -216,19 +227,20 @@ void print_int8_gemm(std::FILE* out, const std::vector<GemmRow>& rows, const Sui
 }
 
 Json int8_gemm_json(const std::vector<GemmRow>& rows) {
-  Json j;
-  std::vector<Json> items;
+  Json items = Json::array();
   for (const GemmRow& r : rows) {
-    Json row;
-    row.add("M", r.M).add("K", r.K).add("N", r.N).add("path", r.path);
-    row.add("sgemm_us", r.vs_sgemm.b.median * 1e6).add("int8_us", r.vs_sgemm.a.median * 1e6);
-    row.add("speedup_vs_sgemm", r.vs_sgemm.ratio);
-    if (r.M == 1) row.add("sgemv_us", r.vs_sgemv.b.median * 1e6).add("speedup_vs_sgemv", r.vs_sgemv.ratio);
-    if (r.target > 0) row.add("target", r.target).add("met", r.speedup() >= r.target);
-    items.push_back(row);
+    Json row = {{"M", r.M},
+                {"K", r.K},
+                {"N", r.N},
+                {"path", r.path},
+                {"sgemm_us", r.vs_sgemm.b.median * 1e6},
+                {"int8_us", r.vs_sgemm.a.median * 1e6},
+                {"speedup_vs_sgemm", r.vs_sgemm.ratio}};
+    if (r.M == 1) row["sgemv_us"] = r.vs_sgemv.b.median * 1e6, row["speedup_vs_sgemv"] = r.vs_sgemv.ratio;
+    if (r.target > 0) row["target"] = r.target, row["met"] = r.speedup() >= r.target;
+    items.push_back(std::move(row));
   }
-  j.add("kernel", int8_kernel_description()).add("rows", items);
-  return j;
+  return {{"kernel", int8_kernel_description()}, {"rows", std::move(items)}};
 }
 
 // ---- (b) the MLP, int8 vs float inference ----
@@ -252,12 +264,20 @@ std::vector<InferenceRow> mlp_inference(const SuiteOptions& options) {
   for (int i = 0; i < 4; ++i) (*int8_mlp)(rand_uniform({64, 784}, 0.0, 1.0, g));
   quant::convert(*int8_mlp);
   quant::set_int8_threads(*int8_mlp, options.threads);
+  std::string path = "?";  // the path of the first int8 layer, for its input's range
+  for (const auto& named : int8_mlp->named_modules()) {
+    if (auto* q = dynamic_cast<quant::QuantizedLinear*>(named.second); q != nullptr && q->input_qparams()) {
+      path = to_string(select_int8_path(q->input_qparams()->quant_max, q->packed_weights()));
+      break;
+    }
+  }
 
   std::vector<InferenceRow> rows;
   for (int64_t batch : {1, 64, 1000}) {
     const Tensor x = rand_uniform({batch, 784}, 0.0, 1.0, g);
     InferenceRow row;
     row.batch = batch;
+    row.path = path;
     row.target = batch == 1 ? kInferenceTargetBatch1 : kInferenceTargetBatched;
     row.pair = pair(options, 31, [&] { (*int8_mlp)(x); }, [&] { (*float_mlp)(x); });
     rows.push_back(row);
@@ -268,25 +288,27 @@ std::vector<InferenceRow> mlp_inference(const SuiteOptions& options) {
 void print_mlp_inference(std::FILE* out, const std::vector<InferenceRow>& rows, const SuiteOptions& options) {
   std::fprintf(out, "(b) MLP 784-256-128-10 forward (float in, float out), static int8 vs float, %d thread(s)\n",
                options.threads);
-  std::fprintf(out, "    %6s | %10s %10s | %8s %8s  %s\n", "batch", "float us", "int8 us", "speedup", "(CPU)", "target");
+  std::fprintf(out, "    %6s | %10s %10s %-13s | %8s %8s  %s\n", "batch", "float us", "int8 us", "path", "speedup",
+               "(CPU)", "target");
   for (const InferenceRow& r : rows)
-    std::fprintf(out, "    %6lld | %10.2f %10.2f | %7.2fx %7.2fx  >= %.1fx %s\n", static_cast<long long>(r.batch),
-                 r.pair.b.median * 1e6, r.pair.a.median * 1e6, r.pair.ratio, r.pair.cpu_ratio, r.target,
-                 verdict(r.pair.ratio >= r.target));
+    std::fprintf(out, "    %6lld | %10.2f %10.2f %-13s | %7.2fx %7.2fx  >= %.1fx %s\n", static_cast<long long>(r.batch),
+                 r.pair.b.median * 1e6, r.pair.a.median * 1e6, r.path.c_str(), r.pair.ratio, r.pair.cpu_ratio,
+                 r.target, verdict(r.pair.ratio >= r.target));
 }
 
 Json mlp_inference_json(const std::vector<InferenceRow>& rows) {
-  Json j;
-  std::vector<Json> items;
+  Json items = Json::array();
   for (const InferenceRow& r : rows) {
-    Json row;
-    row.add("batch", r.batch).add("float_us", r.pair.b.median * 1e6).add("int8_us", r.pair.a.median * 1e6);
-    row.add("speedup", r.pair.ratio).add("speedup_cpu", r.pair.cpu_ratio).add("target", r.target);
-    row.add("met", r.pair.ratio >= r.target);
-    items.push_back(row);
+    items.push_back({{"batch", r.batch},
+                     {"path", r.path},
+                     {"float_us", r.pair.b.median * 1e6},
+                     {"int8_us", r.pair.a.median * 1e6},
+                     {"speedup", r.pair.ratio},
+                     {"speedup_cpu", r.pair.cpu_ratio},
+                     {"target", r.target},
+                     {"met", r.pair.ratio >= r.target}});
   }
-  j.add("model", "784-256-128-10").add("rows", items);
-  return j;
+  return {{"model", "784-256-128-10"}, {"rows", std::move(items)}};
 }
 
 // ---- (c) the MLP's train step ----
@@ -294,6 +316,7 @@ Json mlp_inference_json(const std::vector<InferenceRow>& rows) {
 TrainStepResult mlp_train_step(const SuiteOptions& options) {
   set_blas_threads(options.threads);
   TrainStepResult r;
+  r.quant_kernels = to_string(quant::quant_kernel_level());
   const int B = static_cast<int>(r.batch);
   manual_seed(0);
   auto float_mlp = make_mlp();
@@ -339,8 +362,8 @@ TrainStepResult mlp_train_step(const SuiteOptions& options) {
 
 void print_mlp_train_step(std::FILE* out, const TrainStepResult& r, const SuiteOptions& options) {
   const double step_gemms = r.step_vs_gemms.ratio, qat_float = r.qat_vs_float.ratio;
-  std::fprintf(out, "(c) MLP 784-256-128-10 train step, batch %lld, SGD momentum 0.9, %d thread(s)   wall [thread CPU]\n",
-               static_cast<long long>(r.batch), options.threads);
+  std::fprintf(out, "(c) MLP 784-256-128-10 train step, batch %lld, SGD momentum 0.9, %d thread(s), QAT loops %s"
+               "   wall [thread CPU]\n", static_cast<long long>(r.batch), options.threads, r.quant_kernels.c_str());
   std::fprintf(out, "    the step's 8 GEMMs via cblas_sgemm    %8.1f us [%8.1f]\n", r.step_vs_gemms.a.median * 1e6,
                r.step_vs_gemms.a.cpu_median * 1e6);
   std::fprintf(out, "    float step (fwd + loss + bwd + SGD)   %8.1f us [%8.1f]\n", r.step_vs_gemms.b.median * 1e6,
@@ -356,15 +379,20 @@ void print_mlp_train_step(std::FILE* out, const TrainStepResult& r, const SuiteO
 }
 
 Json mlp_train_step_json(const TrainStepResult& r) {
-  Json j;
-  j.add("model", "784-256-128-10").add("batch", r.batch);
-  j.add("gemms", timing_json(r.step_vs_gemms.a)).add("float_step", timing_json(r.step_vs_gemms.b));
-  j.add("qat_step", timing_json(r.qat_vs_float.b));
-  j.add("float_over_gemms", r.step_vs_gemms.ratio).add("float_over_gemms_cpu", r.step_vs_gemms.cpu_ratio);
-  j.add("qat_over_float", r.qat_vs_float.ratio).add("qat_over_float_cpu", r.qat_vs_float.cpu_ratio);
-  j.add("target_float_over_gemms", kStepOverGemmsTarget).add("target_qat_over_float", kQatOverFloatTarget);
-  j.add("forward_nograd", timing_json(r.forward_nograd)).add("zero_grad_and_sgd", timing_json(r.optimizer));
-  return j;
+  return {{"model", "784-256-128-10"},
+          {"batch", r.batch},
+          {"quant_kernels", r.quant_kernels},
+          {"gemms", timing_json(r.step_vs_gemms.a)},
+          {"float_step", timing_json(r.step_vs_gemms.b)},
+          {"qat_step", timing_json(r.qat_vs_float.b)},
+          {"float_over_gemms", r.step_vs_gemms.ratio},
+          {"float_over_gemms_cpu", r.step_vs_gemms.cpu_ratio},
+          {"qat_over_float", r.qat_vs_float.ratio},
+          {"qat_over_float_cpu", r.qat_vs_float.cpu_ratio},
+          {"target_float_over_gemms", kStepOverGemmsTarget},
+          {"target_qat_over_float", kQatOverFloatTarget},
+          {"forward_nograd", timing_json(r.forward_nograd)},
+          {"zero_grad_and_sgd", timing_json(r.optimizer)}};
 }
 
 // ---- (d) SimpleNN at batch 1 ----
@@ -400,11 +428,12 @@ void print_simple_nn_step(std::FILE* out, const SimpleNNResult& r) {
 }
 
 Json simple_nn_step_json(const SimpleNNResult& r) {
-  Json j;
-  j.add("model", "10-5-2").add("batch", 1);
-  j.add("float_step", timing_json(r.qat_vs_float.a)).add("qat_step", timing_json(r.qat_vs_float.b));
-  j.add("qat_over_float", r.qat_vs_float.ratio).add("target_us", kSimpleNNTargetMicroseconds);
-  return j;
+  return {{"model", "10-5-2"},
+          {"batch", 1},
+          {"float_step", timing_json(r.qat_vs_float.a)},
+          {"qat_step", timing_json(r.qat_vs_float.b)},
+          {"qat_over_float", r.qat_vs_float.ratio},
+          {"target_us", kSimpleNNTargetMicroseconds}};
 }
 
 }  // namespace tq::bench

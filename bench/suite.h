@@ -2,7 +2,8 @@
 // run. `tinyqat bench` prints all four sections; the programs in bench/ print
 // one each with more detail. Every ratio is the median of per-pair ratios of
 // alternating samples (bench_util.h, measure_pair), so a change of machine
-// load during the run slows both sides alike.
+// load during the run slows both sides alike. `--json` output is
+// nlohmann::ordered_json (keys in insertion order).
 //
 //   (a) int8_gemm       the int8 GEMM (u8 x i8 -> requantized u8) vs cblas_sgemm,
 //                       and vs cblas_sgemv at M = 1
@@ -21,6 +22,8 @@
 #include <cstdio>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "bench_util.h"
 
@@ -53,21 +56,23 @@ struct GemmRow {
 };
 std::vector<GemmRow> int8_gemm(const SuiteOptions& options);
 void print_int8_gemm(std::FILE* out, const std::vector<GemmRow>& rows, const SuiteOptions& options);
-Json int8_gemm_json(const std::vector<GemmRow>& rows);
+nlohmann::ordered_json int8_gemm_json(const std::vector<GemmRow>& rows);
 
 // ---- (b) ----
 struct InferenceRow {
   int64_t batch = 0;
+  std::string path;  // the int8 kernel path the model's layers take (int8_gemm.h)
   PairTiming pair;  // a = int8 model, b = float model: ratio = speedup of int8
   double target = 0;
 };
 std::vector<InferenceRow> mlp_inference(const SuiteOptions& options);
 void print_mlp_inference(std::FILE* out, const std::vector<InferenceRow>& rows, const SuiteOptions& options);
-Json mlp_inference_json(const std::vector<InferenceRow>& rows);
+nlohmann::ordered_json mlp_inference_json(const std::vector<InferenceRow>& rows);
 
 // ---- (c) ----
 struct TrainStepResult {
   int64_t batch = 64;
+  std::string quant_kernels;  // the vector width of the QAT loops (quant_kernels.h)
   PairTiming step_vs_gemms;   // a = the 8 GEMMs via cblas_sgemm, b = float step
   PairTiming qat_vs_float;    // a = float step, b = QAT step
   Timing forward_nograd;      // forward + loss alone, no graph (orientation)
@@ -75,7 +80,7 @@ struct TrainStepResult {
 };
 TrainStepResult mlp_train_step(const SuiteOptions& options);
 void print_mlp_train_step(std::FILE* out, const TrainStepResult& r, const SuiteOptions& options);
-Json mlp_train_step_json(const TrainStepResult& r);
+nlohmann::ordered_json mlp_train_step_json(const TrainStepResult& r);
 
 // ---- (d) ----
 struct SimpleNNResult {
@@ -83,7 +88,7 @@ struct SimpleNNResult {
 };
 SimpleNNResult simple_nn_step(const SuiteOptions& options);
 void print_simple_nn_step(std::FILE* out, const SimpleNNResult& r);
-Json simple_nn_step_json(const SimpleNNResult& r);
+nlohmann::ordered_json simple_nn_step_json(const SimpleNNResult& r);
 
 // The targets (docs/speed.md).
 inline constexpr double kGemmTargetM256 = 1.8;        // vs sgemm, M=256, 1024->1024
@@ -99,7 +104,8 @@ inline constexpr double kSimpleNNTargetMicroseconds = 5.0;
 double peak_rss_mib();
 // The 1-minute load average (Linux /proc/loadavg), or -1.
 double load_average();
-// The int8 kernel setting and what it resolves to here, e.g. "automatic (AVX2)".
+// The int8 kernel setting and what it resolves to here, with the CPU, e.g.
+// "automatic (avx512vnni) on AMD EPYC 9R45 [avx2 avx512 avx512_vnni avx_vnni]".
 std::string int8_kernel_description();
 // "ok" when `met`, "MISSED" otherwise.
 const char* verdict(bool met);

@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "tensor/cpu_features.h"
 #include "tensor/int8_gemm.h"
 #include "tensor/requantize.h"
 #include "tensor/thread_pool.h"
@@ -127,6 +128,27 @@ void require_same(const Case& c, const std::vector<uint8_t>& expected, const std
               << int{got[static_cast<size_t>(at)]} << " vs " << int{expected[static_cast<size_t>(at)]} << " ("
               << c.describe() << ")");
   }
+}
+
+// Every fast kernel setting, the AVX2 ones first.
+constexpr Int8Kernel kFastKernels[] = {Int8Kernel::avx2, Int8Kernel::avx2_widening, Int8Kernel::avxvnni,
+                                       Int8Kernel::avx512vnni, Int8Kernel::amx};
+
+// The fast kernels this CPU runs; names the others once (a message, not a failure).
+std::vector<Int8Kernel> available_fast_kernels() {
+  std::vector<Int8Kernel> have;
+  std::string missing;
+  for (Int8Kernel k : kFastKernels) {
+    if (tq::int8_kernel_available(k)) have.push_back(k);
+    else missing += std::string(missing.empty() ? "" : ", ") + tq::to_string(k);
+  }
+  static bool told = false;
+  if (!missing.empty() && !told) {
+    told = true;
+    WARN("int8 paths this CPU cannot run, so not tested here: " << missing << " (CPU: " << tq::cpu_feature_summary()
+                                                                  << ")");
+  }
+  return have;
 }
 
 bool skip_without_avx2() {
@@ -276,7 +298,8 @@ TEST_CASE("the saturation guard routes 8-bit x 8-bit ranges to the widening path
   tq::gemm_u8i8_dynamic_reference(X.data(), M, K, 1.0f, 0, 255, packed, w_scale.data(), nullptr, expected.data(), N);
   CHECK(expected[0] == 255.0f * -128.0f * K);
 
-  tq::ScopedInt8Kernel kernel(Int8Kernel::automatic);
+  // The AVX2 path per call (automatic picks a VNNI path where the CPU has one: no guard needed there).
+  tq::ScopedInt8Kernel kernel(Int8Kernel::avx2);
   REQUIRE(tq::select_int8_path(255, packed) == Int8Path::avx2_widening);
   REQUIRE(tq::select_int8_path(127, packed) == Int8Path::avx2_maddubs);
   tq::gemm_u8i8_dynamic(X.data(), M, K, 1.0f, 0, 255, packed, w_scale.data(), nullptr, got.data(), N);
@@ -458,4 +481,133 @@ TEST_CASE("thread pool runs every task once and rethrows task errors", "[int8_ge
   std::atomic<int> after{0};
   pool.parallel_for(10, 2, [&](int64_t) { after++; });
   CHECK(after.load() == 10);
+}
+
+TEST_CASE("every int8 path the CPU has equals the reference bit for bit on edge shapes", "[int8_gemm][paths]") {
+  const std::vector<Int8Kernel> kernels = available_fast_kernels();
+  std::mt19937 rng(77);
+  // Every remainder of the tiles: rows mod 4 (AVX2, AVX-VNNI), mod 8
+  // (AVX-512), mod 16 and 32 (AMX); channels mod 8, 16 (a panel), 32 (two
+  // panels), 64; K mod 4 (a group) and mod 64 (an AMX tile).
+  const int64_t Ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40};
+  const int64_t Ns[] = {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 49, 64, 65};
+  const int64_t Ks[] = {1, 2, 3, 4, 5, 63, 64, 65, 127, 128, 129, 200};
+  int variant = 0;
+  for (int64_t M : Ms) {
+    for (int64_t N : Ns) {
+      for (int64_t K : Ks) {
+        // Both activation ranges (7 and 8 bits), every weight range, bias,
+        // ReLU (y_min = zy), a ReLU6-like upper clamp, per-channel multipliers.
+        const Range x_range = kActivationRanges[variant % 2];
+        const Range w_range = kWeightRanges[(variant / 2) % 3];
+        const bool has_bias = (variant / 6) % 2, relu = (variant / 12) % 2, per_channel = (variant / 24) % 2;
+        ++variant;
+        Case c = make_case(rng, M, N, K, x_range, w_range, has_bias, relu, per_channel);
+        if (variant % 3 == 0) c.y_max = std::min(255, c.zy + 40);  // ReLU6: a clamp at zy + round(6 / s_y)
+        const std::vector<uint8_t> expected = run_requant_reference(c);
+        for (Int8Kernel k : kernels) {
+          if (k == Int8Kernel::avx2_widening && variant % 4 != 0) continue;  // the slow path: a quarter suffices
+          tq::ScopedInt8Kernel kernel(k);
+          require_same(c, expected, run_requant(c, 1), tq::to_string(k));
+        }
+      }
+    }
+  }
+  CHECK(variant == 16 * 14 * 12);
+}
+
+TEST_CASE("every int8 path: threads 1 and 2, split by rows and by panels, both epilogues", "[int8_gemm][paths]") {
+  const std::vector<Int8Kernel> kernels = available_fast_kernels();
+  std::mt19937 rng(78);
+  const SplitEveryCall split;
+  for (const Range& x_range : kActivationRanges) {
+    for (int options = 0; options < 8; ++options) {
+      for (const auto& [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{100, 64, 400}, {3, 1000, 784}, {37, 50, 9},
+                                    {1, 15, 33}, {70, 33, 130}}) {
+        Case c = make_case(rng, M, N, K, x_range, {-128, 127}, options & 1, options & 2, options & 4);
+        if (options & 1) c.y_max = std::min(255, c.zy + 60);
+        const std::vector<uint8_t> expected = run_requant_reference(c);
+        std::vector<float> w_scale(static_cast<size_t>(N)), bias(static_cast<size_t>(N));
+        for (auto& s : w_scale) s = std::uniform_real_distribution<float>(1e-3f, 1e-1f)(rng);
+        for (auto& b : bias) b = std::uniform_real_distribution<float>(-1.0f, 1.0f)(rng);
+        std::vector<float> f_expected(static_cast<size_t>(M * c.ldy), -7.0f);
+        tq::gemm_u8i8_dynamic_reference(c.X.data(), M, c.ldx, 0.02f, c.zx, x_range.hi, c.packed, w_scale.data(),
+                                        bias.data(), f_expected.data(), c.ldy);
+        for (Int8Kernel k : kernels) {
+          tq::ScopedInt8Kernel kernel(k);
+          for (int threads : {1, 2}) {
+            INFO(tq::to_string(k) << ", " << threads << " thread(s)");
+            require_same(c, expected, run_requant(c, threads), tq::to_string(k));
+            std::vector<float> got(static_cast<size_t>(M * c.ldy), -7.0f);
+            tq::gemm_u8i8_dynamic(c.X.data(), M, c.ldx, 0.02f, c.zx, x_range.hi, c.packed, w_scale.data(),
+                                  bias.data(), got.data(), c.ldy, threads);
+            REQUIRE(std::memcmp(got.data(), f_expected.data(), got.size() * sizeof(float)) == 0);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("VNNI paths are exact for 8-bit activations where vpmaddubsw saturates", "[int8_gemm][paths]") {
+  // x = 255 and w = -128 everywhere: a vpmaddubsw pair would be 2 * 255 * -128 = -65280.
+  const int64_t M = 9, N = 40, K = 100;
+  std::vector<uint8_t> X(M * K, 255);
+  std::vector<int8_t> W(N * K, -128);
+  const PackedWeightsI8 packed(W.data(), N, K);
+  std::vector<float> w_scale(N, 1.0f), expected(M * N), got(M * N);
+  tq::gemm_u8i8_dynamic_reference(X.data(), M, K, 1.0f, 0, 255, packed, w_scale.data(), nullptr, expected.data(), N);
+  REQUIRE(expected[0] == 255.0f * -128.0f * K);
+  for (Int8Kernel k : available_fast_kernels()) {
+    if (k == Int8Kernel::avx2 || k == Int8Kernel::avx2_widening) continue;
+    tq::ScopedInt8Kernel kernel(k);
+    CHECK(tq::select_int8_path(255, packed) != Int8Path::avx2_widening);  // no slow path needed
+    tq::gemm_u8i8_dynamic(X.data(), M, K, 1.0f, 0, 255, packed, w_scale.data(), nullptr, got.data(), N);
+    CHECK(got == expected);
+  }
+}
+
+TEST_CASE("the kernel switch: automatic takes the best path, unavailable kernels are refused by name", "[int8_gemm]") {
+  const tq::CpuFeatures& f = tq::cpu_features();
+  std::vector<int8_t> W(16 * 8, 3);
+  const PackedWeightsI8 packed(W.data(), 16, 8);
+  tq::ScopedInt8Kernel kernel(Int8Kernel::automatic);
+  const Int8Path best = tq::select_int8_path(127, packed);
+  if (f.amx_permitted) CHECK(best == Int8Path::amx);
+  else if (f.avx512_vnni) CHECK(best == Int8Path::avx512vnni);
+  else if (f.avx_vnni) CHECK(best == Int8Path::avxvnni);
+  else if (f.avx2) CHECK(best == Int8Path::avx2_maddubs);
+  else CHECK(best == Int8Path::reference);
+  CHECK(packed.has_amx_panels() == f.amx_permitted);
+  for (Int8Kernel k : kFastKernels) {
+    if (tq::int8_kernel_available(k)) {
+      CHECK_NOTHROW(tq::set_int8_kernel(k));
+      CHECK(tq::int8_kernel() == k);
+    } else {
+      CHECK_THROWS_WITH(tq::set_int8_kernel(k), Catch::Contains(tq::to_string(k)) && Catch::Contains("needs"));
+    }
+  }
+  CHECK_NOTHROW(tq::set_int8_kernel(Int8Kernel::reference));
+  CHECK(tq::select_int8_path(255, packed) == Int8Path::reference);
+}
+
+TEST_CASE("the AMX copy of the packed weights is the panel layout padded to whole tiles", "[int8_gemm][paths]") {
+  if (!tq::cpu_features().amx_permitted) {
+    WARN("no usable AMX on this machine (" << tq::cpu_feature_summary() << "): the AMX packing is not checked here");
+    return;
+  }
+  std::mt19937 rng(3);
+  std::vector<int8_t> W(20 * 70);
+  for (auto& v : W) v = static_cast<int8_t>(static_cast<int>(rng() % 256) - 128);
+  const PackedWeightsI8 packed(W.data(), 20, 70);
+  REQUIRE(packed.amx_k_tiles() == 2);
+  for (int64_t p = 0; p < 2; ++p)
+    for (int64_t t = 0; t < 2; ++t)
+      for (int64_t r = 0; r < 16; ++r)
+        for (int64_t c = 0; c < 16; ++c)
+          for (int64_t j = 0; j < 4; ++j) {
+            const int64_t n = p * 16 + c, k = (t * 16 + r) * 4 + j;
+            const int8_t want = n < 20 && k < 70 ? W[static_cast<size_t>(n * 70 + k)] : 0;
+            REQUIRE(packed.amx_panels()[(((p * 2 + t) * 16 + r) * 16 + c) * 4 + j] == want);
+          }
 }

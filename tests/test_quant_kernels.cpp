@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "quant/quant_kernels.h"
+#include "tensor/affine_quant.h"
+#include "tensor/cpu_features.h"
 #include "tinyqat.h"
 
 using namespace tq;
@@ -162,4 +164,90 @@ TEST_CASE("set_quant_kernel(reference) gives the same model outputs", "[quant][k
   CHECK(xobs_ref.calculate_qparams().scale == xq.scale);
   CHECK(rw == fw);
   CHECK(rx == fx);
+}
+
+TEST_CASE("AVX-512 QAT loops and the activation quantizer equal the reference loops", "[quant][kernels]") {
+  if (!cpu_features().avx512) {
+    WARN("this CPU has no AVX-512 (" << cpu_feature_summary() << "): the AVX-512 loops are not tested here");
+    return;
+  }
+  for (const Grid& gr : kGrids) {
+    std::vector<float> x = probe_values(gr.scale, gr.zero_point, gr.quant_min, gr.quant_max, 5);
+    const FakeQuantConstants k = fake_quant_constants(gr.scale, gr.zero_point, gr.quant_min, gr.quant_max);
+    // Lengths that exercise the masked tail of every size, and all of it.
+    for (size_t n : {size_t{1}, size_t{7}, size_t{15}, size_t{16}, size_t{17}, size_t{31}, size_t{33}, size_t{70},
+                     x.size()}) {
+      n = std::min(n, x.size());
+      std::vector<float> y_ref(n), y_fast(n + 1, 9.f), y_nomask(n);
+      std::vector<uint8_t> m_ref(n), m_fast(n + 1, 7);
+      fake_quantize_run_reference(x.data(), y_ref.data(), m_ref.data(), static_cast<int64_t>(n), k);
+      fake_quantize_run_avx512(x.data(), y_fast.data(), m_fast.data(), static_cast<int64_t>(n), k);
+      fake_quantize_run_avx512(x.data(), y_nomask.data(), nullptr, static_cast<int64_t>(n), k);
+      int bad = 0;
+      for (size_t i = 0; i < n; ++i)
+        bad += !same_bits(y_ref[i], y_fast[i]) || !same_bits(y_ref[i], y_nomask[i]) || m_ref[i] != m_fast[i];
+      INFO("scale " << gr.scale << " n " << n);
+      CHECK(bad == 0);
+      CHECK(y_fast[n] == 9.f);  // nothing written past the end
+      CHECK(m_fast[n] == 7);
+    }
+    // The u8 activation quantizer (tensor/affine_quant.h), when the grid is a u8 one.
+    if (gr.quant_min >= 0) {
+      const float inv = 1.f / gr.scale;
+      for (size_t n : {size_t{1}, size_t{9}, size_t{16}, size_t{17}, x.size()}) {
+        n = std::min(n, x.size());
+        std::vector<uint8_t> q_ref(n), q_avx2(n), q_avx512(n + 1, 7);
+        quantize_affine_u8(x.data(), q_ref.data(), static_cast<int64_t>(n), inv, gr.zero_point, gr.quant_min,
+                           gr.quant_max, SimdLevel::scalar);
+        quantize_affine_u8(x.data(), q_avx2.data(), static_cast<int64_t>(n), inv, gr.zero_point, gr.quant_min,
+                           gr.quant_max, SimdLevel::avx2);
+        quantize_affine_u8(x.data(), q_avx512.data(), static_cast<int64_t>(n), inv, gr.zero_point, gr.quant_min,
+                           gr.quant_max, SimdLevel::avx512);
+        INFO("quantize_affine_u8, scale " << gr.scale << " n " << n);
+        CHECK(q_avx2 == q_ref);
+        CHECK(std::vector<uint8_t>(q_avx512.begin(), q_avx512.begin() + static_cast<long>(n)) == q_ref);
+        CHECK(q_avx512[n] == 7);
+      }
+    }
+  }
+  Generator g(4);
+  const int64_t n = 1000 + 13;
+  std::vector<float> grad = to_vector(randn({n}, g));
+  grad[5] = kInf;  // masked out: must give 0, not NaN
+  grad[6] = kNaN;
+  std::vector<uint8_t> mask(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) mask[i] = (i * 7 + 3) % 5 != 0;
+  mask[5] = 0;
+  mask[6] = 1;
+  for (bool accumulate : {false, true}) {
+    for (int64_t len : {int64_t{3}, int64_t{16}, int64_t{29}, n}) {
+      std::vector<float> ref(static_cast<size_t>(n), 0.25f), fast(static_cast<size_t>(n), 0.25f);
+      apply_ste_mask_reference(grad.data(), mask.data(), ref.data(), len, accumulate);
+      apply_ste_mask_avx512(grad.data(), mask.data(), fast.data(), len, accumulate);
+      int bad = 0;
+      for (int64_t i = 0; i < n; ++i) bad += !same_bits(ref[i], fast[i]);
+      INFO("length " << len << (accumulate ? " accumulate" : ""));
+      CHECK(bad == 0);
+    }
+  }
+  // Min / max, NaNs skipped (and reported), over lengths that exercise the tails.
+  for (int64_t len : {1, 5, 15, 16, 17, 63, 64, 65, 100, 1000}) {
+    std::vector<float> v = to_vector(randn({len}, g));
+    if (len > 3) v[3] = kNaN;
+    float lo_ref = kInf, hi_ref = -kInf, lo_fast = kInf, hi_fast = -kInf;
+    const bool nan_ref = tq::detail::fold_min_max_reference(v.data(), len, lo_ref, hi_ref);
+    const bool nan_fast = tq::detail::fold_min_max_avx512(v.data(), len, lo_fast, hi_fast);
+    INFO("length " << len);
+    CHECK(lo_ref == lo_fast);
+    CHECK(hi_ref == hi_fast);
+    CHECK(nan_ref == nan_fast);
+    CHECK(nan_fast == (len > 3));
+  }
+  // The switch: avx512 and avx2 can be chosen by name, and give the model the same outputs.
+  set_quant_kernel(QuantKernel::avx2);
+  CHECK(quant_kernel_level() == SimdLevel::avx2);
+  set_quant_kernel(QuantKernel::avx512);
+  CHECK(quant_kernel_level() == SimdLevel::avx512);
+  set_quant_kernel(QuantKernel::automatic);
+  CHECK(quant_kernel_level() == SimdLevel::avx512);
 }

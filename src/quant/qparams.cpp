@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include "tensor/affine_quant.h"
+
 namespace tq::quant {
 
 int QuantSpec::bits() const {
@@ -77,11 +79,11 @@ ScaleZeroPoint calculate_qparams(float min_val, float max_val, const QuantSpec& 
     scale = std::max(scale, kScaleEps);  // eq. 6
     zero_point = spec.dtype == DType::u8 ? (qmin + qmax) / 2 : 0;
   } else {
-    // eq. 4: the grid spans [min, max] exactly.
-    scale = (max_pos - min_neg) / static_cast<float>(qmax - qmin);
-    scale = std::max(scale, kScaleEps);  // eq. 6
-    const float zp = static_cast<float>(qmin) - std::nearbyint(min_neg / scale);  // half to even
-    zero_point = static_cast<int32_t>(std::clamp(zp, static_cast<float>(qmin), static_cast<float>(qmax)));
+    // eq. 4: the grid spans [min, max] exactly; the one affine formula of
+    // tinyqat (tensor/affine_quant.h), shared with the dynamic int8 path.
+    const AffineQParams q = affine_qparams(min_neg, max_pos, qmin, qmax);
+    scale = q.scale;
+    zero_point = q.zero_point;
   }
   // A finite range can still be too wide for float32: max - min of
   // [-3.4e38, 3.4e38] is inf, and an infinite scale quantizes everything to

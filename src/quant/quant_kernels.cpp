@@ -2,6 +2,8 @@
 
 #include <atomic>
 
+#include "tensor/affine_quant.h"
+
 namespace tq::quant {
 
 namespace {
@@ -20,24 +22,14 @@ constexpr float kRoundMagic = 12582912.f;
 inline float max_of(float a, float b) { return a > b ? a : b; }
 inline float min_of(float a, float b) { return a < b ? a : b; }
 
-bool detect_avx2() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();  // we may run before libgcc's own start-up detection
-  return __builtin_cpu_supports("avx2");
-#else
-  return false;
-#endif
-}
-
 // Set once at start-up (no lazy-initialisation check on every call);
-// set_quant_kernel switches g_use_avx2. Read before this file's static
-// initialisation (from another file's), it is false: the reference loops,
-// correct, just slower.
-const bool g_cpu_has_avx2 = detect_avx2();
+// set_quant_kernel switches it. Read before this file's static initialisation
+// (from another file's), it is scalar: the reference loops, correct, just
+// slower.
 std::atomic<QuantKernel> g_kernel{QuantKernel::automatic};
-std::atomic<bool> g_use_avx2{g_cpu_has_avx2};
+std::atomic<SimdLevel> g_level{best_simd_level()};
 
-inline bool use_avx2() { return g_use_avx2.load(std::memory_order_relaxed); }
+inline SimdLevel level() { return g_level.load(std::memory_order_relaxed); }
 
 }  // namespace
 
@@ -75,33 +67,45 @@ void apply_ste_mask_reference(const float* g, const uint8_t* mask, float* out, i
 }
 
 void fold_min_max_reference(const float* p, int64_t n, float& lo, float& hi) {
-  for (int64_t i = 0; i < n; ++i) {
-    lo = min_of(p[i], lo);  // a NaN p[i] keeps lo
-    hi = max_of(p[i], hi);
-  }
+  detail::fold_min_max_reference(p, n, lo, hi);
+}
+void fold_min_max_avx2(const float* p, int64_t n, float& lo, float& hi) { detail::fold_min_max_avx2(p, n, lo, hi); }
+void fold_min_max_avx512(const float* p, int64_t n, float& lo, float& hi) {
+  detail::fold_min_max_avx512(p, n, lo, hi);
 }
 
-// Below one vector's worth the AVX2 versions would only run their scalar tail.
+// Below one vector's worth the AVX2 versions would only run their scalar
+// tail; the AVX-512 ones mask it.
 void fake_quantize_run(const float* x, float* y, uint8_t* mask, int64_t n, const FakeQuantConstants& k) {
-  if (n >= 8 && use_avx2()) fake_quantize_run_avx2(x, y, mask, n, k);
+  const SimdLevel l = level();
+  if (l == SimdLevel::avx512) fake_quantize_run_avx512(x, y, mask, n, k);
+  else if (n >= 8 && l == SimdLevel::avx2) fake_quantize_run_avx2(x, y, mask, n, k);
   else fake_quantize_run_reference(x, y, mask, n, k);
 }
 
 void apply_ste_mask(const float* g, const uint8_t* mask, float* out, int64_t n, bool accumulate) {
-  if (n >= 8 && use_avx2()) apply_ste_mask_avx2(g, mask, out, n, accumulate);
+  const SimdLevel l = level();
+  if (l == SimdLevel::avx512) apply_ste_mask_avx512(g, mask, out, n, accumulate);
+  else if (n >= 8 && l == SimdLevel::avx2) apply_ste_mask_avx2(g, mask, out, n, accumulate);
   else apply_ste_mask_reference(g, mask, out, n, accumulate);
 }
 
-void fold_min_max(const float* p, int64_t n, float& lo, float& hi) {
-  if (n >= 8 && use_avx2()) fold_min_max_avx2(p, n, lo, hi);
-  else fold_min_max_reference(p, n, lo, hi);
-}
+void fold_min_max(const float* p, int64_t n, float& lo, float& hi) { tq::fold_min_max(p, n, lo, hi, level()); }
 
 void set_quant_kernel(QuantKernel kernel) {
+  SimdLevel l = best_simd_level();
+  switch (kernel) {
+    case QuantKernel::automatic: break;
+    case QuantKernel::reference: l = SimdLevel::scalar; break;
+    case QuantKernel::avx2: l = SimdLevel::avx2; break;
+    case QuantKernel::avx512: l = SimdLevel::avx512; break;
+  }
+  require_simd_level(l, "set_quant_kernel");
   g_kernel.store(kernel, std::memory_order_relaxed);
-  g_use_avx2.store(g_cpu_has_avx2 && kernel == QuantKernel::automatic, std::memory_order_relaxed);
+  g_level.store(l, std::memory_order_relaxed);
 }
 QuantKernel quant_kernel() { return g_kernel.load(std::memory_order_relaxed); }
-bool quant_kernel_uses_avx2() { return use_avx2(); }
+SimdLevel quant_kernel_level() { return level(); }
+bool quant_kernel_uses_avx2() { return level() != SimdLevel::scalar; }
 
 }  // namespace tq::quant

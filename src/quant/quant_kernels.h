@@ -4,13 +4,17 @@
 // observer needs (§3). Pointer-level, no Tensor.
 //
 // Each has a plain scalar version, *_reference: the readable one, and the
-// one CPUs without AVX2 run. The AVX2 twins (quant_kernels_avx2.cpp) do the
-// same float operations eight lanes at a time and give the same values; the
-// entry points without a suffix pick AVX2 when the CPU has it (see
-// set_quant_kernel). tests/test_quant_kernels.cpp compares the two.
+// one CPUs without AVX2 run. The AVX2 twins (quant_kernels_avx2.cpp) and the
+// AVX-512 twins (quant_kernels_avx512.cpp) do the same float operations eight
+// or sixteen lanes at a time and give the same values; the entry points
+// without a suffix pick the widest the CPU has (tensor/cpu_features.h, see
+// set_quant_kernel). tests/test_quant_kernels.cpp compares them. The min / max
+// loop is the one of tensor/affine_quant.h.
 #pragma once
 
 #include <cstdint>
+
+#include "tensor/cpu_features.h"
 
 namespace tq::quant {
 
@@ -37,17 +41,23 @@ void fake_quantize_run_reference(const float* x, float* y, uint8_t* mask, int64_
 void apply_ste_mask_reference(const float* g, const uint8_t* mask, float* out, int64_t n, bool accumulate);
 void fold_min_max_reference(const float* p, int64_t n, float& lo, float& hi);
 
-// The AVX2 versions (call only when cpu_has_avx2()).
+// The AVX2 versions (call only when cpu_features().avx2).
 void fake_quantize_run_avx2(const float* x, float* y, uint8_t* mask, int64_t n, const FakeQuantConstants& k);
 void apply_ste_mask_avx2(const float* g, const uint8_t* mask, float* out, int64_t n, bool accumulate);
 void fold_min_max_avx2(const float* p, int64_t n, float& lo, float& hi);
+// The AVX-512 versions (call only when cpu_features().avx512); tails are masked.
+void fake_quantize_run_avx512(const float* x, float* y, uint8_t* mask, int64_t n, const FakeQuantConstants& k);
+void apply_ste_mask_avx512(const float* g, const uint8_t* mask, float* out, int64_t n, bool accumulate);
+void fold_min_max_avx512(const float* p, int64_t n, float& lo, float& hi);
 
-// Which versions the entry points run: automatic (AVX2 if the CPU has it,
-// the default) or always the reference. Process-wide; quantize() (the u8
-// loop in quantize.cpp) follows the same switch.
-enum class QuantKernel { automatic, reference };
+// Which versions the entry points run: automatic (the widest the CPU has,
+// the default), the reference, or one vector width (set_quant_kernel throws
+// std::runtime_error if the CPU lacks it). Process-wide; quantize() (the u8
+// loop) follows the same switch.
+enum class QuantKernel { automatic, reference, avx2, avx512 };
 void set_quant_kernel(QuantKernel kernel);
 QuantKernel quant_kernel();
-bool quant_kernel_uses_avx2();  // what `automatic` resolves to on this CPU
+SimdLevel quant_kernel_level();  // what the setting resolves to on this CPU
+bool quant_kernel_uses_avx2();   // quant_kernel_level() is avx2 or wider
 
 }  // namespace tq::quant

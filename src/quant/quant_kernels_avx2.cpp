@@ -77,46 +77,6 @@ void apply_ste_mask_avx2(const float* g, const uint8_t* mask, float* out, int64_
   if (i < n) apply_ste_mask_reference(g + i, mask + i, out + i, n - i, accumulate);
 }
 
-void fold_min_max_avx2(const float* p, int64_t n, float& lo, float& hi) {
-  if (n < 8) return fold_min_max_reference(p, n, lo, hi);
-  // Four independent accumulators of eight lanes (32 values per step), then
-  // one per eight. A NaN value keeps the accumulator, as in the reference:
-  // _mm256_min_ps(v, l) is `v < l ? v : l`. Min and max round nothing, so the
-  // order of the folds changes no value (only, possibly, the sign of a zero).
-  __m256 l[4], h[4];
-  for (int j = 0; j < 4; ++j) l[j] = _mm256_set1_ps(lo), h[j] = _mm256_set1_ps(hi);
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32)
-    for (int j = 0; j < 4; ++j) {
-      const __m256 v = _mm256_loadu_ps(p + i + 8 * j);
-      l[j] = _mm256_min_ps(v, l[j]);
-      h[j] = _mm256_max_ps(v, h[j]);
-    }
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(p + i);
-    l[0] = _mm256_min_ps(v, l[0]);
-    h[0] = _mm256_max_ps(v, h[0]);
-  }
-  // The remaining < 8 values: the last eight, overlapping some already seen
-  // (harmless for a min / max).
-  if (i < n) {
-    const __m256 v = _mm256_loadu_ps(p + n - 8);
-    l[1] = _mm256_min_ps(v, l[1]);
-    h[1] = _mm256_max_ps(v, h[1]);
-  }
-  __m256 lv = _mm256_min_ps(_mm256_min_ps(l[0], l[1]), _mm256_min_ps(l[2], l[3]));
-  __m256 hv = _mm256_max_ps(_mm256_max_ps(h[0], h[1]), _mm256_max_ps(h[2], h[3]));
-  // Horizontal: 8 -> 4 -> 2 -> 1 lanes.
-  __m128 l4 = _mm_min_ps(_mm256_castps256_ps128(lv), _mm256_extractf128_ps(lv, 1));
-  __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(hv), _mm256_extractf128_ps(hv, 1));
-  l4 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4));
-  h4 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
-  l4 = _mm_min_ss(l4, _mm_shuffle_ps(l4, l4, 1));
-  h4 = _mm_max_ss(h4, _mm_shuffle_ps(h4, h4, 1));
-  lo = _mm_cvtss_f32(l4);
-  hi = _mm_cvtss_f32(h4);
-}
-
 #else  // built without AVX2: never called (the dispatch checks the CPU), kept for the linker
 
 void fake_quantize_run_avx2(const float* x, float* y, uint8_t* mask, int64_t n, const FakeQuantConstants& k) {
@@ -125,7 +85,6 @@ void fake_quantize_run_avx2(const float* x, float* y, uint8_t* mask, int64_t n, 
 void apply_ste_mask_avx2(const float* g, const uint8_t* mask, float* out, int64_t n, bool accumulate) {
   apply_ste_mask_reference(g, mask, out, n, accumulate);
 }
-void fold_min_max_avx2(const float* p, int64_t n, float& lo, float& hi) { fold_min_max_reference(p, n, lo, hi); }
 
 #endif
 

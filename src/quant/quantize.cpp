@@ -7,14 +7,10 @@
 #include <fmt/format.h>
 
 #include "quant/quant_kernels.h"
+#include "tensor/affine_quant.h"
 #include "tensor/ops.h"
 
 namespace tq::quant {
-
-namespace detail {
-// quantize_avx2.cpp: the same per-tensor u8 loop, eight values at a time.
-void quantize_u8_avx2(const float* x, uint8_t* q, int64_t n, float inv_scale, float z, float qmin, float qmax);
-}  // namespace detail
 
 namespace {
 
@@ -25,9 +21,17 @@ void check_input(const Tensor& x, const char* op) {
                                             x.is_quantized() ? " (already quantized)" : ""));
 }
 
-// The plain loop over one run of values sharing (s, z): eq. 2. A NaN lands on qmin.
+// One run of values sharing (s, z): eq. 2. A NaN lands on qmin. u8 goes
+// through tinyqat's one activation quantizer (tensor/affine_quant.h), at the
+// vector width the QAT loops use (quant_kernels.h: one switch, so
+// set_quant_kernel(reference) makes every loop the plain one); i8 (weights)
+// through the same formula in a plain loop.
 template <class T>
 void quantize_run(const float* x, T* q, int64_t n, float inv_scale, float z, float qmin, float qmax) {
+  if constexpr (std::is_same_v<T, uint8_t>) {
+    return quantize_affine_u8(x, q, n, inv_scale, static_cast<int32_t>(z), static_cast<int32_t>(qmin),
+                              static_cast<int32_t>(qmax), quant_kernel_level());
+  }
   for (int64_t i = 0; i < n; ++i) {
     float v = std::nearbyint(x[i] * inv_scale) + z;
     v = v > qmin ? v : qmin;
@@ -41,11 +45,6 @@ void quantize_into(const float* x, T* q, int64_t n, int64_t inner, int64_t chann
   const float qmin = static_cast<float>(qp.quant_min), qmax = static_cast<float>(qp.quant_max);
   if (!is_per_channel(qp.scheme)) {
     const float inv = 1.f / qp.scale[0], z = static_cast<float>(qp.zero_point[0]);
-    // The AVX2 twin when the QAT loops use AVX2 too (quant_kernels.h: one
-    // switch, so set_quant_kernel(reference) makes every loop the plain one).
-    if constexpr (std::is_same_v<T, uint8_t>) {
-      if (n >= 8 && quant_kernel_uses_avx2()) return detail::quantize_u8_avx2(x, q, n, inv, z, qmin, qmax);
-    }
     return quantize_run(x, q, n, inv, z, qmin, qmax);
   }
   for (int64_t start = 0; start < n; start += inner) {

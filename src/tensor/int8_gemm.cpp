@@ -1,17 +1,19 @@
 // int8_gemm.cpp — weight packing, the scalar reference kernels, argument
-// checks, kernel selection and the split of a GEMM across threads. The AVX2
-// kernels are in int8_gemm_avx2.cpp. Math: docs/int8_kernel.md.
+// checks, kernel selection and the split of a GEMM across threads. The fast
+// kernels are in int8_gemm_<path>.cpp. Math: docs/int8_kernel.md.
 #include "tensor/int8_gemm.h"
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 
+#include "tensor/cpu_features.h"
 #include "tensor/thread_pool.h"
 
 namespace tq {
@@ -60,30 +62,63 @@ PackedWeightsI8::PackedWeightsI8(const int8_t* W, int64_t N, int64_t K, int64_t 
     }
     row_sums_[static_cast<size_t>(n)] = sum;
   }
+  // The AMX copy: the same bytes, the k groups of each panel padded to whole
+  // tiles of 16 groups (the padding is zero).
+  if (cpu_features().amx_permitted) {
+    const int64_t tile_bytes = 16 * kPanelWidth * kGroup, group_bytes = kPanelWidth * kGroup;
+    amx_panels_.assign(static_cast<size_t>(n_panels_ * amx_k_tiles() * tile_bytes), 0);
+    for (int64_t p = 0; p < n_panels_; ++p) {
+      std::memcpy(amx_panels_.data() + p * amx_k_tiles() * tile_bytes, panels_.data() + p * k_groups_ * group_bytes,
+                  static_cast<size_t>(k_groups_ * group_bytes));
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------
 // Kernel selection.
 
-bool cpu_has_avx2() {
-#if defined(__x86_64__) || defined(__i386__)
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-#else
-  return false;
-#endif
-}
+bool cpu_has_avx2() { return cpu_features().avx2; }
 
 namespace {
+
+// What is missing for `kernel` on this machine, or null when it can run.
+const char* missing_for(Int8Kernel kernel) {
+  const CpuFeatures& f = cpu_features();
+  switch (kernel) {
+    case Int8Kernel::automatic:
+    case Int8Kernel::reference: return nullptr;
+    case Int8Kernel::avx2:
+    case Int8Kernel::avx2_widening:
+    case Int8Kernel::avx2_maddubs_unchecked: return f.avx2 ? nullptr : "a CPU with AVX2 and FMA";
+    case Int8Kernel::avxvnni: return f.avx_vnni ? nullptr : "a CPU with AVX-VNNI";
+    case Int8Kernel::avx512vnni: return f.avx512_vnni ? nullptr : "a CPU with AVX-512 F/BW/VL/DQ and AVX512_VNNI";
+    case Int8Kernel::amx:
+      if (!f.amx_int8) return "a CPU with AMX-TILE and AMX-INT8 whose OS enables tile state";
+      return f.amx_permitted ? nullptr : "the Linux permission for AMX tile data, which the kernel refused";
+  }
+  return "a kernel this build does not know";
+}
 
 Int8Kernel kernel_from_environment() {
   const char* value = std::getenv("TINYQAT_INT8_KERNEL");
   if (value == nullptr) return Int8Kernel::automatic;
   const std::string name = value;
-  if (name == "reference") return Int8Kernel::reference;
-  if (name == "avx2" && cpu_has_avx2()) return Int8Kernel::avx2;
-  if (name == "widening" && cpu_has_avx2()) return Int8Kernel::avx2_widening;
-  return Int8Kernel::automatic;
+  Int8Kernel kernel = Int8Kernel::automatic;
+  if (name == "reference") kernel = Int8Kernel::reference;
+  else if (name == "avx2") kernel = Int8Kernel::avx2;
+  else if (name == "widening") kernel = Int8Kernel::avx2_widening;
+  else if (name == "avxvnni") kernel = Int8Kernel::avxvnni;
+  else if (name == "avx512vnni") kernel = Int8Kernel::avx512vnni;
+  else if (name == "amx") kernel = Int8Kernel::amx;
+  else if (name != "auto" && name != "automatic") {
+    std::fprintf(stderr, "tinyqat: TINYQAT_INT8_KERNEL=%s is not one of reference, avx2, widening, avxvnni, "
+                 "avx512vnni, amx, auto; using auto\n", value);
+  }
+  if (const char* missing = missing_for(kernel)) {
+    std::fprintf(stderr, "tinyqat: TINYQAT_INT8_KERNEL=%s needs %s; using auto\n", value, missing);
+    kernel = Int8Kernel::automatic;
+  }
+  return kernel;
 }
 
 std::atomic<Int8Kernel>& kernel_setting() {
@@ -93,10 +128,12 @@ std::atomic<Int8Kernel>& kernel_setting() {
 
 }  // namespace
 
+bool int8_kernel_available(Int8Kernel kernel) { return missing_for(kernel) == nullptr; }
+
 void set_int8_kernel(Int8Kernel kernel) {
-  if (kernel != Int8Kernel::automatic && kernel != Int8Kernel::reference && !cpu_has_avx2()) {
-    throw std::runtime_error(std::string("set_int8_kernel: ") + to_string(kernel) +
-                             " needs a CPU with AVX2 and FMA; this one has none");
+  if (const char* missing = missing_for(kernel)) {
+    throw std::runtime_error(std::string("set_int8_kernel: ") + to_string(kernel) + " needs " + missing +
+                             "; this machine has: " + cpu_feature_summary());
   }
   kernel_setting().store(kernel);
 }
@@ -110,6 +147,9 @@ const char* to_string(Int8Kernel kernel) {
     case Int8Kernel::avx2: return "avx2";
     case Int8Kernel::avx2_widening: return "avx2_widening";
     case Int8Kernel::avx2_maddubs_unchecked: return "avx2_maddubs_unchecked";
+    case Int8Kernel::avxvnni: return "avxvnni";
+    case Int8Kernel::avx512vnni: return "avx512vnni";
+    case Int8Kernel::amx: return "amx";
   }
   return "?";
 }
@@ -119,6 +159,9 @@ const char* to_string(Int8Path path) {
     case Int8Path::reference: return "reference";
     case Int8Path::avx2_maddubs: return "avx2_maddubs";
     case Int8Path::avx2_widening: return "avx2_widening";
+    case Int8Path::avxvnni: return "avxvnni";
+    case Int8Path::avx512vnni: return "avx512vnni";
+    case Int8Path::amx: return "amx";
   }
   return "?";
 }
@@ -129,15 +172,22 @@ bool maddubs_is_exact(int32_t x_quant_max, int32_t w_max_abs) {
 }
 
 Int8Path select_int8_path(int32_t x_quant_max, const PackedWeightsI8& W) {
+  const CpuFeatures& f = cpu_features();
+  const Int8Path avx2 = maddubs_is_exact(x_quant_max, W.max_abs()) ? Int8Path::avx2_maddubs : Int8Path::avx2_widening;
   switch (int8_kernel()) {
     case Int8Kernel::reference: return Int8Path::reference;
     case Int8Kernel::automatic:
-      if (!cpu_has_avx2()) return Int8Path::reference;
-      [[fallthrough]];
-    case Int8Kernel::avx2:
-      return maddubs_is_exact(x_quant_max, W.max_abs()) ? Int8Path::avx2_maddubs : Int8Path::avx2_widening;
+      if (f.amx_permitted && W.has_amx_panels()) return Int8Path::amx;
+      if (f.avx512_vnni) return Int8Path::avx512vnni;
+      if (f.avx_vnni) return Int8Path::avxvnni;
+      return f.avx2 ? avx2 : Int8Path::reference;
+    case Int8Kernel::avx2: return avx2;
     case Int8Kernel::avx2_widening: return Int8Path::avx2_widening;
     case Int8Kernel::avx2_maddubs_unchecked: return Int8Path::avx2_maddubs;
+    case Int8Kernel::avxvnni: return Int8Path::avxvnni;
+    case Int8Kernel::avx512vnni: return Int8Path::avx512vnni;
+    // Weights packed before AMX was usable have no tile copy: the next best path.
+    case Int8Kernel::amx: return W.has_amx_panels() ? Int8Path::amx : Int8Path::avx512vnni;
   }
   return Int8Path::reference;
 }
@@ -184,18 +234,40 @@ void check_dynamic(const char* op, float x_scale, const float* w_scale) {
   if (w_scale == nullptr) fail(op, ": w_scale is null");
 }
 
-// Runs the AVX2 kernel on `problem`, split across threads: by rows when
+using KernelFn = void (*)(const detail::Int8GemmProblem&, int64_t, int64_t, int64_t, int64_t);
+
+// The kernel of a path and the row count its tiles are multiples of (a row
+// split across threads keeps to it, so no thread gets a ragged tile it need not).
+struct PathKernel {
+  KernelFn fn;
+  int64_t row_align;
+};
+
+PathKernel kernel_of(Int8Path path) {
+  switch (path) {
+    case Int8Path::avx2_maddubs:
+    case Int8Path::avx2_widening: return {detail::int8_gemm_avx2, 4};
+    case Int8Path::avxvnni: return {detail::int8_gemm_avxvnni, 4};
+    case Int8Path::avx512vnni: return {detail::int8_gemm_avx512vnni, 8};
+    case Int8Path::amx: return {detail::int8_gemm_amx, 32};
+    case Int8Path::reference: break;
+  }
+  throw std::logic_error("int8 GEMM: no fast kernel for the reference path");
+}
+
+// Runs the kernel of `path` on `problem`, split across threads: by rows when
 // there are enough of them, else by panels of output channels. The split
 // never changes a result: each output is computed by exactly one thread
 // with the same integer arithmetic.
-void run_avx2(const detail::Int8GemmProblem& problem, int threads) {
+void run_kernel(const detail::Int8GemmProblem& problem, Int8Path path, int threads) {
+  const PathKernel kernel = kernel_of(path);
   const PackedWeightsI8& W = *problem.W;
   const int64_t M = problem.M;
   if (M == 0) return;
   if (threads <= 0) threads = default_thread_count();
   const int64_t macs = M * W.N() * W.K();
   if (threads == 1 || macs < parallel_min_macs.load(std::memory_order_relaxed)) {
-    detail::int8_gemm_avx2(problem, 0, M, 0, W.n_panels());
+    kernel.fn(problem, 0, M, 0, W.n_panels());
     return;
   }
   // Many small tasks rather than one per thread: threads take tasks from a
@@ -204,19 +276,19 @@ void run_avx2(const detail::Int8GemmProblem& problem, int threads) {
   // the others take its share, and the call is never slower than on one
   // thread (with 4 tasks per thread it was, by up to 1.35x: docs/speed.md §4).
   constexpr int64_t kTasksPerThread = 16;
-  constexpr int64_t kRowAlign = 4;  // a multiple of every row-tile height
-  if (M >= 2 * kRowAlign * threads) {
-    int64_t rows = std::max<int64_t>(2 * kRowAlign, (M + kTasksPerThread * threads - 1) / (kTasksPerThread * threads));
-    rows = (rows + kRowAlign - 1) / kRowAlign * kRowAlign;
+  const int64_t align = kernel.row_align;
+  if (M >= 2 * align * threads) {
+    int64_t rows = std::max<int64_t>(2 * align, (M + kTasksPerThread * threads - 1) / (kTasksPerThread * threads));
+    rows = (rows + align - 1) / align * align;
     const int64_t tasks = (M + rows - 1) / rows;
     ThreadPool::global().parallel_for(tasks, threads, [&](int64_t t) {
-      detail::int8_gemm_avx2(problem, t * rows, std::min(M, (t + 1) * rows), 0, W.n_panels());
+      kernel.fn(problem, t * rows, std::min(M, (t + 1) * rows), 0, W.n_panels());
     });
   } else {
     const int64_t panels = (W.n_panels() + threads - 1) / threads;
     const int64_t tasks = (W.n_panels() + panels - 1) / panels;
     ThreadPool::global().parallel_for(tasks, threads, [&](int64_t t) {
-      detail::int8_gemm_avx2(problem, 0, M, t * panels, std::min(W.n_panels(), (t + 1) * panels));
+      kernel.fn(problem, 0, M, t * panels, std::min(W.n_panels(), (t + 1) * panels));
     });
   }
 }
@@ -266,10 +338,10 @@ void gemm_u8i8_requant(const uint8_t* X, int64_t M, int64_t ldx, int32_t zx, int
   const char* op = "gemm_u8i8_requant";
   check_common(op, X, M, ldx, zx, x_quant_max, W, Y, ldy);
   check_requant(op, W, bias_q, multipliers, zy, y_min, y_max);
-  run_avx2({.X = X, .M = M, .ldx = ldx, .zx = zx, .W = &W, .widening = path == Int8Path::avx2_widening,
-            .bias_q = bias_q, .multipliers = multipliers, .zy = zy, .y_min = y_min, .y_max = y_max, .Y_u8 = Y,
-            .ldy = ldy},
-           threads);
+  run_kernel({.X = X, .M = M, .ldx = ldx, .zx = zx, .W = &W, .widening = path == Int8Path::avx2_widening,
+              .bias_q = bias_q, .multipliers = multipliers, .zy = zy, .y_min = y_min, .y_max = y_max, .Y_u8 = Y,
+              .ldy = ldy},
+             path, threads);
 }
 
 // ---------------------------------------------------------------------------
@@ -307,23 +379,16 @@ void gemm_u8i8_dynamic(const uint8_t* X, int64_t M, int64_t ldx, float x_scale, 
   const char* op = "gemm_u8i8_dynamic";
   check_common(op, X, M, ldx, zx, x_quant_max, W, Y, ldy);
   check_dynamic(op, x_scale, w_scale);
-  run_avx2({.X = X, .M = M, .ldx = ldx, .zx = zx, .W = &W, .widening = path == Int8Path::avx2_widening,
-            .float_output = true, .x_scale = x_scale, .w_scale = w_scale, .bias_f = bias, .Y_f32 = Y, .ldy = ldy},
-           threads);
+  run_kernel({.X = X, .M = M, .ldx = ldx, .zx = zx, .W = &W, .widening = path == Int8Path::avx2_widening,
+              .float_output = true, .x_scale = x_scale, .w_scale = w_scale, .bias_f = bias, .Y_f32 = Y, .ldy = ldy},
+             path, threads);
 }
 
 ActivationQParams dynamic_activation_qparams(float min, float max, int32_t quant_max) {
   if (quant_max < 1 || quant_max > 255)
     fail("dynamic_activation_qparams: quant_max = ", quant_max, " is outside 1..255");
   if (!(min <= max)) fail("dynamic_activation_qparams: min ", min, " is not <= max ", max);
-  // eq. 11: the range always contains 0, so that real 0 is exactly representable.
-  const float lo = std::min(min, 0.0f);
-  const float hi = std::max(max, 0.0f);
-  ActivationQParams q;
-  q.scale = std::max((hi - lo) / static_cast<float>(quant_max), std::numeric_limits<float>::epsilon());
-  const int32_t zero_point = -static_cast<int32_t>(std::nearbyint(lo / q.scale));  // round half to even
-  q.zero_point = std::clamp(zero_point, 0, quant_max);
-  return q;
+  return affine_qparams(min, max, 0, quant_max);  // eq. 11
 }
 
 namespace {
@@ -333,50 +398,40 @@ void check_quantize(const char* op, const float* X, int64_t M, int64_t K, int64_
   if (M > 0 && K > 0 && (X == nullptr || Xq == nullptr)) fail(op, ": null input or output pointer");
 }
 
-[[noreturn]] void fail_non_finite(const char* op, int64_t M, int64_t K) {
-  fail(op, ": the input (", M, ", ", K, ") holds NaN or infinity; it cannot be quantized");
+// One pass for min / max (eq. 11), then quantize_affine_u8 with x * (1 / s):
+// the same loops as static quantization, at the vector width `level`.
+ActivationQParams quantize_activations(const char* op, const float* X, int64_t M, int64_t K, int64_t ldx,
+                                       int32_t quant_max, uint8_t* Xq, int64_t ldq, SimdLevel level) {
+  check_quantize(op, X, M, K, ldx, Xq, ldq);
+  float min = 0.0f, max = 0.0f;  // starting from 0 widens the range to include 0
+  bool nan = false;
+  for (int64_t m = 0; m < M; ++m) nan |= fold_min_max(X + m * ldx, K, min, max, level);
+  if (nan || std::isinf(min) || std::isinf(max))
+    fail(op, ": the input (", M, ", ", K, ") holds NaN or infinity; it cannot be quantized");
+  const ActivationQParams q = dynamic_activation_qparams(min, max, quant_max);
+  const float inv_scale = 1.0f / q.scale;
+  if (ldx == K && ldq == K) {
+    quantize_affine_u8(X, Xq, M * K, inv_scale, q.zero_point, 0, quant_max, level);
+  } else {
+    for (int64_t m = 0; m < M; ++m)
+      quantize_affine_u8(X + m * ldx, Xq + m * ldq, K, inv_scale, q.zero_point, 0, quant_max, level);
+  }
+  return q;
 }
 }  // namespace
 
 ActivationQParams quantize_activations_u8_reference(const float* X, int64_t M, int64_t K, int64_t ldx,
                                                     int32_t quant_max, uint8_t* Xq, int64_t ldq) {
   // X: (M, K) f32, Xq: (M, K) u8
-  const char* op = "quantize_activations_u8_reference";
-  check_quantize(op, X, M, K, ldx, Xq, ldq);
-  float min = 0.0f, max = 0.0f;
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t k = 0; k < K; ++k) {
-      const float v = X[m * ldx + k];
-      if (!std::isfinite(v)) fail_non_finite(op, M, K);
-      min = std::min(min, v);
-      max = std::max(max, v);
-    }
-  }
-  const ActivationQParams q = dynamic_activation_qparams(min, max, quant_max);
-  const float zero_point = static_cast<float>(q.zero_point);
-  const float top = static_cast<float>(quant_max);
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t k = 0; k < K; ++k) {
-      const float v = std::nearbyint(X[m * ldx + k] / q.scale) + zero_point;  // round half to even
-      Xq[m * ldq + k] = static_cast<uint8_t>(std::min(std::max(v, 0.0f), top));
-    }
-  }
-  return q;
+  return quantize_activations("quantize_activations_u8_reference", X, M, K, ldx, quant_max, Xq, ldq,
+                              SimdLevel::scalar);
 }
 
 ActivationQParams quantize_activations_u8(const float* X, int64_t M, int64_t K, int64_t ldx, int32_t quant_max,
                                           uint8_t* Xq, int64_t ldq) {
   // X: (M, K) f32, Xq: (M, K) u8
-  if (int8_kernel() == Int8Kernel::reference || !cpu_has_avx2()) {
-    return quantize_activations_u8_reference(X, M, K, ldx, quant_max, Xq, ldq);
-  }
-  const char* op = "quantize_activations_u8";
-  check_quantize(op, X, M, K, ldx, Xq, ldq);
-  float min = 0.0f, max = 0.0f;
-  if (!detail::min_max_avx2(X, M, K, ldx, &min, &max)) fail_non_finite(op, M, K);
-  const ActivationQParams q = dynamic_activation_qparams(min, max, quant_max);
-  detail::quantize_u8_avx2(X, M, K, ldx, q, quant_max, Xq, ldq);
-  return q;
+  const SimdLevel level = int8_kernel() == Int8Kernel::reference ? SimdLevel::scalar : best_simd_level();
+  return quantize_activations("quantize_activations_u8", X, M, K, ldx, quant_max, Xq, ldq, level);
 }
 
 ActivationQParams gemm_f32_dynamic(const float* X, int64_t M, int64_t ldx, int32_t x_quant_max,

@@ -7,9 +7,10 @@
 //             = sum_k X[m][k] * W[n][k] + (bias_q[n] - z_x * rowsum_n)  (eq. 2)
 //
 // Each fast kernel has a plain scalar twin named *_reference (the readable
-// version, and the fallback on CPUs without AVX2); the two agree bit for bit.
-// The public entry points dispatch at run time: AVX2 when the CPU has it,
-// else the reference (see set_int8_kernel).
+// version, and the fallback on CPUs without AVX2); they agree bit for bit.
+// The public entry points dispatch at run time to the best path this CPU has
+// (cpu_features.h): AMX-INT8, AVX-512 VNNI, AVX-VNNI, AVX2, else the
+// reference (see set_int8_kernel).
 //
 // This is a pointer-level API with no Tensor: X is (M, K) u8 with row stride
 // ldx, W is (N, K) i8 in PyTorch's Linear layout (out_features x
@@ -22,6 +23,7 @@
 #include <new>
 #include <vector>
 
+#include "tensor/affine_quant.h"
 #include "tensor/requantize.h"
 
 namespace tq {
@@ -55,6 +57,10 @@ using CacheAlignedVector = std::vector<T, CacheAlignedAllocator<T>>;
 // zero-padded past N and K. One 32-byte load gives 8 channels x 4 k.
 // Also kept: the plain (N, K) copy (for the reference kernels), the row sums
 // sum_k W[n][k] (for eq. 2) and max |W| (which decides the AVX2 path, eq. 9).
+// On a CPU whose AMX tiles are usable, also the AMX copy: the same layout with
+// the k groups zero-padded to whole tiles of 16 groups (64 k), panel after
+// panel: amx_panels()[((p * amx_k_tiles() + t) * 16 + r) * 64 + c * 4 + j]
+// = W[p * 16 + c][(t * 16 + r) * 4 + j], i.e. each 1024 bytes is one B tile.
 class PackedWeightsI8 {
  public:
   static constexpr int64_t kPanelWidth = 16;  // output channels per panel (two ymm registers)
@@ -76,12 +82,16 @@ class PackedWeightsI8 {
   const int8_t* plain() const { return plain_.data(); }         // (N, K)
   const int8_t* panels() const { return panels_.data(); }       // [n_panels][k_groups][16][4]
   const int32_t* row_sums() const { return row_sums_.data(); }  // (n_panels * 16), zero past N
+  bool has_amx_panels() const { return !amx_panels_.empty(); }
+  int64_t amx_k_tiles() const { return (k_groups_ + 15) / 16; }
+  const int8_t* amx_panels() const { return amx_panels_.data(); }  // [n_panels][amx_k_tiles][16][16][4]
 
  private:
   int64_t N_ = 0, K_ = 0, n_panels_ = 0, k_groups_ = 0;
   int32_t max_abs_ = 0;
   detail::CacheAlignedVector<int8_t> plain_;
   detail::CacheAlignedVector<int8_t> panels_;
+  detail::CacheAlignedVector<int8_t> amx_panels_;
   detail::CacheAlignedVector<int32_t> row_sums_;
 };
 
@@ -89,25 +99,31 @@ class PackedWeightsI8 {
 // Kernel selection.
 
 enum class Int8Kernel {
-  automatic,               // AVX2 if the CPU has it, else reference; AVX2 path per call (eq. 9)
+  automatic,               // the best path of this CPU: amx > avx512vnni > avxvnni > avx2 (path per call, eq. 9) > reference
   reference,               // the plain scalar kernels
-  avx2,                    // AVX2, path per call (throws if the CPU has no AVX2)
+  avx2,                    // AVX2, path per call (vpmaddubsw where exact, else widening)
   avx2_widening,           // AVX2, always the exact widening path
   avx2_maddubs_unchecked,  // AVX2, always vpmaddubsw, even where it saturates (wrong there: tests only)
+  avxvnni,                 // AVX-VNNI: vpdpbusd on ymm
+  avx512vnni,              // AVX-512 VNNI: vpdpbusd on zmm
+  amx,                     // AMX-INT8: tdpbusd on tiles
 };
 
 // Which inner loop a call runs.
-enum class Int8Path { reference, avx2_maddubs, avx2_widening };
+enum class Int8Path { reference, avx2_maddubs, avx2_widening, avxvnni, avx512vnni, amx };
 
 // Chooses the kernel for every later call in the process. The environment
-// variable TINYQAT_INT8_KERNEL=reference|avx2|widening|auto sets the initial
-// choice. Throws std::runtime_error when an AVX2 kernel is asked for on a CPU
-// without AVX2.
+// variable TINYQAT_INT8_KERNEL=reference|avx2|widening|avxvnni|avx512vnni|amx|auto
+// sets the initial choice (a kernel this CPU cannot run is reported on stderr
+// and `auto` is used). set_int8_kernel throws std::runtime_error, naming what
+// is missing, when the CPU (or, for AMX, the OS) cannot run the kernel asked for.
 void set_int8_kernel(Int8Kernel kernel);
 Int8Kernel int8_kernel();
 const char* to_string(Int8Kernel kernel);
 const char* to_string(Int8Path path);
 bool cpu_has_avx2();
+// Whether this CPU and OS can run `kernel` (automatic and reference: always).
+bool int8_kernel_available(Int8Kernel kernel);
 
 // True when vpmaddubsw cannot saturate: 2 * x_quant_max * max|w| <= 32767
 // (docs/int8_kernel.md eq. 9): 7-bit activations with any i8 weights, or
@@ -176,23 +192,19 @@ void gemm_u8i8_dynamic_reference(const uint8_t* X, int64_t M, int64_t ldx, float
                                  float* Y, int64_t ldy);
 
 // Scale and zero point of dynamically quantized activations.
-struct ActivationQParams {
-  float scale = 1.0f;
-  int32_t zero_point = 0;
-};
+using ActivationQParams = AffineQParams;
 
-// Affine qparams for [min, max] on 0..quant_max (docs/int8_kernel.md eq. 11),
-// PyTorch's observer formula: min/max widened to include 0,
-// scale = max((max - min) / quant_max, float epsilon),
-// zero_point = clamp(-round_half_even(min / scale), 0, quant_max).
-// src/quant owns the canonical qparams function; this local copy must stay
-// identical to it for the affine u8 case.
+// Affine qparams for [min, max] on 0..quant_max (docs/int8_kernel.md eq. 11):
+// affine_qparams(min, max, 0, quant_max), the one formula that the observers
+// use too (tensor/affine_quant.h).
 ActivationQParams dynamic_activation_qparams(float min, float max, int32_t quant_max);
 
 // Finds min/max of X in one pass, picks qparams (eq. 11), and writes
-// Xq[m][k] = clamp(nearbyint(X[m][k] / scale) + zero_point, 0, quant_max)
-// (round half to even). X: (M, K) f32 (row stride ldx), Xq: (M, K) u8 (row
-// stride ldq). Throws std::invalid_argument on NaN or infinity in X.
+// Xq[m][k] = clamp(nearbyint(X[m][k] * (1 / scale)) + zero_point, 0, quant_max)
+// (round half to even): tinyqat's one activation quantizer,
+// quantize_affine_u8, as static quantization and PyTorch use it. X: (M, K)
+// f32 (row stride ldx), Xq: (M, K) u8 (row stride ldq). Throws
+// std::invalid_argument on NaN or infinity in X.
 ActivationQParams quantize_activations_u8(const float* X, int64_t M, int64_t K, int64_t ldx, int32_t quant_max,
                                           uint8_t* Xq, int64_t ldq);
 ActivationQParams quantize_activations_u8_reference(const float* X, int64_t M, int64_t K, int64_t ldx,
@@ -230,15 +242,17 @@ struct Int8GemmProblem {
   int64_t ldy = 0;
 };
 
-// AVX2 kernels (int8_gemm_avx2.cpp). Computes rows [m_begin, m_end) and the
-// output channels of panels [panel_begin, panel_end).
+// The kernels, one per path (int8_gemm_<path>.cpp). Each computes rows
+// [m_begin, m_end) and the output channels of panels [panel_begin, panel_end).
 void int8_gemm_avx2(const Int8GemmProblem& problem, int64_t m_begin, int64_t m_end, int64_t panel_begin,
                     int64_t panel_end);
-// Min and max of X (M, K) f32; returns false if X holds NaN or infinity.
-bool min_max_avx2(const float* X, int64_t M, int64_t K, int64_t ldx, float* min, float* max);
-// Xq = clamp(nearbyint(X / scale) + zero_point, 0, quant_max), as in the reference.
-void quantize_u8_avx2(const float* X, int64_t M, int64_t K, int64_t ldx, ActivationQParams qparams, int32_t quant_max,
-                      uint8_t* Xq, int64_t ldq);
+void int8_gemm_avxvnni(const Int8GemmProblem& problem, int64_t m_begin, int64_t m_end, int64_t panel_begin,
+                       int64_t panel_end);
+void int8_gemm_avx512vnni(const Int8GemmProblem& problem, int64_t m_begin, int64_t m_end, int64_t panel_begin,
+                          int64_t panel_end);
+// Needs W.has_amx_panels().
+void int8_gemm_amx(const Int8GemmProblem& problem, int64_t m_begin, int64_t m_end, int64_t panel_begin,
+                   int64_t panel_end);
 
 }  // namespace detail
 

@@ -53,8 +53,9 @@ inline int32_t multiply_by_quantized_multiplier(int32_t acc, FixedPointMultiplie
     const int64_t rounded = (magnitude + (int64_t{1} << (total_shift - 1))) >> total_shift;
     result = product < 0 ? -rounded : rounded;
   } else {
-    // M >= 2^31: a left shift, saturating. Compare before shifting so that
-    // the shift cannot overflow int64.
+    // total_shift <= 0, i.e. shift <= -31: with a multiplier in [2^30, 2^31)
+    // that is M >= 2^30. A left shift, saturating. Compare before shifting so
+    // that the shift cannot overflow int64.
     const int64_t left = -total_shift;
     if (product == 0) return 0;
     if (left >= 32 || product > (kInt32Max >> left)) return product > 0 ? kInt32Max : kInt32Min;

@@ -5,6 +5,7 @@
 #include <string>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "common.h"
@@ -44,9 +45,8 @@ int run_bench(int argc, char** argv) {
   const bool as_json = r.count("json") > 0;
 
   const auto t0 = std::chrono::steady_clock::now();
-  bench::Json j;
-  j.add("threads", options.threads).add("quick", options.quick).add("int8_kernel", bench::int8_kernel_description());
-  j.add("load_average_before", bench::load_average());
+  nlohmann::ordered_json j = {{"threads", options.threads}, {"quick", options.quick},
+                              {"int8_kernel", bench::int8_kernel_description()}, {"load_average_before", bench::load_average()}};
   auto section = [&](auto&& print) {
     if (as_json) return;
     print();
@@ -58,28 +58,30 @@ int run_bench(int argc, char** argv) {
                 bench::int8_kernel_description().c_str(), options.quick ? ", quick (not for claims)" : "", bench::load_average());
   if (wanted('a')) {
     const auto rows = bench::int8_gemm(options);
-    j.add("int8_gemm", bench::int8_gemm_json(rows));
+    j["int8_gemm"] = bench::int8_gemm_json(rows);
     section([&] { bench::print_int8_gemm(stdout, rows, options); });
   }
   if (wanted('b')) {
     const auto rows = bench::mlp_inference(options);
-    j.add("mlp_inference", bench::mlp_inference_json(rows));
+    j["mlp_inference"] = bench::mlp_inference_json(rows);
     section([&] { bench::print_mlp_inference(stdout, rows, options); });
   }
   if (wanted('c')) {
     const auto step = bench::mlp_train_step(options);
-    j.add("mlp_train_step", bench::mlp_train_step_json(step));
+    j["mlp_train_step"] = bench::mlp_train_step_json(step);
     section([&] { bench::print_mlp_train_step(stdout, step, options); });
   }
   if (wanted('d')) {
     const auto simple = bench::simple_nn_step(options);
-    j.add("simple_nn", bench::simple_nn_step_json(simple));
+    j["simple_nn"] = bench::simple_nn_step_json(simple);
     section([&] { bench::print_simple_nn_step(stdout, simple); });
   }
   const double secs = seconds_since(t0);
-  j.add("load_average_after", bench::load_average()).add("peak_rss_mib", bench::peak_rss_mib()).add("seconds", secs);
+  j["load_average_after"] = bench::load_average();
+  j["peak_rss_mib"] = bench::peak_rss_mib();
+  j["seconds"] = secs;
   if (as_json)
-    std::printf("%s\n", j.str().c_str());
+    std::printf("%s\n", j.dump().c_str());
   else
     std::printf("peak resident memory %.1f MiB; %.1f s; load average %.2f\n", bench::peak_rss_mib(), secs,
                 bench::load_average());

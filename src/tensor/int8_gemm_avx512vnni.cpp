@@ -1,0 +1,140 @@
+// int8_gemm_avx512vnni.cpp — the AVX-512 VNNI int8 GEMM kernel (rung 4 of the
+// ladder in docs/int8_kernel.md). Compiled with AVX-512 F/BW/VL/DQ/VNNI;
+// int8_gemm.cpp calls it only when cpu_features().avx512_vnni.
+//
+// The packed panel layout [k_groups][16 ch][4 k] puts one k group of a whole
+// 16-channel panel in 64 bytes: exactly one zmm register. vpdpbusd on zmm
+// multiplies 16 x 4 u8 by 16 x 4 i8 and adds each channel's four products to
+// its int32 lane (64 multiply-adds per instruction, in 32 bits: no
+// saturation, so 8-bit activations are exact here at full speed).
+//
+// A tile is MR rows x NP panels: MR x NP zmm accumulators. Per k group: NP
+// weight loads, MR 4-byte broadcasts of X (folded into vpdpbusd as an
+// embedded {1to16} broadcast), MR x NP vpdpbusd. The last, partial group of a
+// row and the last, partial panel of a layer are handled with masks: a
+// masked byte load of X, masked stores of Y; the packed weights are zero
+// there. The epilogue (bias fold, requantization with clamps, or the f32
+// epilogue) is the shared one of int8_gemm_avx2_common.h on the two ymm
+// halves of each accumulator.
+#include "tensor/int8_gemm_avx2_common.h"
+
+namespace tq::detail {
+
+namespace {
+
+constexpr int kTileRows = 8;    // MR (docs/int8_kernel.md, "AVX-512 VNNI": 8 x 2 against 6 x 4, 4 x 4, 8 x 3)
+constexpr int kTilePanels = 2;  // NP: 8 x 2 = 16 accumulators of 32 registers
+static_assert(kTilePanels <= 4, "the panel remainder switch handles up to 3 panels");
+
+TQ_ALWAYS_INLINE __mmask16 first_lanes(int64_t count) {
+  return count >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
+}
+
+// The k group g of one row of X as a dword; past K the bytes read as 0 and
+// are not loaded (a masked load cannot fault on them).
+TQ_ALWAYS_INLINE int32_t load_tail(const uint8_t* p, int64_t count) {
+  return _mm_cvtsi128_si32(_mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << count) - 1), p));
+}
+
+template <int MR, int NP>
+TQ_ALWAYS_INLINE void accumulate(const Int8GemmProblem& P, int64_t m, const int8_t* const (&panel)[NP],
+                                 __m512i (&acc)[MR][NP]) {
+  const uint8_t* x = P.X + m * P.ldx;
+  const int64_t ldx = P.ldx, K = P.W->K();
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_si512();
+  const int64_t full_groups = K / 4;
+  for (int64_t g = 0; g < full_groups; ++g) {
+    __m512i w[NP];
+    for (int j = 0; j < NP; ++j) w[j] = _mm512_load_si512(panel[j] + g * kGroupBytes);
+    for (int i = 0; i < MR; ++i) {
+      const __m512i xb = _mm512_set1_epi32(load_group(x + i * ldx + 4 * g));
+      for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xb, w[j]);
+    }
+  }
+  if (K % 4 != 0) {
+    __m512i w[NP];
+    for (int j = 0; j < NP; ++j) w[j] = _mm512_load_si512(panel[j] + full_groups * kGroupBytes);
+    for (int i = 0; i < MR; ++i) {
+      const __m512i xb = _mm512_set1_epi32(load_tail(x + i * ldx + 4 * full_groups, K % 4));
+      for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xb, w[j]);
+    }
+  }
+}
+
+// Rows [m, m + MR) x panels [p, p + NP): accumulate, then the epilogue.
+template <int MR, int NP>
+void zmm_tile(const Int8GemmProblem& P, int64_t m, int64_t p, const BlockEpilogue (*e)[kBlocks]) {
+  const PackedWeightsI8& W = *P.W;
+  const int8_t* panel[NP];
+  for (int j = 0; j < NP; ++j) panel[j] = W.panels() + (p + j) * W.k_groups() * kGroupBytes;
+  __m512i acc[MR][NP];
+  accumulate<MR, NP>(P, m, panel, acc);
+  for (int j = 0; j < NP; ++j) {
+    const int64_t valid = e[j][0].valid + e[j][1].valid;
+    const __mmask16 store = first_lanes(valid);
+    for (int i = 0; i < MR; ++i) {
+      const __m256i lo = _mm512_castsi512_si256(acc[i][j]), hi = _mm512_extracti64x4_epi64(acc[i][j], 1);
+      if (P.float_output) {
+        const __m512 y = _mm512_insertf32x8(_mm512_castps256_ps512(dequantize8(e[j][0], lo)), dequantize8(e[j][1], hi), 1);
+        _mm512_mask_storeu_ps(P.Y_f32 + (m + i) * P.ldy + (p + j) * kPanel, store, y);
+      } else {
+        _mm_mask_storeu_epi8(P.Y_u8 + (m + i) * P.ldy + (p + j) * kPanel, store, requantize_row16(P, e[j], lo, hi));
+      }
+    }
+  }
+}
+
+// All row tiles of rows [m0, m1) for NP panels from p.
+template <int NP>
+void row_tiles(const Int8GemmProblem& P, int64_t m0, int64_t m1, int64_t p, const BlockEpilogue (*e)[kBlocks]) {
+  int64_t m = m0;
+  for (; m + kTileRows <= m1; m += kTileRows) zmm_tile<kTileRows, NP>(P, m, p, e);
+  static_assert(kTileRows <= 8, "the remainder switch handles up to 7 rows");
+  switch (m1 - m) {
+    case 1: zmm_tile<1, NP>(P, m, p, e); break;
+    case 2: zmm_tile<2, NP>(P, m, p, e); break;
+    case 3: zmm_tile<3, NP>(P, m, p, e); break;
+    case 4: zmm_tile<4, NP>(P, m, p, e); break;
+    case 5: zmm_tile<5, NP>(P, m, p, e); break;
+    case 6: zmm_tile<6, NP>(P, m, p, e); break;
+    case 7: zmm_tile<7, NP>(P, m, p, e); break;
+    default: break;
+  }
+}
+
+}  // namespace
+
+void int8_gemm_avx512vnni(const Int8GemmProblem& P, int64_t m_begin, int64_t m_end, int64_t panel_begin,
+                          int64_t panel_end) {
+  // X: (M, K) u8, W: packed (N, K) i8, Y: (M, N) u8 or f32
+  // Rows per block: their X stays in L2 while every panel passes over it.
+  const int64_t row_block = max64(kTileRows, kRowBlockBytes / P.W->K() / kTileRows * kTileRows);
+  // At batch 1 (GEMV) wider tiles give more independent accumulators.
+  constexpr int kGemvPanels = 4;
+  BlockEpilogue e[kGemvPanels > kTilePanels ? kGemvPanels : kTilePanels][kBlocks];
+  for (int64_t m0 = m_begin; m0 < m_end; m0 += row_block) {
+    const int64_t m1 = min64(m_end, m0 + row_block);
+    int64_t p = panel_begin;
+    if (m1 - m0 == 1) {
+      for (; p + kGemvPanels <= panel_end; p += kGemvPanels) {
+        for (int j = 0; j < kGemvPanels; ++j)
+          for (int b = 0; b < kBlocks; ++b) prepare_block(P, (p + j) * kPanel + 8 * b, e[j][b]);
+        zmm_tile<1, kGemvPanels>(P, m0, p, e);
+      }
+    }
+    for (; p < panel_end; p += kTilePanels) {
+      const int np = static_cast<int>(min64(kTilePanels, panel_end - p));
+      for (int j = 0; j < np; ++j)
+        for (int b = 0; b < kBlocks; ++b) prepare_block(P, (p + j) * kPanel + 8 * b, e[j][b]);
+      switch (np) {
+        case 1: row_tiles<1>(P, m0, m1, p, e); break;
+        case 2: row_tiles<kTilePanels >= 2 ? 2 : 1>(P, m0, m1, p, e); break;
+        case 3: row_tiles<kTilePanels >= 3 ? 3 : 1>(P, m0, m1, p, e); break;
+        default: row_tiles<kTilePanels>(P, m0, m1, p, e); break;
+      }
+    }
+  }
+}
+
+}  // namespace tq::detail
