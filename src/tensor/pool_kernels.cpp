@@ -63,6 +63,35 @@ void max_pool2d_forward(const Tensor& x, const Pool2dGeometry& g, Tensor& y, Ten
   float* yp = y.data<float>();
   int32_t* ip = argmax.data<int32_t>();
   const int64_t hw = g.H * g.W, ohw = g.OH * g.OW;
+  if (g.KH == 2 && g.KW == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 && g.pad_w == 0 && g.dil_h == 1 &&
+      g.dil_w == 1) {
+    // The common 2x2 / stride 2 window, always inside the input: four taps
+    // in the same order as the general loop (first maximum, NaN wins).
+    for (int64_t plane = 0; plane < g.N * g.C; ++plane) {
+      const float* xc = xp + plane * hw;
+      float* yo = yp + plane * ohw;
+      int32_t* io = ip + plane * ohw;
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const int64_t i0 = 2 * oh * g.W + 2 * ow;
+          const int64_t taps[4] = {i0, i0 + 1, i0 + g.W, i0 + g.W + 1};
+          int64_t best_i = taps[0];
+          float best = xc[best_i];
+          if (!std::isnan(best))
+            for (int t = 1; t < 4; ++t) {
+              const float v = xc[taps[t]];
+              if (v > best || std::isnan(v)) {
+                best = v;
+                best_i = taps[t];
+                if (std::isnan(v)) break;
+              }
+            }
+          yo[oh * g.OW + ow] = best;
+          io[oh * g.OW + ow] = static_cast<int32_t>(best_i);
+        }
+    }
+    return;
+  }
   for (int64_t plane = 0; plane < g.N * g.C; ++plane) {
     const float* xc = xp + plane * hw;
     for (int64_t oh = 0; oh < g.OH; ++oh) {
