@@ -24,7 +24,6 @@
 #include "nn/conv.h"
 #include "nn/dropout.h"
 #include "nn/pooling.h"
-#include "nn/relu6.h"
 #include "models/cnn.h"
 #include "models/mobilenet_v2.h"
 #include "io/state_dict.h"

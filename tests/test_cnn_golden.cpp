@@ -91,7 +91,7 @@ TEST_CASE("max_pool2d, avg_pool2d and adaptive_avg_pool2d match PyTorch", "[cnn]
 }
 
 TEST_CASE("relu6 matches PyTorch", "[cnn][golden]") {
-  check_case("relu6/basic", {"x"}, [](const std::vector<Tensor>& in) { return relu6(in[0]); });
+  check_case("relu6/basic", {"x"}, [](const std::vector<Tensor>& in) { return nn::relu6(in[0]); });
 }
 
 TEST_CASE("BatchNorm2d in training matches PyTorch: output, gradients and running statistics after three steps",

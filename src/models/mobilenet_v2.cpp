@@ -10,7 +10,7 @@
 #include "nn/conv.h"
 #include "nn/dropout.h"
 #include "nn/linear.h"
-#include "nn/relu6.h"
+#include "nn/activation.h"
 #include "tensor/ops.h"
 #include "tensor/random.h"
 
