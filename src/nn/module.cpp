@@ -29,6 +29,10 @@ Tensor Module::forward(const Tensor&) {
   throw std::logic_error(type_name() + " has no forward(Tensor); call the module the way its class defines");
 }
 
+Tensor Module::forward(const Tensor&, const Tensor&) {
+  throw std::logic_error(type_name() + " has no forward(Tensor, Tensor); it takes one input");
+}
+
 static void check_new_name(const std::string& name, const std::string& owner) {
   if (name.empty() || name.find('.') != std::string::npos)
     throw std::invalid_argument(fmt::format("{}: invalid name '{}' (must be non-empty, without '.')", owner, name));

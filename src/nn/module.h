@@ -46,6 +46,9 @@ class Module {
   // The computation. Modules taking one tensor override this.
   virtual Tensor forward(const Tensor& x);
   Tensor operator()(const Tensor& x) { return forward(x); }
+  // Modules combining two tensors (nn::Add, a residual sum) override this one.
+  virtual Tensor forward(const Tensor& a, const Tensor& b);
+  Tensor operator()(const Tensor& a, const Tensor& b) { return forward(a, b); }
 
   // Name shown when printing ("Linear"); defaults to the C++ class name.
   virtual std::string type_name() const { return demangled_type_name(*this); }
@@ -127,6 +130,7 @@ class Module::Slot {
   explicit Slot(std::shared_ptr<ModuleSlot> s) : slot_(std::move(s)) {}
 
   Tensor operator()(const Tensor& x) const { return slot_->module->forward(x); }
+  Tensor operator()(const Tensor& a, const Tensor& b) const { return slot_->module->forward(a, b); }
   M* operator->() const { return &get(); }
   M& operator*() const { return get(); }
   M& get() const {

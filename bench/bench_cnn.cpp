@@ -1,0 +1,89 @@
+// Convolutional networks on one thread (run with OPENBLAS_NUM_THREADS=1):
+//   1. the cnn model's SGD train step at batch 64 (1x28x28 inputs), and the
+//      time of the same step's convolution and linear GEMMs alone (the same
+//      cblas_sgemm calls, shapes and transposes, with nothing around them);
+//   2. MobileNetV2 forward, 1x3x224x224, eval mode.
+// The PyTorch figures for the same work come from bench/pytorch_cnn_reference.py.
+//
+//   OPENBLAS_NUM_THREADS=1 ./build/bench/bench_cnn
+#include <cblas.h>
+
+#include <cstdio>
+#include <vector>
+
+#include "bench_util.h"
+#include "tinyqat.h"
+
+using namespace tq;
+
+namespace {
+
+struct Gemm {
+  bool ta, tb;
+  int M, N, K, count;  // C (M, N) = op(A) (M, K) op(B) (K, N), `count` times per step
+};
+
+// The sgemm calls of one cnn train step at batch 64 (conv1's input gradient is never needed).
+std::vector<Gemm> cnn_step_gemms(int B) {
+  return {
+      {false, false, 32, 784, 9, B},     // conv1 forward: W (32, 9) @ col (9, 784), per image
+      {false, true, 32, 9, 784, B},      // conv1 weight gradient: dy (32, 784) @ col^T
+      {false, false, 64, 196, 288, B},   // conv2 forward
+      {true, false, 288, 196, 64, B},    // conv2 input gradient: W^T @ dy
+      {false, true, 64, 288, 196, B},    // conv2 weight gradient
+      {false, true, B, 128, 3136, 1},    // fc1 forward: x W^T
+      {false, false, B, 3136, 128, 1},   // fc1 input gradient: g W
+      {true, false, 128, 3136, B, 1},    // fc1 weight gradient: g^T x
+      {false, true, B, 10, 128, 1},      // fc2 forward
+      {false, false, B, 128, 10, 1},     // fc2 input gradient
+      {true, false, 10, 128, B, 1},      // fc2 weight gradient
+  };
+}
+
+void run_gemms(const std::vector<Gemm>& gemms, std::vector<float>& a, std::vector<float>& b, std::vector<float>& c) {
+  for (const Gemm& g : gemms)
+    for (int i = 0; i < g.count; ++i)
+      cblas_sgemm(CblasRowMajor, g.ta ? CblasTrans : CblasNoTrans, g.tb ? CblasTrans : CblasNoTrans, g.M, g.N, g.K,
+                  1.f, a.data(), g.ta ? g.M : g.K, b.data(), g.tb ? g.K : g.N, 1.f, c.data(), g.N);
+}
+
+}  // namespace
+
+int main() {
+  const int B = 64;
+  manual_seed(0);
+  auto model = models::cnn();
+  nn::SGD opt(model->parameters(), nn::SGDOptions{.lr = 0.01, .momentum = 0.9});
+  const Tensor x = randn({B, 1, 28, 28});
+  const Tensor y = randint(0, 10, {B});
+  auto step = [&] {
+    opt.zero_grad();
+    cross_entropy((*model)(x), y).backward();
+    opt.step();
+  };
+  const bench::Timing t_step = bench::measure(step, {.repeats = 21, .inner = 1, .warmup = 5});
+
+  const auto gemms = cnn_step_gemms(B);
+  size_t most = 0;
+  for (const Gemm& g : gemms) most = std::max<size_t>(most, static_cast<size_t>(std::max({g.M * g.K, g.K * g.N, g.M * g.N})));
+  std::vector<float> a(most, 0.01f), b(most, 0.02f), c(most, 0.f);
+  const bench::Timing t_gemm = bench::measure([&] { run_gemms(gemms, a, b, c); }, {.repeats = 21, .inner = 1, .warmup = 5});
+
+  std::printf("cnn train step, batch 64: %.2f ms (thread CPU %.2f ms)\n", t_step.median * 1e3, t_step.cpu_median * 1e3);
+  std::printf("  its conv + linear GEMMs alone: %.2f ms (CPU %.2f ms); step / GEMMs = %.2fx (target <= 1.3x)\n",
+              t_gemm.median * 1e3, t_gemm.cpu_median * 1e3, t_step.cpu_median / t_gemm.cpu_median);
+
+  manual_seed(0);
+  auto mobilenet = models::mobilenet_v2();
+  mobilenet->eval();
+  const Tensor image = randn({1, 3, 224, 224});
+  const bench::Timing t_mb = bench::measure(
+      [&] {
+        NoGradGuard no_grad;
+        (*mobilenet)(image);
+      },
+      {.repeats = 15, .inner = 1, .warmup = 3});
+  std::printf("mobilenet_v2 forward, 1x3x224x224: %.2f ms (thread CPU %.2f ms)\n", t_mb.median * 1e3,
+              t_mb.cpu_median * 1e3);
+  return 0;
+}

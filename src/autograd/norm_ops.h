@@ -1,0 +1,18 @@
+// Differentiable batch normalisation (docs/batchnorm.md), PyTorch's
+// torch.nn.functional.batch_norm semantics over (N, C, ...) tensors.
+#pragma once
+
+#include "autograd/node.h"
+
+namespace tq {
+
+// training: normalise with the batch's mean and biased variance (eq. 1-2) and,
+//   when running_mean / running_var are defined, update them in place:
+//   running = (1 - momentum) running + momentum batch, with the *unbiased*
+//   variance M / (M - 1) var for running_var (eq. 3). Needs M = N H W > 1.
+// eval: normalise with running_mean / running_var (both required).
+// weight (gamma) and bias (beta): (C) or undefined (affine=False).
+Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
+                  const Tensor& bias, bool training, double momentum = 0.1, double eps = 1e-5);
+
+}  // namespace tq

@@ -1,0 +1,406 @@
+// Convolution kernels: im2col + sgemm, col2im, the direct depthwise loops and
+// the plain reference twins (docs/convolution.md eq. 1-4).
+#include "tensor/conv_kernels.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+#include <fmt/format.h>
+
+namespace tq::kernels {
+
+namespace {
+
+// The im2col / col2im buffer of this thread. It only grows: after the first
+// training step every later step finds it large enough.
+float* workspace(size_t n) {
+  thread_local std::vector<float> buffer;
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
+
+// The output columns ow whose input column ow * stride - pad + k * dil lies in
+// [0, size): [lo, hi). Outside it the receptive field sits in the padding.
+inline void valid_range(int64_t size, int64_t out, int64_t stride, int64_t pad, int64_t offset, int64_t& lo,
+                        int64_t& hi) {
+  // iw = ow * stride + (offset - pad) must satisfy 0 <= iw < size.
+  const int64_t shift = offset - pad;
+  lo = shift >= 0 ? 0 : (-shift + stride - 1) / stride;
+  hi = size - shift <= 0 ? 0 : (size - shift - 1) / stride + 1;
+  lo = std::min(lo, out);
+  hi = std::clamp(hi, lo, out);
+}
+
+void check_f32_contiguous(const Tensor& t, const char* what) {
+  if (!t.defined() || t.dtype() != DType::f32 || !t.is_contiguous())
+    throw std::invalid_argument(fmt::format("conv2d kernel: {} must be a contiguous f32 tensor", what));
+}
+
+void add_bias(float* y, const float* bias, const Conv2dGeometry& g) {
+  const int64_t plane = g.OH * g.OW;
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t oc = 0; oc < g.OC; ++oc) {
+      float* p = y + (n * g.OC + oc) * plane;
+      const float b = bias[oc];
+      for (int64_t i = 0; i < plane; ++i) p[i] += b;
+    }
+}
+
+// ---- Depthwise (groups == C == OC): one KH x KW filter per channel ----
+
+// y (OH, OW) += filter (KH, KW) applied to x (H, W) of one channel.
+void depthwise_plane_forward(const float* x, const float* w, float* y, const Conv2dGeometry& g) {
+  for (int64_t kh = 0; kh < g.KH; ++kh) {
+    int64_t oh_lo, oh_hi;
+    valid_range(g.H, g.OH, g.stride_h, g.pad_h, kh * g.dil_h, oh_lo, oh_hi);
+    for (int64_t kw = 0; kw < g.KW; ++kw) {
+      const float wv = w[kh * g.KW + kw];
+      int64_t ow_lo, ow_hi;
+      valid_range(g.W, g.OW, g.stride_w, g.pad_w, kw * g.dil_w, ow_lo, ow_hi);
+      const int64_t col0 = kw * g.dil_w - g.pad_w;
+      for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+        const float* xr = x + (oh * g.stride_h - g.pad_h + kh * g.dil_h) * g.W + col0;
+        float* yr = y + oh * g.OW;
+        if (g.stride_w == 1) {
+          for (int64_t ow = ow_lo; ow < ow_hi; ++ow) yr[ow] += wv * xr[ow];
+        } else {
+          for (int64_t ow = ow_lo; ow < ow_hi; ++ow) yr[ow] += wv * xr[ow * g.stride_w];
+        }
+      }
+    }
+  }
+}
+
+// dx (H, W) += the adjoint of depthwise_plane_forward applied to dy (OH, OW).
+void depthwise_plane_backward_input(const float* dy, const float* w, float* dx, const Conv2dGeometry& g) {
+  for (int64_t kh = 0; kh < g.KH; ++kh) {
+    int64_t oh_lo, oh_hi;
+    valid_range(g.H, g.OH, g.stride_h, g.pad_h, kh * g.dil_h, oh_lo, oh_hi);
+    for (int64_t kw = 0; kw < g.KW; ++kw) {
+      const float wv = w[kh * g.KW + kw];
+      int64_t ow_lo, ow_hi;
+      valid_range(g.W, g.OW, g.stride_w, g.pad_w, kw * g.dil_w, ow_lo, ow_hi);
+      const int64_t col0 = kw * g.dil_w - g.pad_w;
+      for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+        float* xr = dx + (oh * g.stride_h - g.pad_h + kh * g.dil_h) * g.W + col0;
+        const float* yr = dy + oh * g.OW;
+        if (g.stride_w == 1) {
+          for (int64_t ow = ow_lo; ow < ow_hi; ++ow) xr[ow] += wv * yr[ow];
+        } else {
+          for (int64_t ow = ow_lo; ow < ow_hi; ++ow) xr[ow * g.stride_w] += wv * yr[ow];
+        }
+      }
+    }
+  }
+}
+
+// dw (KH, KW) += correlation of dy (OH, OW) with x (H, W) of one channel.
+void depthwise_plane_backward_weight(const float* dy, const float* x, float* dw, const Conv2dGeometry& g) {
+  for (int64_t kh = 0; kh < g.KH; ++kh) {
+    int64_t oh_lo, oh_hi;
+    valid_range(g.H, g.OH, g.stride_h, g.pad_h, kh * g.dil_h, oh_lo, oh_hi);
+    for (int64_t kw = 0; kw < g.KW; ++kw) {
+      int64_t ow_lo, ow_hi;
+      valid_range(g.W, g.OW, g.stride_w, g.pad_w, kw * g.dil_w, ow_lo, ow_hi);
+      const int64_t col0 = kw * g.dil_w - g.pad_w;
+      float acc = 0.f;
+      for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+        const float* xr = x + (oh * g.stride_h - g.pad_h + kh * g.dil_h) * g.W + col0;
+        const float* yr = dy + oh * g.OW;
+        float row = 0.f;
+        if (g.stride_w == 1) {
+          for (int64_t ow = ow_lo; ow < ow_hi; ++ow) row += yr[ow] * xr[ow];
+        } else {
+          for (int64_t ow = ow_lo; ow < ow_hi; ++ow) row += yr[ow] * xr[ow * g.stride_w];
+        }
+        acc += row;
+      }
+      dw[kh * g.KW + kw] += acc;
+    }
+  }
+}
+
+}  // namespace
+
+Conv2dGeometry conv2d_geometry(const Shape& x, const Shape& w, int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                               int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups, const std::string& op) {
+  if (x.size() != 4)
+    throw std::invalid_argument(
+        fmt::format("{}: expected a 4-D input (N, C, H, W), got shape {}", op, x.str()));
+  if (w.size() != 4)
+    throw std::invalid_argument(fmt::format("{}: expected a 4-D weight (out_channels, in_channels / groups, kH, kW), "
+                                            "got shape {}",
+                                            op, w.str()));
+  if (stride_h < 1 || stride_w < 1 || dil_h < 1 || dil_w < 1 || pad_h < 0 || pad_w < 0 || groups < 1)
+    throw std::invalid_argument(fmt::format("{}: stride ({}, {}) and dilation ({}, {}) must be >= 1, padding ({}, {}) "
+                                            ">= 0, groups ({}) >= 1",
+                                            op, stride_h, stride_w, dil_h, dil_w, pad_h, pad_w, groups));
+  Conv2dGeometry g;
+  g.N = x[0], g.C = x[1], g.H = x[2], g.W = x[3];
+  g.OC = w[0], g.KH = w[2], g.KW = w[3];
+  g.stride_h = stride_h, g.stride_w = stride_w, g.pad_h = pad_h, g.pad_w = pad_w;
+  g.dil_h = dil_h, g.dil_w = dil_w, g.groups = groups;
+  if (g.C % groups != 0 || g.OC % groups != 0)
+    throw std::invalid_argument(fmt::format("{}: in_channels ({}) and out_channels ({}) must both be divisible by groups ({})",
+                                            op, g.C, g.OC, groups));
+  if (w[1] * groups != g.C)
+    throw std::invalid_argument(fmt::format("{}: input of shape {} has {} channels, but the weight of shape {} with "
+                                            "groups={} expects {} (= {} x {})",
+                                            op, x.str(), g.C, w.str(), groups, w[1] * groups, w[1], groups));
+  if (g.KH < 1 || g.KW < 1) throw std::invalid_argument(fmt::format("{}: empty kernel in weight of shape {}", op, w.str()));
+  const int64_t eff_h = dil_h * (g.KH - 1) + 1, eff_w = dil_w * (g.KW - 1) + 1;
+  if (g.H + 2 * pad_h < eff_h || g.W + 2 * pad_w < eff_w)
+    throw std::invalid_argument(fmt::format("{}: the padded input ({} x {}) is smaller than the dilated kernel ({} x {}); "
+                                            "input shape {}, padding ({}, {})",
+                                            op, g.H + 2 * pad_h, g.W + 2 * pad_w, eff_h, eff_w, x.str(), pad_h, pad_w));
+  g.OH = (g.H + 2 * pad_h - eff_h) / stride_h + 1;
+  g.OW = (g.W + 2 * pad_w - eff_w) / stride_w + 1;
+  return g;
+}
+
+void im2col(const float* x, const Conv2dGeometry& g, float* col) {
+  const int64_t ohw = g.OH * g.OW;
+  float* row = col;
+  for (int64_t c = 0; c < g.in_per_group(); ++c) {
+    const float* xc = x + c * g.H * g.W;
+    for (int64_t kh = 0; kh < g.KH; ++kh) {
+      int64_t oh_lo, oh_hi;
+      valid_range(g.H, g.OH, g.stride_h, g.pad_h, kh * g.dil_h, oh_lo, oh_hi);
+      for (int64_t kw = 0; kw < g.KW; ++kw, row += ohw) {
+        int64_t ow_lo, ow_hi;
+        valid_range(g.W, g.OW, g.stride_w, g.pad_w, kw * g.dil_w, ow_lo, ow_hi);
+        const int64_t col0 = kw * g.dil_w - g.pad_w;
+        std::memset(row, 0, sizeof(float) * oh_lo * g.OW);
+        for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+          float* dst = row + oh * g.OW;
+          const float* src = xc + (oh * g.stride_h - g.pad_h + kh * g.dil_h) * g.W + col0;
+          for (int64_t ow = 0; ow < ow_lo; ++ow) dst[ow] = 0.f;
+          if (g.stride_w == 1) {
+            std::memcpy(dst + ow_lo, src + ow_lo, sizeof(float) * (ow_hi - ow_lo));
+          } else {
+            for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dst[ow] = src[ow * g.stride_w];
+          }
+          for (int64_t ow = ow_hi; ow < g.OW; ++ow) dst[ow] = 0.f;
+        }
+        std::memset(row + oh_hi * g.OW, 0, sizeof(float) * (g.OH - oh_hi) * g.OW);
+      }
+    }
+  }
+}
+
+void col2im(const float* col, const Conv2dGeometry& g, float* dx) {
+  const int64_t ohw = g.OH * g.OW;
+  const float* row = col;
+  for (int64_t c = 0; c < g.in_per_group(); ++c) {
+    float* xc = dx + c * g.H * g.W;
+    for (int64_t kh = 0; kh < g.KH; ++kh) {
+      int64_t oh_lo, oh_hi;
+      valid_range(g.H, g.OH, g.stride_h, g.pad_h, kh * g.dil_h, oh_lo, oh_hi);
+      for (int64_t kw = 0; kw < g.KW; ++kw, row += ohw) {
+        int64_t ow_lo, ow_hi;
+        valid_range(g.W, g.OW, g.stride_w, g.pad_w, kw * g.dil_w, ow_lo, ow_hi);
+        const int64_t col0 = kw * g.dil_w - g.pad_w;
+        for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+          const float* src = row + oh * g.OW;
+          float* dst = xc + (oh * g.stride_h - g.pad_h + kh * g.dil_h) * g.W + col0;
+          if (g.stride_w == 1) {
+            for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dst[ow] += src[ow];
+          } else {
+            for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dst[ow * g.stride_w] += src[ow];
+          }
+        }
+      }
+    }
+  }
+}
+
+Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dGeometry& g) {
+  check_f32_contiguous(x, "x");
+  check_f32_contiguous(weight, "weight");
+  if (bias.defined()) check_f32_contiguous(bias, "bias");
+  Tensor y = empty(g.output_shape());
+  const float* xp = x.data<float>();
+  const float* wp = weight.data<float>();
+  float* yp = y.data<float>();
+  const int64_t ohw = g.OH * g.OW, hw = g.H * g.W;
+  if (g.is_depthwise()) {
+    std::memset(yp, 0, sizeof(float) * y.numel());
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t c = 0; c < g.C; ++c)
+        depthwise_plane_forward(xp + (n * g.C + c) * hw, wp + c * g.KH * g.KW, yp + (n * g.OC + c) * ohw, g);
+  } else {
+    const int64_t ocg = g.out_per_group(), cg = g.in_per_group(), k = g.patch();
+    float* col = g.is_pointwise() ? nullptr : workspace(static_cast<size_t>(k * ohw));
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t gr = 0; gr < g.groups; ++gr) {
+        const float* xg = xp + (n * g.C + gr * cg) * hw;
+        const float* b = xg;  // (k, ohw)
+        if (col) {
+          im2col(xg, g, col);
+          b = col;
+        }
+        // y_n,g (ocg, ohw) = W_g (ocg, k) @ col (k, ohw)   (eq. 2)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ocg, ohw, k, 1.f, wp + gr * ocg * k, k, b, ohw, 0.f,
+                    yp + (n * g.OC + gr * ocg) * ohw, ohw);
+      }
+  }
+  if (bias.defined()) add_bias(yp, bias.data<float>(), g);
+  return y;
+}
+
+Tensor conv2d_backward_input(const Tensor& dy, const Tensor& weight, const Conv2dGeometry& g) {
+  check_f32_contiguous(dy, "dy");
+  check_f32_contiguous(weight, "weight");
+  Tensor dx = zeros({g.N, g.C, g.H, g.W});
+  const float* dyp = dy.data<float>();
+  const float* wp = weight.data<float>();
+  float* dxp = dx.data<float>();
+  const int64_t ohw = g.OH * g.OW, hw = g.H * g.W;
+  if (g.is_depthwise()) {
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t c = 0; c < g.C; ++c)
+        depthwise_plane_backward_input(dyp + (n * g.OC + c) * ohw, wp + c * g.KH * g.KW, dxp + (n * g.C + c) * hw, g);
+    return dx;
+  }
+  const int64_t ocg = g.out_per_group(), cg = g.in_per_group(), k = g.patch();
+  const bool direct = g.is_pointwise();
+  float* dcol = direct ? nullptr : workspace(static_cast<size_t>(k * ohw));
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t gr = 0; gr < g.groups; ++gr) {
+      float* dxg = dxp + (n * g.C + gr * cg) * hw;
+      // dcol (k, ohw) = W_g^T (k, ocg) @ dy_n,g (ocg, ohw)   (eq. 3); a 1x1 conv writes dx itself.
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, ohw, ocg, 1.f, wp + gr * ocg * k, k,
+                  dyp + (n * g.OC + gr * ocg) * ohw, ohw, 0.f, direct ? dxg : dcol, ohw);
+      if (!direct) col2im(dcol, g, dxg);
+    }
+  return dx;
+}
+
+void conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Conv2dGeometry& g, const Tensor& dw,
+                            bool accumulate) {
+  check_f32_contiguous(dy, "dy");
+  check_f32_contiguous(x, "x");
+  check_f32_contiguous(dw, "dw");
+  const float* dyp = dy.data<float>();
+  const float* xp = x.data<float>();
+  float* dwp = dw.data<float>();
+  const int64_t ohw = g.OH * g.OW, hw = g.H * g.W;
+  if (!accumulate) std::memset(dwp, 0, sizeof(float) * dw.numel());
+  if (g.is_depthwise()) {
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t c = 0; c < g.C; ++c)
+        depthwise_plane_backward_weight(dyp + (n * g.OC + c) * ohw, xp + (n * g.C + c) * hw, dwp + c * g.KH * g.KW, g);
+    return;
+  }
+  const int64_t ocg = g.out_per_group(), cg = g.in_per_group(), k = g.patch();
+  float* col = g.is_pointwise() ? nullptr : workspace(static_cast<size_t>(k * ohw));
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t gr = 0; gr < g.groups; ++gr) {
+      const float* xg = xp + (n * g.C + gr * cg) * hw;
+      const float* b = xg;
+      if (col) {
+        im2col(xg, g, col);
+        b = col;
+      }
+      // dW_g (ocg, k) += dy_n,g (ocg, ohw) @ col^T (ohw, k)   (eq. 4)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ocg, k, ohw, 1.f, dyp + (n * g.OC + gr * ocg) * ohw, ohw, b,
+                  ohw, 1.f, dwp + gr * ocg * k, k);
+    }
+}
+
+void conv2d_backward_bias(const Tensor& dy, const Tensor& db, bool accumulate) {
+  check_f32_contiguous(dy, "dy");
+  check_f32_contiguous(db, "db");
+  const int64_t N = dy.size(0), OC = dy.size(1), plane = dy.numel() / (N * OC);
+  const float* dyp = dy.data<float>();
+  float* dbp = db.data<float>();
+  for (int64_t oc = 0; oc < OC; ++oc) {
+    double s = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      const float* p = dyp + (n * OC + oc) * plane;
+      float row = 0.f;
+      for (int64_t i = 0; i < plane; ++i) row += p[i];
+      s += row;
+    }
+    dbp[oc] = static_cast<float>(accumulate ? dbp[oc] + s : s);
+  }
+}
+
+// ---- Reference twins: the definition, eq. 1, read literally ----
+
+Tensor conv2d_forward_reference(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, const Conv2dGeometry& g) {
+  const std::vector<float> x = to_vector(x_in), w = to_vector(w_in);
+  const std::vector<float> b = bias.defined() ? to_vector(bias) : std::vector<float>(g.OC, 0.f);
+  Tensor y = empty(g.output_shape());
+  float* yp = y.data<float>();
+  const int64_t ocg = g.out_per_group(), cg = g.in_per_group();
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t oc = 0; oc < g.OC; ++oc)
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          double s = b[oc];
+          const int64_t gr = oc / ocg;
+          for (int64_t ci = 0; ci < cg; ++ci)
+            for (int64_t kh = 0; kh < g.KH; ++kh)
+              for (int64_t kw = 0; kw < g.KW; ++kw) {
+                const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dil_h;
+                const int64_t iw = ow * g.stride_w - g.pad_w + kw * g.dil_w;
+                if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+                const int64_t c = gr * cg + ci;
+                s += static_cast<double>(w[((oc * cg + ci) * g.KH + kh) * g.KW + kw]) *
+                     x[((n * g.C + c) * g.H + ih) * g.W + iw];
+              }
+          yp[((n * g.OC + oc) * g.OH + oh) * g.OW + ow] = static_cast<float>(s);
+        }
+  return y;
+}
+
+Tensor conv2d_backward_input_reference(const Tensor& dy_in, const Tensor& w_in, const Conv2dGeometry& g) {
+  const std::vector<float> dy = to_vector(dy_in), w = to_vector(w_in);
+  std::vector<double> dx(static_cast<size_t>(g.N * g.C * g.H * g.W), 0.0);
+  const int64_t ocg = g.out_per_group(), cg = g.in_per_group();
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t oc = 0; oc < g.OC; ++oc)
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const double gv = dy[((n * g.OC + oc) * g.OH + oh) * g.OW + ow];
+          const int64_t gr = oc / ocg;
+          for (int64_t ci = 0; ci < cg; ++ci)
+            for (int64_t kh = 0; kh < g.KH; ++kh)
+              for (int64_t kw = 0; kw < g.KW; ++kw) {
+                const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dil_h;
+                const int64_t iw = ow * g.stride_w - g.pad_w + kw * g.dil_w;
+                if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+                dx[((n * g.C + gr * cg + ci) * g.H + ih) * g.W + iw] += gv * w[((oc * cg + ci) * g.KH + kh) * g.KW + kw];
+              }
+        }
+  return from_vector(std::vector<float>(dx.begin(), dx.end()), {g.N, g.C, g.H, g.W});
+}
+
+Tensor conv2d_backward_weight_reference(const Tensor& dy_in, const Tensor& x_in, const Conv2dGeometry& g) {
+  const std::vector<float> dy = to_vector(dy_in), x = to_vector(x_in);
+  const int64_t ocg = g.out_per_group(), cg = g.in_per_group();
+  std::vector<double> dw(static_cast<size_t>(g.OC * cg * g.KH * g.KW), 0.0);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t oc = 0; oc < g.OC; ++oc)
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const double gv = dy[((n * g.OC + oc) * g.OH + oh) * g.OW + ow];
+          const int64_t gr = oc / ocg;
+          for (int64_t ci = 0; ci < cg; ++ci)
+            for (int64_t kh = 0; kh < g.KH; ++kh)
+              for (int64_t kw = 0; kw < g.KW; ++kw) {
+                const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dil_h;
+                const int64_t iw = ow * g.stride_w - g.pad_w + kw * g.dil_w;
+                if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+                dw[((oc * cg + ci) * g.KH + kh) * g.KW + kw] += gv * x[((n * g.C + gr * cg + ci) * g.H + ih) * g.W + iw];
+              }
+        }
+  return from_vector(std::vector<float>(dw.begin(), dw.end()), {g.OC, cg, g.KH, g.KW});
+}
+
+}  // namespace tq::kernels

@@ -1,0 +1,75 @@
+// 2-D convolution kernels on NCHW float tensors (docs/convolution.md).
+//
+// The fast path turns a convolution into matrix products (eq. 2 of
+// docs/convolution.md): im2col copies, for one image and one group, every
+// receptive field into a column of a (C/g * KH * KW, OH * OW) matrix, so that
+//   y_n,g (OC/g, OH*OW) = W_g (OC/g, C/g*KH*KW) @ col_n,g
+// is one cblas_sgemm. The backward is two more products:
+//   dcol_n,g = W_g^T @ dy_n,g   then col2im scatters dcol back onto dx (eq. 3),
+//   dW_g    += dy_n,g @ col_n,g^T                                       (eq. 4).
+// A depthwise convolution (groups == C == OC) has a K of only KH*KW per
+// group: a GEMM would be all overhead, so it runs a direct loop instead.
+//
+// Every fast kernel has a plain reference twin (seven nested loops in double)
+// that the tests compare it with. The im2col workspace is one per thread and
+// only grows, so a training loop allocates nothing for it after the first step.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "tensor/tensor.h"
+
+namespace tq::kernels {
+
+// Everything a convolution kernel needs to know about its shapes.
+// x: (N, C, H, W), weight: (OC, C / groups, KH, KW), y: (N, OC, OH, OW) with
+//   OH = (H + 2 pad_h - dil_h (KH - 1) - 1) / stride_h + 1   (eq. 1), same for OW.
+struct Conv2dGeometry {
+  int64_t N = 0, C = 0, H = 0, W = 0;
+  int64_t OC = 0, KH = 0, KW = 0;
+  int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
+  int64_t groups = 1;
+  int64_t OH = 0, OW = 0;
+
+  int64_t in_per_group() const { return C / groups; }
+  int64_t out_per_group() const { return OC / groups; }
+  int64_t patch() const { return in_per_group() * KH * KW; }  // rows of the im2col matrix
+  bool is_depthwise() const { return groups == C && groups == OC && groups > 1; }
+  bool is_pointwise() const {  // 1x1, stride 1, no padding: the input already is the im2col matrix
+    return KH == 1 && KW == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 && pad_w == 0;
+  }
+  Shape output_shape() const { return {N, OC, OH, OW}; }
+};
+
+// Validates the shapes and hyper-parameters, naming `op` and the values at
+// fault: x must be (N, C, H, W), weight (OC, C / groups, KH, KW), C and OC
+// divisible by groups, the padded input at least as large as the dilated kernel.
+Conv2dGeometry conv2d_geometry(const Shape& x, const Shape& weight, int64_t stride_h, int64_t stride_w,
+                               int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups,
+                               const std::string& op = "conv2d");
+
+// ---- im2col / col2im for one image and one group ----
+// x: (C/g, H, W) of that group -> col: (C/g * KH * KW, OH * OW); zero where the
+// receptive field reaches into the padding.
+void im2col(const float* x, const Conv2dGeometry& g, float* col);
+// The adjoint: dx (C/g, H, W) += the entries of col back where im2col read them.
+void col2im(const float* col, const Conv2dGeometry& g, float* dx);
+
+// ---- Fast kernels (all tensors contiguous f32) ----
+// x: (N, C, H, W), weight: (OC, C/g, KH, KW), bias: (OC) or undefined -> y: (N, OC, OH, OW)
+Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dGeometry& g);
+// dy: (N, OC, OH, OW), weight -> dx: (N, C, H, W)
+Tensor conv2d_backward_input(const Tensor& dy, const Tensor& weight, const Conv2dGeometry& g);
+// dw (OC, C/g, KH, KW) = (accumulate ? dw : 0) + sum_n dy_n (x) col_n
+void conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Conv2dGeometry& g, const Tensor& dw,
+                            bool accumulate);
+// db (OC) = (accumulate ? db : 0) + sum over n, oh, ow of dy
+void conv2d_backward_bias(const Tensor& dy, const Tensor& db, bool accumulate);
+
+// ---- Plain reference twins (direct loops, double accumulation) ----
+Tensor conv2d_forward_reference(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dGeometry& g);
+Tensor conv2d_backward_input_reference(const Tensor& dy, const Tensor& weight, const Conv2dGeometry& g);
+Tensor conv2d_backward_weight_reference(const Tensor& dy, const Tensor& x, const Conv2dGeometry& g);
+
+}  // namespace tq::kernels

@@ -1,0 +1,172 @@
+// Batch normalisation kernels (docs/batchnorm.md eq. 1-4) and their twins.
+#include "tensor/norm_kernels.h"
+
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+
+#include <fmt/format.h>
+
+namespace tq::kernels {
+
+namespace {
+
+struct Layout {
+  int64_t N, C, plane;  // x viewed as (N, C, plane)
+};
+
+Layout layout_of(const Tensor& x, const char* op) {
+  if (!x.defined() || x.dtype() != DType::f32 || !x.is_contiguous() || x.dim() < 2)
+    throw std::invalid_argument(fmt::format("{}: expected a contiguous f32 tensor (N, C, ...)", op));
+  const int64_t N = x.size(0), C = x.size(1);
+  return {N, C, N * C == 0 ? 0 : x.numel() / (N * C)};
+}
+
+}  // namespace
+
+void batch_norm_stats(const Tensor& x, Tensor& mean, Tensor& var) {
+  const Layout l = layout_of(x, "batch_norm_stats");
+  mean = empty({l.C});
+  var = empty({l.C});
+  const float* xp = x.data<float>();
+  const double M = static_cast<double>(l.N * l.plane);
+  for (int64_t c = 0; c < l.C; ++c) {
+    // One pass: shift by the first value so sum and sum of squares do not
+    // cancel catastrophically when the mean is large against the spread.
+    const float shift = xp[c * l.plane];
+    double s = 0, s2 = 0;
+    for (int64_t n = 0; n < l.N; ++n) {
+      const float* p = xp + (n * l.C + c) * l.plane;
+      float a = 0.f, a2 = 0.f;
+      for (int64_t i = 0; i < l.plane; ++i) {
+        const float d = p[i] - shift;
+        a += d;
+        a2 += d * d;
+      }
+      s += a;
+      s2 += a2;
+    }
+    const double m = s / M;
+    mean.data<float>()[c] = static_cast<float>(shift + m);
+    var.data<float>()[c] = static_cast<float>(std::max(0.0, s2 / M - m * m));
+  }
+}
+
+void batch_norm_stats_reference(const Tensor& x, Tensor& mean, Tensor& var) {
+  const Layout l = layout_of(x, "batch_norm_stats_reference");
+  mean = empty({l.C});
+  var = empty({l.C});
+  const float* xp = x.data<float>();
+  const double M = static_cast<double>(l.N * l.plane);
+  for (int64_t c = 0; c < l.C; ++c) {
+    double s = 0;
+    for (int64_t n = 0; n < l.N; ++n)
+      for (int64_t i = 0; i < l.plane; ++i) s += xp[(n * l.C + c) * l.plane + i];
+    const double m = s / M;
+    double v = 0;
+    for (int64_t n = 0; n < l.N; ++n)
+      for (int64_t i = 0; i < l.plane; ++i) {
+        const double d = xp[(n * l.C + c) * l.plane + i] - m;
+        v += d * d;
+      }
+    mean.data<float>()[c] = static_cast<float>(m);
+    var.data<float>()[c] = static_cast<float>(v / M);
+  }
+}
+
+Tensor batch_norm_apply(const Tensor& x, const Tensor& scale, const Tensor& shift) {
+  const Layout l = layout_of(x, "batch_norm_apply");
+  Tensor y = empty(x.shape());
+  const float* xp = x.data<float>();
+  const float* sc = scale.data<float>();
+  const float* sh = shift.data<float>();
+  float* yp = y.data<float>();
+  for (int64_t n = 0; n < l.N; ++n)
+    for (int64_t c = 0; c < l.C; ++c) {
+      const float a = sc[c], b = sh[c];
+      const float* p = xp + (n * l.C + c) * l.plane;
+      float* q = yp + (n * l.C + c) * l.plane;
+      for (int64_t i = 0; i < l.plane; ++i) q[i] = p[i] * a + b;
+    }
+  return y;
+}
+
+void batch_norm_backward_sums(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd,
+                              Tensor& sum_dy, Tensor& sum_dy_xhat) {
+  const Layout l = layout_of(x, "batch_norm_backward");
+  sum_dy = empty({l.C});
+  sum_dy_xhat = empty({l.C});
+  const float* gp = dy.data<float>();
+  const float* xp = x.data<float>();
+  for (int64_t c = 0; c < l.C; ++c) {
+    const float m = mean.data<float>()[c];
+    double s = 0, sx = 0;
+    for (int64_t n = 0; n < l.N; ++n) {
+      const float* p = xp + (n * l.C + c) * l.plane;
+      const float* g = gp + (n * l.C + c) * l.plane;
+      float a = 0.f, b = 0.f;
+      for (int64_t i = 0; i < l.plane; ++i) {
+        a += g[i];
+        b += g[i] * (p[i] - m);
+      }
+      s += a;
+      sx += b;
+    }
+    sum_dy.data<float>()[c] = static_cast<float>(s);
+    sum_dy_xhat.data<float>()[c] = static_cast<float>(sx * invstd.data<float>()[c]);
+  }
+}
+
+Tensor batch_norm_backward_input(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd,
+                                 const Tensor& gamma, const Tensor& sum_dy, const Tensor& sum_dy_xhat, bool training) {
+  const Layout l = layout_of(x, "batch_norm_backward");
+  Tensor dx = empty(x.shape());
+  const float* gp = dy.data<float>();
+  const float* xp = x.data<float>();
+  float* dp = dx.data<float>();
+  const float inv_m = 1.f / static_cast<float>(l.N * l.plane);
+  for (int64_t c = 0; c < l.C; ++c) {
+    const float is = invstd.data<float>()[c];
+    const float k = (gamma.defined() ? gamma.data<float>()[c] : 1.f) * is;  // gamma invstd
+    const float m = mean.data<float>()[c];
+    // Training, eq. 4 expanded: dx = k dy - k mean(dy) - k xhat mean(dy xhat)
+    //                              = k dy + (x - m) * a + b.
+    const float a = training ? -k * is * sum_dy_xhat.data<float>()[c] * inv_m : 0.f;
+    const float b = training ? -k * sum_dy.data<float>()[c] * inv_m : 0.f;
+    for (int64_t n = 0; n < l.N; ++n) {
+      const float* g = gp + (n * l.C + c) * l.plane;
+      const float* p = xp + (n * l.C + c) * l.plane;
+      float* d = dp + (n * l.C + c) * l.plane;
+      for (int64_t i = 0; i < l.plane; ++i) d[i] = k * g[i] + (p[i] - m) * a + b;
+    }
+  }
+  return dx;
+}
+
+Tensor batch_norm_backward_input_reference(const Tensor& dy, const Tensor& x, const Tensor& mean,
+                                           const Tensor& invstd, const Tensor& gamma, bool training) {
+  const Layout l = layout_of(x, "batch_norm_backward_reference");
+  const std::vector<float> g = to_vector(dy), xv = to_vector(x);
+  std::vector<float> dx(g.size());
+  const double M = static_cast<double>(l.N * l.plane);
+  for (int64_t c = 0; c < l.C; ++c) {
+    const double is = invstd.data<float>()[c], m = mean.data<float>()[c];
+    const double gam = gamma.defined() ? gamma.data<float>()[c] : 1.0;
+    double mean_dy = 0, mean_dy_xhat = 0;
+    for (int64_t n = 0; n < l.N; ++n)
+      for (int64_t i = 0; i < l.plane; ++i) {
+        const size_t j = static_cast<size_t>((n * l.C + c) * l.plane + i);
+        mean_dy += g[j] / M;
+        mean_dy_xhat += g[j] * (xv[j] - m) * is / M;
+      }
+    for (int64_t n = 0; n < l.N; ++n)
+      for (int64_t i = 0; i < l.plane; ++i) {
+        const size_t j = static_cast<size_t>((n * l.C + c) * l.plane + i);
+        const double xhat = (xv[j] - m) * is;
+        dx[j] = static_cast<float>(training ? gam * is * (g[j] - mean_dy - xhat * mean_dy_xhat) : gam * is * g[j]);
+      }
+  }
+  return from_vector(dx, x.shape());
+}
+
+}  // namespace tq::kernels

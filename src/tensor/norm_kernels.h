@@ -1,0 +1,36 @@
+// Batch normalisation kernels on (N, C, ...) float tensors (docs/batchnorm.md).
+// Per channel c, over the M = N * H * W values of that channel:
+//   mean_c = sum x / M,  var_c = sum (x - mean_c)^2 / M  (biased)          (eq. 1)
+//   y = (x - mean_c) * invstd_c * gamma_c + beta_c,  invstd_c = 1 / sqrt(var_c + eps)   (eq. 2)
+// and, with batch statistics (training), the input gradient             (eq. 4)
+//   dx = gamma_c invstd_c (dy - sum(dy) / M - xhat sum(dy xhat) / M),  xhat = (x - mean_c) invstd_c.
+// Every fast kernel (one pass over the data where the reference takes two,
+// float lanes where it takes double) has a reference twin.
+#pragma once
+
+#include <cstdint>
+
+#include "tensor/tensor.h"
+
+namespace tq::kernels {
+
+// x (N, C, ...) contiguous f32 -> mean (C) and biased variance (C).
+void batch_norm_stats(const Tensor& x, Tensor& mean, Tensor& var);
+void batch_norm_stats_reference(const Tensor& x, Tensor& mean, Tensor& var);
+
+// y = x * scale_c + shift_c: eq. 2 with scale = gamma invstd, shift = beta - mean scale.
+Tensor batch_norm_apply(const Tensor& x, const Tensor& scale, const Tensor& shift);
+
+// Per channel: sum_dy (C) = sum dy, sum_dy_xhat (C) = sum dy (x - mean) invstd.
+void batch_norm_backward_sums(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd,
+                              Tensor& sum_dy, Tensor& sum_dy_xhat);
+// The input gradient of eq. 4 (training: the statistics depend on x), or with
+// `training` false dx = dy gamma invstd (eval: running statistics are constants).
+// gamma may be undefined (affine=False: gamma = 1).
+Tensor batch_norm_backward_input(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd,
+                                 const Tensor& gamma, const Tensor& sum_dy, const Tensor& sum_dy_xhat, bool training);
+// Eq. 4 in double with two passes, straight from the definition.
+Tensor batch_norm_backward_input_reference(const Tensor& dy, const Tensor& x, const Tensor& mean,
+                                           const Tensor& invstd, const Tensor& gamma, bool training);
+
+}  // namespace tq::kernels
