@@ -308,7 +308,7 @@ Value GraphWriter::quantize_dequantize(const std::string& x, const QParams& q, c
   const float s = q.scale[0];
   const int32_t z = q.zero_point[0];
   std::string in = x;
-  if (q.quant_min > 0 || q.quant_max < 255) {
+  if (exact_ranges_ && (q.quant_min > 0 || q.quant_max < 255)) {
     // Low bit widths: QuantizeLinear saturates at 0..255, so clip the float
     // input to the real interval the narrower integer range stands for.
     const float lo = s * static_cast<float>(q.quant_min - z), hi = s * static_cast<float>(q.quant_max - z);
@@ -358,7 +358,7 @@ std::map<std::string, ExportFunction>& onnx_exporters() {
   opset->set_version(kOpset);
   auto* graph = proto.mutable_graph();
   graph->set_name("tinyqat");
-  GraphWriter g(*graph);
+  GraphWriter g(*graph, options.exact_ranges);
   g.fresh(options.input_name);
   g.fresh(options.output_name);
 

@@ -41,6 +41,13 @@ struct ExportOptions {
   // Features of the input (N, in_features); 0 = taken from the first layer
   // that knows its input size.
   int64_t input_features = 0;
+  // Activation ranges narrower than 0..255 (the x86 preset's 7 bits, low
+  // bit widths) are enforced by a Clip before each QuantizeLinear: exact,
+  // but ONNX Runtime then leaves those layers as float Gemm on dequantized
+  // values. false leaves the Clips out: the runtime fuses each layer into one
+  // integer QGemm, and outputs tinyqat clamps at quant_max may come out
+  // larger (docs/onnx.md measures what that costs).
+  bool exact_ranges = true;
 };
 
 // Builds the ONNX model of `model` (in eval mode). Throws
@@ -63,7 +70,7 @@ struct Value {
 // The entries' view of the graph being built.
 class GraphWriter {
  public:
-  explicit GraphWriter(::onnx::GraphProto& graph) : graph_(graph) {}
+  explicit GraphWriter(::onnx::GraphProto& graph, bool exact_ranges = true) : graph_(graph), exact_ranges_(exact_ranges) {}
   // A name not used yet in the graph, made from `base` ("fc1/Gemm" -> "fc1/Gemm_1" if taken).
   std::string fresh(const std::string& base);
   // Appends a node; its name is made fresh from `name`.
@@ -78,12 +85,13 @@ class GraphWriter {
 
   // x (float) -> QuantizeLinear(q) -> DequantizeLinear: the float tensor the
   // runtime sees for tinyqat's u8 tensor. A range narrower than 0..255 (low
-  // bit widths) is enforced by a Clip before QuantizeLinear. `prefix` names
-  // the nodes.
+  // bit widths) is enforced by a Clip before QuantizeLinear (unless the
+  // export asked for exact_ranges = false). `prefix` names the nodes.
   Value quantize_dequantize(const std::string& x, const QParams& q, const std::string& prefix);
 
  private:
   ::onnx::GraphProto& graph_;
+  bool exact_ranges_ = true;
   std::map<std::string, int> used_;
 };
 

@@ -117,7 +117,7 @@ Agreement compare_with_onnxruntime(nn::Module& model, const RuntimeTools& tools,
   io::DataLoader loader(data, {.batch_size = batch_size, .shuffle = false});
   io::Batch b;
   Agreement a;
-  int64_t same = 0, right_tq = 0, right_rt = 0;
+  int64_t same = 0, right_tq = 0, right_rt = 0, differing = 0, values = 0;
   double max_out = 0;
   while (loader.next(b)) {
     const Tensor y_tq_raw = model(b.images);
@@ -138,6 +138,8 @@ Agreement compare_with_onnxruntime(nn::Module& model, const RuntimeTools& tools,
       right_tq += am == label;
       right_rt += bm == label;
       for (int64_t j = 0; j < k; ++j) {
+        differing += p[i * k + j] != q[i * k + j];
+        ++values;
         a.max_abs_diff = std::max(a.max_abs_diff, std::fabs(double{p[i * k + j]} - double{q[i * k + j]}));
         max_out = std::max(max_out, std::fabs(double{p[i * k + j]}));
       }
@@ -150,6 +152,7 @@ Agreement compare_with_onnxruntime(nn::Module& model, const RuntimeTools& tools,
   a.prediction_agreement = 100.0 * static_cast<double>(same) / total;
   a.tinyqat_accuracy = 100.0 * static_cast<double>(right_tq) / total;
   a.runtime_accuracy = 100.0 * static_cast<double>(right_rt) / total;
+  a.differing_outputs = 100.0 * static_cast<double>(differing) / static_cast<double>(std::max<int64_t>(values, 1));
   a.max_rel_diff = max_out > 0 ? a.max_abs_diff / max_out : a.max_abs_diff;
   a.max_steps = a.output_step > 0 ? a.max_abs_diff / a.output_step : 0;
   return a;

@@ -40,6 +40,7 @@ struct Agreement {
   double max_rel_diff = 0;          // max_abs_diff / the largest |tinyqat output|
   double output_step = 0;           // tinyqat's output quantization step (0 for float outputs)
   double max_steps = 0;             // max_abs_diff / output_step (0 for float outputs)
+  double differing_outputs = 0;     // percent of output values that differ at all
 };
 
 // Runs `data` through `model` (eval mode, batches of batch_size) and through
