@@ -116,6 +116,29 @@ TEST_CASE("onnx import: unsupported operators, branches and bad files are refuse
   CHECK_THROWS_WITH(onnx_io::import_onnx(temp_dir() + "/missing.onnx"), Catch::Contains("cannot open"));
 }
 
+TEST_CASE("onnx import: Clip(0, 6) is ReLU6, other bounds are refused", "[onnx]") {
+  auto model = onnx_io::import_onnx(kFixture);
+  model->replace_module("relu1", std::make_shared<nn::ReLU6>());
+  const ::onnx::ModelProto proto = onnx_io::to_onnx(*model);
+  auto back = onnx_io::import_onnx(proto);
+  CHECK(back->get_submodule("relu1").type_name() == "ReLU6");
+  golden::File g("onnx_mlp.txt");
+  const Tensor x = g.tensor("inputs");
+  CHECK(to_vector(run(*back, x)) == to_vector(run(*model, x)));
+  auto clip = one_node_model("Clip");
+  auto* hi = clip.mutable_graph()->add_initializer();
+  hi->set_name("hi");
+  hi->set_data_type(::onnx::TensorProto::FLOAT);
+  hi->add_float_data(4.f);
+  auto* lo = clip.mutable_graph()->add_initializer();
+  lo->set_name("lo");
+  lo->set_data_type(::onnx::TensorProto::FLOAT);
+  lo->add_float_data(0.f);
+  clip.mutable_graph()->mutable_node(0)->add_input("lo");
+  clip.mutable_graph()->mutable_node(0)->add_input("hi");
+  CHECK_THROWS_WITH(onnx_io::import_onnx(clip), Catch::Contains("Clip(0, 4) is not supported"));
+}
+
 TEST_CASE("onnx export: a float model survives export and import unchanged", "[onnx]") {
   auto model = onnx_io::import_onnx(kFixture);
   const ::onnx::ModelProto proto = onnx_io::to_onnx(*model);
@@ -240,6 +263,20 @@ TEST_CASE("onnx runtime: float, PTQ, QAT, low-bit and dynamic exports agree with
     const auto a = check(*model, "qat", true);
     INFO("float " << float_accuracy << "%, QAT int8 " << a.tinyqat_accuracy << "%");
     CHECK(a.tinyqat_accuracy >= float_accuracy - 2.0);
+  }
+  SECTION("ReLU6: float, fused into int8 Linear, and a separate int8 ReLU6") {
+    for (bool fuse : {false, true}) {
+      auto model = onnx_io::import_onnx(kFixture);
+      model->replace_module("relu1", std::make_shared<nn::ReLU6>());
+      if (!fuse) check(*model, "relu6_float", false);
+      if (fuse) CHECK(quant::fuse_linear_relu(*model) == 1);
+      model->qconfig = quant::make_ptq_qconfig("minmax", 8, 8);
+      quant::prepare(*model);
+      calibrate(*model);
+      quant::convert(*model);
+      CHECK(model->get_submodule("fc1").type_name() == (fuse ? "QuantizedLinearReLU6" : "QuantizedLinear"));
+      check(*model, fuse ? "relu6_fused" : "relu6_int8", true);
+    }
   }
   SECTION("dynamic") {
     auto model = onnx_io::import_onnx(kFixture);

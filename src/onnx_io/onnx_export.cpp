@@ -14,6 +14,8 @@
 #include "nn/linear.h"
 #include "nn/sequential.h"
 #include "quant/dynamic_linear.h"
+#include "quant/fused.h"
+#include "quant/layer.h"
 #include "quant/quantized_linear.h"
 #include "tensor/ops.h"
 
@@ -78,23 +80,39 @@ Value export_sequential(const nn::Module& m, const std::string& path, const Valu
   return v;
 }
 
-Value export_linear(const nn::Module& m, const std::string& path, const Value& input, GraphWriter& g, bool relu) {
-  const auto& l = dynamic_cast<const nn::Linear&>(m);
-  std::string y = float_gemm(g, path, input.name, l.weight, l.bias);
-  if (relu) {
+// Relu, or Clip(0, 6) for ReLU6, on a float tensor; `x` itself for none.
+std::string float_activation(GraphWriter& g, const std::string& path, const std::string& x, quant::FusedActivation a) {
+  if (a == quant::FusedActivation::none) return x;
+  if (a == quant::FusedActivation::relu) {
     const std::string r = g.fresh(scope(path) + "Relu_output_0");
-    g.node("Relu", {y}, {r}, scope(path) + "Relu");
-    y = r;
+    g.node("Relu", {x}, {r}, scope(path) + "Relu");
+    return r;
   }
-  return {y, std::nullopt};
+  const std::string r = g.fresh(scope(path) + "Clip_output_0");
+  g.node("Clip", {x, g.floats(join(path, "relu6_min"), {0.f}, {}), g.floats(join(path, "relu6_max"), {6.f}, {})}, {r},
+         scope(path) + "Clip");
+  return r;
 }
 
-Value export_relu(const nn::Module&, const std::string& path, const Value& input, GraphWriter& g) {
-  const std::string y = g.fresh(scope(path) + "Relu_output_0");
-  g.node("Relu", {input.name}, {y}, scope(path) + "Relu");
-  // On a quantized tensor tinyqat's ReLU is max(q, z): the values stay on the
-  // grid, with the same qparams. Q/DQ around keeps the QDQ form for the runtime.
-  if (input.qparams) return g.quantize_dequantize(y, *input.qparams, scope(path));
+// The integer codes a fused activation keeps (eq. 14), as a pair.
+std::pair<int32_t, int32_t> codes_of(quant::FusedActivation a, const QParams& q) {
+  const quant::OutputRange r = quant::fused_output_range(a, q);
+  return {r.min, r.max};
+}
+
+Value export_linear(const nn::Module& m, const std::string& path, const Value& input, GraphWriter& g) {
+  const auto& l = dynamic_cast<const nn::Linear&>(m);
+  const std::string y = float_gemm(g, path, input.name, l.weight, l.bias);
+  return {float_activation(g, path, y, quant::fused_activation_of(m)), std::nullopt};
+}
+
+// ReLU and ReLU6 modules. On a quantized tensor tinyqat clamps the codes
+// (max(q, z); ReLU6 also min(q, z + round(6 / s))): the values stay on the
+// grid with the same qparams; Q/DQ after keeps the QDQ form for the runtime.
+Value export_activation(const nn::Module&, const std::string& path, const Value& input, GraphWriter& g,
+                        quant::FusedActivation a) {
+  const std::string y = float_activation(g, path, input.name, a);
+  if (input.qparams) return g.quantize_dequantize(y, *input.qparams, scope(path), codes_of(a, *input.qparams));
   return {y, std::nullopt};
 }
 
@@ -108,17 +126,22 @@ Value export_flatten(const nn::Module&, const std::string& path, const Value& in
 //   DQ(x_q) -> Gemm(., DQ(W_q, per channel), DQ(b_i32 on s_x s_w)) [-> Relu] -> Q(y) -> DQ
 Value export_quantized_linear(const nn::Module& m, const std::string& path, const Value& input, GraphWriter& g) {
   const auto& l = dynamic_cast<const quant::QuantizedLinear&>(m);
+  // qparams, activation and weight through the layer interface (quant/layer.h).
+  auto& layer = *quant::as_quant_layer(const_cast<nn::Module*>(&m));
   Value x = input;
   if (!x.qparams) {
-    if (!l.input_qparams())
+    const std::optional<QParams> in_q = layer.qparams(quant::QuantRole::input);
+    if (!in_q)
       throw std::invalid_argument(fmt::format("ONNX export: int8 layer '{}' receives a float tensor but has no input "
                                               "qparams (it never saw float input during QAT / calibration)",
                                               path));
-    x = g.quantize_dequantize(input.name, *l.input_qparams(), scope(path) + "input_");
+    x = g.quantize_dequantize(input.name, *in_q, scope(path) + "input_");
   }
   const QParams& iq = *x.qparams;
-  const Tensor& w = l.weight();
+  const Tensor w = layer.effective_weight();
   const QParams& wq = w.qparams();
+  const QParams oq = layer.qparams(quant::QuantRole::output).value();
+  const quant::FusedActivation act = layer.activation();
   const bool per_channel = is_per_channel(wq.scheme);
   const int64_t out = l.out_features;
   std::vector<float> w_scales;
@@ -159,14 +182,11 @@ Value export_quantized_linear(const nn::Module& m, const std::string& path, cons
   }
   std::string y = g.fresh(scope(path) + "Gemm_output_0");
   set_int(g.node("Gemm", gemm_in, {y}, scope(path) + "Gemm"), "transB", 1);
-  if (l.fused_relu) {
-    // tinyqat clamps the output at its zero point; Relu then QuantizeLinear
-    // is the same, and is the pattern the runtime fuses.
-    const std::string r = g.fresh(scope(path) + "Relu_output_0");
-    g.node("Relu", {y}, {r}, scope(path) + "Relu");
-    y = r;
-  }
-  return g.quantize_dequantize(y, l.output_qparams(), scope(path) + "output_");
+  // tinyqat clamps the output codes to the fused activation's range (eq. 14):
+  // Relu (Clip(0, 6) for ReLU6) before QuantizeLinear computes the same, and
+  // Relu -> QuantizeLinear is a pattern the runtime fuses.
+  y = float_activation(g, path, y, act);
+  return g.quantize_dequantize(y, oq, scope(path) + "output_", codes_of(act, oq));
 }
 
 // Dynamic int8 Linear: the per-batch activation qparams of tinyqat
@@ -299,7 +319,8 @@ std::string GraphWriter::int64s(const std::string& name, const std::vector<int64
   return add_initializer(*this, graph_, name, v, dims, TensorProto::INT64);
 }
 
-Value GraphWriter::quantize_dequantize(const std::string& x, const QParams& q, const std::string& prefix) {
+Value GraphWriter::quantize_dequantize(const std::string& x, const QParams& q, const std::string& prefix,
+                                       std::optional<std::pair<int32_t, int32_t>> codes) {
   if (is_per_channel(q.scheme) || q.scale.empty() || q.zero_point.empty())
     throw std::invalid_argument(fmt::format("ONNX export: activations must be quantized per tensor ({})", prefix));
   if (q.quant_min < 0 || q.quant_max > 255 || q.zero_point[0] < 0 || q.zero_point[0] > 255)
@@ -308,10 +329,11 @@ Value GraphWriter::quantize_dequantize(const std::string& x, const QParams& q, c
   const float s = q.scale[0];
   const int32_t z = q.zero_point[0];
   std::string in = x;
-  if (exact_ranges_ && (q.quant_min > 0 || q.quant_max < 255)) {
-    // Low bit widths: QuantizeLinear saturates at 0..255, so clip the float
-    // input to the real interval the narrower integer range stands for.
-    const float lo = s * static_cast<float>(q.quant_min - z), hi = s * static_cast<float>(q.quant_max - z);
+  const auto [cmin, cmax] = codes.value_or(std::pair<int32_t, int32_t>{q.quant_min, q.quant_max});
+  if (exact_ranges_ && (cmin > 0 || cmax < 255)) {
+    // Low bit widths (and fused clamps): QuantizeLinear saturates at 0..255,
+    // so clip the float input to the real interval of the narrower codes.
+    const float lo = s * static_cast<float>(cmin - z), hi = s * static_cast<float>(cmax - z);
     const std::string c = fresh(prefix + "Clip_output_0");
     node("Clip", {x, floats(prefix + "clip_min", {lo}, {}), floats(prefix + "clip_max", {hi}, {})}, {c}, prefix + "Clip");
     in = c;
@@ -330,19 +352,22 @@ Value GraphWriter::quantize_dequantize(const std::string& x, const QParams& q, c
 std::map<std::string, ExportFunction>& onnx_exporters() {
   static std::map<std::string, ExportFunction> table = {
       {"Sequential", export_sequential},
-      {"Linear", [](auto& m, auto& p, auto& x, auto& g) { return export_linear(m, p, x, g, false); }},
-      {"LinearReLU", [](auto& m, auto& p, auto& x, auto& g) { return export_linear(m, p, x, g, true); }},
-      {"ReLU", export_relu},
+      {"Linear", export_linear},
+      {"LinearReLU", export_linear},
+      {"LinearReLU6", export_linear},
+      {"ReLU", [](auto& m, auto& p, auto& x, auto& g) { return export_activation(m, p, x, g, quant::FusedActivation::relu); }},
+      {"ReLU6", [](auto& m, auto& p, auto& x, auto& g) { return export_activation(m, p, x, g, quant::FusedActivation::relu6); }},
       {"Identity", [](const nn::Module&, const std::string&, const Value& x, GraphWriter&) { return x; }},
       {"Flatten", export_flatten},
       {"QuantizedLinear", export_quantized_linear},
       {"QuantizedLinearReLU", export_quantized_linear},
+      {"QuantizedLinearReLU6", export_quantized_linear},
       {"DynamicQuantizedLinear", export_dynamic_linear},
       // Slots for the CNN layers, once the library has them:
       //   Conv2d -> Conv; BatchNorm2d -> BatchNormalization (or folded into
       //   the Conv before export); MaxPool2d -> MaxPool; AvgPool2d ->
-      //   AveragePool; AdaptiveAvgPool2d(1) -> GlobalAveragePool; ReLU6 ->
-      //   Clip(0, 6); Add -> Add between DQ inputs and a Q output; their int8
+      //   AveragePool; AdaptiveAvgPool2d(1) -> GlobalAveragePool; Add -> Add
+      //   between DQ inputs and a Q output; their int8
       //   forms as QDQ around the same operators.
   };
   return table;

@@ -87,7 +87,10 @@ class GraphWriter {
   // runtime sees for tinyqat's u8 tensor. A range narrower than 0..255 (low
   // bit widths) is enforced by a Clip before QuantizeLinear (unless the
   // export asked for exact_ranges = false). `prefix` names the nodes.
-  Value quantize_dequantize(const std::string& x, const QParams& q, const std::string& prefix);
+  // `codes` narrows the integer range further (a fused ReLU / ReLU6 clamp,
+  // docs/quantization.md eq. 14); default [quant_min, quant_max].
+  Value quantize_dequantize(const std::string& x, const QParams& q, const std::string& prefix,
+                            std::optional<std::pair<int32_t, int32_t>> codes = std::nullopt);
 
  private:
   ::onnx::GraphProto& graph_;
@@ -99,9 +102,9 @@ class GraphWriter {
 // dotted name in the model ("fc1"), used for node and initializer names.
 using ExportFunction = std::function<Value(const nn::Module& module, const std::string& path, const Value& input,
                                            GraphWriter& graph)>;
-// Keyed by Module::type_name(): Sequential, Linear, LinearReLU, ReLU,
-// Identity, Flatten, QuantizedLinear, QuantizedLinearReLU,
-// DynamicQuantizedLinear. Users may add their own entries.
+// Keyed by Module::type_name(): Sequential, Linear, LinearReLU, LinearReLU6,
+// ReLU, ReLU6, Identity, Flatten, QuantizedLinear, QuantizedLinearReLU,
+// QuantizedLinearReLU6, DynamicQuantizedLinear. Users may add their own entries.
 std::map<std::string, ExportFunction>& onnx_exporters();
 
 }  // namespace tq::onnx_io

@@ -1,5 +1,6 @@
 #include "onnx_io/onnx_import.h"
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -201,12 +202,28 @@ std::map<std::string, ImportFunction>& onnx_importers() {
            fail("model", node_label(c.node) + ": only Flatten with axis=1 (keep the batch dimension) is supported");
          return simple<nn::Flatten>("flatten")(c);
        }},
+      {"Clip",
+       [](ImportContext& c) {
+         // Clip(0, 6) is PyTorch's ReLU6 (min / max as inputs since opset 11, attributes before).
+         auto bound = [&](int input, const char* attr, float fallback) {
+           if (c.node.input_size() > input && !c.node.input(input).empty()) {
+             const Tensor& t = constant(c, input, attr);
+             if (t.numel() != 1) fail("model", node_label(c.node) + ": Clip bounds must be scalars");
+             return to_vector(t)[0];
+           }
+           return float_attr(c.node, attr, fallback);
+         };
+         const float lo = bound(1, "min", -INFINITY), hi = bound(2, "max", INFINITY);
+         if (lo != 0.f || hi != 6.f)
+           fail("model", fmt::format("{}: Clip({}, {}) is not supported; only Clip(0, 6) (ReLU6) is", node_label(c.node), lo, hi));
+         return simple<nn::ReLU6>("relu")(c);
+       }},
       // Inference no-ops.
       {"Identity", [](ImportContext&) { return 0; }},
       {"Dropout", [](ImportContext&) { return 0; }},
       // Slots for the CNN layers, once the library has them: Conv -> Conv2d,
       // BatchNormalization -> BatchNorm2d, MaxPool, AveragePool,
-      // GlobalAveragePool, Clip(0, 6) -> ReLU6, Add of two branches.
+      // GlobalAveragePool, Add of two branches.
   };
   return table;
 }

@@ -1,5 +1,5 @@
 // ONNX import of float models (docs/onnx.md §5): a chain of standard
-// operators (Gemm, MatMul + Add, Relu, Flatten) becomes an nn::Sequential of
+// operators (Gemm, MatMul + Add, Relu, Clip(0, 6), Flatten) becomes an nn::Sequential of
 // tinyqat modules with PyTorch-like names — a layer whose weight initializer
 // is "fc1.weight" becomes the child "fc1", the Relu node "/relu1/Relu" the
 // child "relu1" — ready for QAT or PTQ like a model built in tinyqat.
@@ -40,7 +40,7 @@ struct ImportContext {
   std::string child_name(const std::string& fallback) const;
 };
 using ImportFunction = std::function<int(ImportContext& context)>;
-// Keyed by ONNX op type: Gemm, MatMul, Relu, Flatten, Identity, Dropout.
+// Keyed by ONNX op type: Gemm, MatMul, Relu, Clip (as ReLU6), Flatten, Identity, Dropout.
 std::map<std::string, ImportFunction>& onnx_importers();
 
 }  // namespace tq::onnx_io
