@@ -199,8 +199,9 @@ TEST_CASE("onnx export: int8 QDQ graph holds tinyqat's qparams and i32 bias", "[
 TEST_CASE("onnx runtime: float, PTQ, QAT, low-bit and dynamic exports agree with tinyqat in ONNX Runtime",
           "[onnx][runtime]") {
   const onnx_io::RuntimeTools tools = runtime_tools();
-  const io::Dataset train = io::load_fashion_mnist(io::kFashionMnistDir, io::Split::train).slice(0, 2048);
-  const io::Dataset test = io::load_fashion_mnist(io::kFashionMnistDir, io::Split::test).slice(0, 1000);
+  // Loaded once for all sections (Catch runs the test case once per section).
+  static const io::Dataset train = io::load_fashion_mnist(io::kFashionMnistDir, io::Split::train).slice(0, 2048);
+  static const io::Dataset test = io::load_fashion_mnist(io::kFashionMnistDir, io::Split::test).slice(0, 1000);
   const std::string dir = tools.work_dir;
 
   auto check = [&](nn::Module& model, const std::string& name, bool int8) {
