@@ -1,0 +1,299 @@
+#include "onnx_io/onnx_import.h"
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+
+#include <fmt/format.h>
+#include <onnx/onnx_pb.h>
+
+#include "nn/activation.h"
+#include "nn/linear.h"
+#include "tensor/ops.h"
+
+namespace tq::onnx_io {
+
+namespace {
+
+using ::onnx::TensorProto;
+
+[[noreturn]] void fail(const std::string& what, const std::string& msg) {
+  throw std::invalid_argument(fmt::format("ONNX import of {}: {}", what, msg));
+}
+
+std::string node_label(const ::onnx::NodeProto& n) {
+  return fmt::format("node '{}' ({})", n.name().empty() ? (n.output_size() ? n.output(0) : "?") : n.name(), n.op_type());
+}
+
+// A float tensor from an initializer or a Constant's value.
+Tensor float_tensor(const TensorProto& t, const std::string& what) {
+  if (t.data_type() != TensorProto::FLOAT)
+    fail(what, fmt::format("constant '{}' has element type {}; only float32 constants are imported", t.name(),
+                           static_cast<int>(t.data_type())));
+  if (t.data_location() == TensorProto::EXTERNAL)
+    fail(what, fmt::format("constant '{}' is stored in an external file; save the model with its weights inside", t.name()));
+  Shape shape;
+  int64_t count = 1;
+  for (int64_t d : t.dims()) {
+    if (d < 0) fail(what, fmt::format("constant '{}' has a negative dimension", t.name()));
+    shape.push_back(d);
+    count *= d;
+  }
+  std::vector<float> v(static_cast<size_t>(count));
+  if (t.has_raw_data()) {
+    if (t.raw_data().size() != v.size() * sizeof(float))
+      fail(what, fmt::format("constant '{}' holds {} bytes for {} floats", t.name(), t.raw_data().size(), count));
+    std::memcpy(v.data(), t.raw_data().data(), t.raw_data().size());
+  } else {
+    if (t.float_data_size() != count)
+      fail(what, fmt::format("constant '{}' holds {} floats for {} elements", t.name(), t.float_data_size(), count));
+    for (int64_t i = 0; i < count; ++i) v[static_cast<size_t>(i)] = t.float_data(static_cast<int>(i));
+  }
+  return from_vector(v, shape);
+}
+
+const ::onnx::AttributeProto* attribute(const ::onnx::NodeProto& n, const std::string& name) {
+  for (const auto& a : n.attribute())
+    if (a.name() == name) return &a;
+  return nullptr;
+}
+int64_t int_attr(const ::onnx::NodeProto& n, const std::string& name, int64_t fallback) {
+  const auto* a = attribute(n, name);
+  return a ? a->i() : fallback;
+}
+float float_attr(const ::onnx::NodeProto& n, const std::string& name, float fallback) {
+  const auto* a = attribute(n, name);
+  return a ? a->f() : fallback;
+}
+
+// "fc1.weight" -> "fc1"; "layers.0.weight" -> "layers_0"; "onnx::Gemm_5" -> "".
+std::string module_of_constant(const std::string& name) {
+  if (name.find("::") != std::string::npos) return "";
+  const auto dot = name.rfind('.');
+  if (dot == std::string::npos || dot == 0) return "";
+  std::string m = name.substr(0, dot);
+  for (char& c : m)
+    if (c == '.') c = '_';
+  return m;
+}
+// "/relu1/Relu" -> "relu1"; "/net/net.0/Gemm" -> "net_0"; "/Relu" -> "".
+std::string module_of_node(const std::string& name) {
+  if (name.empty() || name[0] != '/') return "";
+  const auto last = name.rfind('/');
+  if (last == 0) return "";
+  const auto prev = name.rfind('/', last - 1);
+  std::string m = name.substr(prev + 1, last - prev - 1);
+  for (char& c : m)
+    if (c == '.') c = '_';
+  return m;
+}
+
+std::string unique_child(const nn::Module& model, std::string name) {
+  if (!model.find_slot(name)) return name;
+  for (int i = 1;; ++i) {
+    const std::string n = fmt::format("{}_{}", name, i);
+    if (!model.find_slot(n)) return n;
+  }
+}
+
+const Tensor& constant(ImportContext& c, int input, const std::string& what) {
+  if (c.node.input_size() <= input || c.node.input(input).empty())
+    fail("model", fmt::format("{} has no input {} ({})", node_label(c.node), input, what));
+  auto it = c.constants.find(c.node.input(input));
+  if (it == c.constants.end())
+    fail("model", fmt::format("{}: its {} '{}' is computed in the graph; only constant weights are imported",
+                              node_label(c.node), what, c.node.input(input)));
+  return it->second;
+}
+
+// A Linear holding `weight` (out, in) and `bias` (out, or undefined).
+void add_linear(ImportContext& c, const Tensor& weight, const Tensor& bias) {
+  const int64_t out = weight.size(0), in = weight.size(1);
+  auto linear = std::make_shared<nn::Linear>(in, out, bias.defined());
+  const std::vector<float> w = to_vector(weight);
+  std::copy(w.begin(), w.end(), linear->weight.data<float>());
+  if (bias.defined()) {
+    if (bias.numel() != out)
+      fail("model", fmt::format("{}: bias of {} values for {} outputs", node_label(c.node), bias.numel(), out));
+    const std::vector<float> b = to_vector(bias);
+    std::copy(b.begin(), b.end(), linear->bias.data<float>());
+  }
+  c.model.push_back(unique_child(c.model, c.child_name("fc")), linear);
+}
+
+int import_gemm(ImportContext& c) {
+  const auto& n = c.node;
+  if (int_attr(n, "transA", 0) != 0) fail("model", node_label(n) + ": transA=1 is not supported");
+  const float alpha = float_attr(n, "alpha", 1.f), beta = float_attr(n, "beta", 1.f);
+  Tensor b = constant(c, 1, "weight");
+  if (b.dim() != 2) fail("model", fmt::format("{}: weight of shape {} is not 2-D", node_label(n), b.shape().str()));
+  Tensor w = int_attr(n, "transB", 0) ? kernels::contiguous(b) : kernels::contiguous(kernels::transpose(b, 0, 1));
+  if (alpha != 1.f) w = kernels::mul_scalar(w, alpha);
+  Tensor bias;
+  if (n.input_size() > 2 && !n.input(2).empty()) {
+    const Tensor& cb = constant(c, 2, "bias");
+    bias = kernels::reshape(cb, {cb.numel()});
+    if (beta != 1.f) bias = kernels::mul_scalar(bias, beta);
+    if (bias.numel() == 1 && w.size(0) != 1) bias = full({w.size(0)}, to_vector(bias)[0]);  // a scalar C, broadcast
+  }
+  add_linear(c, w, bias);
+  return 0;
+}
+
+int import_matmul(ImportContext& c) {
+  const Tensor b = constant(c, 1, "weight");
+  if (b.dim() != 2) fail("model", fmt::format("{}: weight of shape {} is not 2-D", node_label(c.node), b.shape().str()));
+  const Tensor w = kernels::contiguous(kernels::transpose(b, 0, 1));
+  Tensor bias;
+  int consumed = 0;
+  // MatMul followed by Add(., constant bias) is one Linear.
+  if (!c.rest.empty()) {
+    const auto& add = *c.rest.front();
+    if (add.op_type() == "Add" && add.input_size() == 2) {
+      for (int i = 0; i < 2; ++i) {
+        if (add.input(i) != c.node.output(0)) continue;
+        auto it = c.constants.find(add.input(1 - i));
+        if (it != c.constants.end() && it->second.numel() == w.size(0)) {
+          bias = kernels::reshape(it->second, {it->second.numel()});
+          consumed = 1;
+        }
+      }
+    }
+  }
+  add_linear(c, w, bias);
+  return consumed;
+}
+
+template <class M>
+ImportFunction simple(const char* fallback) {
+  return [fallback](ImportContext& c) {
+    c.model.push_back(unique_child(c.model, c.child_name(fallback)), std::make_shared<M>());
+    return 0;
+  };
+}
+
+}  // namespace
+
+std::string ImportContext::child_name(const std::string& fallback) const {
+  for (const auto& in : node.input()) {
+    if (!constants.count(in)) continue;
+    const std::string m = module_of_constant(in);
+    if (!m.empty()) return m;
+  }
+  const std::string m = module_of_node(node.name());
+  if (!m.empty()) return m;
+  int count = 1;
+  for (const auto& s : model.children())
+    if (s->name.rfind(fallback, 0) == 0) ++count;
+  return fmt::format("{}{}", fallback, count);
+}
+
+std::map<std::string, ImportFunction>& onnx_importers() {
+  static std::map<std::string, ImportFunction> table = {
+      {"Gemm", import_gemm},
+      {"MatMul", import_matmul},
+      {"Relu", simple<nn::ReLU>("relu")},
+      {"Flatten",
+       [](ImportContext& c) {
+         if (int_attr(c.node, "axis", 1) != 1)
+           fail("model", node_label(c.node) + ": only Flatten with axis=1 (keep the batch dimension) is supported");
+         return simple<nn::Flatten>("flatten")(c);
+       }},
+      {"Clip",
+       [](ImportContext& c) {
+         // Clip(0, 6) is PyTorch's ReLU6 (min / max as inputs since opset 11, attributes before).
+         auto bound = [&](int input, const char* attr, float fallback) {
+           if (c.node.input_size() > input && !c.node.input(input).empty()) {
+             const Tensor& t = constant(c, input, attr);
+             if (t.numel() != 1) fail("model", node_label(c.node) + ": Clip bounds must be scalars");
+             return to_vector(t)[0];
+           }
+           return float_attr(c.node, attr, fallback);
+         };
+         const float lo = bound(1, "min", -INFINITY), hi = bound(2, "max", INFINITY);
+         if (lo != 0.f || hi != 6.f)
+           fail("model", fmt::format("{}: Clip({}, {}) is not supported; only Clip(0, 6) (ReLU6) is", node_label(c.node), lo, hi));
+         return simple<nn::ReLU6>("relu")(c);
+       }},
+      // Inference no-ops.
+      {"Identity", [](ImportContext&) { return 0; }},
+      {"Dropout", [](ImportContext&) { return 0; }},
+      // Slots for the CNN layers, once the library has them: Conv -> Conv2d,
+      // BatchNormalization -> BatchNorm2d, MaxPool, AveragePool,
+      // GlobalAveragePool, Add of two branches.
+  };
+  return table;
+}
+
+std::shared_ptr<nn::Sequential> import_onnx(const ::onnx::ModelProto& proto, const std::string& what) {
+  const auto& graph = proto.graph();
+  for (const auto& op : proto.opset_import())
+    if (!op.domain().empty() && op.domain() != "ai.onnx")
+      fail(what, fmt::format("operators of domain '{}' are not supported", op.domain()));
+  std::map<std::string, Tensor> constants;
+  for (const auto& t : graph.initializer()) constants[t.name()] = float_tensor(t, what);
+  std::vector<const ::onnx::NodeProto*> nodes;
+  for (const auto& n : graph.node()) {
+    if (n.op_type() == "Constant") {
+      const auto* v = attribute(n, "value");
+      if (!v || n.output_size() != 1) fail(what, node_label(n) + ": only Constant nodes with a tensor value are supported");
+      constants[n.output(0)] = float_tensor(v->t(), what);
+    } else {
+      nodes.push_back(&n);
+    }
+  }
+  std::string current;
+  for (const auto& in : graph.input())
+    if (!constants.count(in.name())) {
+      if (!current.empty()) fail(what, "the graph has more than one input; only single-input chains are imported");
+      current = in.name();
+    }
+  if (current.empty()) fail(what, "the graph has no input");
+  if (graph.output_size() != 1) fail(what, "the graph must have exactly one output");
+
+  auto model = std::make_shared<nn::Sequential>();
+  auto& table = onnx_importers();
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const auto& n = *nodes[i];
+    if (n.input_size() == 0 || n.input(0) != current)
+      fail(what, fmt::format("{} does not take the previous result '{}' as its first input; only chains of layers "
+                             "are imported",
+                             node_label(n), current));
+    for (int k = 1; k < n.input_size(); ++k)
+      if (!n.input(k).empty() && !constants.count(n.input(k)))
+        fail(what, fmt::format("{}: input '{}' is neither the previous result nor a constant (branches are not "
+                               "supported)",
+                               node_label(n), n.input(k)));
+    auto it = table.find(n.op_type());
+    if (it == table.end()) {
+      std::string known;
+      for (const auto& [k, _] : table) known += (known.empty() ? "" : ", ") + k;
+      fail(what, fmt::format("{}: operator {} is not supported (supported: {})", node_label(n), n.op_type(), known));
+    }
+    const std::vector<const ::onnx::NodeProto*> rest(nodes.begin() + static_cast<std::ptrdiff_t>(i) + 1, nodes.end());
+    ImportContext ctx{n, constants, rest, *model};
+    const int consumed = it->second(ctx);
+    i += static_cast<size_t>(consumed);
+    current = nodes[i]->output(0);
+  }
+  if (current != graph.output(0).name())
+    fail(what, fmt::format("the chain ends in '{}', not in the graph output '{}'", current, graph.output(0).name()));
+  if (model->size() == 0) fail(what, "the graph holds no layer");
+  model->eval();
+  return model;
+}
+
+std::shared_ptr<nn::Sequential> import_onnx(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::invalid_argument(fmt::format("ONNX import: cannot open '{}'", path));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  ::onnx::ModelProto proto;
+  if (!proto.ParseFromString(ss.str())) throw std::invalid_argument(fmt::format("ONNX import: '{}' is not an ONNX model", path));
+  return import_onnx(proto, "'" + path + "'");
+}
+
+}  // namespace tq::onnx_io
