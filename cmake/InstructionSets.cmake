@@ -5,8 +5,9 @@
 #
 # One line per instruction set: a file whose name contains "_<tag>" gets the
 # flags. Tags combine: a file named x_avx512_vnni.cpp gets both sets.
-set(TINYQAT_ISA_TAGS avx2)
+set(TINYQAT_ISA_TAGS avx2 avx512)
 set(TINYQAT_ISA_FLAGS_avx2 -mavx2 -mfma)
+set(TINYQAT_ISA_FLAGS_avx512 -mavx2 -mfma -mavx512f -mavx512bw -mavx512vl)
 
 # Adds the flags above to those of `sources` whose names carry a tag. Source
 # properties belong to the directory that calls this: call it where the
