@@ -1,0 +1,171 @@
+// Tests of QuantizedConv2d and QuantizedAdd (src/quant/quantized_conv.h):
+// the int8 layer against the real-valued convolution of its own dequantized
+// input and weight (within one output step: only the i32 bias and the Q31
+// multiplier round), per-tensor and per-channel weights, groups=1 and
+// depthwise, fused ReLU / ReLU6; the add against the real sum; bad input.
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "quant/quantize.h"
+#include "quant/quantized_conv.h"
+#include "tensor/random.h"
+#include "tensor/tensor.h"
+
+namespace {
+
+using tq::DType;
+using tq::QParams;
+using tq::QScheme;
+using tq::Shape;
+using tq::Tensor;
+using tq::quant::FusedActivation;
+
+QParams per_tensor_affine(float scale, int32_t zero_point) {
+  QParams q;
+  q.scheme = QScheme::per_tensor_affine;
+  q.scale = {scale};
+  q.zero_point = {zero_point};
+  return q;
+}
+
+// Symmetric i8 qparams of w (out, ...): one scale, or one per output channel.
+QParams weight_qparams(const Tensor& w, bool per_channel) {
+  const std::vector<float> v = tq::to_vector(w);
+  const int64_t out = w.size(0), per = w.numel() / out;
+  QParams q;
+  q.scheme = per_channel ? QScheme::per_channel_symmetric : QScheme::per_tensor_symmetric;
+  q.quant_min = -127;
+  q.quant_max = 127;
+  q.axis = per_channel ? 0 : -1;
+  float all = 0;
+  for (int64_t o = 0; o < out; ++o) {
+    float m = 0;
+    for (int64_t i = 0; i < per; ++i) m = std::max(m, std::abs(v[static_cast<size_t>(o * per + i)]));
+    all = std::max(all, m);
+    if (per_channel) {
+      q.scale.push_back(std::max(m, 1e-6f) / 127.f);
+      q.zero_point.push_back(0);
+    }
+  }
+  if (!per_channel) {
+    q.scale = {std::max(all, 1e-6f) / 127.f};
+    q.zero_point = {0};
+  }
+  return q;
+}
+
+struct ConvCase {
+  int64_t n, c, h, w, oc, k, stride, pad, groups;
+  bool per_channel;
+  FusedActivation act;
+};
+
+}  // namespace
+
+TEST_CASE("QuantizedConv2d equals the real convolution of its dequantized operands within one step", "[quantized_conv]") {
+  tq::Generator g(11);
+  const ConvCase cases[] = {
+      {1, 3, 7, 6, 8, 3, 1, 1, 1, true, FusedActivation::none},   {2, 4, 9, 9, 5, 3, 2, 1, 1, false, FusedActivation::relu},
+      {1, 16, 5, 5, 24, 1, 1, 0, 1, true, FusedActivation::relu6}, {2, 8, 7, 7, 8, 3, 1, 1, 8, true, FusedActivation::relu6},
+      {1, 19, 8, 9, 19, 3, 2, 1, 19, true, FusedActivation::none}, {1, 5, 6, 6, 5, 3, 2, 0, 5, false, FusedActivation::relu},
+  };
+  for (const auto& cc : cases) {
+    const Tensor w = tq::randn(Shape{cc.oc, cc.c / cc.groups, cc.k, cc.k}, g);
+    const Tensor b = tq::rand_uniform(Shape{cc.oc}, -0.5, 0.5, g);
+    const QParams wq = weight_qparams(w, cc.per_channel);
+    const QParams iq = per_tensor_affine(0.03f, 90);
+    const QParams oq = per_tensor_affine(0.08f, 100);
+    tq::quant::Conv2dGeometry geo;
+    geo.stride_h = geo.stride_w = cc.stride;
+    geo.pad_h = geo.pad_w = cc.pad;
+    geo.groups = cc.groups;
+    tq::quant::QuantizedConv2d layer(w, b, wq, oq, nullptr, cc.act, geo, "conv");
+    CHECK(layer.depthwise() == (cc.groups > 1));
+    const Tensor x_float = tq::rand_uniform(Shape{cc.n, cc.c, cc.h, cc.w}, -2.5, 4.5, g);
+    const Tensor x = tq::quant::quantize(x_float, iq, DType::u8);
+    const Tensor y = layer.forward(x);
+    const int64_t OH = (cc.h + 2 * cc.pad - cc.k) / cc.stride + 1, OW = (cc.w + 2 * cc.pad - cc.k) / cc.stride + 1;
+    REQUIRE(y.shape() == (Shape{cc.n, cc.oc, OH, OW}));
+    REQUIRE(y.is_quantized());
+
+    const std::vector<float> xr = tq::to_vector(tq::quant::dequantize(x));
+    const std::vector<float> wr = tq::to_vector(tq::quant::dequantize(layer.weight()));
+    const std::vector<float> bv = tq::to_vector(b);
+    const std::vector<float> yq = tq::to_vector(y);
+    const int64_t cpg = cc.c / cc.groups, opg = cc.oc / cc.groups;
+    const double lo = cc.act == FusedActivation::none ? 0 : 100;
+    const double hi = cc.act == FusedActivation::relu6 ? std::min(255.0, 100 + std::round(6.0 / 0.08)) : 255;
+    int64_t off_by_one = 0, worse = 0, total = 0;
+    for (int64_t n = 0; n < cc.n; ++n)
+      for (int64_t o = 0; o < cc.oc; ++o)
+        for (int64_t oy = 0; oy < OH; ++oy)
+          for (int64_t ox = 0; ox < OW; ++ox) {
+            double acc = bv[static_cast<size_t>(o)];
+            const int64_t group = o / opg;
+            for (int64_t ci = 0; ci < cpg; ++ci)
+              for (int64_t kh = 0; kh < cc.k; ++kh)
+                for (int64_t kw = 0; kw < cc.k; ++kw) {
+                  const int64_t iy = oy * cc.stride - cc.pad + kh, ix = ox * cc.stride - cc.pad + kw;
+                  if (iy < 0 || iy >= cc.h || ix < 0 || ix >= cc.w) continue;
+                  const int64_t c = group * cpg + ci;
+                  acc += double(xr[static_cast<size_t>(((n * cc.c + c) * cc.h + iy) * cc.w + ix)]) *
+                         wr[static_cast<size_t>(((o * cpg + ci) * cc.k + kh) * cc.k + kw)];
+                }
+            const double expected = std::clamp(100 + std::round(acc / 0.08), lo, hi);
+            const double got = yq[static_cast<size_t>(((n * cc.oc + o) * OH + oy) * OW + ox)];
+            ++total;
+            if (std::abs(got - expected) == 1) ++off_by_one;
+            if (std::abs(got - expected) > 1) ++worse;
+          }
+    INFO("c=" << cc.c << " oc=" << cc.oc << " k=" << cc.k << " stride=" << cc.stride << " pad=" << cc.pad
+              << " groups=" << cc.groups);
+    CHECK(worse == 0);
+    CHECK(off_by_one * 50 <= total);  // off by one only near halves (bias rounding): < 2%
+  }
+}
+
+TEST_CASE("QuantizedConv2d rejects what it cannot run, naming the layer", "[quantized_conv]") {
+  tq::Generator g(12);
+  const QParams oq = per_tensor_affine(0.1f, 0);
+  tq::quant::Conv2dGeometry geo;
+  geo.groups = 2;
+  const Tensor w = tq::randn(Shape{4, 2, 3, 3}, g);
+  CHECK_THROWS_WITH(
+      tq::quant::QuantizedConv2d(w, Tensor(), weight_qparams(w, true), oq, nullptr, FusedActivation::none, geo, "body.0"),
+      Catch::Contains("body.0") && Catch::Contains("depthwise 3x3"));
+  geo.groups = 1;
+  tq::quant::QuantizedConv2d layer(w, Tensor(), weight_qparams(w, true), oq, nullptr, FusedActivation::none, geo, "c1");
+  const Tensor x = tq::quant::quantize(tq::randn(Shape{1, 3, 5, 5}, g), per_tensor_affine(0.05f, 128), DType::u8);
+  CHECK_THROWS_WITH(layer.forward(x), Catch::Contains("in_channels=2"));
+  CHECK_THROWS_WITH(layer.forward(tq::randn(Shape{1, 2, 5, 5}, g)), Catch::Contains("no input qparams"));
+}
+
+TEST_CASE("QuantizedAdd: the residual add on the output grid", "[quantized_conv]") {
+  tq::Generator g(13);
+  const QParams qa = per_tensor_affine(0.02f, 120), qb = per_tensor_affine(0.05f, 30), oq = per_tensor_affine(0.06f, 70);
+  const Tensor a = tq::quant::quantize(tq::rand_uniform(Shape{2, 3, 5, 7}, -2, 2, g), qa, DType::u8);
+  const Tensor b = tq::quant::quantize(tq::rand_uniform(Shape{2, 3, 5, 7}, -1, 8, g), qb, DType::u8);
+  for (FusedActivation act : {FusedActivation::none, FusedActivation::relu}) {
+    tq::quant::QuantizedAdd add(oq, act, "skip_add");
+    const Tensor y = add.forward(a, b);
+    const auto ar = tq::to_vector(tq::quant::dequantize(a)), br = tq::to_vector(tq::quant::dequantize(b));
+    const auto yq = tq::to_vector(y);
+    int64_t worse = 0;
+    for (size_t i = 0; i < yq.size(); ++i) {
+      const double lo = act == FusedActivation::relu ? 70 : 0;
+      const double expected = std::clamp(70 + std::round((double(ar[i]) + br[i]) / 0.06), lo, 255.0);
+      if (std::abs(yq[i] - expected) > (std::abs(std::fmod((double(ar[i]) + br[i]) / 0.06, 1.0)) > 0.4999 ? 1 : 0))
+        ++worse;
+    }
+    CHECK(worse == 0);
+    CHECK(y.qparams().scale[0] == 0.06f);
+  }
+  tq::quant::QuantizedAdd add(oq, FusedActivation::none, "skip_add");
+  CHECK_THROWS_WITH(add.forward(a, tq::quant::quantize(tq::randn(Shape{2, 3, 5, 6}, g), qb, DType::u8)),
+                    Catch::Contains("different shapes"));
+  CHECK_THROWS_WITH(add.forward(a, tq::randn(Shape{2, 3, 5, 7}, g)), Catch::Contains("both inputs"));
+}
