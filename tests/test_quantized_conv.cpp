@@ -4,12 +4,15 @@
 // multiplier round), per-tensor and per-channel weights, groups=1 and
 // depthwise, fused ReLU / ReLU6; the add against the real sum; bad input.
 #include <algorithm>
+#include <cstdio>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <memory>
 #include <random>
 #include <vector>
 
+#include "io/model_file.h"
+#include "nn/sequential.h"
 #include "quant/quantize.h"
 #include "quant/quantized_conv.h"
 #include "tensor/random.h"
@@ -168,4 +171,48 @@ TEST_CASE("QuantizedAdd: the residual add on the output grid", "[quantized_conv]
   CHECK_THROWS_WITH(add.forward(a, tq::quant::quantize(tq::randn(Shape{2, 3, 5, 6}, g), qb, DType::u8)),
                     Catch::Contains("different shapes"));
   CHECK_THROWS_WITH(add.forward(a, tq::randn(Shape{2, 3, 5, 7}, g)), Catch::Contains("both inputs"));
+}
+
+TEST_CASE("QuantizedConv2d and QuantizedAdd survive save and load bit for bit", "[quantized_conv][model_file]") {
+  tq::Generator g(14);
+  const QParams iq = per_tensor_affine(0.04f, 128);
+  const Tensor w1 = tq::randn(Shape{6, 3, 3, 3}, g), b1 = tq::randn(Shape{6}, g);
+  const Tensor w2 = tq::randn(Shape{6, 1, 3, 3}, g);
+  tq::quant::Conv2dGeometry g1;
+  g1.pad_h = g1.pad_w = 1;
+  tq::quant::Conv2dGeometry g2 = g1;
+  g2.groups = 6;
+  g2.stride_h = g2.stride_w = 2;
+  auto model = std::make_shared<tq::nn::Sequential>();
+  model->push_back(std::make_shared<tq::quant::QuantizedConv2d>(w1, b1, weight_qparams(w1, true), per_tensor_affine(0.05f, 0),
+                                                                std::make_shared<const QParams>(iq),
+                                                                FusedActivation::relu, g1, "0"));
+  model->push_back(std::make_shared<tq::quant::QuantizedConv2d>(w2, Tensor(), weight_qparams(w2, false),
+                                                                per_tensor_affine(0.07f, 0), nullptr,
+                                                                FusedActivation::relu6, g2, "1"));
+  model->push_back(std::make_shared<tq::quant::QuantizedAdd>(per_tensor_affine(0.1f, 3), FusedActivation::none, "2"));
+  const Tensor x = tq::rand_uniform(Shape{2, 3, 9, 8}, -3, 3, g);
+  auto* c0 = dynamic_cast<tq::quant::QuantizedConv2d*>(&(*model)[0]);
+  auto* c1 = dynamic_cast<tq::quant::QuantizedConv2d*>(&(*model)[1]);
+  REQUIRE(c0 != nullptr);
+  REQUIRE(c1 != nullptr);
+  const Tensor y1 = c1->forward(c0->forward(x));  // a float input: quantized with the recorded qparams
+  const std::string path = "test_quantized_conv_model.safetensors";
+  tq::io::save_model(*model, path);
+  auto loaded = tq::io::load_model(path);
+  std::remove(path.c_str());
+  auto* l0 = dynamic_cast<tq::quant::QuantizedConv2d*>(&loaded->get_submodule("0"));
+  auto* l1 = dynamic_cast<tq::quant::QuantizedConv2d*>(&loaded->get_submodule("1"));
+  auto* l2 = dynamic_cast<tq::quant::QuantizedAdd*>(&loaded->get_submodule("2"));
+  REQUIRE(l0 != nullptr);
+  REQUIRE(l1 != nullptr);
+  REQUIRE(l2 != nullptr);
+  CHECK(l0->type_name() == "QuantizedConv2dReLU");
+  CHECK(l1->type_name() == "QuantizedConv2dReLU6");
+  CHECK(l1->depthwise());
+  CHECK(l2->output_qparams().zero_point[0] == 3);
+  const Tensor y2 = l1->forward(l0->forward(x));
+  CHECK(tq::to_vector(y2) == tq::to_vector(y1));
+  const Tensor s1 = dynamic_cast<tq::quant::QuantizedAdd&>((*model)[2]).forward(y1, y1);
+  CHECK(tq::to_vector(l2->forward(y2, y2)) == tq::to_vector(s1));
 }
