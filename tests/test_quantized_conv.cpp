@@ -12,9 +12,11 @@
 #include <vector>
 
 #include "io/model_file.h"
+#include "nn/activation.h"
 #include "nn/sequential.h"
 #include "quant/quantize.h"
 #include "quant/quantized_conv.h"
+#include "quant/quantized_pool.h"
 #include "tensor/random.h"
 #include "tensor/tensor.h"
 
@@ -215,4 +217,59 @@ TEST_CASE("QuantizedConv2d and QuantizedAdd survive save and load bit for bit", 
   CHECK(tq::to_vector(y2) == tq::to_vector(y1));
   const Tensor s1 = dynamic_cast<tq::quant::QuantizedAdd&>((*model)[2]).forward(y1, y1);
   CHECK(tq::to_vector(l2->forward(y2, y2)) == tq::to_vector(s1));
+}
+
+TEST_CASE("quantized pooling modules and Flatten keep the tensor quantized", "[quantized_conv]") {
+  tq::Generator g(15);
+  const QParams q = per_tensor_affine(0.05f, 60);
+  const Tensor x = tq::quant::quantize(tq::randn(Shape{2, 5, 7, 6}, g), q, DType::u8);
+  const auto xv = tq::to_vector(x);
+  tq::quant::Pool2dOptions o;
+  o.kernel_h = o.kernel_w = 2;
+  o.stride_h = o.stride_w = 2;
+  tq::quant::QuantizedMaxPool2d mp(o);
+  const Tensor m = mp.forward(x);
+  REQUIRE(m.shape() == (Shape{2, 5, 3, 3}));
+  CHECK(m.is_quantized());
+  CHECK(m.qparams().zero_point[0] == 60);
+  // NCHW indexing: the transposes inside are right.
+  const auto mv = tq::to_vector(m);
+  int64_t bad = 0;
+  for (int64_t n = 0; n < 2; ++n)
+    for (int64_t c = 0; c < 5; ++c)
+      for (int64_t i = 0; i < 3; ++i)
+        for (int64_t j = 0; j < 3; ++j) {
+          float best = 0;
+          for (int64_t a = 0; a < 2; ++a)
+            for (int64_t b = 0; b < 2; ++b)
+              best = std::max(best, xv[static_cast<size_t>(((n * 5 + c) * 7 + 2 * i + a) * 6 + 2 * j + b)]);
+          if (mv[static_cast<size_t>(((n * 5 + c) * 3 + i) * 3 + j)] != best) ++bad;
+        }
+  CHECK(bad == 0);
+  tq::quant::QuantizedAdaptiveAvgPool2d gap(1, 1);
+  const Tensor avg = gap.forward(x);
+  REQUIRE(avg.shape() == (Shape{2, 5, 1, 1}));
+  double sum = 0;
+  for (int64_t p = 0; p < 42; ++p) sum += xv[static_cast<size_t>(42 + p)];  // n = 0, c = 1
+  CHECK(tq::to_vector(avg)[1] == std::floor(sum / 42 + 0.5));
+  tq::quant::QuantizedAvgPool2d ap(o);
+  CHECK(ap.forward(x).shape() == (Shape{2, 5, 3, 3}));
+  tq::nn::Flatten flatten;
+  const Tensor f = flatten.forward(avg);
+  CHECK(f.shape() == (Shape{2, 5}));
+  CHECK(f.is_quantized());
+  CHECK(f.qparams().scale[0] == 0.05f);
+  CHECK_THROWS_WITH(mp.forward(tq::randn(Shape{1, 1, 4, 4}, g)), Catch::Contains("u8 tensor quantized"));
+
+  // Model files: the three modules come back with their options.
+  tq::nn::Sequential seq;
+  seq.push_back(std::make_shared<tq::quant::QuantizedMaxPool2d>(o));
+  seq.push_back(std::make_shared<tq::quant::QuantizedAvgPool2d>(o, false));
+  seq.push_back(std::make_shared<tq::quant::QuantizedAdaptiveAvgPool2d>(1, 1));
+  const std::string path = "test_quantized_pool_model.safetensors";
+  tq::io::save_model(seq, path);
+  auto loaded = tq::io::load_model(path);
+  std::remove(path.c_str());
+  CHECK(loaded->repr() == seq.repr());
+  CHECK(tq::to_vector(loaded->forward(x)) == tq::to_vector(seq.forward(x)));
 }

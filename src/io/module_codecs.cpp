@@ -24,6 +24,7 @@
 #include "quant/qat_linear.h"
 #include "quant/quantized_conv.h"
 #include "quant/quantized_linear.h"
+#include "quant/quantized_pool.h"
 
 namespace tq::io {
 
@@ -442,6 +443,48 @@ std::shared_ptr<nn::Module> decode_quantized_add(const json& c, const TensorMap&
   }
 }
 
+json pool_options_to_json(const q::Pool2dOptions& o) {
+  return {{"kernel_size", {o.kernel_h, o.kernel_w}}, {"stride", {o.stride_h, o.stride_w}}, {"padding", {o.pad_h, o.pad_w}}};
+}
+
+q::Pool2dOptions pool_options_from_json(const json& c, const std::string& type) {
+  q::Pool2dOptions o;
+  std::tie(o.kernel_h, o.kernel_w) = int_pair(c, "kernel_size", type);
+  std::tie(o.stride_h, o.stride_w) = int_pair(c, "stride", type);
+  std::tie(o.pad_h, o.pad_w) = int_pair(c, "padding", type);
+  if (o.kernel_h < 1 || o.kernel_w < 1 || o.stride_h < 1 || o.stride_w < 1 || o.pad_h < 0 || o.pad_w < 0 ||
+      2 * o.pad_h > o.kernel_h || 2 * o.pad_w > o.kernel_w)
+    throw FormatError(fmt::format("{}: implausible kernel / stride / padding", type));
+  return o;
+}
+
+ModuleCodec quantized_pool_codecs(const std::string& type) {
+  if (type == "QuantizedMaxPool2d")
+    return {[](const nn::Module& m, json& c) { c = pool_options_to_json(dynamic_cast<const q::QuantizedMaxPool2d&>(m).options); },
+            [](const json& c, const TensorMap&) -> std::shared_ptr<nn::Module> {
+              return std::make_shared<q::QuantizedMaxPool2d>(pool_options_from_json(c, "QuantizedMaxPool2d"));
+            }};
+  if (type == "QuantizedAvgPool2d")
+    return {[](const nn::Module& m, json& c) {
+              auto& p = dynamic_cast<const q::QuantizedAvgPool2d&>(m);
+              c = pool_options_to_json(p.options);
+              c["count_include_pad"] = p.count_include_pad;
+            },
+            [](const json& c, const TensorMap&) -> std::shared_ptr<nn::Module> {
+              return std::make_shared<q::QuantizedAvgPool2d>(pool_options_from_json(c, "QuantizedAvgPool2d"),
+                                                             c.at("count_include_pad").get<bool>());
+            }};
+  return {[](const nn::Module& m, json& c) {
+            auto& p = dynamic_cast<const q::QuantizedAdaptiveAvgPool2d&>(m);
+            c = {{"output_size", {p.out_h, p.out_w}}};
+          },
+          [](const json& c, const TensorMap&) -> std::shared_ptr<nn::Module> {
+            const auto [h, w] = int_pair(c, "output_size", "QuantizedAdaptiveAvgPool2d");
+            if (h < 1 || w < 1 || h > 65536 || w > 65536) throw FormatError("QuantizedAdaptiveAvgPool2d: implausible output size");
+            return std::make_shared<q::QuantizedAdaptiveAvgPool2d>(h, w);
+          }};
+}
+
 void encode_nothing(const nn::Module&, json& c) { c = json::object(); }
 
 template <class M>
@@ -471,6 +514,8 @@ std::map<std::string, ModuleCodec>& module_codecs() {
       c["QuantizedConv2d" + fused] = {encode_quantized_conv, decode_quantized_conv, quantized_conv_tensors};
       c["QuantizedAdd" + fused] = {encode_quantized_add, decode_quantized_add};
     }
+    for (const char* pool : {"QuantizedMaxPool2d", "QuantizedAvgPool2d", "QuantizedAdaptiveAvgPool2d"})
+      c[pool] = quantized_pool_codecs(pool);
     c["DynamicQuantizedLinear"] = {encode_dynamic, decode_dynamic, int8_layer_tensors<q::DynamicQuantizedLinear>};
     c["FakeQuantize"] = {encode_fake_quant, decode_fake_quant};
     c["MinMaxObserver"] = observer_codec<q::MinMaxObserver>();
