@@ -5,12 +5,13 @@
 #
 # One line per instruction set: a file whose name contains "_<tag>" gets the
 # flags. Tags combine: a file named x_avx512_vnni.cpp gets both sets.
-set(TINYQAT_ISA_TAGS avx2 avxvnni avx512 amx)
+set(TINYQAT_ISA_TAGS avx2 avxvnni avx512 avx512vnni amx)
 set(TINYQAT_ISA_FLAGS_avx2 -mavx2 -mfma)
 set(TINYQAT_ISA_FLAGS_avxvnni -mavx2 -mfma -mavxvnni)
-# "_avx512" also names the VNNI kernels (int8_gemm_avx512vnni.cpp).
-set(TINYQAT_ISA_FLAGS_avx512 -mavx2 -mfma -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni)
-set(TINYQAT_ISA_FLAGS_amx ${TINYQAT_ISA_FLAGS_avx512} -mamx-tile -mamx-int8)
+set(TINYQAT_ISA_FLAGS_avx512 -mavx2 -mfma -mavx512f -mavx512bw -mavx512vl -mavx512dq)
+# int8_gemm_avx512vnni.cpp carries both tags: the AVX-512 flags and VNNI's.
+set(TINYQAT_ISA_FLAGS_avx512vnni -mavx512vnni)
+set(TINYQAT_ISA_FLAGS_amx ${TINYQAT_ISA_FLAGS_avx512} -mavx512vnni -mamx-tile -mamx-int8)
 
 # Adds the flags above to those of `sources` whose names carry a tag. Source
 # properties belong to the directory that calls this: call it where the

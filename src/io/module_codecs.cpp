@@ -6,6 +6,8 @@
 
 #include <cmath>
 #include <limits>
+#include <tuple>
+#include <utility>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -20,7 +22,9 @@
 #include "quant/histogram_observer.h"
 #include "quant/learnable_fake_quantize.h"
 #include "quant/qat_linear.h"
+#include "quant/quantized_conv.h"
 #include "quant/quantized_linear.h"
+#include "quant/quantized_pool.h"
 
 namespace tq::io {
 
@@ -350,6 +354,137 @@ void int8_layer_tensors(const nn::Module& m, TensorMap& out) {
   if (l.bias().defined()) out["bias"] = l.bias();
 }
 
+// ---- int8 convolution and add (docs/quantized_cnn.md) ----
+
+void encode_quantized_conv(const nn::Module& m, json& c) {
+  auto& l = dynamic_cast<const q::QuantizedConv2d&>(m);
+  const auto& g = l.geometry;
+  c = {{"in_channels", l.in_channels}, {"out_channels", l.out_channels},
+       {"kernel_size", {l.kernel_h, l.kernel_w}}, {"stride", {g.stride_h, g.stride_w}},
+       {"padding", {g.pad_h, g.pad_w}}, {"dilation", {g.dilation_h, g.dilation_w}}, {"groups", g.groups},
+       {"bias", l.bias().defined()}, {"activation", q::fused_activation_name(l.activation())}, {"name", l.name},
+       {"weight_qparams", qparams_to_json(l.weight().qparams())},
+       {"output_qparams", qparams_to_json(l.output_qparams())}};
+  if (l.input_qparams()) c["input_qparams"] = qparams_to_json(*l.input_qparams());
+}
+
+std::pair<int64_t, int64_t> int_pair(const json& c, const char* key, const std::string& type) {
+  const json& v = c.at(key);
+  if (!v.is_array() || v.size() != 2) throw FormatError(fmt::format("{}: '{}' must be a pair of integers", type, key));
+  return {integer_value<int64_t>(v[0], key), integer_value<int64_t>(v[1], key)};
+}
+
+std::shared_ptr<nn::Module> decode_quantized_conv(const json& c, const TensorMap& t) {
+  const std::string type = "QuantizedConv2d";
+  const int64_t in = integer<int64_t>(c, "in_channels"), out = integer<int64_t>(c, "out_channels");
+  const auto [kh, kw] = int_pair(c, "kernel_size", type);
+  q::Conv2dGeometry g;
+  std::tie(g.stride_h, g.stride_w) = int_pair(c, "stride", type);
+  std::tie(g.pad_h, g.pad_w) = int_pair(c, "padding", type);
+  std::tie(g.dilation_h, g.dilation_w) = int_pair(c, "dilation", type);
+  g.groups = integer<int64_t>(c, "groups");
+  const int64_t limit = int64_t{1} << 16;
+  if (in <= 0 || out <= 0 || in > limit || out > limit || kh <= 0 || kw <= 0 || kh > 64 || kw > 64 ||
+      g.groups <= 0 || in % g.groups != 0 || out % g.groups != 0 || g.stride_h <= 0 || g.stride_w <= 0 ||
+      g.pad_h < 0 || g.pad_w < 0 || g.dilation_h <= 0 || g.dilation_w <= 0)
+    throw FormatError(fmt::format("{}: implausible geometry (in {}, out {}, kernel {}x{}, groups {})", type, in, out,
+                                  kh, kw, g.groups));
+  const bool bias = c.at("bias").get<bool>();
+  const QParams wq = qparams_from_json(c.at("weight_qparams"), type + " weight_qparams");
+  const QParams oq = qparams_from_json(c.at("output_qparams"), type + " output_qparams");
+  std::shared_ptr<const QParams> iq;
+  if (c.contains("input_qparams"))
+    iq = std::make_shared<const QParams>(qparams_from_json(c["input_qparams"], type + " input_qparams"));
+  const Tensor& w = need(t, "weight", type);
+  if (w.dtype() != DType::i8) throw FormatError(fmt::format("{}: weight must be I8, got {}", type, dtype_name(w.dtype())));
+  if (!(w.shape() == Shape{out, in / g.groups, kh, kw}))
+    throw FormatError(fmt::format("{}: weight of shape {} does not match ({}, {}, {}, {})", type, w.shape().str(), out,
+                                  in / g.groups, kh, kw));
+  if (is_per_channel(wq.scheme) && (wq.axis != 0 || static_cast<int64_t>(wq.scale.size()) != out))
+    throw FormatError(fmt::format("{}: {} weight scales for {} output channels (axis {})", type, wq.scale.size(), out, wq.axis));
+  for (int64_t i = 0; i < w.numel(); ++i) {
+    const int v = w.data<int8_t>()[i];
+    if (v < wq.quant_min || v > wq.quant_max)
+      throw FormatError(fmt::format("{}: weight value {} lies outside its range [{}, {}]", type, v, wq.quant_min, wq.quant_max));
+  }
+  Tensor b;
+  if (bias) {
+    b = need(t, "bias", type);
+    if (b.dtype() != DType::f32 || !(b.shape() == Shape{out}))
+      throw FormatError(fmt::format("{}: bias must be F32 of shape ({})", type, out));
+  }
+  try {
+    return std::make_shared<q::QuantizedConv2d>(with_qparams(w, std::make_shared<const QParams>(wq)), b, wq, oq, iq,
+                                                activation_from(c), g, c.at("name").get<std::string>());
+  } catch (const std::invalid_argument& e) {
+    throw FormatError(e.what());
+  }
+}
+
+// The int8 convolution stores its i8 weight (4-D: never int4-packed) and its float bias.
+void quantized_conv_tensors(const nn::Module& m, TensorMap& out) {
+  auto& l = dynamic_cast<const q::QuantizedConv2d&>(m);
+  out["weight"] = l.weight().detach();
+  if (l.bias().defined()) out["bias"] = l.bias();
+}
+
+void encode_quantized_add(const nn::Module& m, json& c) {
+  auto& a = dynamic_cast<const q::QuantizedAdd&>(m);
+  c = {{"activation", q::fused_activation_name(a.activation())}, {"name", a.name},
+       {"output_qparams", qparams_to_json(a.output_qparams())}};
+}
+
+std::shared_ptr<nn::Module> decode_quantized_add(const json& c, const TensorMap&) {
+  const QParams oq = qparams_from_json(c.at("output_qparams"), "QuantizedAdd output_qparams");
+  try {
+    return std::make_shared<q::QuantizedAdd>(oq, activation_from(c), c.at("name").get<std::string>());
+  } catch (const std::invalid_argument& e) {
+    throw FormatError(e.what());
+  }
+}
+
+json pool_options_to_json(const q::Pool2dOptions& o) {
+  return {{"kernel_size", {o.kernel_h, o.kernel_w}}, {"stride", {o.stride_h, o.stride_w}}, {"padding", {o.pad_h, o.pad_w}}};
+}
+
+q::Pool2dOptions pool_options_from_json(const json& c, const std::string& type) {
+  q::Pool2dOptions o;
+  std::tie(o.kernel_h, o.kernel_w) = int_pair(c, "kernel_size", type);
+  std::tie(o.stride_h, o.stride_w) = int_pair(c, "stride", type);
+  std::tie(o.pad_h, o.pad_w) = int_pair(c, "padding", type);
+  if (o.kernel_h < 1 || o.kernel_w < 1 || o.stride_h < 1 || o.stride_w < 1 || o.pad_h < 0 || o.pad_w < 0 ||
+      2 * o.pad_h > o.kernel_h || 2 * o.pad_w > o.kernel_w)
+    throw FormatError(fmt::format("{}: implausible kernel / stride / padding", type));
+  return o;
+}
+
+ModuleCodec quantized_pool_codecs(const std::string& type) {
+  if (type == "QuantizedMaxPool2d")
+    return {[](const nn::Module& m, json& c) { c = pool_options_to_json(dynamic_cast<const q::QuantizedMaxPool2d&>(m).options); },
+            [](const json& c, const TensorMap&) -> std::shared_ptr<nn::Module> {
+              return std::make_shared<q::QuantizedMaxPool2d>(pool_options_from_json(c, "QuantizedMaxPool2d"));
+            }};
+  if (type == "QuantizedAvgPool2d")
+    return {[](const nn::Module& m, json& c) {
+              auto& p = dynamic_cast<const q::QuantizedAvgPool2d&>(m);
+              c = pool_options_to_json(p.options);
+              c["count_include_pad"] = p.count_include_pad;
+            },
+            [](const json& c, const TensorMap&) -> std::shared_ptr<nn::Module> {
+              return std::make_shared<q::QuantizedAvgPool2d>(pool_options_from_json(c, "QuantizedAvgPool2d"),
+                                                             c.at("count_include_pad").get<bool>());
+            }};
+  return {[](const nn::Module& m, json& c) {
+            auto& p = dynamic_cast<const q::QuantizedAdaptiveAvgPool2d&>(m);
+            c = {{"output_size", {p.out_h, p.out_w}}};
+          },
+          [](const json& c, const TensorMap&) -> std::shared_ptr<nn::Module> {
+            const auto [h, w] = int_pair(c, "output_size", "QuantizedAdaptiveAvgPool2d");
+            if (h < 1 || w < 1 || h > 65536 || w > 65536) throw FormatError("QuantizedAdaptiveAvgPool2d: implausible output size");
+            return std::make_shared<q::QuantizedAdaptiveAvgPool2d>(h, w);
+          }};
+}
+
 void encode_nothing(const nn::Module&, json& c) { c = json::object(); }
 
 template <class M>
@@ -376,7 +511,11 @@ std::map<std::string, ModuleCodec>& module_codecs() {
       c["QATLinear" + fused] = {encode_prepared, decode_prepared<q::QATLinear>};
       c["ObservedLinear" + fused] = {encode_prepared, decode_prepared<q::ObservedLinear>};
       c["QuantizedLinear" + fused] = {encode_quantized, decode_quantized, int8_layer_tensors<q::QuantizedLinear>};
+      c["QuantizedConv2d" + fused] = {encode_quantized_conv, decode_quantized_conv, quantized_conv_tensors};
+      c["QuantizedAdd" + fused] = {encode_quantized_add, decode_quantized_add};
     }
+    for (const char* pool : {"QuantizedMaxPool2d", "QuantizedAvgPool2d", "QuantizedAdaptiveAvgPool2d"})
+      c[pool] = quantized_pool_codecs(pool);
     c["DynamicQuantizedLinear"] = {encode_dynamic, decode_dynamic, int8_layer_tensors<q::DynamicQuantizedLinear>};
     c["FakeQuantize"] = {encode_fake_quant, decode_fake_quant};
     c["MinMaxObserver"] = observer_codec<q::MinMaxObserver>();

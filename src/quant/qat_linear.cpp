@@ -11,11 +11,16 @@
 
 namespace tq::quant {
 
+const std::shared_ptr<const QParams>& observed_grid_marker() {
+  static const std::shared_ptr<const QParams> marker = std::make_shared<const QParams>();
+  return marker;
+}
+
 namespace {
 // Marks the output of an observed (not fake-quantized) layer: after convert
 // it will be a quantized tensor, so the next layer must not treat it as a
 // float input. Its values are not used.
-const std::shared_ptr<const QParams> kObservedGrid = std::make_shared<const QParams>();
+const std::shared_ptr<const QParams>& kObservedGrid = observed_grid_marker();
 }  // namespace
 
 QATLinear::QATLinear(const nn::Linear& f, const QConfig& qconfig, FusedActivation activation)
@@ -43,6 +48,8 @@ struct BiasFakeQuantBackward final : Node {
   void backward(const Tensor& g, Tensor* gi) override { gi[0] = g; }
 };
 
+}  // namespace
+
 Tensor fake_quantize_bias(const Tensor& bias, float x_scale, const QParams& wq) {
   const int64_t n = bias.numel();
   Tensor out = empty(bias.shape());
@@ -55,8 +62,6 @@ Tensor fake_quantize_bias(const Tensor& bias, float x_scale, const QParams& wq) 
   if (any_requires_grad(bias)) record<BiasFakeQuantBackward>(out, {bias});
   return out;
 }
-
-}  // namespace
 
 Tensor QATLinear::quantized_bias(const Tensor& x_q) const {
   if (!bias.defined()) return bias;

@@ -25,6 +25,16 @@
 
 namespace tq::quant {
 
+// The fake_quant_grid mark on the output of an observed (not fake-quantized)
+// layer: after convert that output is a quantized tensor, so the next layer
+// must not fake-quantize it as a float input. Shared by every prepared layer.
+const std::shared_ptr<const QParams>& observed_grid_marker();
+
+// The bias rounded to the accumulator grid x_scale * s_w (per channel when wq
+// is), clamped to the int8 kernels' |bias_q| <= 2^30 (docs/quantization.md
+// eq. 12); the gradient passes straight through.
+Tensor fake_quantize_bias(const Tensor& bias, float x_scale, const QParams& wq);
+
 class QATLinear : public nn::Linear, public PreparedLayer {
  public:
   QATLinear(const nn::Linear& float_linear, const QConfig& qconfig,
