@@ -65,6 +65,9 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), e.what());
     return 2;
+  } catch (const tq::cli::OutputPathError& e) {
+    std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), e.what());
+    return 2;
   } catch (const cxxopts::exceptions::exception& e) {
     std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), e.what());
     return 2;

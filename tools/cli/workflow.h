@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -120,8 +121,14 @@ double latency_us(nn::Module& model, const io::Dataset& data, int64_t batch, int
 double latency_us_one_thread(nn::Module& model, const io::Dataset& data, int64_t batch);
 
 int64_t file_bytes(const std::string& path);
-// Throws when the directory that would hold `path` does not exist.
-void check_output_path(const std::string& path);
+// An output that must not be written: a device, FIFO, socket, directory or
+// symlink (docs/cli.md "Outputs"); the message names `option`.
+struct OutputPathError : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+// Throws OutputPathError when `path` exists and is not a regular file, and
+// std::runtime_error when the directory that would hold it does not exist.
+void check_output_path(const std::string& path, const std::string& option = "--out");
 // The output scale of the last quantized layer (one quantization step of the logits).
 double output_step(nn::Module& model);
 
