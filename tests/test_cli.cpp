@@ -380,4 +380,30 @@ TEST_CASE("cli: --out and --checkpoint are refused before any work when they wou
                         1, "--checkpoint /nonexistent/dir/c: directory");
   fs::remove(fifo);
   fs::remove(link);
+
+TEST_CASE("cli train --arch cnn and mobilenet_v2: image models train, save, eval and inspect", "[cli][cnn]") {
+  // A small slice keeps this to seconds; the data loader hands (B, 1, 28, 28) images.
+  const std::string cnn = temp_path("cnn.safetensors");
+  const json j = json_of(tinyqat("train --arch cnn --epochs 1 --limit-train 600 --limit-test 200 --out " + cnn + " --json"));
+  CHECK(j["accuracy"].get<double>() > 40.0);  // chance is 10%
+  auto m = tq::io::load_model(cnn);
+  CHECK_THAT(m->repr(), Contains("Conv2d(1, 32") && Contains("BatchNorm2d(64") && Contains("MaxPool2d"));
+
+  // eval reads the same file and the same 200 test images: the same accuracy.
+  const json e = json_of(tinyqat("eval --model " + cnn + " --limit-test 200 --latency-repeats 1 --json"));
+  CHECK(e["samples"] == 200);
+  CHECK(e["accuracy"].get<double>() == j["accuracy"].get<double>());
+  const json i = json_of(tinyqat("inspect --model " + cnn + " --json"));
+  CHECK(i["elements"].get<int64_t>() == 421834 + 2 * (32 + 64) + 2);  // parameters + BatchNorm buffers
+
+  const std::string mbv2 = temp_path("mbv2.safetensors");
+  const json k = json_of(tinyqat("train --arch mobilenet_v2 --width 0.25 --epochs 1 --limit-train 128 --limit-test 32 --out " +
+                                 mbv2 + " --json"));
+  CHECK(k["epochs"].size() == 1);
+  CHECK_THAT(tq::io::load_model(mbv2)->repr(), Contains("MobileNetV2(") && Contains("InvertedResidual("));
+
+  expect_one_line_error(tinyqat("train --arch resnet --out " + temp_path("x")), 2, "--arch");
+  expect_one_line_error(tinyqat("train --arch cnn --hidden 32 --out " + temp_path("x")), 2, "--hidden");
+  expect_one_line_error(tinyqat("train --arch cnn --width 0.5 --out " + temp_path("x")), 2, "--width");
+  expect_one_line_error(tinyqat("train --arch mobilenet_v2 --width 0 --out " + temp_path("x")), 2, "--width");
 }

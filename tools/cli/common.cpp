@@ -203,7 +203,8 @@ std::optional<Checkpoint> resume_checkpoint(const cxxopts::ParseResult& r, const
 
 TrainState run_training(const cxxopts::ParseResult& r, nn::Module& model, const FashionMnist& data, const json& cmd,
                         const std::optional<Checkpoint>& ck, TrainOptions& topt) {
-  io::DataLoader loader(data.train, {.batch_size = cmd["batch_size"].get<int64_t>(), .seed = cmd["seed"].get<uint64_t>()});
+  io::DataLoader loader(data.train, {.batch_size = cmd["batch_size"].get<int64_t>(), .seed = cmd["seed"].get<uint64_t>(),
+                                     .as_images = takes_images(model)});
   nn::SGD optimizer(model.parameters(), {.lr = cmd["lr"].get<double>(), .momentum = cmd["momentum"].get<double>()});
   TrainState st;
   if (ck) {

@@ -267,8 +267,17 @@ void restore_optimizer(nn::SGD& optimizer, const Checkpoint& c, const std::strin
   }
 }
 
+bool takes_images(const nn::Module& model) {
+  for (auto& [path, m] : model.named_modules()) {
+    for (auto& [name, p] : m->named_parameters(false))
+      if (name == "weight") return p.dim() == 4;
+    if (const Tensor w = m->buffer("weight"); w.defined()) return w.dim() == 4;  // an int8 layer's
+  }
+  return false;
+}
+
 quant::Evaluation evaluate(nn::Module& model, const io::Dataset& data, int64_t batch_size) {
-  io::DataLoader loader(data, {.batch_size = batch_size, .shuffle = false});
+  io::DataLoader loader(data, {.batch_size = batch_size, .shuffle = false, .as_images = takes_images(model)});
   io::Batch batch;
   return quant::evaluate(model, [&](Tensor& inputs, Tensor& labels) {
     if (!loader.next(batch)) return false;
@@ -280,7 +289,9 @@ quant::Evaluation evaluate(nn::Module& model, const io::Dataset& data, int64_t b
 
 int64_t calibrate(nn::Module& model, const io::Dataset& data, int64_t batches, const io::DataLoaderOptions& options,
                   bool progress) {
-  io::DataLoader loader(data, options);
+  io::DataLoaderOptions o = options;
+  o.as_images = takes_images(model);
+  io::DataLoader loader(data, o);
   io::Batch batch;
   Progress bar("calibrate", batches, progress);
   return quant::calibrate(
@@ -296,7 +307,7 @@ int64_t calibrate(nn::Module& model, const io::Dataset& data, int64_t batches, c
 double latency_us(nn::Module& model, const io::Dataset& data, int64_t batch, int repeats) {
   NoGradGuard no_grad;
   model.eval();
-  io::DataLoader loader(data, {.batch_size = batch, .shuffle = false});
+  io::DataLoader loader(data, {.batch_size = batch, .shuffle = false, .as_images = takes_images(model)});
   io::Batch b;
   loader.next(b);
   model(b.images);  // warm up (packs caches, wakes threads)

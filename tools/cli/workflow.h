@@ -23,6 +23,10 @@ namespace tq::cli {
 
 // MLP in -> hidden... -> classes, as a Sequential named fc1, relu1, fc2, ...
 std::shared_ptr<nn::Sequential> make_mlp(int64_t in_features, const std::vector<int64_t>& hidden, int64_t classes);
+// Does `model` take images (B, C, H, W) rather than flat rows (B, H*W)? Yes
+// when the first layer with a weight has a 4-D one: a convolution. The data
+// loader is set up accordingly (DataLoaderOptions::as_images).
+bool takes_images(const nn::Module& model);
 // "256,128" -> {256, 128}; throws std::invalid_argument naming the text.
 std::vector<int64_t> parse_hidden(const std::string& text);
 
