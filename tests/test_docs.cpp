@@ -103,7 +103,8 @@ TEST_CASE("docs: every linked or named file exists, every named function exists"
 
 namespace {
 
-// The equation numbers a docs page defines: a line ending in "(N)".
+// The equation numbers a docs page defines: a line, or a table row's last
+// cell, ending in "(N)".
 std::set<int> equations_of(const std::string& page) {
   static std::map<std::string, std::set<int>> cache;
   if (auto it = cache.find(page); it != cache.end()) return it->second;
@@ -111,7 +112,7 @@ std::set<int> equations_of(const std::string& page) {
   const fs::path p = kRoot / "docs" / page;
   if (fs::exists(p)) {
     const std::string doc = read_file(p);
-    const std::regex numbered(R"(\((\d+)\)[ \t]*(\r?\n|$))");
+    const std::regex numbered(R"(\((\d+)\)[ \t]*(\|[ \t]*)?(\r?\n|$))");
     for (std::sregex_iterator it(doc.begin(), doc.end(), numbered), end; it != end; ++it)
       eqs.insert(std::stoi((*it)[1]));
   }

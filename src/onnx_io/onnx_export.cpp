@@ -94,7 +94,7 @@ std::string float_activation(GraphWriter& g, const std::string& path, const std:
   return r;
 }
 
-// The integer codes a fused activation keeps (eq. 14), as a pair.
+// The integer codes a fused activation keeps (docs/quantization.md eq. 14), as a pair.
 std::pair<int32_t, int32_t> codes_of(quant::FusedActivation a, const QParams& q) {
   const quant::OutputRange r = quant::fused_output_range(a, q);
   return {r.min, r.max};
@@ -182,7 +182,7 @@ Value export_quantized_linear(const nn::Module& m, const std::string& path, cons
   }
   std::string y = g.fresh(scope(path) + "Gemm_output_0");
   set_int(g.node("Gemm", gemm_in, {y}, scope(path) + "Gemm"), "transB", 1);
-  // tinyqat clamps the output codes to the fused activation's range (eq. 14):
+  // tinyqat clamps the output codes to the fused activation's range (docs/quantization.md eq. 14):
   // Relu (Clip(0, 6) for ReLU6) before QuantizeLinear computes the same, and
   // Relu -> QuantizeLinear is a pattern the runtime fuses.
   y = float_activation(g, path, y, act);

@@ -4,11 +4,11 @@
 // Offline (here, at construction, floats allowed): the weights are quantized
 // to i8 with their per-channel scales and packed for the kernel; the bias
 // stays float until the input scale is known, then becomes i32 with scale
-// s_x s_w (quantization.md eq. 12); the multipliers M = s_x s_w / s_y (eq. 13) become Q31 fixed point.
+// s_x s_w (docs/quantization.md eq. 12); the multipliers M = s_x s_w / s_y (docs/quantization.md eq. 13) become Q31 fixed point.
 // Run time (forward, integers only): u8 input, i32 accumulation with the
 // zero-point term folded out of the inner loop, fixed-point requantization,
 // + z_y, clamp (raised to z_y when a ReLU is fused, and lowered to the code of
-// real 6 for a ReLU6: eq. 14); u8 output that the next layer takes as it is.
+// real 6 for a ReLU6: docs/quantization.md eq. 14); u8 output that the next layer takes as it is.
 #pragma once
 
 #include <memory>
