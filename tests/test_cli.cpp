@@ -380,6 +380,7 @@ TEST_CASE("cli: --out and --checkpoint are refused before any work when they wou
                         1, "--checkpoint /nonexistent/dir/c: directory");
   fs::remove(fifo);
   fs::remove(link);
+}
 
 TEST_CASE("cli train --arch cnn and mobilenet_v2: image models train, save, eval and inspect", "[cli][cnn]") {
   // A small slice keeps this to seconds; the data loader hands (B, 1, 28, 28) images.
