@@ -574,6 +574,18 @@ std::shared_ptr<nn::Module> decode_dropout(const json& c, const TensorMap&) {
   return std::make_shared<nn::Dropout>(c.at("p").get<double>());
 }
 
+// ReLU6's `inplace` changes only its printout; a file records it when set.
+void encode_relu6(const nn::Module& m, json& c) {
+  c = json::object();
+  if (dynamic_cast<const nn::ReLU6&>(m).inplace) c["inplace"] = true;
+}
+
+std::shared_ptr<nn::Module> decode_relu6(const json& c, const TensorMap&) {
+  const auto it = c.find("inplace");
+  if (it != c.end() && !it->is_boolean()) throw std::invalid_argument("'inplace' must be true or false");
+  return std::make_shared<nn::ReLU6>(it != c.end() && it->get<bool>());
+}
+
 void encode_flatten(const nn::Module& m, json& c) { c = {{"start_dim", dynamic_cast<const nn::Flatten&>(m).start_dim}}; }
 
 std::shared_ptr<nn::Module> decode_flatten(const json& c, const TensorMap&) {
@@ -643,7 +655,7 @@ std::map<std::string, ModuleCodec>& module_codecs() {
     std::map<std::string, ModuleCodec> c;
     c["Sequential"] = simple_codec<nn::Sequential>();
     c["ReLU"] = simple_codec<nn::ReLU>();
-    c["ReLU6"] = simple_codec<nn::ReLU6>();
+    c["ReLU6"] = {encode_relu6, decode_relu6};
     c["Flatten"] = {encode_flatten, decode_flatten};
     c["Add"] = simple_codec<nn::Add>();
     c["Conv2d"] = {encode_conv, decode_conv};
