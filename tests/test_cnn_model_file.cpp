@@ -75,8 +75,8 @@ TEST_CASE("small-input MobileNetV2 model file loads back with identical outputs"
   check_round_trip(*model, {2, 1, 28, 28}, "mbv2.safetensors");
   // The residual adds and the BatchNorm buffers are in the file.
   const auto file = io::load_safetensors(temp_path("mbv2.safetensors"));
-  CHECK(file.tensors.count("features.1.conv.1.running_var"));
-  CHECK(file.tensors.at("features.1.conv.1.num_batches_tracked").dtype() == DType::i64);
+  CHECK(file.tensors.count("features.1.conv.2.running_var"));
+  CHECK(file.tensors.at("features.1.conv.2.num_batches_tracked").dtype() == DType::i64);
   CHECK_THAT(file.metadata.at("tinyqat"), Contains("\"type\":\"Add\""));
 }
 
