@@ -194,7 +194,7 @@ namespace {
 // A custom node whose backward returns a gradient of the wrong shape.
 struct BadShapeBackward final : Node {
   const char* name() const override { return "BadShapeBackward"; }
-  void backward(const Tensor& g, Tensor* gi) override { gi[0] = zeros({7}); }
+  void backward(const Tensor& /*g*/, Tensor* gi) override { gi[0] = zeros({7}); }
 };
 }  // namespace
 

@@ -98,7 +98,7 @@ TEST_CASE("gradcheck: add, sub, mul, div with broadcasting", "[autograd][gradche
         const Tensor a = randn_seeded(c.a, seed);
         // Divisors in [0.5, 2] in magnitude: 1/b stays smooth over the step.
         const Tensor b = std::string(name) == "div" ? away_from_zero(c.b, seed + 100, 0.5, 2.0) : randn_seeded(c.b, seed + 100);
-        REQUIRE_GRADCHECK(gradcheck([op](const Inputs& in) { return op(in[0], in[1]); }, {a, b}, kDefault));
+        REQUIRE_GRADCHECK(gradcheck([op = op](const Inputs& in) { return op(in[0], in[1]); }, {a, b}, kDefault));
       }
       ++seed;
     }
@@ -254,7 +254,7 @@ TEST_CASE("gradcheck: cross_entropy and mse_loss", "[autograd][gradcheck]") {
   const Tensor pred = randn_seeded({3, 4}, 82), want = randn_seeded({3, 4}, 83);
   for (auto [r, name] : {std::pair{Reduction::mean, "mean"}, {Reduction::sum, "sum"}, {Reduction::none, "none"}}) {
     SECTION(std::string("mse_loss, ") + name) {
-      REQUIRE_GRADCHECK(gradcheck([r](const Inputs& in) { return tq::mse_loss(in[0], in[1], r); }, {pred, want}, kDefault));
+      REQUIRE_GRADCHECK(gradcheck([r = r](const Inputs& in) { return tq::mse_loss(in[0], in[1], r); }, {pred, want}, kDefault));
     }
   }
 }

@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include "test_files.h"
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -337,4 +338,73 @@ TEST_CASE("cli: a failing command leaves an existing --out file untouched", "[cl
       beside += e.path().filename().string().rfind("sentinel.safetensors.tmp", 0) == 0;
     CHECK(beside == 0);
   }
+}
+
+TEST_CASE("cli: --out and --checkpoint are refused before any work when they would destroy a file", "[cli][errors]") {
+  const std::string precious = temp_path("precious.safetensors");
+  const std::string bytes = "a file that must survive\n";
+  const std::string fifo = temp_path("out.fifo");
+  fs::remove(fifo);
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const std::string link = temp_path("link.safetensors");
+  fs::remove(link);
+  fs::create_symlink(precious, link);
+  // --data names a directory without the data: each refusal must come before it is read.
+  const std::string nodata = " --data " + temp_path("no_such_dir");
+  const std::vector<std::tuple<std::string, std::string>> refused = {
+      {"train --epochs 1 --out /dev/null", "--out /dev/null: is not a regular file"},
+      {"train --epochs 1 --out " + fifo, "is not a regular file"},
+      {"train --epochs 1 --out " + scratch_dir().string(), "is a directory"},
+      {"train --epochs 1 --out " + link, "is a symbolic link"},
+      {"train --epochs 1 --out x.st --checkpoint-every 5 --checkpoint " + link, "--checkpoint " + link + ": is a symbolic link"},
+      {"train --epochs 1 --out x.st --checkpoint-every 5 --checkpoint /dev/null", "--checkpoint /dev/null"},
+      {"qat --from " + precious + " --out " + temp_path("q.st") + " --checkpoint-every 5 --checkpoint " + precious,
+       "is also --from"},
+      {"qat --from " + precious + " --out " + precious, "--out " + precious + " is also --from"},
+      {"ptq --from " + precious + " --out " + link, "is a symbolic link"},
+      {"dynamic --from " + link + " --out " + precious, "is also --from"},  // the same file through a link
+      {"train --out " + precious + " --resume " + precious, "is also --resume"},
+  };
+  for (const auto& [args, text] : refused) {
+    INFO(args);
+    write_bytes(precious, bytes);
+    expect_one_line_error(tinyqat(args + nodata), 2, text);
+    CHECK(read_bytes(precious) == bytes);
+    CHECK(fs::is_symlink(link));
+    CHECK(fs::is_fifo(fifo));
+    CHECK(fs::is_character_file("/dev/null"));
+  }
+  // A checkpoint directory that does not exist is reported as --checkpoint.
+  expect_one_line_error(tinyqat("train --epochs 1 --hidden 8 --checkpoint-every 5 --checkpoint /nonexistent/dir/c --out " +
+                                temp_path("c.st")),
+                        1, "--checkpoint /nonexistent/dir/c: directory");
+  fs::remove(fifo);
+  fs::remove(link);
+}
+
+TEST_CASE("cli train --arch cnn and mobilenet_v2: image models train, save, eval and inspect", "[cli][cnn]") {
+  // A small slice keeps this to seconds; the data loader hands (B, 1, 28, 28) images.
+  const std::string cnn = temp_path("cnn.safetensors");
+  const json j = json_of(tinyqat("train --arch cnn --epochs 1 --limit-train 600 --limit-test 200 --out " + cnn + " --json"));
+  CHECK(j["accuracy"].get<double>() > 40.0);  // chance is 10%
+  auto m = tq::io::load_model(cnn);
+  CHECK_THAT(m->repr(), Contains("Conv2d(1, 32") && Contains("BatchNorm2d(64") && Contains("MaxPool2d"));
+
+  // eval reads the same file and the same 200 test images: the same accuracy.
+  const json e = json_of(tinyqat("eval --model " + cnn + " --limit-test 200 --latency-repeats 1 --json"));
+  CHECK(e["samples"] == 200);
+  CHECK(e["accuracy"].get<double>() == j["accuracy"].get<double>());
+  const json i = json_of(tinyqat("inspect --model " + cnn + " --json"));
+  CHECK(i["elements"].get<int64_t>() == 421834 + 2 * (32 + 64) + 2);  // parameters + BatchNorm buffers
+
+  const std::string mbv2 = temp_path("mbv2.safetensors");
+  const json k = json_of(tinyqat("train --arch mobilenet_v2 --width 0.25 --epochs 1 --limit-train 128 --limit-test 32 --out " +
+                                 mbv2 + " --json"));
+  CHECK(k["epochs"].size() == 1);
+  CHECK_THAT(tq::io::load_model(mbv2)->repr(), Contains("MobileNetV2(") && Contains("InvertedResidual("));
+
+  expect_one_line_error(tinyqat("train --arch resnet --out " + temp_path("x")), 2, "--arch");
+  expect_one_line_error(tinyqat("train --arch cnn --hidden 32 --out " + temp_path("x")), 2, "--hidden");
+  expect_one_line_error(tinyqat("train --arch cnn --width 0.5 --out " + temp_path("x")), 2, "--width");
+  expect_one_line_error(tinyqat("train --arch mobilenet_v2 --width 0 --out " + temp_path("x")), 2, "--width");
 }

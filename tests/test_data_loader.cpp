@@ -343,3 +343,32 @@ TEST_CASE("DataLoader: bad arguments", "[data]") {
   REQUIRE_THROWS_WITH(DataLoader(d.images, tq::kernels::slice(d.labels, 0, 0, 9)), Contains("labels (10)"));
   REQUIRE_THROWS_WITH(DataLoader(tq::zeros({10, 2}), d.labels), Contains("expected u8 images (N, ...), found f32 (10, 2)"));
 }
+
+TEST_CASE("DataLoader: as_images hands (B, 1, H, W) batches with the rows' values", "[data]") {
+  std::vector<uint8_t> pixels(5 * 3 * 4);
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>(i * 7);
+  Dataset d;
+  d.images = tq::from_bytes(pixels.data(), tq::DType::u8, {5, 3, 4});
+  d.labels = tq::from_bytes(std::vector<uint8_t>{0, 1, 2, 3, 4}.data(), tq::DType::u8, {5});
+  DataLoaderOptions rows{.batch_size = 2, .seed = 5};
+  DataLoaderOptions images = rows;
+  images.as_images = true;
+  DataLoader flat(d, rows), nchw(d, images);
+  Batch a, b;
+  int64_t batches = 0;
+  while (flat.next(a)) {
+    REQUIRE(nchw.next(b));
+    ++batches;
+    REQUIRE(a.images.shape() == tq::Shape{a.size(), 12});
+    REQUIRE(b.images.shape() == tq::Shape{a.size(), 1, 3, 4});
+    for (int64_t k = 0; k < a.images.numel(); ++k) CHECK(b.images.data<float>()[k] == a.images.data<float>()[k]);
+    for (int64_t k = 0; k < a.size(); ++k) CHECK(b.labels.data<int64_t>()[k] == a.labels.data<int64_t>()[k]);
+  }
+  CHECK(batches == 3);  // 2 + 2 + 1: the last partial batch is (1, 1, 3, 4)
+
+  // Rows of data that have no image shape cannot be handed as images.
+  Dataset rows_only;
+  rows_only.images = tq::from_bytes(pixels.data(), tq::DType::u8, {5, 12});
+  rows_only.labels = d.labels;
+  CHECK_THROWS_WITH(DataLoader(rows_only, images), Catch::Matchers::Contains("as_images"));
+}

@@ -516,8 +516,8 @@ TEST_CASE("model file: defects of a model file are FormatErrors naming the file 
   }
   {
     json m = meta;
-    m["model"]["children"][0]["module"]["type"] = "Conv2d";
-    expect_error(with_meta(m), "module 'fc1' has type Conv2d");
+    m["model"]["children"][0]["module"]["type"] = "Conv3d";
+    expect_error(with_meta(m), "module 'fc1' has type Conv3d");
   }
   {
     json m = meta;

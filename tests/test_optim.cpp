@@ -1,4 +1,4 @@
-// Optimizers (groups, Adam / AdamW against formulas in double, errors),
+// Optimizers (docs/optim.md: groups, Adam / AdamW against formulas in double, errors),
 // checkpoint states that resume bit for bit through a safetensors file,
 // schedule states, gradient clipping's edge cases, and model snapshots.
 #include <catch2/catch.hpp>

@@ -8,7 +8,15 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <functional>
+#include <limits>
 #include <string>
+#include <tuple>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "io/safetensors.h"
 
 namespace {
 
@@ -94,4 +102,58 @@ TEST_CASE("train and qat: a loss that turns NaN stops naming epoch and step, and
   CHECK(qerr.find("not finite") != std::string::npos);
   CHECK(std::filesystem::exists(dir + "/q.st.ckpt"));
   CHECK_FALSE(std::filesystem::exists(dir + "/q.st"));
+}
+
+TEST_CASE("resume: every checkpoint counter is checked where it is read, naming the file and field", "[resume][cli][errors]") {
+  const std::string dir = (std::filesystem::temp_directory_path() / "tinyqat_resume_hostile").string();
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  // A checkpoint at step 50 of the first of two epochs (no epoch completed yet).
+  REQUIRE(run("train --epochs 2 --hidden 8 --batch-size 256 --checkpoint-every 50 --stop-after 50 --out " + dir +
+                  "/m.st",
+              dir) == 0);
+  const tq::io::SafetensorsFile good = tq::io::load_safetensors(dir + "/m.st.ckpt");
+  REQUIRE(good.metadata.count("tinyqat_checkpoint"));
+  using Edit = std::function<void(nlohmann::json&, tq::io::SafetensorsFile&)>;
+  const std::vector<std::tuple<const char*, Edit, const char*>> cases = {
+      // epoch == the run's epoch count: the loop would not run and the empty history was read (a crash).
+      {"epoch equals epochs", [](nlohmann::json& j, auto&) { j["epoch"] = 2; }, "field 'epoch' is 2"},
+      {"negative epoch", [](nlohmann::json& j, auto&) { j["epoch"] = -1; }, "field 'epoch'"},
+      {"history too short",
+       [](nlohmann::json& j, auto&) {
+         j["epoch"] = 1;
+         j["loader"]["epoch"] = 1;
+       },
+       "field 'history'"},
+      {"negative step", [](nlohmann::json& j, auto&) { j["step_in_epoch"] = -5; }, "field 'step_in_epoch'"},
+      {"global step behind", [](nlohmann::json& j, auto&) { j["global_step"] = 3; }, "field 'global_step'"},
+      {"negative loss sum", [](nlohmann::json& j, auto&) { j["loss_sum"] = -1.0; }, "field 'loss_sum'"},
+      {"loader position", [](nlohmann::json& j, auto&) { j["loader"]["next_batch"] = 7; }, "field 'loader.next_batch'"},
+      {"loader epoch", [](nlohmann::json& j, auto&) { j["loader"]["epoch"] = 9; }, "field 'loader.epoch'"},
+      {"loader batch size", [](nlohmann::json& j, auto&) { j["loader"]["batch_size"] = 0; }, "field 'loader'"},
+      {"epochs in the command", [](nlohmann::json& j, auto&) { j["command"]["epochs"] = -3; }, "field 'command.epochs'"},
+      {"NaN momentum",
+       [](nlohmann::json&, tq::io::SafetensorsFile& f) {
+         auto it = f.tensors.find("__optimizer__.momentum.1");
+         REQUIRE(it != f.tensors.end());
+         it->second.template data<float>()[0] = std::numeric_limits<float>::quiet_NaN();
+       },
+       "momentum"},
+  };
+  for (const auto& [label, edit, expect] : cases) {
+    INFO(label);
+    tq::io::SafetensorsFile f = tq::io::parse_safetensors(tq::io::serialize_safetensors(good), "copy");
+    nlohmann::json j = nlohmann::json::parse(f.metadata["tinyqat_checkpoint"]);
+    edit(j, f);
+    f.metadata["tinyqat_checkpoint"] = j.dump();
+    const std::string path = dir + "/bad.ckpt";
+    tq::io::save_safetensors(path, f);
+    CHECK(run("train --out " + dir + "/x.st --resume " + path, dir) == 1);
+    const std::string err = read_all(dir + "/stderr.txt");
+    INFO(err);
+    CHECK(err.find(path) != std::string::npos);
+    CHECK(err.find(expect) != std::string::npos);
+    CHECK(std::count(err.begin(), err.end(), '\n') == 1);
+    CHECK_FALSE(std::filesystem::exists(dir + "/x.st"));
+  }
 }

@@ -43,6 +43,9 @@ DataLoader::DataLoader(Tensor images, Tensor labels, const DataLoaderOptions& op
     throw std::invalid_argument(fmt::format("DataLoader: batch_size must be positive, got {}", options_.batch_size));
   if (!(options_.std > 0))
     throw std::invalid_argument(fmt::format("DataLoader: std must be positive, got {}", options_.std));
+  if (options_.as_images && images_.dim() != 3 && images_.dim() != 4)
+    throw std::invalid_argument(fmt::format("DataLoader: as_images needs images (N, H, W) or (N, C, H, W), found {}",
+                                            images_.shape().str()));
   num_samples_ = images_.size(0);
   // (0 samples: the division below would be by zero.)
   if (num_samples_ == 0) throw std::invalid_argument(fmt::format("DataLoader: no samples: images {}", images_.shape().str()));
@@ -54,6 +57,12 @@ DataLoader::DataLoader(Tensor images, Tensor labels, const DataLoaderOptions& op
   for (int v = 0; v < 256; ++v)
     lut_[v] = static_cast<float>((v / 255.0 - double{options_.mean}) / double{options_.std});
   shuffle_epoch();
+}
+
+Shape DataLoader::batch_shape(int64_t b) const {
+  if (!options_.as_images) return {b, sample_size_};
+  if (images_.dim() == 3) return {b, 1, images_.size(1), images_.size(2)};
+  return {b, images_.size(1), images_.size(2), images_.size(3)};
 }
 
 int64_t DataLoader::num_batches() const {
@@ -80,7 +89,7 @@ bool DataLoader::next(Batch& out) {
   }
   const int64_t first = next_batch_ * options_.batch_size;
   const int64_t b = std::min(options_.batch_size, num_samples_ - first);
-  out.images = exclusive_or_new(out.images, Shape{b, sample_size_}, DType::f32);
+  out.images = exclusive_or_new(out.images, batch_shape(b), DType::f32);
   out.labels = exclusive_or_new(out.labels, Shape{b}, DType::i64);
 
   const uint8_t* x = images_.data<uint8_t>();  // (N, sample_size)

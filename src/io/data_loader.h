@@ -8,6 +8,9 @@
 //   for (int epoch = 0; epoch < 10; ++epoch)
 //     for (const Batch& b : loader) { ... b.images (B, 784), b.labels (B) ... }
 //
+// A convolutional network takes images, not rows: with .as_images = true the
+// same batch comes as (B, 1, 28, 28) (NCHW, one channel), the same values.
+//
 // Iterating continues the current epoch from where it stands; when it
 // reaches the end, the loader moves on to the next epoch (reshuffled).
 // state() / set_state() capture that position exactly, for checkpoints.
@@ -24,7 +27,7 @@
 namespace tq::io {
 
 struct Batch {
-  Tensor images;  // f32 (B, H*W): (x / 255 - mean) / std
+  Tensor images;  // f32 (B, H*W), or (B, 1, H, W) with as_images: (x / 255 - mean) / std
   Tensor labels;  // i64 (B)
   int64_t size() const { return labels.defined() ? labels.size(0) : 0; }
 };
@@ -36,6 +39,10 @@ struct DataLoaderOptions {
   uint64_t seed = 0;       // seeds the loader's own Generator (not the global one)
   float mean = kFashionMnistMean;  // normalisation, on the scale x / 255
   float std = kFashionMnistStd;
+  // false: each sample is a flat row, images (B, H*W), for an MLP; true: an
+  // NCHW image, (B, 1, H, W) for (N, H, W) data or (B, C, H, W) for
+  // (N, C, H, W) data, for a convolutional network.
+  bool as_images = false;
 };
 
 // Everything needed to resume exactly: restoring it into a loader over the
@@ -62,6 +69,7 @@ class DataLoader {
   int64_t num_batches() const;  // per epoch
   int64_t batch_size() const { return options_.batch_size; }
   int64_t sample_size() const { return sample_size_; }  // H*W
+  Shape batch_shape(int64_t b) const;  // the images of a batch of b samples
   const DataLoaderOptions& options() const { return options_; }
 
   // Position: the current epoch, its next batch, and this epoch's sample order

@@ -13,8 +13,14 @@
 #include <nlohmann/json.hpp>
 
 #include "io/packing.h"
+#include "models/mobilenet_v2.h"
 #include "nn/activation.h"
+#include "nn/add.h"
+#include "nn/batchnorm.h"
+#include "nn/conv.h"
+#include "nn/dropout.h"
 #include "nn/linear.h"
+#include "nn/pooling.h"
 #include "nn/sequential.h"
 #include "quant/dynamic_linear.h"
 #include "quant/fake_quantize.h"
@@ -492,6 +498,156 @@ ModuleCodec simple_codec() {
   return {encode_nothing, [](const json&, const TensorMap&) -> std::shared_ptr<nn::Module> { return std::make_shared<M>(); }};
 }
 
+
+// ---- Convolutional layers and the MobileNetV2 blocks ----
+
+json pair_json(const nn::Pair2d& p) { return json::array({p.h, p.w}); }
+
+// c[key] as a (h, w) pair: [h, w], or one integer for both.
+nn::Pair2d pair_from(const json& c, const char* key) {
+  const json& v = c.at(key);
+  if (v.is_array()) {
+    if (v.size() != 2) throw FormatError(fmt::format("'{}' must be [h, w], not {}", key, v.dump().substr(0, 40)));
+    return {integer_value<int64_t>(v[0], key), integer_value<int64_t>(v[1], key)};
+  }
+  return integer_value<int64_t>(v, key);
+}
+
+void encode_conv(const nn::Module& m, json& c) {
+  auto& l = dynamic_cast<const nn::Conv2d&>(m);
+  c = {{"in_channels", l.in_channels}, {"out_channels", l.out_channels}, {"kernel_size", pair_json(l.kernel_size)},
+       {"stride", pair_json(l.stride)}, {"padding", pair_json(l.padding)}, {"dilation", pair_json(l.dilation)},
+       {"groups", l.groups}, {"bias", l.bias.defined()}};
+}
+
+std::shared_ptr<nn::Module> decode_conv(const json& c, const TensorMap&) {
+  // The constructor checks the arguments (std::invalid_argument, reported
+  // with the module's path); restore_state checks the tensors' shapes.
+  return std::make_shared<nn::Conv2d>(integer<int64_t>(c, "in_channels"), integer<int64_t>(c, "out_channels"),
+                                      pair_from(c, "kernel_size"), pair_from(c, "stride"), pair_from(c, "padding"),
+                                      pair_from(c, "dilation"), integer<int64_t>(c, "groups"), c.at("bias").get<bool>());
+}
+
+void encode_batchnorm(const nn::Module& m, json& c) {
+  auto& b = dynamic_cast<const nn::BatchNorm2d&>(m);
+  c = {{"num_features", b.num_features}, {"eps", b.eps}, {"momentum", b.momentum}, {"affine", b.affine},
+       {"track_running_stats", b.track_running_stats}};
+}
+
+std::shared_ptr<nn::Module> decode_batchnorm(const json& c, const TensorMap&) {
+  return std::make_shared<nn::BatchNorm2d>(integer<int64_t>(c, "num_features"), c.at("eps").get<double>(),
+                                           c.at("momentum").get<double>(), c.at("affine").get<bool>(),
+                                           c.at("track_running_stats").get<bool>());
+}
+
+void encode_maxpool(const nn::Module& m, json& c) {
+  auto& p = dynamic_cast<const nn::MaxPool2d&>(m);
+  c = {{"kernel_size", pair_json(p.kernel_size)}, {"stride", pair_json(p.stride)}, {"padding", pair_json(p.padding)},
+       {"dilation", pair_json(p.dilation)}};
+}
+
+std::shared_ptr<nn::Module> decode_maxpool(const json& c, const TensorMap&) {
+  return std::make_shared<nn::MaxPool2d>(pair_from(c, "kernel_size"), pair_from(c, "stride"), pair_from(c, "padding"),
+                                         pair_from(c, "dilation"));
+}
+
+void encode_avgpool(const nn::Module& m, json& c) {
+  auto& p = dynamic_cast<const nn::AvgPool2d&>(m);
+  c = {{"kernel_size", pair_json(p.kernel_size)}, {"stride", pair_json(p.stride)}, {"padding", pair_json(p.padding)}};
+}
+
+std::shared_ptr<nn::Module> decode_avgpool(const json& c, const TensorMap&) {
+  return std::make_shared<nn::AvgPool2d>(pair_from(c, "kernel_size"), pair_from(c, "stride"), pair_from(c, "padding"));
+}
+
+void encode_adaptive(const nn::Module& m, json& c) {
+  c = {{"output_size", pair_json(dynamic_cast<const nn::AdaptiveAvgPool2d&>(m).output_size)}};
+}
+
+std::shared_ptr<nn::Module> decode_adaptive(const json& c, const TensorMap&) {
+  return std::make_shared<nn::AdaptiveAvgPool2d>(pair_from(c, "output_size"));
+}
+
+void encode_dropout(const nn::Module& m, json& c) { c = {{"p", dynamic_cast<const nn::Dropout&>(m).p}}; }
+
+std::shared_ptr<nn::Module> decode_dropout(const json& c, const TensorMap&) {
+  return std::make_shared<nn::Dropout>(c.at("p").get<double>());
+}
+
+// ReLU6's `inplace` changes only its printout; a file records it when set.
+void encode_relu6(const nn::Module& m, json& c) {
+  c = json::object();
+  if (dynamic_cast<const nn::ReLU6&>(m).inplace) c["inplace"] = true;
+}
+
+std::shared_ptr<nn::Module> decode_relu6(const json& c, const TensorMap&) {
+  const auto it = c.find("inplace");
+  if (it != c.end() && !it->is_boolean()) throw std::invalid_argument("'inplace' must be true or false");
+  return std::make_shared<nn::ReLU6>(it != c.end() && it->get<bool>());
+}
+
+void encode_flatten(const nn::Module& m, json& c) { c = {{"start_dim", dynamic_cast<const nn::Flatten&>(m).start_dim}}; }
+
+std::shared_ptr<nn::Module> decode_flatten(const json& c, const TensorMap&) {
+  // Files written before Flatten had a config hold none: start_dim 1.
+  return std::make_shared<nn::Flatten>(c.contains("start_dim") ? integer<int>(c, "start_dim") : 1);
+}
+
+// The Conv2d layers of a module tree, in order.
+std::vector<const nn::Conv2d*> convs_of(const nn::Module& m) {
+  std::vector<const nn::Conv2d*> out;
+  for (auto& [path, sub] : m.named_modules())
+    if (auto* conv = dynamic_cast<const nn::Conv2d*>(sub)) out.push_back(conv);
+  return out;
+}
+
+// Conv2dNormActivation: its arguments read back from its convolution, and
+// whether it ends in a ReLU6 (a third child).
+void encode_conv_norm_act(const nn::Module& m, json& c) {
+  const auto convs = convs_of(m);
+  if (convs.size() != 1) throw std::logic_error("Conv2dNormActivation: expected one convolution");
+  const nn::Conv2d& k = *convs[0];
+  c = {{"in_channels", k.in_channels}, {"out_channels", k.out_channels}, {"kernel_size", k.kernel_size.h},
+       {"stride", k.stride.h}, {"groups", k.groups}, {"activation", m.children().size() == 3}};
+}
+
+std::shared_ptr<nn::Module> decode_conv_norm_act(const json& c, const TensorMap&) {
+  return std::make_shared<models::Conv2dNormActivation>(integer<int64_t>(c, "in_channels"), integer<int64_t>(c, "out_channels"),
+                                                        integer<int64_t>(c, "kernel_size"), integer<int64_t>(c, "stride"),
+                                                        integer<int64_t>(c, "groups"), c.at("activation").get<bool>());
+}
+
+// InvertedResidual: in = the first convolution's input, out = the last's
+// output, stride and the hidden width from the depthwise convolution.
+void encode_inverted_residual(const nn::Module& m, json& c) {
+  const auto convs = convs_of(m);
+  const nn::Conv2d* depthwise = nullptr;
+  for (auto* k : convs)
+    if (k->groups > 1) depthwise = k;
+  if (convs.empty() || !depthwise) throw std::logic_error("InvertedResidual: no depthwise convolution");
+  const int64_t in = convs.front()->in_channels;
+  c = {{"in_channels", in}, {"out_channels", convs.back()->out_channels}, {"stride", depthwise->stride.h},
+       {"expand_ratio", depthwise->in_channels / in}};
+}
+
+std::shared_ptr<nn::Module> decode_inverted_residual(const json& c, const TensorMap&) {
+  return std::make_shared<models::InvertedResidual>(integer<int64_t>(c, "in_channels"), integer<int64_t>(c, "out_channels"),
+                                                    integer<int64_t>(c, "stride"), integer<int64_t>(c, "expand_ratio"));
+}
+
+// MobileNetV2: its forward is features -> global average pool -> classifier,
+// whatever the children hold. It is built as a small shell (no inverted
+// residual stages) whose features and classifier the file's children replace.
+void encode_mobilenet(const nn::Module& m, json& c) {
+  c = {{"last_channel", dynamic_cast<const models::MobileNetV2&>(m).last_channel}};
+}
+
+std::shared_ptr<nn::Module> decode_mobilenet(const json& c, const TensorMap&) {
+  auto net = std::make_shared<models::MobileNetV2>(1, 0.25, 1, 1, std::vector<models::InvertedResidualSetting>{}, 0.0);
+  net->last_channel = integer<int64_t>(c, "last_channel");
+  return net;
+}
+
 }  // namespace
 
 std::map<std::string, ModuleCodec>& module_codecs() {
@@ -499,8 +655,18 @@ std::map<std::string, ModuleCodec>& module_codecs() {
     std::map<std::string, ModuleCodec> c;
     c["Sequential"] = simple_codec<nn::Sequential>();
     c["ReLU"] = simple_codec<nn::ReLU>();
-    c["ReLU6"] = simple_codec<nn::ReLU6>();
-    c["Flatten"] = simple_codec<nn::Flatten>();
+    c["ReLU6"] = {encode_relu6, decode_relu6};
+    c["Flatten"] = {encode_flatten, decode_flatten};
+    c["Add"] = simple_codec<nn::Add>();
+    c["Conv2d"] = {encode_conv, decode_conv};
+    c["BatchNorm2d"] = {encode_batchnorm, decode_batchnorm};
+    c["MaxPool2d"] = {encode_maxpool, decode_maxpool};
+    c["AvgPool2d"] = {encode_avgpool, decode_avgpool};
+    c["AdaptiveAvgPool2d"] = {encode_adaptive, decode_adaptive};
+    c["Dropout"] = {encode_dropout, decode_dropout};
+    c["Conv2dNormActivation"] = {encode_conv_norm_act, decode_conv_norm_act};
+    c["InvertedResidual"] = {encode_inverted_residual, decode_inverted_residual};
+    c["MobileNetV2"] = {encode_mobilenet, decode_mobilenet};
     c["Identity"] = simple_codec<q::Identity>();
     c["Linear"] = float_linear_codec<nn::Linear>("Linear");
     c["LinearReLU"] = float_linear_codec<q::LinearReLU>("LinearReLU");

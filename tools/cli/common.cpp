@@ -4,6 +4,9 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <utility>
+#include <vector>
 #include <iostream>
 #include <sstream>
 
@@ -36,7 +39,39 @@ cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv) {
     std::exit(0);
   }
   if (!r.unmatched().empty()) throw UsageError(fmt::format("unexpected argument '{}'", r.unmatched()[0]));
+  check_outputs(r);
   return r;
+}
+
+namespace {
+
+bool same_file(const std::string& a, const std::string& b) {
+  if (a == b) return true;
+  std::error_code ec;
+  return std::filesystem::equivalent(a, b, ec) && !ec;
+}
+
+}  // namespace
+
+void check_outputs(const cxxopts::ParseResult& r) {
+  // The files a run writes, and the files it reads: no output may be a
+  // device, FIFO, directory or symlink, nor one of the inputs.
+  std::vector<std::pair<std::string, std::string>> outputs;  // option, path
+  if (r.count("out")) outputs.emplace_back("--out", r["out"].as<std::string>());
+  if (r.count("checkpoint")) outputs.emplace_back("--checkpoint", r["checkpoint"].as<std::string>());
+  else if (r.count("out") && r.count("checkpoint-every") && r["checkpoint-every"].as<int64_t>() > 0)
+    outputs.emplace_back("--checkpoint (default <out>.ckpt)", r["out"].as<std::string>() + ".ckpt");
+  for (const auto& [option, path] : outputs) check_output_path(path, option);
+  for (const char* input : {"from", "float", "model", "quantized", "resume"}) {
+    if (!r.count(input)) continue;
+    const std::string in = r[input].as<std::string>();
+    for (const auto& [option, path] : outputs)
+      if (same_file(path, in))
+        throw UsageError(fmt::format("{} {} is also --{}: the run would overwrite its own input; write elsewhere",
+                                     option, path, input));
+  }
+  if (outputs.size() == 2 && same_file(outputs[0].second, outputs[1].second))
+    throw UsageError(fmt::format("--checkpoint and --out name the same file {}", outputs[0].second));
 }
 
 void apply_threads(const cxxopts::ParseResult& r) {
@@ -144,7 +179,7 @@ TrainOptions checkpoint_options(const cxxopts::ParseResult& r, const std::string
   t.checkpoint_every = r["checkpoint-every"].as<int64_t>();
   if (t.checkpoint_every < 0) throw UsageError("--checkpoint-every must be 0 or positive");
   t.checkpoint_path = r.count("checkpoint") ? r["checkpoint"].as<std::string>() : out + ".ckpt";
-  if (t.checkpoint_every > 0) check_output_path(t.checkpoint_path);
+  if (t.checkpoint_every > 0) check_output_path(t.checkpoint_path, r.count("checkpoint") ? "--checkpoint" : "--checkpoint (default <out>.ckpt)");
   t.stop_after = r["stop-after"].as<int64_t>();
   t.command_json = command.dump();
   return t;
@@ -168,7 +203,8 @@ std::optional<Checkpoint> resume_checkpoint(const cxxopts::ParseResult& r, const
 
 TrainState run_training(const cxxopts::ParseResult& r, nn::Module& model, const FashionMnist& data, const json& cmd,
                         const std::optional<Checkpoint>& ck, TrainOptions& topt) {
-  io::DataLoader loader(data.train, {.batch_size = cmd["batch_size"].get<int64_t>(), .seed = cmd["seed"].get<uint64_t>()});
+  io::DataLoader loader(data.train, {.batch_size = cmd["batch_size"].get<int64_t>(), .seed = cmd["seed"].get<uint64_t>(),
+                                     .as_images = takes_images(model)});
   nn::SGD optimizer(model.parameters(), {.lr = cmd["lr"].get<double>(), .momentum = cmd["momentum"].get<double>()});
   TrainState st;
   if (ck) {
@@ -179,6 +215,8 @@ TrainState run_training(const cxxopts::ParseResult& r, nn::Module& model, const 
   topt.epochs = cmd["epochs"].get<int>();
   topt.progress = progress_wanted(r.count("progress") > 0);
   train(model, optimizer, loader, data.test, topt, st);
+  if (!st.interrupted && st.history.empty())
+    throw std::runtime_error("training ran no epoch; nothing to save");  // load_checkpoint rules this out
   return st;
 }
 

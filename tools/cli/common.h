@@ -38,6 +38,12 @@ double seconds_since(std::chrono::steady_clock::time_point t0);
 void add_common(cxxopts::Options& o);
 // Parses; --help prints the help and exits 0; a stray argument is a UsageError.
 cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv);
+// The outputs (--out, --checkpoint) of a parsed command line against its
+// inputs (--from, --float, --model, --quantized, --resume): each output must
+// be a regular file or a new path, never a device, FIFO, directory or
+// symlink, and never one of the inputs; else a UsageError (or
+// OutputPathError) naming the option. parse() calls it, before any work.
+void check_outputs(const cxxopts::ParseResult& r);
 // --threads for OpenBLAS (0 = all cores).
 void apply_threads(const cxxopts::ParseResult& r);
 // With --json prints `j` on one line, else `summary`.

@@ -1,7 +1,7 @@
 // tinyqat: the command line over the whole workflow (README "Command line",
 // docs/cli.md). main() only dispatches; each command is a file of its own in
 // commands/, and what they share is in common.h and workflow.h.
-//   tinyqat train | qat | ptq | dynamic | eval | inspect | compare | pipeline | lowbit | report | bench
+//   tinyqat train | qat | ptq | dynamic | eval | inspect | compare | pipeline | lowbit | report | bench | run
 // Exit status: 0 success, 2 usage error, 1 any other error (message on stderr).
 #include <cstdio>
 #include <map>
@@ -21,14 +21,14 @@ const std::map<std::string, int (*)(int, char**)> kCommands = {
     {"train", tq::cli::run_train},       {"qat", tq::cli::run_qat},          {"ptq", tq::cli::run_ptq},
     {"dynamic", tq::cli::run_dynamic},   {"eval", tq::cli::run_eval},        {"inspect", tq::cli::run_inspect},
     {"compare", tq::cli::run_compare},   {"pipeline", tq::cli::run_pipeline}, {"lowbit", tq::cli::run_lowbit},
-    {"report", tq::cli::run_report},     {"bench", tq::cli::run_bench},
+    {"report", tq::cli::run_report},     {"bench", tq::cli::run_bench},      {"run", tq::cli::run_run},
 };
 
 void usage(std::FILE* f) {
   std::fprintf(f,
                "usage: tinyqat <command> [options]   (tinyqat <command> --help for its options)\n\n"
                "commands:\n"
-               "  train     train the float MLP on Fashion-MNIST\n"
+               "  train     train a float network (MLP, CNN, MobileNetV2) on Fashion-MNIST\n"
                "  qat       quantization-aware fine-tuning, then convert to int8\n"
                "  ptq       post-training static quantization with calibration\n"
                "  dynamic   dynamic quantization (int8 weights, per-batch activations)\n"
@@ -38,7 +38,8 @@ void usage(std::FILE* f) {
                "  pipeline  all of the above in one run, with a comparison table (--report DIR: HTML pictures)\n"
                "  lowbit    accuracy and size from 8 down to 2 bits: PTQ, QAT, LSQ\n"
                "  report    redraw the HTML report of a pipeline workdir\n"
-               "  bench     speed: int8 vs float GEMM and MLP, train step vs its GEMMs, QAT vs float\n");
+               "  bench     speed: int8 vs float GEMM and MLP, train step vs its GEMMs, QAT vs float\n"
+               "  run       run a model file on an .npy input, write the output as .npy\n");
 }
 
 }  // namespace
@@ -63,6 +64,9 @@ int main(int argc, char** argv) {
   try {
     return it->second(argc - 1, argv + 1);
   } catch (const UsageError& e) {
+    std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), e.what());
+    return 2;
+  } catch (const tq::cli::OutputPathError& e) {
     std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), e.what());
     return 2;
   } catch (const cxxopts::exceptions::exception& e) {

@@ -216,6 +216,38 @@ Checkpoint load_checkpoint(const std::string& path) {
     c.momentum.resize(n);
     for (size_t i = 0; i < n; ++i)
       if (auto t = file.tensors.find(fmt::format("__optimizer__.momentum.{}", i)); t != file.tensors.end()) c.momentum[i] = t->second;
+    // Every counter is checked here, where it is read: a checkpoint may be
+    // corrupt or hostile, and the training loop trusts these.
+    auto bad = [&](const char* field, const std::string& what) {
+      return io::FormatError(fmt::format("{}: checkpoint field '{}' {}", path, field, what));
+    };
+    const auto& command = j.at("command");
+    if (!command.is_object() || !command.contains("epochs") || !command.at("epochs").is_number_integer())
+      throw bad("command.epochs", "is missing or not an integer");
+    const int64_t epochs = command.at("epochs").get<int64_t>();
+    if (epochs < 1 || epochs > 1'000'000) throw bad("command.epochs", fmt::format("is {}, outside 1..1000000", epochs));
+    // Checkpoints are written inside an epoch, so one that completed every
+    // epoch of its run cannot exist.
+    if (c.state.epoch < 0 || c.state.epoch >= epochs)
+      throw bad("epoch", fmt::format("is {}, outside 0..{} (the run has {} epochs)", c.state.epoch, epochs - 1, epochs));
+    if (c.state.history.size() != static_cast<size_t>(c.state.epoch))
+      throw bad("history", fmt::format("has {} entries for {} completed epochs", c.state.history.size(), c.state.epoch));
+    for (const auto& e : c.state.history)
+      if (!std::isfinite(e.loss) || !std::isfinite(e.test_accuracy) || !std::isfinite(e.seconds) || e.test_accuracy < 0 ||
+          e.test_accuracy > 100 || e.seconds < 0)
+        throw bad("history", "holds a loss, accuracy or time that is not finite or out of range");
+    if (c.state.step_in_epoch < 0) throw bad("step_in_epoch", fmt::format("is negative ({})", c.state.step_in_epoch));
+    if (c.state.global_step < c.state.step_in_epoch)
+      throw bad("global_step", fmt::format("is {}, less than step_in_epoch {}", c.state.global_step, c.state.step_in_epoch));
+    if (!std::isfinite(c.state.loss_sum) || c.state.loss_sum < 0)
+      throw bad("loss_sum", fmt::format("is {}; a sum of losses is finite and not negative", c.state.loss_sum));
+    if (c.loader.num_samples < 1 || c.loader.batch_size < 1)
+      throw bad("loader", fmt::format("has num_samples {} and batch_size {}; both must be positive", c.loader.num_samples,
+                                      c.loader.batch_size));
+    if (c.loader.next_batch != c.state.step_in_epoch)
+      throw bad("loader.next_batch", fmt::format("is {}, but step_in_epoch is {}", c.loader.next_batch, c.state.step_in_epoch));
+    if (c.loader.epoch != static_cast<uint64_t>(c.state.epoch))
+      throw bad("loader.epoch", fmt::format("is {}, but epoch is {}", c.loader.epoch, c.state.epoch));
   } catch (const nlohmann::json::exception& e) {
     throw io::FormatError(fmt::format("{}: bad checkpoint description ({})", path, e.what()));
   }
@@ -227,22 +259,25 @@ Checkpoint load_checkpoint(const std::string& path) {
 }
 
 void restore_optimizer(nn::SGD& optimizer, const Checkpoint& c, const std::string& path) {
-  auto& buffers = optimizer.momentum_buffers();
-  if (buffers.size() != c.momentum.size())
-    throw io::FormatError(fmt::format("{}: the checkpoint has momentum for {} parameters, the model has {}", path,
-                                      c.momentum.size(), buffers.size()));
-  for (size_t i = 0; i < buffers.size(); ++i) {
-    if (!c.momentum[i].defined()) continue;
-    const Tensor& p = optimizer.params()[i];
-    if (!(c.momentum[i].shape() == p.shape()) || c.momentum[i].dtype() != DType::f32)
-      throw io::FormatError(fmt::format("{}: momentum {} has shape {}, its parameter {}", path, i,
-                                        c.momentum[i].shape().str(), p.shape().str()));
-    buffers[i] = kernels::clone(c.momentum[i]);
+  // set_momentum_buffers checks the count, each shape and that every value is finite.
+  try {
+    optimizer.set_momentum_buffers(c.momentum);
+  } catch (const std::invalid_argument& e) {
+    throw io::FormatError(fmt::format("{}: checkpoint momentum: {}", path, e.what()));
   }
 }
 
+bool takes_images(const nn::Module& model) {
+  for (auto& [path, m] : model.named_modules()) {
+    for (auto& [name, p] : m->named_parameters(false))
+      if (name == "weight") return p.dim() == 4;
+    if (const Tensor w = m->buffer("weight"); w.defined()) return w.dim() == 4;  // an int8 layer's
+  }
+  return false;
+}
+
 quant::Evaluation evaluate(nn::Module& model, const io::Dataset& data, int64_t batch_size) {
-  io::DataLoader loader(data, {.batch_size = batch_size, .shuffle = false});
+  io::DataLoader loader(data, {.batch_size = batch_size, .shuffle = false, .as_images = takes_images(model)});
   io::Batch batch;
   return quant::evaluate(model, [&](Tensor& inputs, Tensor& labels) {
     if (!loader.next(batch)) return false;
@@ -254,7 +289,9 @@ quant::Evaluation evaluate(nn::Module& model, const io::Dataset& data, int64_t b
 
 int64_t calibrate(nn::Module& model, const io::Dataset& data, int64_t batches, const io::DataLoaderOptions& options,
                   bool progress) {
-  io::DataLoader loader(data, options);
+  io::DataLoaderOptions o = options;
+  o.as_images = takes_images(model);
+  io::DataLoader loader(data, o);
   io::Batch batch;
   Progress bar("calibrate", batches, progress);
   return quant::calibrate(
@@ -270,7 +307,7 @@ int64_t calibrate(nn::Module& model, const io::Dataset& data, int64_t batches, c
 double latency_us(nn::Module& model, const io::Dataset& data, int64_t batch, int repeats) {
   NoGradGuard no_grad;
   model.eval();
-  io::DataLoader loader(data, {.batch_size = batch, .shuffle = false});
+  io::DataLoader loader(data, {.batch_size = batch, .shuffle = false, .as_images = takes_images(model)});
   io::Batch b;
   loader.next(b);
   model(b.images);  // warm up (packs caches, wakes threads)
@@ -311,15 +348,27 @@ int64_t file_bytes(const std::string& path) {
   return ec ? -1 : static_cast<int64_t>(n);
 }
 
-void check_output_path(const std::string& path) {
-  if (path.empty()) throw std::invalid_argument("--out is required");
+void check_output_path(const std::string& path, const std::string& option) {
+  if (path.empty()) throw OutputPathError(fmt::format("{} is empty", option));
   const std::filesystem::path p(path);
   const auto dir = p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec))
-    throw std::runtime_error(fmt::format("--out {}: directory '{}' does not exist", path, dir.string()));
-  if (std::filesystem::is_directory(p, ec))
-    throw std::runtime_error(fmt::format("--out {}: is a directory", path));
+    throw std::runtime_error(fmt::format("{} {}: directory '{}' does not exist", option, path, dir.string()));
+  // What the atomic rename would replace: only a regular file (or nothing).
+  // A symlink is refused rather than followed or replaced, so that a link to
+  // a device or to somebody else's file is never clobbered.
+  const auto st = std::filesystem::symlink_status(p, ec);
+  if (ec || st.type() == std::filesystem::file_type::not_found) return;
+  if (st.type() == std::filesystem::file_type::symlink)
+    throw OutputPathError(fmt::format("{} {}: is a symbolic link; name the file itself (outputs are never written "
+                                      "through or over a link)",
+                                      option, path));
+  if (st.type() == std::filesystem::file_type::directory)
+    throw OutputPathError(fmt::format("{} {}: is a directory", option, path));
+  if (st.type() != std::filesystem::file_type::regular)
+    throw OutputPathError(fmt::format("{} {}: is not a regular file (a device, FIFO or socket); refusing to replace it",
+                                      option, path));
 }
 
 double output_step(nn::Module& model) {

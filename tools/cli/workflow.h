@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,10 @@ namespace tq::cli {
 
 // MLP in -> hidden... -> classes, as a Sequential named fc1, relu1, fc2, ...
 std::shared_ptr<nn::Sequential> make_mlp(int64_t in_features, const std::vector<int64_t>& hidden, int64_t classes);
+// Does `model` take images (B, C, H, W) rather than flat rows (B, H*W)? Yes
+// when the first layer with a weight has a 4-D one: a convolution. The data
+// loader is set up accordingly (DataLoaderOptions::as_images).
+bool takes_images(const nn::Module& model);
 // "256,128" -> {256, 128}; throws std::invalid_argument naming the text.
 std::vector<int64_t> parse_hidden(const std::string& text);
 
@@ -120,8 +125,14 @@ double latency_us(nn::Module& model, const io::Dataset& data, int64_t batch, int
 double latency_us_one_thread(nn::Module& model, const io::Dataset& data, int64_t batch);
 
 int64_t file_bytes(const std::string& path);
-// Throws when the directory that would hold `path` does not exist.
-void check_output_path(const std::string& path);
+// An output that must not be written: a device, FIFO, socket, directory or
+// symlink (docs/cli.md "Outputs"); the message names `option`.
+struct OutputPathError : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+// Throws OutputPathError when `path` exists and is not a regular file, and
+// std::runtime_error when the directory that would hold it does not exist.
+void check_output_path(const std::string& path, const std::string& option = "--out");
 // The output scale of the last quantized layer (one quantization step of the logits).
 double output_step(nn::Module& model);
 

@@ -17,5 +17,6 @@ int run_pipeline(int argc, char** argv);  // pipeline.cpp
 int run_lowbit(int argc, char** argv);    // lowbit.cpp
 int run_report(int argc, char** argv);    // report.cpp
 int run_bench(int argc, char** argv);     // bench.cpp
+int run_run(int argc, char** argv);       // run.cpp
 
 }  // namespace tq::cli

@@ -1,17 +1,41 @@
-// tinyqat train: the float MLP on Fashion-MNIST, saved as a model file
+// tinyqat train: a float network on Fashion-MNIST (the MLP, the small CNN or
+// a MobileNetV2 for 28x28 one-channel images), saved as a model file
 // (docs/cli.md "train"); checkpoints and --resume as in common.h.
 #include <fmt/format.h>
 
 #include "commands.h"
 #include "common.h"
 #include "io/model_file.h"
+#include "models/cnn.h"
+#include "models/mobilenet_v2.h"
 #include "tensor/random.h"
 
 namespace tq::cli {
 
+namespace {
+
+// The float network `cmd` names, freshly initialised from the global generator.
+std::shared_ptr<nn::Module> make_model(const json& cmd, const FashionMnist& data) {
+  const std::string arch = cmd["arch"].get<std::string>();
+  const int64_t classes = data.train.num_classes;
+  if (arch == "cnn") return models::cnn(classes);
+  if (arch == "mobilenet_v2") return models::mobilenet_v2_small_input(classes, cmd["width"].get<double>(), 1);
+  return make_mlp(data.train.images.size(1) * data.train.images.size(2), parse_hidden(cmd["hidden"].get<std::string>()),
+                  classes);
+}
+
+// The first n samples of `d` (all of it when n is 0).
+io::Dataset first(const io::Dataset& d, int64_t n) { return n > 0 && n < d.size() ? d.slice(0, n) : d; }
+
+}  // namespace
+
 int run_train(int argc, char** argv) {
-  cxxopts::Options o("tinyqat train", "Train the float MLP on Fashion-MNIST and save it.");
-  o.add_options()("hidden", "hidden layer sizes", cxxopts::value<std::string>()->default_value("256,128"))(
+  cxxopts::Options o("tinyqat train", "Train a float network (MLP, CNN or MobileNetV2) on Fashion-MNIST and save it.");
+  o.add_options()("arch", "architecture: mlp, cnn or mobilenet_v2", cxxopts::value<std::string>()->default_value("mlp"))(
+      "width", "width multiplier of mobilenet_v2", cxxopts::value<double>()->default_value("1.0"))(
+      "hidden", "hidden layer sizes of the mlp", cxxopts::value<std::string>()->default_value("256,128"))(
+      "limit-train", "train on the first N training images only (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
+      "limit-test", "evaluate on the first N test images only (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
       "epochs", "epochs", cxxopts::value<int>()->default_value("5"))("batch-size", "batch size", cxxopts::value<int64_t>()->default_value("64"))(
       "lr", "learning rate", cxxopts::value<double>()->default_value("0.01"))("momentum", "SGD momentum", cxxopts::value<double>()->default_value("0.9"))(
       "seed", "random seed (initialisation and shuffling)", cxxopts::value<uint64_t>()->default_value("0"))(
@@ -24,17 +48,32 @@ int run_train(int argc, char** argv) {
   check_output_path(out);
 
   // The run's options: from the command line, or from the checkpoint being resumed.
-  json cmd = {{"command", "train"}, {"hidden", r["hidden"].as<std::string>()}, {"epochs", r["epochs"].as<int>()},
+  const std::string arch = r["arch"].as<std::string>();
+  if (arch != "mlp" && arch != "cnn" && arch != "mobilenet_v2")
+    throw UsageError(fmt::format("--arch must be mlp, cnn or mobilenet_v2, not '{}'", arch));
+  if (arch != "mlp" && r.count("hidden")) throw UsageError(fmt::format("--hidden is for --arch mlp, not {}", arch));
+  if (arch != "mobilenet_v2" && r.count("width")) throw UsageError(fmt::format("--width is for --arch mobilenet_v2, not {}", arch));
+  if (!(r["width"].as<double>() > 0) || r["width"].as<double>() > 4)
+    throw UsageError(fmt::format("--width must be in (0, 4], not {}", r["width"].as<double>()));
+  if (r["limit-train"].as<int64_t>() < 0 || r["limit-test"].as<int64_t>() < 0)
+    throw UsageError("--limit-train and --limit-test must not be negative");
+  json cmd = {{"command", "train"}, {"arch", arch}, {"width", r["width"].as<double>()},
+              {"limit_train", r["limit-train"].as<int64_t>()}, {"limit_test", r["limit-test"].as<int64_t>()},
+              {"hidden", r["hidden"].as<std::string>()}, {"epochs", r["epochs"].as<int>()},
               {"batch_size", r["batch-size"].as<int64_t>()}, {"lr", r["lr"].as<double>()},
               {"momentum", r["momentum"].as<double>()}, {"seed", r["seed"].as<uint64_t>()}};
   const std::optional<Checkpoint> ck = resume_checkpoint(r, "train", cmd);
-  const auto hidden = parse_hidden(cmd["hidden"].get<std::string>());
+  // Checkpoints written before --arch were all of the MLP.
+  if (!cmd.contains("arch")) cmd.update({{"arch", "mlp"}, {"width", 1.0}, {"limit_train", 0}, {"limit_test", 0}});
+  parse_hidden(cmd["hidden"].get<std::string>());  // a bad --hidden is a usage error before any data is read
   const int epochs = cmd["epochs"].get<int>();
   const int64_t batch_size = cmd["batch_size"].get<int64_t>();
   const uint64_t seed = cmd["seed"].get<uint64_t>();
   if (epochs < 1) throw UsageError("--epochs must be at least 1");
   if (batch_size < 1) throw UsageError("--batch-size must be at least 1");
-  const FashionMnist data = load_data(r);
+  FashionMnist data = load_data(r);
+  data.train = first(data.train, cmd["limit_train"].get<int64_t>());
+  data.test = first(data.test, cmd["limit_test"].get<int64_t>());
 
   const auto t0 = std::chrono::steady_clock::now();
   std::shared_ptr<nn::Module> model;
@@ -43,7 +82,7 @@ int run_train(int argc, char** argv) {
     default_generator().set_state(ck->global_rng);
   } else {
     manual_seed(seed);
-    model = make_mlp(data.train.images.size(1) * data.train.images.size(2), hidden, data.train.num_classes);
+    model = make_model(cmd, data);
   }
   TrainOptions topt = checkpoint_options(r, out, cmd);
   topt.label = "train";
