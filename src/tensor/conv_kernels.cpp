@@ -332,17 +332,18 @@ void conv2d_backward_bias(const Tensor& dy, const Tensor& db, bool accumulate) {
 
 // ---- Reference twins: the definition, eq. 1, read literally ----
 
-Tensor conv2d_forward_reference(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, const Conv2dGeometry& g) {
-  const std::vector<float> x = to_vector(x_in), w = to_vector(w_in);
-  const std::vector<float> b = bias.defined() ? to_vector(bias) : std::vector<float>(g.OC, 0.f);
-  Tensor y = empty(g.output_shape());
-  float* yp = y.data<float>();
+namespace {
+
+// Every tap of eq. 1 that lands inside the input: f(y, x, w) with the flat
+// NCHW indices of the output element, the input element and the weight.
+template <class F>
+void for_each_tap(const Conv2dGeometry& g, F&& f) {
   const int64_t ocg = g.out_per_group(), cg = g.in_per_group();
   for (int64_t n = 0; n < g.N; ++n)
     for (int64_t oc = 0; oc < g.OC; ++oc)
       for (int64_t oh = 0; oh < g.OH; ++oh)
         for (int64_t ow = 0; ow < g.OW; ++ow) {
-          double s = b[oc];
+          const int64_t yi = ((n * g.OC + oc) * g.OH + oh) * g.OW + ow;
           const int64_t gr = oc / ocg;
           for (int64_t ci = 0; ci < cg; ++ci)
             for (int64_t kh = 0; kh < g.KH; ++kh)
@@ -350,57 +351,38 @@ Tensor conv2d_forward_reference(const Tensor& x_in, const Tensor& w_in, const Te
                 const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dil_h;
                 const int64_t iw = ow * g.stride_w - g.pad_w + kw * g.dil_w;
                 if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-                const int64_t c = gr * cg + ci;
-                s += static_cast<double>(w[((oc * cg + ci) * g.KH + kh) * g.KW + kw]) *
-                     x[((n * g.C + c) * g.H + ih) * g.W + iw];
+                f(yi, ((n * g.C + gr * cg + ci) * g.H + ih) * g.W + iw, ((oc * cg + ci) * g.KH + kh) * g.KW + kw);
               }
-          yp[((n * g.OC + oc) * g.OH + oh) * g.OW + ow] = static_cast<float>(s);
         }
-  return y;
+}
+
+Tensor to_f32(const std::vector<double>& v, const Shape& shape) {
+  return from_vector(std::vector<float>(v.begin(), v.end()), shape);
+}
+
+}  // namespace
+
+Tensor conv2d_forward_reference(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, const Conv2dGeometry& g) {
+  const std::vector<float> x = to_vector(x_in), w = to_vector(w_in);
+  const std::vector<float> b = bias.defined() ? to_vector(bias) : std::vector<float>(g.OC, 0.f);
+  std::vector<double> y(static_cast<size_t>(g.N * g.OC * g.OH * g.OW));
+  for (size_t i = 0; i < y.size(); ++i) y[i] = b[(i / (g.OH * g.OW)) % g.OC];
+  for_each_tap(g, [&](int64_t yi, int64_t xi, int64_t wi) { y[yi] += static_cast<double>(w[wi]) * x[xi]; });
+  return to_f32(y, g.output_shape());
 }
 
 Tensor conv2d_backward_input_reference(const Tensor& dy_in, const Tensor& w_in, const Conv2dGeometry& g) {
   const std::vector<float> dy = to_vector(dy_in), w = to_vector(w_in);
   std::vector<double> dx(static_cast<size_t>(g.N * g.C * g.H * g.W), 0.0);
-  const int64_t ocg = g.out_per_group(), cg = g.in_per_group();
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t oc = 0; oc < g.OC; ++oc)
-      for (int64_t oh = 0; oh < g.OH; ++oh)
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const double gv = dy[((n * g.OC + oc) * g.OH + oh) * g.OW + ow];
-          const int64_t gr = oc / ocg;
-          for (int64_t ci = 0; ci < cg; ++ci)
-            for (int64_t kh = 0; kh < g.KH; ++kh)
-              for (int64_t kw = 0; kw < g.KW; ++kw) {
-                const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dil_h;
-                const int64_t iw = ow * g.stride_w - g.pad_w + kw * g.dil_w;
-                if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-                dx[((n * g.C + gr * cg + ci) * g.H + ih) * g.W + iw] += gv * w[((oc * cg + ci) * g.KH + kh) * g.KW + kw];
-              }
-        }
-  return from_vector(std::vector<float>(dx.begin(), dx.end()), {g.N, g.C, g.H, g.W});
+  for_each_tap(g, [&](int64_t yi, int64_t xi, int64_t wi) { dx[xi] += static_cast<double>(dy[yi]) * w[wi]; });
+  return to_f32(dx, {g.N, g.C, g.H, g.W});
 }
 
 Tensor conv2d_backward_weight_reference(const Tensor& dy_in, const Tensor& x_in, const Conv2dGeometry& g) {
   const std::vector<float> dy = to_vector(dy_in), x = to_vector(x_in);
-  const int64_t ocg = g.out_per_group(), cg = g.in_per_group();
-  std::vector<double> dw(static_cast<size_t>(g.OC * cg * g.KH * g.KW), 0.0);
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t oc = 0; oc < g.OC; ++oc)
-      for (int64_t oh = 0; oh < g.OH; ++oh)
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const double gv = dy[((n * g.OC + oc) * g.OH + oh) * g.OW + ow];
-          const int64_t gr = oc / ocg;
-          for (int64_t ci = 0; ci < cg; ++ci)
-            for (int64_t kh = 0; kh < g.KH; ++kh)
-              for (int64_t kw = 0; kw < g.KW; ++kw) {
-                const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dil_h;
-                const int64_t iw = ow * g.stride_w - g.pad_w + kw * g.dil_w;
-                if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-                dw[((oc * cg + ci) * g.KH + kh) * g.KW + kw] += gv * x[((n * g.C + gr * cg + ci) * g.H + ih) * g.W + iw];
-              }
-        }
-  return from_vector(std::vector<float>(dw.begin(), dw.end()), {g.OC, cg, g.KH, g.KW});
+  std::vector<double> dw(static_cast<size_t>(g.OC * g.in_per_group() * g.KH * g.KW), 0.0);
+  for_each_tap(g, [&](int64_t yi, int64_t xi, int64_t wi) { dw[wi] += static_cast<double>(dy[yi]) * x[xi]; });
+  return to_f32(dw, {g.OC, g.in_per_group(), g.KH, g.KW});
 }
 
 }  // namespace tq::kernels
