@@ -39,8 +39,6 @@ std::map<std::string, double> indexed_values(const std::string& text) {
   return out;
 }
 
-double round_half_even(double v) { return std::nearbyint(v); }
-
 }  // namespace
 
 TEST_CASE("example simple_nn: prints the model and the loss falls", "[examples]") {

@@ -222,12 +222,12 @@ TEST_CASE("gradcheck: outside the range the scale gradient is the true derivativ
   // is piecewise constant in x/s and the STE gradient r - x/s is not its
   // derivative: the same check must fail. (The x gradient is an STE
   // everywhere: nothing to check by differences.)
-  const int32_t qmin = 0, qmax = 15;
+  constexpr int32_t qmin = 0, qmax = 15;
   const Tensor zero_point = full({1}, 3.0);
   const Tensor outside = from_vector({-4.f, -2.3f, 6.1f, 11.f}, {4});   // s = 0.3: x/s < -3 or > 12
   const Tensor inside = from_vector({-0.51f, 0.13f, 1.04f, 2.2f}, {4});
   auto f_of_scale = [&](const Tensor& x) {
-    return [x, zero_point, qmin, qmax](const testing::Inputs& in) {
+    return [x, zero_point](const testing::Inputs& in) {
       return quant::fake_quantize_learnable_per_tensor_affine(x, in[0], zero_point, qmin, qmax, 1.0);
     };
   };

@@ -4,13 +4,7 @@
 // (CMakeLists.txt); the dispatch in quant_kernels.cpp calls it only on CPUs
 // that have them (tensor/cpu_features.h). No multiply feeds an add, so FMA
 // contraction cannot change a result.
-// GCC 12's own AVX-512 intrinsic headers trip its -Wuninitialized
-// (_mm512_undefined_*, GCC bug 105593); silenced for those headers only.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "tensor/x86_intrinsics.h"
 
 #include "quant/quant_kernels.h"
 

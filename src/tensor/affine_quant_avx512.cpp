@@ -1,13 +1,7 @@
 // AVX-512 twins of the loops in affine_quant.cpp (same operations, sixteen
 // lanes at a time, same bits; the tails are masked, not scalar). Compiled
 // with AVX-512 F/BW/VL/DQ; called only when cpu_features() reports them.
-// GCC 12's own AVX-512 intrinsic headers trip its -Wuninitialized
-// (_mm512_undefined_*, GCC bug 105593); silenced for those headers only.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "tensor/x86_intrinsics.h"
 
 #include "tensor/affine_quant.h"
 

@@ -5,9 +5,12 @@
 // The AVX2 kernel's scheme with 16 channels per register, and no scalar
 // tail: the last, partial group of channels uses masked loads and stores.
 // GCC 12's AVX-512 headers start some intrinsics from an "undefined"
-// register, which -Wmaybe-uninitialized reports inside the header.
+// register, which -Wmaybe-uninitialized reports where they are inlined into
+// this file's loops, so it is silenced for the whole file (GCC only).
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
+#endif
+#include "tensor/x86_intrinsics.h"
 
 #include <vector>
 

@@ -10,13 +10,7 @@
 // Math and layout: docs/int8_kernel.md.
 #pragma once
 
-// GCC 12's own AVX-512 intrinsic headers trip its -Wuninitialized
-// (_mm512_undefined_*, GCC bug 105593); silenced for those headers only.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "tensor/x86_intrinsics.h"
 
 #include <cstdint>
 #include <cstring>
