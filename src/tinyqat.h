@@ -26,6 +26,7 @@
 #include "io/data_split.h"
 #include "io/dataset.h"
 #include "io/model_file.h"
+#include "io/npy.h"
 #include "io/training_state.h"
 #include "autograd/activation_ops.h"
 #include "autograd/conv_ops.h"

@@ -2,10 +2,15 @@
 // mobilenet_v2_*, written by tests/golden/generate_cnn.py): forward and the
 // gradients of d sum(out * gout) for conv2d (stride, padding, dilation,
 // groups, depthwise, 1x1, odd sizes, batch 1), pooling, relu6 and BatchNorm2d
-// (train, eval, running statistics after three steps); MobileNetV2's printout
-// and a reduced-width MobileNetV2 loaded from PyTorch's state_dict.
+// (train, eval, running statistics after three steps); MobileNetV2's printout,
+// a reduced-width MobileNetV2 loaded from PyTorch's state_dict, and `tinyqat
+// run` on its numpy .npy input against PyTorch's output.
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -182,4 +187,30 @@ TEST_CASE("A reduced-width MobileNetV2 loaded from PyTorch's state_dict gives Py
     INFO(c.describe(std::string("output") + which));
     REQUIRE(c.relative_error <= kModelRelTol);
   }
+}
+
+TEST_CASE("tinyqat run on numpy's .npy input gives PyTorch's output for a PyTorch state_dict", "[cnn][golden][cli]") {
+  // The interop path end to end: PyTorch's state_dict (plain safetensors) into
+  // the matching architecture, saved as a tinyqat model file, then the `run`
+  // command on an .npy file numpy wrote; its .npy output against PyTorch's.
+  auto model = models::mobilenet_v2(10, 0.25);
+  const auto result = io::load_state_dict_file(*model, golden::path("mobilenet_v2_w025.safetensors"));
+  REQUIRE(result.missing_keys.empty());
+  REQUIRE(result.unexpected_keys.empty());
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("tinyqat_run_npy_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string model_file = (dir / "mobilenet_v2_w025.safetensors").string(), out = (dir / "y.npy").string();
+  io::save_model(*model, model_file);
+  const std::string cmd = std::string(TINYQAT_BINARY_DIR) + "/tinyqat run --model " + model_file + " --input " +
+                          golden::path("mobilenet_v2_w025_input.npy") + " --out " + out + " >/dev/null 2>&1";
+  const int status = std::system(cmd.c_str());
+  INFO(cmd);
+  REQUIRE(status == 0);
+  const Tensor y = io::load_npy(out), want = io::load_npy(golden::path("mobilenet_v2_w025_output.npy"));
+  REQUIRE(y.shape() == want.shape());
+  const golden::Comparison c = golden::compare(y, want);
+  INFO(c.describe("run output"));
+  CHECK(c.relative_error <= kModelRelTol);
+  std::filesystem::remove_all(dir);
 }

@@ -11,6 +11,10 @@ Writes, next to this script:
                           file: PyTorch's key names, no metadata, written with
                           struct + numpy
   mobilenet_v2_w025.txt   that model's inputs and eval-mode outputs
+  mobilenet_v2_w025_input.npy, mobilenet_v2_w025_output.npy
+                          a batch as numpy writes it and PyTorch's output for
+                          it, for `tinyqat run` (--npy-only makes just these,
+                          from the committed state)
 
 Run from the repository root with Debian's PyTorch:
     /usr/bin/python3 tests/golden/generate_cnn.py
@@ -248,10 +252,46 @@ def gen_mobilenet():
     g.write()
 
 
+def load_plain_safetensors(path):
+    """The tensors of a safetensors file as numpy arrays (F32 and I64 only)."""
+    with open(path, "rb") as fh:
+        n = struct.unpack("<Q", fh.read(8))[0]
+        header = json.loads(fh.read(n))
+        data = fh.read()
+    dtypes = {"F32": np.dtype("<f4"), "I64": np.dtype("<i8")}
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        out[name] = np.frombuffer(data[begin:end], dtype=dtypes[info["dtype"]]).reshape(info["shape"]).copy()
+    return out
+
+
+def gen_npy():
+    """numpy's side of `tinyqat run`: an input batch and PyTorch's output for it,
+    as .npy files, from the model state committed in mobilenet_v2_w025.safetensors."""
+    model = torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.25)
+    state = load_plain_safetensors(os.path.join(HERE, "mobilenet_v2_w025.safetensors"))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    model.eval()
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).numpy()
+    for name, arr in (("mobilenet_v2_w025_input.npy", x), ("mobilenet_v2_w025_output.npy", y)):
+        np.save(os.path.join(HERE, name), arr)
+        print("wrote %-30s %8d bytes" % (name, os.path.getsize(os.path.join(HERE, name))))
+
+
 def main():
     print("torch", torch.__version__, "torchvision", torchvision.__version__)
+    if sys.argv[1:] == ["--npy-only"]:  # regenerate the .npy pair alone, from the committed state
+        gen_npy()
+        return
     gen_layers()
     gen_mobilenet()
+    gen_npy()
 
 
 if __name__ == "__main__":
