@@ -330,7 +330,7 @@ int staircase() {
   qp.zero_point = {2};
   qp.quant_min = 0;
   qp.quant_max = 7;
-  const std::vector<float> xs = {-0.8f, -0.5f, -0.3f, 0.1f, 0.13f, 0.6f, 1.2f, 1.25f, 1.5f};
+  const std::vector<float> xs = {-0.8f, -0.6f, -0.5f, -0.3f, 0.1f, 0.13f, 0.6f, 1.2f, 1.25f, 1.35f, 1.5f};
   Tensor x = from_vector(xs, {static_cast<int64_t>(xs.size())});
   x.requires_grad_();
   Tensor y = quant::fake_quantize(x, qp);
