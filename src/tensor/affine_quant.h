@@ -2,7 +2,7 @@
 // activation quantizer of tinyqat, with the one min / max loop they need.
 // Static quantization (quant::quantize, convert), the observers and the
 // dynamic int8 path (int8_gemm.h) all call these; docs/quantization.md eq. 2-6
-// and docs/int8_kernel.md eq. 11.
+// and docs/int8_kernel.md eq. 10-11.
 //
 // Rounding rule (everywhere in tinyqat): q = clamp(nearbyint(x * (1/s)) + z,
 // qmin, qmax), with 1/s computed once in float and nearbyint rounding half to

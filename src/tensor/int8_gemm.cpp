@@ -362,7 +362,7 @@ void gemm_u8i8_dynamic_reference(const uint8_t* X, int64_t M, int64_t ldx, float
       int32_t acc = 0;
       for (int64_t k = 0; k < K; ++k) acc += (int32_t{x[k]} - zx) * int32_t{w[k]};  // eq. 1, no bias
       const float scale = x_scale * w_scale[n];
-      Y[m * ldy + n] = std::fma(static_cast<float>(acc), scale, bias != nullptr ? bias[n] : 0.0f);  // eq. 10
+      Y[m * ldy + n] = std::fma(static_cast<float>(acc), scale, bias != nullptr ? bias[n] : 0.0f);  // eq. 12
     }
   }
 }
@@ -388,7 +388,7 @@ ActivationQParams dynamic_activation_qparams(float min, float max, int32_t quant
   if (quant_max < 1 || quant_max > 255)
     fail("dynamic_activation_qparams: quant_max = ", quant_max, " is outside 1..255");
   if (!(min <= max)) fail("dynamic_activation_qparams: min ", min, " is not <= max ", max);
-  return affine_qparams(min, max, 0, quant_max);  // eq. 11
+  return affine_qparams(min, max, 0, quant_max);  // eq. 10
 }
 
 namespace {
@@ -398,7 +398,7 @@ void check_quantize(const char* op, const float* X, int64_t M, int64_t K, int64_
   if (M > 0 && K > 0 && (X == nullptr || Xq == nullptr)) fail(op, ": null input or output pointer");
 }
 
-// One pass for min / max (eq. 11), then quantize_affine_u8 with x * (1 / s):
+// One pass for min / max (eq. 10), then quantize_affine_u8 with x * (1 / s) (eq. 11):
 // the same loops as static quantization, at the vector width `level`.
 ActivationQParams quantize_activations(const char* op, const float* X, int64_t M, int64_t K, int64_t ldx,
                                        int32_t quant_max, uint8_t* Xq, int64_t ldq, SimdLevel level) {

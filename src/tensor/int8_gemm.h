@@ -180,7 +180,7 @@ void gemm_u8i8_requant_reference(const uint8_t* X, int64_t M, int64_t ldx, int32
 //
 // X: (M, K) u8 as above with scale x_scale. w_scale: (N) weight scales.
 // bias: (N) f32 or null. Y: (M, N) f32 (row stride ldy):
-//   Y[m][n] = fma(float(acc[m][n]), x_scale * w_scale[n], bias[n])   (eq. 10)
+//   Y[m][n] = fma(float(acc[m][n]), x_scale * w_scale[n], bias[n])   (eq. 12)
 // with acc from eq. 1 without bias; fma rounds once, so this formula is
 // bit-identical in every kernel.
 void gemm_u8i8_dynamic(const uint8_t* X, int64_t M, int64_t ldx, float x_scale, int32_t zx, int32_t x_quant_max,
@@ -194,12 +194,12 @@ void gemm_u8i8_dynamic_reference(const uint8_t* X, int64_t M, int64_t ldx, float
 // Scale and zero point of dynamically quantized activations.
 using ActivationQParams = AffineQParams;
 
-// Affine qparams for [min, max] on 0..quant_max (docs/int8_kernel.md eq. 11):
+// Affine qparams for [min, max] on 0..quant_max (docs/int8_kernel.md eq. 10):
 // affine_qparams(min, max, 0, quant_max), the one formula that the observers
 // use too (tensor/affine_quant.h).
 ActivationQParams dynamic_activation_qparams(float min, float max, int32_t quant_max);
 
-// Finds min/max of X in one pass, picks qparams (eq. 11), and writes
+// Finds min/max of X in one pass, picks qparams (eq. 10), and writes
 // Xq[m][k] = clamp(nearbyint(X[m][k] * (1 / scale)) + zero_point, 0, quant_max)
 // (round half to even): tinyqat's one activation quantizer,
 // quantize_affine_u8, as static quantization and PyTorch use it. X: (M, K)

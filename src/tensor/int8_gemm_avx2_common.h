@@ -1,7 +1,7 @@
 // int8_gemm_avx2_common.h — the parts of the int8 GEMM kernels that every x86
 // path shares: loading X groups, the fused epilogue on 8 output channels in a
 // ymm register (bias fold of eq. 2, requantization of eq. 6-8 with its clamps,
-// or the f32 epilogue of eq. 10), and the blocked loop over row blocks, panels
+// or the f32 epilogue of eq. 12), and the blocked loop over row blocks, panels
 // and row tiles of the ymm kernels. Included only by the kernel files, each
 // compiled with AVX2 or more (int8_gemm_avx2.cpp, int8_gemm_avxvnni.cpp,
 // int8_gemm_avx512vnni.cpp, int8_gemm_amx.cpp). Everything here has internal
@@ -58,7 +58,7 @@ struct BlockEpilogue {
   __m256i mult_even, mult_odd, shift_even, shift_odd, round_even, round_odd;
   bool needs_scalar = false;                // M >= 1 somewhere: use the scalar function
   const FixedPointMultiplier* multipliers;  // the block's `valid` multipliers, for that case
-  // f32 output (eq. 10)
+  // f32 output (eq. 12)
   __m256 scale, bias_f;
 };
 
@@ -168,7 +168,7 @@ TQ_ALWAYS_INLINE __m128i requantize_row16(const Int8GemmProblem& P, const BlockE
   return _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(bytes, gather));
 }
 
-// 8 channels, f32: fma(float(acc + bias_eff), x_scale * w_scale, bias) (eq. 10).
+// 8 channels, f32: fma(float(acc + bias_eff), x_scale * w_scale, bias) (eq. 12).
 TQ_ALWAYS_INLINE __m256 dequantize8(const BlockEpilogue& e, __m256i acc) {
   return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, e.bias_eff)), e.scale, e.bias_f);
 }
