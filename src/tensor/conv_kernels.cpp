@@ -321,9 +321,15 @@ void conv2d_backward_bias(const Tensor& dy, const Tensor& db, bool accumulate) {
   for (int64_t oc = 0; oc < OC; ++oc) {
     double s = 0;
     for (int64_t n = 0; n < N; ++n) {
+      // 16 partial sums (vector registers) rather than one chain of dependent adds.
       const float* p = dyp + (n * OC + oc) * plane;
+      float lanes[16] = {};
+      int64_t i = 0;
+      for (; i + 16 <= plane; i += 16)
+        for (int64_t j = 0; j < 16; ++j) lanes[j] += p[i + j];
+      for (; i < plane; ++i) lanes[0] += p[i];
       float row = 0.f;
-      for (int64_t i = 0; i < plane; ++i) row += p[i];
+      for (float v : lanes) row += v;
       s += row;
     }
     dbp[oc] = static_cast<float>(accumulate ? dbp[oc] + s : s);
