@@ -50,6 +50,7 @@ void run_gemms(const std::vector<Gemm>& gemms, std::vector<float>& a, std::vecto
 }  // namespace
 
 int main() {
+  tune_allocator_for_training();  // as the tinyqat command does: freed activations stay in the heap
   const int B = 64;
   manual_seed(0);
   auto model = models::cnn();

@@ -5,6 +5,9 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
 
 #include "golden_reader.h"
 #include "tensor/conv_kernels.h"
@@ -109,6 +112,54 @@ TEST_CASE("pooling kernels agree with their reference twins", "[cnn][kernels]") 
   const Tensor x = randn({2, 5, 7, 6});
   require_close(k::adaptive_avg_pool2d_forward(x, 1, 1), k::adaptive_avg_pool2d_forward_reference(x, 1, 1),
                 "global average");
+}
+
+TEST_CASE("2x2 / stride 2 max pool: the vector path equals the reference on ties, NaN and every width", "[cnn][kernels]") {
+  // Values from a set of four make ties in most windows (the first maximum
+  // wins); a few NaN must win their window and keep it. Widths 2..13 give
+  // every count of outputs past the 4-wide vector loop; odd sizes leave a
+  // last row / column in no window.
+  std::mt19937 rng(11);
+  for (int64_t H : {2, 3, 6, 7}) {
+    for (int64_t W = 2; W <= 13; ++W) {
+      std::vector<float> v(static_cast<size_t>(2 * 3 * H * W));
+      for (float& e : v) {
+        const uint32_t r = rng() % 64;
+        e = r == 0 ? std::numeric_limits<float>::quiet_NaN() : static_cast<float>(r % 4) - 1.f;
+      }
+      const Tensor x = from_vector(v, {2, 3, H, W});
+      const auto g = k::pool2d_geometry(x.shape(), 2, 2, 2, 2, 0, 0, 1, 1, "max_pool2d");
+      Tensor y, argmax;
+      k::max_pool2d_forward(x, g, y, argmax);
+      const Tensor y_ref = k::max_pool2d_forward_reference(x, g);
+      INFO("H = " << H << ", W = " << W);
+      REQUIRE(std::memcmp(y.data<float>(), y_ref.data<float>(), sizeof(float) * y.numel()) == 0);  // NaN included
+      const Tensor dy = randn(g.output_shape());
+      // The backward lands each dy on the argmax: equal dx means equal indices.
+      REQUIRE(to_vector(k::max_pool2d_backward(dy, argmax, g)) == to_vector(k::max_pool2d_backward_reference(dy, x, g)));
+    }
+  }
+}
+
+TEST_CASE("conv2d bias gradient equals the sum of dy in double", "[cnn][kernels]") {
+  manual_seed(12);
+  for (int64_t plane : {1, 15, 16, 17, 49, 784}) {
+    const Tensor dy = randn({3, 5, 1, plane});
+    const Tensor db = empty({5});
+    k::conv2d_backward_bias(dy, db, false);
+    for (int64_t oc = 0; oc < 5; ++oc) {
+      double want = 0;
+      for (int64_t n = 0; n < 3; ++n)
+        for (int64_t i = 0; i < plane; ++i) want += dy.data<float>()[(n * 5 + oc) * plane + i];
+      INFO("plane " << plane << ", channel " << oc);
+      REQUIRE(std::fabs(db.data<float>()[oc] - want) <= 1e-5 * (1 + std::fabs(want)));
+    }
+    k::conv2d_backward_bias(dy, db, true);  // accumulates
+    double first = 0;
+    for (int64_t n = 0; n < 3; ++n)
+      for (int64_t i = 0; i < plane; ++i) first += dy.data<float>()[n * 5 * plane + i];
+    REQUIRE(std::fabs(db.data<float>()[0] - 2 * first) <= 2e-5 * (1 + std::fabs(first)));
+  }
 }
 
 TEST_CASE("batch-norm kernels agree with their reference twins, also for a large mean", "[cnn][kernels]") {

@@ -19,10 +19,10 @@ struct ReLU6Backward final : Node {
   void backward(const Tensor& g_in, Tensor* gi) override {
     const Tensor g = kernels::contiguous(g_in), x = kernels::contiguous(inputs[0]);
     Tensor out = empty(x.shape());
-    for (int64_t i = 0; i < x.numel(); ++i) {
-      const float v = x.data<float>()[i];
-      out.data<float>()[i] = v > 0.f && v < 6.f ? g.data<float>()[i] : 0.f;
-    }
+    const float* xp = x.data<float>();
+    const float* gp = g.data<float>();
+    float* op = out.data<float>();
+    for (int64_t i = 0; i < x.numel(); ++i) op[i] = xp[i] > 0.f && xp[i] < 6.f ? gp[i] : 0.f;
     gi[0] = out;
   }
 };
@@ -52,7 +52,10 @@ Tensor relu6(const Tensor& x) {
   if (x.dtype() != DType::f32) throw std::invalid_argument(fmt::format("relu6: expected f32, got {}", dtype_name(x.dtype())));
   const Tensor c = kernels::contiguous(x.detach());
   Tensor out = empty(c.shape());
-  for (int64_t i = 0; i < c.numel(); ++i) out.data<float>()[i] = std::min(std::max(c.data<float>()[i], 0.f), 6.f);
+  // Pointers taken once: data<T>() checks the dtype on every call.
+  const float* xp = c.data<float>();
+  float* op = out.data<float>();
+  for (int64_t i = 0; i < c.numel(); ++i) op[i] = std::min(std::max(xp[i], 0.f), 6.f);
   if (any_requires_grad(x)) record<ReLU6Backward>(out, {x});
   return out;
 }

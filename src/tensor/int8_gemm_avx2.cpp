@@ -51,6 +51,10 @@ struct Maddubs {
   template <int MR>
   TQ_ALWAYS_INLINE static void accumulate(const Int8GemmProblem& P, int64_t m, const int32_t*, const int8_t* w,
                                           __m256i (&acc)[MR][kBlocks]) {
+    if constexpr (MR == 4) {
+      accumulate_ymm_4x2(P, m, w, acc, [](__m256i a, __m256i x, __m256i w) { return _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w), _mm256_set1_epi16(1))); });
+      return;
+    }
     const uint8_t* x = P.X + m * P.ldx;
     const int64_t ldx = P.ldx, K = P.W->K();
     for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_si256();

@@ -194,6 +194,49 @@ TQ_ALWAYS_INLINE void store_f32_block(float* dst, __m256 v, int64_t valid) {
 }
 
 // ---------------------------------------------------------------------------
+// The full 4-row tile of the ymm kernels, with its eight accumulators as
+// named variables: GCC 12 keeps accumulators held in an array in registers,
+// but in a loop over k like this one copies each to another register and
+// back once per k group (and spills one), which costs the AVX-VNNI tile
+// about a quarter of its speed (docs/int8_kernel.md, "Blocking and
+// prefetch"). `madd(acc, x, w)` returns acc plus, per int32 lane, the four
+// products of the u8 group broadcast in x by the i8 group of w.
+#define TQ_YMM_ROW(i, load)                                \
+  {                                                        \
+    const __m256i xb = _mm256_set1_epi32(load);            \
+    a##i##0 = madd(a##i##0, xb, w0);                       \
+    a##i##1 = madd(a##i##1, xb, w1);                       \
+  }
+template <class Madd>
+TQ_ALWAYS_INLINE void accumulate_ymm_4x2(const Int8GemmProblem& P, int64_t m, const int8_t* w,
+                                         __m256i (&acc)[4][kBlocks], Madd madd) {
+  const uint8_t* x = P.X + m * P.ldx;
+  const int64_t ldx = P.ldx, K = P.W->K();
+  __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+  const int64_t full_groups = K / 4;
+  for (int64_t g = 0; g < full_groups; ++g) {
+    const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + g * kGroupBytes));
+    const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + g * kGroupBytes + 32));
+    TQ_YMM_ROW(0, load_group(x + 4 * g))
+    TQ_YMM_ROW(1, load_group(x + ldx + 4 * g))
+    TQ_YMM_ROW(2, load_group(x + 2 * ldx + 4 * g))
+    TQ_YMM_ROW(3, load_group(x + 3 * ldx + 4 * g))
+  }
+  if (K % 4 != 0) {
+    const int64_t g = full_groups, tail = K % 4;
+    const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + g * kGroupBytes));
+    const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + g * kGroupBytes + 32));
+    TQ_YMM_ROW(0, load_tail_group(x + 4 * g, tail))
+    TQ_YMM_ROW(1, load_tail_group(x + ldx + 4 * g, tail))
+    TQ_YMM_ROW(2, load_tail_group(x + 2 * ldx + 4 * g, tail))
+    TQ_YMM_ROW(3, load_tail_group(x + 3 * ldx + 4 * g, tail))
+  }
+  const __m256i named[4][kBlocks] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
+  std::memcpy(acc, named, sizeof named);
+}
+#undef TQ_YMM_ROW
+
+// ---------------------------------------------------------------------------
 // The blocked loop of the ymm kernels. A tile is MR rows of X times one
 // 16-channel panel: MR x 2 ymm accumulators. Policy supplies
 //   static constexpr int kRows;            // MR of the full tile

@@ -22,6 +22,47 @@ Layout layout_of(const Tensor& x, const char* op) {
   return {N, C, N * C == 0 ? 0 : x.numel() / (N * C)};
 }
 
+// Sums of a plane in kLanes independent partial sums: one float accumulator
+// is a chain of dependent adds the compiler may not reorder, kLanes of them
+// are vector registers. The partial sums are added at the end of the plane.
+constexpr int64_t kLanes = 16;
+
+// sum (p - shift) and sum (p - shift)^2 over n values.
+inline void shifted_sums(const float* p, int64_t n, float shift, float& sum, float& sum_sq) {
+  float a[kLanes] = {}, a2[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const float d = p[i + j] - shift;
+      a[j] += d;
+      a2[j] += d * d;
+    }
+  for (; i < n; ++i) {
+    const float d = p[i] - shift;
+    a[0] += d;
+    a2[0] += d * d;
+  }
+  sum = sum_sq = 0.f;
+  for (int64_t j = 0; j < kLanes; ++j) sum += a[j], sum_sq += a2[j];
+}
+
+// sum g and sum g (p - m) over n values.
+inline void gradient_sums(const float* g, const float* p, int64_t n, float m, float& sum_g, float& sum_g_centered) {
+  float a[kLanes] = {}, b[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) {
+      a[j] += g[i + j];
+      b[j] += g[i + j] * (p[i + j] - m);
+    }
+  for (; i < n; ++i) {
+    a[0] += g[i];
+    b[0] += g[i] * (p[i] - m);
+  }
+  sum_g = sum_g_centered = 0.f;
+  for (int64_t j = 0; j < kLanes; ++j) sum_g += a[j], sum_g_centered += b[j];
+}
+
 }  // namespace
 
 void batch_norm_stats(const Tensor& x, Tensor& mean, Tensor& var) {
@@ -36,13 +77,8 @@ void batch_norm_stats(const Tensor& x, Tensor& mean, Tensor& var) {
     const float shift = xp[c * l.plane];
     double s = 0, s2 = 0;
     for (int64_t n = 0; n < l.N; ++n) {
-      const float* p = xp + (n * l.C + c) * l.plane;
-      float a = 0.f, a2 = 0.f;
-      for (int64_t i = 0; i < l.plane; ++i) {
-        const float d = p[i] - shift;
-        a += d;
-        a2 += d * d;
-      }
+      float a, a2;
+      shifted_sums(xp + (n * l.C + c) * l.plane, l.plane, shift, a, a2);
       s += a;
       s2 += a2;
     }
@@ -102,13 +138,8 @@ void batch_norm_backward_sums(const Tensor& dy, const Tensor& x, const Tensor& m
     const float m = mean.data<float>()[c];
     double s = 0, sx = 0;
     for (int64_t n = 0; n < l.N; ++n) {
-      const float* p = xp + (n * l.C + c) * l.plane;
-      const float* g = gp + (n * l.C + c) * l.plane;
-      float a = 0.f, b = 0.f;
-      for (int64_t i = 0; i < l.plane; ++i) {
-        a += g[i];
-        b += g[i] * (p[i] - m);
-      }
+      float a, b;
+      gradient_sums(gp + (n * l.C + c) * l.plane, xp + (n * l.C + c) * l.plane, l.plane, m, a, b);
       s += a;
       sx += b;
     }

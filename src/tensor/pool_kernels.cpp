@@ -10,6 +10,10 @@
 
 #include <fmt/format.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace tq::kernels {
 
 namespace {
@@ -29,6 +33,98 @@ inline void window(int64_t o, int64_t size, int64_t k, int64_t stride, int64_t p
 
 inline int64_t adaptive_start(int64_t o, int64_t in, int64_t out) { return (o * in) / out; }
 inline int64_t adaptive_end(int64_t o, int64_t in, int64_t out) { return ((o + 1) * in + out - 1) / out; }
+
+// ---- The 2x2 / stride 2 max pool (no padding, no dilation): its windows
+// tile the input, so the forward picks one of four taps per output without
+// a branch, and the backward writes every dx once (no zero fill, no scatter).
+
+bool is_2x2_stride_2(const Pool2dGeometry& g) {
+  return g.KH == 2 && g.KW == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 && g.pad_w == 0 &&
+         g.dil_h == 1 && g.dil_w == 1;
+}
+
+// The rule of the general loop, "the first maximum; a NaN wins and ends the
+// search", as one predicate: a later tap v replaces best when best is not
+// NaN and v is not <= best (true when v > best, or v is NaN).
+inline bool takes(float v, float best) { return best == best && !(v <= best); }
+
+// Outputs [ow0, OW) of one output row: r0, r1 are input rows 2 oh and 2 oh + 1,
+// `row0` the flat index of r0 in its plane.
+void max_pool_2x2_row_scalar(const float* r0, const float* r1, int64_t row0, int64_t W, int64_t ow0, int64_t OW,
+                             float* y, int32_t* idx) {
+  for (int64_t ow = ow0; ow < OW; ++ow) {
+    const int64_t c = 2 * ow;
+    float best = r0[c];
+    int64_t at = row0 + c;
+    if (takes(r0[c + 1], best)) best = r0[c + 1], at = row0 + c + 1;
+    if (takes(r1[c], best)) best = r1[c], at = row0 + W + c;
+    if (takes(r1[c + 1], best)) best = r1[c + 1], at = row0 + W + c + 1;
+    y[ow] = best;
+    idx[ow] = static_cast<int32_t>(at);
+  }
+}
+
+// The same on four outputs at a time: even and odd columns of the two rows
+// are the four taps; the predicate above becomes two compares and a mask.
+void max_pool_2x2_row(const float* r0, const float* r1, int64_t row0, int64_t W, int64_t OW, float* y, int32_t* idx) {
+  int64_t ow = 0;
+#if defined(__SSE2__)
+  const __m128i lane_cols = _mm_setr_epi32(0, 2, 4, 6);
+  for (; ow + 4 <= OW; ow += 4) {
+    const int64_t c = 2 * ow;  // reads columns c .. c + 7 < 2 OW <= W
+    const __m128 a0 = _mm_loadu_ps(r0 + c), b0 = _mm_loadu_ps(r0 + c + 4);
+    const __m128 a1 = _mm_loadu_ps(r1 + c), b1 = _mm_loadu_ps(r1 + c + 4);
+    const __m128 taps[4] = {_mm_shuffle_ps(a0, b0, _MM_SHUFFLE(2, 0, 2, 0)), _mm_shuffle_ps(a0, b0, _MM_SHUFFLE(3, 1, 3, 1)),
+                            _mm_shuffle_ps(a1, b1, _MM_SHUFFLE(2, 0, 2, 0)), _mm_shuffle_ps(a1, b1, _MM_SHUFFLE(3, 1, 3, 1))};
+    const __m128i first = _mm_add_epi32(_mm_set1_epi32(static_cast<int32_t>(row0 + c)), lane_cols);
+    const __m128i offsets[4] = {_mm_setzero_si128(), _mm_set1_epi32(1), _mm_set1_epi32(static_cast<int32_t>(W)),
+                                _mm_set1_epi32(static_cast<int32_t>(W + 1))};
+    __m128 best = taps[0];
+    __m128i at = first;
+    for (int t = 1; t < 4; ++t) {
+      const __m128 take = _mm_and_ps(_mm_cmpord_ps(best, best), _mm_cmpnle_ps(taps[t], best));
+      best = _mm_or_ps(_mm_and_ps(take, taps[t]), _mm_andnot_ps(take, best));
+      const __m128i take_i = _mm_castps_si128(take);
+      at = _mm_or_si128(_mm_and_si128(take_i, _mm_add_epi32(first, offsets[t])), _mm_andnot_si128(take_i, at));
+    }
+    _mm_storeu_ps(y + ow, best);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(idx + ow), at);
+  }
+#endif
+  max_pool_2x2_row_scalar(r0, r1, row0, W, ow, OW, y, idx);
+}
+
+// dx rows 2 oh and 2 oh + 1, columns [0, 2 OW): each dy goes to the tap its
+// index names, the other three taps get 0.
+void max_pool_2x2_backward_row(const float* dy, const int32_t* idx, int64_t row0, int64_t W, int64_t OW, float* d0,
+                               float* d1) {
+  int64_t ow = 0;
+#if defined(__SSE2__)
+  const __m128i lane_cols = _mm_setr_epi32(0, 2, 4, 6);
+  for (; ow + 4 <= OW; ow += 4) {
+    const int64_t c = 2 * ow;
+    const __m128 g = _mm_loadu_ps(dy + ow);
+    const __m128i at = _mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + ow));
+    const __m128i first = _mm_add_epi32(_mm_set1_epi32(static_cast<int32_t>(row0 + c)), lane_cols);
+    auto lands = [&](int32_t offset) {
+      return _mm_and_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(at, _mm_add_epi32(first, _mm_set1_epi32(offset)))), g);
+    };
+    const __m128 e0 = lands(0), o0 = lands(1), e1 = lands(static_cast<int32_t>(W)), o1 = lands(static_cast<int32_t>(W + 1));
+    _mm_storeu_ps(d0 + c, _mm_unpacklo_ps(e0, o0));
+    _mm_storeu_ps(d0 + c + 4, _mm_unpackhi_ps(e0, o0));
+    _mm_storeu_ps(d1 + c, _mm_unpacklo_ps(e1, o1));
+    _mm_storeu_ps(d1 + c + 4, _mm_unpackhi_ps(e1, o1));
+  }
+#endif
+  for (; ow < OW; ++ow) {
+    const int64_t c = 2 * ow, at = idx[ow] - row0;
+    const float g = dy[ow];
+    d0[c] = at == c ? g : 0.f;
+    d0[c + 1] = at == c + 1 ? g : 0.f;
+    d1[c] = at == W + c ? g : 0.f;
+    d1[c + 1] = at == W + c + 1 ? g : 0.f;
+  }
+}
 
 }  // namespace
 
@@ -63,32 +159,16 @@ void max_pool2d_forward(const Tensor& x, const Pool2dGeometry& g, Tensor& y, Ten
   float* yp = y.data<float>();
   int32_t* ip = argmax.data<int32_t>();
   const int64_t hw = g.H * g.W, ohw = g.OH * g.OW;
-  if (g.KH == 2 && g.KW == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 && g.pad_w == 0 && g.dil_h == 1 &&
-      g.dil_w == 1) {
-    // The common 2x2 / stride 2 window, always inside the input: four taps
-    // in the same order as the general loop (first maximum, NaN wins).
+  if (is_2x2_stride_2(g)) {
+    // The common 2x2 / stride 2 window, always inside the input; the same
+    // taps in the same order as the general loop below (its twin in the tests).
     for (int64_t plane = 0; plane < g.N * g.C; ++plane) {
       const float* xc = xp + plane * hw;
-      float* yo = yp + plane * ohw;
-      int32_t* io = ip + plane * ohw;
-      for (int64_t oh = 0; oh < g.OH; ++oh)
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const int64_t i0 = 2 * oh * g.W + 2 * ow;
-          const int64_t taps[4] = {i0, i0 + 1, i0 + g.W, i0 + g.W + 1};
-          int64_t best_i = taps[0];
-          float best = xc[best_i];
-          if (!std::isnan(best))
-            for (int t = 1; t < 4; ++t) {
-              const float v = xc[taps[t]];
-              if (v > best || std::isnan(v)) {
-                best = v;
-                best_i = taps[t];
-                if (std::isnan(v)) break;
-              }
-            }
-          yo[oh * g.OW + ow] = best;
-          io[oh * g.OW + ow] = static_cast<int32_t>(best_i);
-        }
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const int64_t row0 = 2 * oh * g.W;
+        max_pool_2x2_row(xc + row0, xc + row0 + g.W, row0, g.W, g.OW, yp + plane * ohw + oh * g.OW,
+                         ip + plane * ohw + oh * g.OW);
+      }
     }
     return;
   }
@@ -123,11 +203,28 @@ void max_pool2d_forward(const Tensor& x, const Pool2dGeometry& g, Tensor& y, Ten
 
 Tensor max_pool2d_backward(const Tensor& dy, const Tensor& argmax, const Pool2dGeometry& g) {
   check_input(dy, "max_pool2d_backward");
-  Tensor dx = zeros({g.N, g.C, g.H, g.W});
   const float* gp = dy.data<float>();
   const int32_t* ip = argmax.data<int32_t>();
-  float* dxp = dx.data<float>();
   const int64_t hw = g.H * g.W, ohw = g.OH * g.OW;
+  if (is_2x2_stride_2(g)) {
+    // Every input element lies in at most one window: write each once.
+    Tensor dx = empty({g.N, g.C, g.H, g.W});
+    float* dxp = dx.data<float>();
+    for (int64_t plane = 0; plane < g.N * g.C; ++plane) {
+      float* dc = dxp + plane * hw;
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const int64_t row0 = 2 * oh * g.W;
+        float* d0 = dc + row0;
+        float* d1 = d0 + g.W;
+        max_pool_2x2_backward_row(gp + plane * ohw + oh * g.OW, ip + plane * ohw + oh * g.OW, row0, g.W, g.OW, d0, d1);
+        if (g.W > 2 * g.OW) d0[g.W - 1] = d1[g.W - 1] = 0.f;  // an odd last column lies in no window
+      }
+      if (g.H > 2 * g.OH) std::memset(dc + (g.H - 1) * g.W, 0, sizeof(float) * g.W);  // nor does an odd last row
+    }
+    return dx;
+  }
+  Tensor dx = zeros({g.N, g.C, g.H, g.W});
+  float* dxp = dx.data<float>();
   for (int64_t plane = 0; plane < g.N * g.C; ++plane)
     for (int64_t i = 0; i < ohw; ++i) dxp[plane * hw + ip[plane * ohw + i]] += gp[plane * ohw + i];
   return dx;
@@ -141,7 +238,10 @@ static int64_t reference_argmax(const float* xc, const Pool2dGeometry& g, int64_
     for (int64_t kw = 0; kw < g.KW; ++kw) {
       const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dil_h, iw = ow * g.stride_w - g.pad_w + kw * g.dil_w;
       if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-      if (best_i < 0 || xc[ih * g.W + iw] > best) {
+      // The first tap, then each later one that beats the best so far; a NaN
+      // beats everything and nothing beats it (PyTorch propagates NaN).
+      const float v = xc[ih * g.W + iw];
+      if (best_i < 0 || (!std::isnan(best) && (v > best || std::isnan(v)))) {
         best = xc[ih * g.W + iw];
         best_i = ih * g.W + iw;
       }
