@@ -336,7 +336,7 @@ std::string int8_file(const std::string& name, const std::vector<int64_t>& sizes
 }
 }  // namespace
 
-TEST_CASE("cli: the exit-code contract: 2 for the command line, naming the option; 1 for a file, naming it", "[cli][errors]") {
+TEST_CASE("cli: the exit-code contract: 2 for the command line naming the option, 1 for a file naming it", "[cli][errors]") {
   require_dataset();
   // Each mistake is found before any data is read (--data names nothing).
   const std::string nodata = " --data " + temp_path("no_such_dir");

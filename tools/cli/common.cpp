@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <utility>
 #include <vector>
 #include <iostream>
@@ -260,7 +261,8 @@ void check_settings(const json& cmd, const std::string& checkpoint) {
     if (!cmd.contains(key)) return;
     const json& v = cmd[key];
     if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < lo || v.get<double>() > hi)
-      fail(key, fmt::format("must be a number in [{}, {}]", lo, hi));
+      fail(key, std::isinf(hi) ? fmt::format("must be a finite number >= {}", lo)
+                               : fmt::format("must be a number in [{}, {}]", lo, hi));
   };
   auto one_of = [&](const std::string& key, const std::vector<std::string>& allowed) {
     if (!cmd.contains(key)) return;
@@ -273,7 +275,7 @@ void check_settings(const json& cmd, const std::string& checkpoint) {
   };
   integer("epochs", 1, 1'000'000);
   integer("batch_size", 1, 1 << 20);
-  number("lr", 0, 1e6);
+  number("lr", 0, std::numeric_limits<double>::infinity());  // as SGD: finite, not negative (a huge one diverges, and says so)
   number("momentum", 0, 1);
   if (cmd.contains("seed") && !cmd["seed"].is_number_unsigned() && !(cmd["seed"].is_number_integer() && cmd["seed"].get<int64_t>() >= 0))
     fail("seed", "must be a non-negative integer");
