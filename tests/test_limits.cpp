@@ -10,6 +10,9 @@
 // took minutes on these inputs), not a performance assertion.
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -19,6 +22,8 @@
 #include <vector>
 
 #include "io/data_loader.h"
+#include "io/idx.h"
+#include "io/npy.h"
 #include "io/model_file.h"
 #include "io/model_limits.h"
 #include "io/packing.h"
@@ -409,4 +414,19 @@ TEST_CASE("limits: check_json_limits refuses a JSON text nested or sized beyond 
   CHECK_NOTHROW(io::check_json_limits(deep, "m.safetensors", "the model description", 300));
   REQUIRE_THROWS_WITH(io::check_json_limits("[1,2,3,4]", "c", "the state", 8, 3), Contains("the state holds about 5 values"));
   CHECK_NOTHROW(io::check_json_limits(R"({"a":"[[[[[[[[[[\"]]"})", "c", "the state", 1));
+}
+
+TEST_CASE("limits: the readers refuse a FIFO or a device instead of blocking or reading without end", "[limits][io]") {
+  // Opening a FIFO for reading blocks until a writer comes: `eval --model FIFO` hung.
+  const std::string fifo = "/tmp/tinyqat_limits_fifo_" + std::to_string(::getpid());
+  ::unlink(fifo.c_str());
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  CHECK_THROWS_WITH(io::load_safetensors(fifo), Contains(fifo + ": is not a regular file"));
+  CHECK_THROWS_WITH(io::read_idx(fifo), Contains(fifo + ": not a regular file"));
+  CHECK_THROWS_WITH(io::load_npy(fifo), Contains(fifo + ": is not a regular file"));
+  ::unlink(fifo.c_str());
+  // /dev/zero never ends (load_npy read it until memory ran out); /dev/null read as an empty file.
+  CHECK_THROWS_WITH(io::load_npy("/dev/zero"), Contains("/dev/zero: is not a regular file"));
+  CHECK_THROWS_WITH(io::load_safetensors("/dev/null"), Contains("/dev/null: is not a regular file"));
+  CHECK_THROWS_WITH(io::read_idx("/dev/zero"), Contains("/dev/zero: not a regular file"));
 }
