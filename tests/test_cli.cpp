@@ -23,7 +23,11 @@
 
 #include "io/dataset.h"
 #include "io/model_file.h"
+#include "nn/sequential.h"
+#include "quant/passes.h"
+#include "quant/qconfig.h"
 #include "quant/quantized_linear.h"
+#include "tensor/random.h"
 
 namespace {
 
@@ -310,6 +314,88 @@ TEST_CASE("cli bench: --quick --json measures every section of the speed report"
   CHECK_THAT(text.out, Contains("(d) SimpleNN") && Contains("QAT step") && !Contains("(a) int8 GEMM"));
   expect_one_line_error(tinyqat("bench --only e"), 2, "--only 'e'");
   expect_one_line_error(tinyqat("bench --threads 0"), 2, "--threads");
+}
+
+namespace {
+// A float MLP of the given sizes, untrained, saved under `name`.
+std::string mlp_file(const std::string& name, const std::vector<int64_t>& sizes) {
+  const std::string path = temp_path(name);
+  tq::io::save_model(*tq::nn::make_mlp(sizes), path);
+  return path;
+}
+// The same MLP made int8 (prepared, one batch observed, converted).
+std::string int8_file(const std::string& name, const std::vector<int64_t>& sizes) {
+  auto m = tq::nn::make_mlp(sizes);
+  m->qconfig = tq::quant::get_default_qat_qconfig("x86");
+  tq::quant::prepare_qat(*m);
+  (*m)(tq::randn({4, sizes.front()}));
+  tq::quant::convert(*m);
+  const std::string path = temp_path(name);
+  tq::io::save_model(*m, path);
+  return path;
+}
+}  // namespace
+
+TEST_CASE("cli: the exit-code contract: 2 for the command line naming the option, 1 for a file naming it", "[cli][errors]") {
+  require_dataset();
+  // Each mistake is found before any data is read (--data names nothing).
+  const std::string nodata = " --data " + temp_path("no_such_dir");
+  const std::string f = mlp_file("contract_float.st", {784, 16, 10});
+  const std::string q = int8_file("contract_int8.st", {784, 16, 10});
+  SECTION("mistakes in the command line exit 2 and name the option") {
+    const std::vector<std::pair<std::string, std::string>> usage = {
+        {"train --lr -1 --out " + temp_path("x"), "--lr"},
+        {"train --momentum 2 --out " + temp_path("x"), "--momentum"},
+        {"train --hidden 65536,65536 --out " + temp_path("x"), "--hidden"},  // was a bare std::bad_alloc
+        {"train --stop-after -1 --out " + temp_path("x"), "--stop-after"},  // was accepted
+        {"qat --from " + f + " --qconfig bogus --bits 4 --out " + temp_path("x"), "--qconfig bogus"},  // was ignored
+        {"compare --float " + f + " --quantized " + q + " --samples 0", "--samples"},  // was clamped to 1
+        {"lowbit --from " + f + " --configs ''", "--configs is empty"},
+        {"pipeline --epochs 0 --workdir " + temp_path("wd"), "--epochs"},  // printed an untrained float row
+        {"pipeline --qat-epochs 0 --workdir " + temp_path("wd"), "--qat-epochs"},
+    };
+    for (const auto& [args, text] : usage) {
+      INFO(args);
+      expect_one_line_error(tinyqat(args + nodata), 2, text);
+    }
+  }
+  SECTION("a file that does not suit the command exits 1 and names the file") {
+    // A model for another input width, or another number of classes (eval reported 10% or 0%).
+    const std::string narrow = mlp_file("contract_narrow.st", {10, 4, 10});
+    const std::string five = mlp_file("contract_five.st", {784, 8, 5});
+    expect_one_line_error(tinyqat("eval --model " + narrow + " --limit-test 10"), 1, narrow + ": the model cannot take");
+    expect_one_line_error(tinyqat("eval --model " + five + " --limit-test 10"), 1,
+                          five + ": the model gives 5 outputs per sample, but the data has 10 classes");
+    for (const char* cmd : {"ptq", "dynamic", "qat"}) {
+      INFO(cmd);
+      expect_one_line_error(tinyqat(std::string(cmd) + " --from " + narrow + " --out " + temp_path("x")), 1,
+                            narrow + ": the model cannot take");
+    }
+    // compare with its arguments swapped, float vs float, int8 vs int8 (empty tables, exit 0).
+    expect_one_line_error(tinyqat("compare --float " + q + " --quantized " + f), 1, q + ": holds a model that is already");
+    expect_one_line_error(tinyqat("compare --float " + f + " --quantized " + f), 1, f + ": holds no quantized layer");
+    expect_one_line_error(tinyqat("compare --float " + q + " --quantized " + q), 1, q + ": holds a model that is already");
+    // Two architectures that do not match (was exit 2, as a usage error).
+    const std::string other = int8_file("contract_other.st", {784, 12, 10});
+    const Run r = tinyqat("compare --float " + f + " --quantized " + other);
+    CHECK(r.status == 1);
+    CHECK_THAT(r.err, Contains(f) && Contains(other));
+  }
+  SECTION("an output directory the run cannot write is found before any work") {
+    // A directory nobody may write in (was found only after the training).
+    const std::string ro = "/tmp/tinyqat_read_only_" + std::to_string(::getpid());
+    fs::create_directories(ro);
+    fs::permissions(ro, fs::perms::owner_read | fs::perms::owner_exec | fs::perms::others_read | fs::perms::others_exec);
+    // root may write anywhere: run the binary as an unprivileged user then.
+    const std::string as_user = ::geteuid() == 0 ? "setpriv --reuid=65534 --regid=65534 --clear-groups " : "";
+    const std::string binary = std::string(TINYQAT_BINARY_DIR) + "/tinyqat";
+    const std::string err = temp_path("read_only_stderr");
+    const int s = std::system((as_user + binary + " train --epochs 1 --out " + ro + "/x.st" + nodata + " 2>" + err).c_str());
+    CHECK(WEXITSTATUS(s) == 1);
+    CHECK_THAT(read_bytes(err), Contains("--out " + ro + "/x.st: cannot write in directory"));
+    fs::permissions(ro, fs::perms::owner_all);
+    fs::remove_all(ro);
+  }
 }
 
 TEST_CASE("cli: a failing command leaves an existing --out file untouched", "[cli]") {

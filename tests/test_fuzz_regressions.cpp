@@ -138,32 +138,35 @@ TEST_CASE("fuzz seeds: float, QAT, observed, static and dynamic int8 model files
 }
 
 // Found by fuzz/fuzz_model: a calibrated model file whose observer holds
-// min_val = -inf loads (the file is well formed), but convert computed a
+// min_val = -inf loaded (the file is well formed), but convert computed a
 // NaN zero point and converted it to an integer (undefined behaviour; in
-// practice a garbage zero point). calculate_qparams now refuses the range.
-TEST_CASE("fuzz regression: converting a loaded model whose observer saw an infinite range names the range", "[fuzz][io][errors]") {
+// practice a garbage zero point). calculate_qparams refuses the range, and
+// now the file is refused before that, when it loads (no observer can hold
+// that range), naming the file, the observer and the range.
+TEST_CASE("fuzz regression: a loaded model whose observer saw an infinite range is refused, naming the range", "[fuzz][io][errors]") {
   const std::string bytes = read_bytes(kCorpus / "regressions" / "model" / "crash-calculate-qparams-infinite-min");
-  auto model = io::build_model(io::parse_safetensors(bytes, "min-inf"), "min-inf");
-  {
-    NoGradGuard no_grad;
-    (*model)(fuzzing::sample_input(4));  // calibration keeps min_val = -inf
-  }
-  CHECK_THROWS_WITH(quant::convert(*model), Catch::StartsWith("convert: layer 'fc1': ") && Catch::Contains("not finite"));
+  CHECK_THROWS_WITH(io::build_model(io::parse_safetensors(bytes, "min-inf"), "min-inf"),
+                    Catch::StartsWith("min-inf: ") && Catch::Contains("fc1.input_observer") &&
+                        Catch::Contains("[-inf, 1.8771377]"));
   CHECK_THROWS_WITH(quant::calculate_qparams(-std::numeric_limits<float>::infinity(), 1.f, quant::activation_spec(8)),
                     Catch::Contains("[-inf, 1] is not finite"));
 }
 
 // Found by fuzz/fuzz_model: a QAT model file with a NaN bias converts, and
 // the int8 layer's first forward quantized the bias with a NaN-to-integer
-// conversion (undefined behaviour). It now refuses, naming the layer.
-TEST_CASE("fuzz regression: an int8 layer with a NaN bias refuses to run, naming the layer and the bias", "[fuzz][errors]") {
+// conversion (undefined behaviour). It first refused at that forward; now the
+// layer refuses to be built (at convert, or when a model file loads), naming
+// the layer and the bias.
+TEST_CASE("fuzz regression: an int8 layer with a NaN bias refuses to be built, naming the layer and the bias", "[fuzz][errors]") {
   const quant::QuantSpec w = quant::weight_spec(8, QScheme::per_tensor_symmetric);
   const quant::QuantSpec a = quant::activation_spec(8);
   const Tensor weight = from_vector({0.5f, -0.25f, 1.f, 0.f, 0.75f, -1.f}, {2, 3});
   const Tensor bias = from_vector({0.1f, std::nanf("")}, {2});
-  quant::QuantizedLinear layer(weight, bias, quant::make_qparams(w, {{0.01f, 0}}), quant::make_qparams(a, {{0.02f, 128}}),
-                               std::make_shared<const QParams>(quant::make_qparams(a, {{0.05f, 128}})), false, "fc9");
-  CHECK_THROWS_WITH(layer(from_vector({1, 2, 3}, {1, 3})), Catch::Contains("fc9") && Catch::Contains("bias[1] is nan"));
+  CHECK_THROWS_WITH(quant::QuantizedLinear(weight, bias, quant::make_qparams(w, {{0.01f, 0}}),
+                                           quant::make_qparams(a, {{0.02f, 128}}),
+                                           std::make_shared<const QParams>(quant::make_qparams(a, {{0.05f, 128}})), false,
+                                           "fc9"),
+                    Catch::Contains("fc9") && Catch::Contains("bias[1] is nan"));
 }
 
 // Found by fuzz/fuzz_model: a histogram observer loaded with an infinite

@@ -10,6 +10,9 @@
 // took minutes on these inputs), not a performance assertion.
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -19,10 +22,14 @@
 #include <vector>
 
 #include "io/data_loader.h"
+#include "io/idx.h"
+#include "io/npy.h"
 #include "io/model_file.h"
+#include "io/model_limits.h"
 #include "io/packing.h"
 #include "io/safetensors.h"
 #include "nn/activation.h"
+#include "nn/linear.h"
 #include "nn/sequential.h"
 #include "nn/sgd.h"
 #include "quant/checks.h"
@@ -176,6 +183,72 @@ TEST_CASE("limits: a model file whose Sequential has 100,000 children loads in l
   CHECK(seconds_since(t0) < kHangSeconds);
   CHECK(model->children().size() == 100'000);
   CHECK(model->find_slot("99999"));
+}
+
+TEST_CASE("limits: a model file of 50,000 layers (kMaxTensors tensors) loads, and loads into a model, in linear time",
+          "[limits][nn][model_file]") {
+  // Each module's tensors were found by a pass over all the file's tensors,
+  // and each child of the file was looked for among all the model's:
+  // quadratic, 5e9 steps for this file. Now the tensors are grouped by
+  // module once.
+  nn::Sequential s;
+  const int n = 50'000;
+  for (int i = 0; i < n; ++i) s.push_back(nn::Linear(1, 1));
+  const io::SafetensorsFile file = io::model_to_safetensors(s);
+  REQUIRE(file.tensors.size() == io::kMaxTensors);
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto model = io::build_model(file, "layers.safetensors");
+  CHECK(model->children().size() == static_cast<size_t>(n));
+  nn::Sequential target;
+  for (int i = 0; i < n; ++i) target.push_back(nn::Linear(1, 1));
+  io::load_into(target, file, "layers.safetensors");
+  CHECK(seconds_since(t0) < kHangSeconds);
+  const std::string last = std::to_string(n - 1);
+  CHECK(target.get_submodule(last).named_parameters().at(0).second.item() ==
+        s.get_submodule(last).named_parameters().at(0).second.item());
+}
+
+namespace {
+// A model description (the "tinyqat" metadata) of `children` ReLUs in one Sequential.
+std::string wide_description(size_t children) {
+  std::string d = R"({"format":"tinyqat-model","version":2,"model":{"type":"Sequential","config":{},"children":[)";
+  for (size_t i = 0; i < children; ++i) {
+    if (i) d += ',';
+    d += R"({"name":")" + std::to_string(i) + R"(","module":{"type":"ReLU","config":{},"children":[]}})";
+  }
+  return d + "]}}";
+}
+io::SafetensorsFile with_description(const std::string& d) {
+  io::SafetensorsFile f;
+  f.metadata["tinyqat"] = d;
+  return f;
+}
+}  // namespace
+
+TEST_CASE("limits: a model description beyond its module count or nesting is refused by name", "[limits][model_file]") {
+  const auto t0 = std::chrono::steady_clock::now();
+  REQUIRE_THROWS_WITH(io::build_model(with_description(wide_description(io::kMaxModules)), "m.safetensors"),
+                      Contains("m.safetensors: the model has more than 200000 modules (the limit kMaxModules)"));
+  CHECK(seconds_since(t0) < kHangSeconds);
+  CHECK_NOTHROW(io::build_model(with_description(wide_description(3)), "m.safetensors"));
+  // JSON nested 100,000 levels inside the description: refused before it is parsed (the header's own
+  // depth limit does not see into a metadata string).
+  const std::string deep = R"({"format":"tinyqat-model","version":2,"model":)" + std::string(100'000, '[') +
+                           std::string(100'000, ']') + "}";
+  REQUIRE_THROWS_WITH(io::build_model(with_description(deep), "m.safetensors"),
+                      Contains("m.safetensors: the model description is nested more than 256 levels deep"));
+  // Modules nested more than kMaxModuleDepth deep.
+  std::string nested = R"({"type":"ReLU","config":{},"children":[]})";
+  for (int i = 0; i < io::kMaxModuleDepth + 1; ++i)
+    nested = R"({"type":"Sequential","config":{},"children":[{"name":"s","module":)" + nested + "}]}";
+  REQUIRE_THROWS_WITH(io::build_model(with_description(R"({"format":"tinyqat-model","version":2,"model":)" + nested + "}"),
+                                      "m.safetensors"),
+                      Contains("module tree is nested too deeply") && Contains("kMaxModuleDepth"));
+  // Two children of one name: the second silently replaced the first.
+  std::string twice = wide_description(2);
+  twice.replace(twice.find(R"("name":"1")"), 10, R"("name":"0")");
+  REQUIRE_THROWS_WITH(io::build_model(with_description(twice), "m.safetensors"),
+                      Contains("m.safetensors: module '' has two children named '0'"));
 }
 
 namespace {
@@ -341,4 +414,19 @@ TEST_CASE("limits: check_json_limits refuses a JSON text nested or sized beyond 
   CHECK_NOTHROW(io::check_json_limits(deep, "m.safetensors", "the model description", 300));
   REQUIRE_THROWS_WITH(io::check_json_limits("[1,2,3,4]", "c", "the state", 8, 3), Contains("the state holds about 5 values"));
   CHECK_NOTHROW(io::check_json_limits(R"({"a":"[[[[[[[[[[\"]]"})", "c", "the state", 1));
+}
+
+TEST_CASE("limits: the readers refuse a FIFO or a device instead of blocking or reading without end", "[limits][io]") {
+  // Opening a FIFO for reading blocks until a writer comes: `eval --model FIFO` hung.
+  const std::string fifo = "/tmp/tinyqat_limits_fifo_" + std::to_string(::getpid());
+  ::unlink(fifo.c_str());
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  CHECK_THROWS_WITH(io::load_safetensors(fifo), Contains(fifo + ": is not a regular file"));
+  CHECK_THROWS_WITH(io::read_idx(fifo), Contains(fifo + ": not a regular file"));
+  CHECK_THROWS_WITH(io::load_npy(fifo), Contains(fifo + ": is not a regular file"));
+  ::unlink(fifo.c_str());
+  // /dev/zero never ends (load_npy read it until memory ran out); /dev/null read as an empty file.
+  CHECK_THROWS_WITH(io::load_npy("/dev/zero"), Contains("/dev/zero: is not a regular file"));
+  CHECK_THROWS_WITH(io::load_safetensors("/dev/null"), Contains("/dev/null: is not a regular file"));
+  CHECK_THROWS_WITH(io::read_idx("/dev/zero"), Contains("/dev/zero: not a regular file"));
 }

@@ -132,6 +132,15 @@ TEST_CASE("resume: every checkpoint counter is checked where it is read, naming 
       {"loader epoch", [](nlohmann::json& j, auto&) { j["loader"]["epoch"] = 9; }, "field 'loader.epoch'"},
       {"loader batch size", [](nlohmann::json& j, auto&) { j["loader"]["batch_size"] = 0; }, "field 'loader'"},
       {"epochs in the command", [](nlohmann::json& j, auto&) { j["command"]["epochs"] = -3; }, "field 'command.epochs'"},
+      // The settings in the command: blamed on options the user never passed
+      // ("--batch-size must be at least 1"), or a raw JSON library message.
+      {"batch size in the command", [](nlohmann::json& j, auto&) { j["command"]["batch_size"] = 0; },
+       "field 'command.batch_size' is 0"},
+      {"NaN learning rate (null in JSON)", [](nlohmann::json& j, auto&) { j["command"]["lr"] = nullptr; },
+       "field 'command.lr'"},
+      {"huge hidden layers", [](nlohmann::json& j, auto&) { j["command"]["hidden"] = "65536,65536"; },
+       "field 'command.hidden'"},
+      {"seed of the wrong type", [](nlohmann::json& j, auto&) { j["command"]["seed"] = "zero"; }, "field 'command.seed'"},
       {"NaN momentum",
        [](nlohmann::json&, tq::io::SafetensorsFile& f) {
          auto it = f.tensors.find("__optimizer__.momentum.1");
@@ -156,4 +165,40 @@ TEST_CASE("resume: every checkpoint counter is checked where it is read, naming 
     CHECK(std::count(err.begin(), err.end(), '\n') == 1);
     CHECK_FALSE(std::filesystem::exists(dir + "/x.st"));
   }
+}
+
+TEST_CASE("resume: options given with --resume must agree with the run, and --checkpoint-every is kept", "[resume][cli][errors]") {
+  const std::string dir = (std::filesystem::temp_directory_path() / "tinyqat_resume_relations").string();
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string ckpt = dir + "/m.st.ckpt";
+  REQUIRE(run("train --epochs 2 --hidden 8 --batch-size 256 --checkpoint-every 50 --stop-after 50 --out " + dir + "/m.st",
+              dir) == 0);
+  const std::string at_50 = read_all(ckpt);
+  // A setting that differs from the checkpoint's was silently ignored.
+  const std::vector<std::pair<std::string, std::string>> conflicts = {
+      {"--lr 0.5", "--lr conflicts with --resume"},
+      {"--hidden 16", "--hidden conflicts with --resume"},
+      {"--epochs 3", "--epochs conflicts with --resume"},
+      {"--batch-size 64", "--batch-size conflicts with --resume"},
+  };
+  for (const auto& [option, expect] : conflicts) {
+    INFO(option);
+    CHECK(run("train --out " + dir + "/m.st --resume " + ckpt + " " + option, dir) == 2);
+    const std::string err = read_all(dir + "/stderr.txt");
+    INFO(err);
+    CHECK(err.find(expect) != std::string::npos);
+    CHECK(err.find(ckpt) != std::string::npos);
+    CHECK(read_all(ckpt) == at_50);
+  }
+  CHECK(run("qat --from " + dir + "/any.st --out " + dir + "/q.st --resume " + ckpt, dir) == 2);
+  CHECK(read_all(dir + "/stderr.txt").find("--from is not read with --resume") != std::string::npos);
+  // The same values are accepted; the resumed run goes on checkpointing every
+  // 50 steps without being told again (it wrote none), into the checkpoint it
+  // was resumed from (the same run's, replaced by its later state).
+  REQUIRE(run("train --out " + dir + "/m.st --resume " + ckpt + " --hidden 8 --epochs 2 --stop-after 60", dir) == 0);
+  const tq::io::SafetensorsFile later = tq::io::load_safetensors(ckpt);
+  const nlohmann::json state = nlohmann::json::parse(later.metadata.at("tinyqat_checkpoint"));
+  CHECK(state["global_step"] == 100);
+  CHECK(state["command"]["checkpoint_every"] == 50);
 }

@@ -41,6 +41,10 @@ class RawSource {
 class FileSource final : public RawSource {
  public:
   explicit FileSource(const std::string& path) : path_(path) {
+    // Checked before opening: opening a FIFO blocks until somebody writes to it.
+    struct stat before {};
+    if (::stat(path.c_str(), &before) == 0 && !S_ISREG(before.st_mode))
+      throw std::runtime_error(fmt::format("{}: not a regular file", path));
     file_ = std::fopen(path.c_str(), "rb");
     if (!file_) throw std::runtime_error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
     struct stat st {};

@@ -3,9 +3,12 @@
 // module type is written and rebuilt is its codec (module_codecs.cpp).
 #include "io/model_file.h"
 
+#include <set>
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "io/model_limits.h"
 #include "quant/observer.h"
 #include "tensor/ops.h"
 #include "tensor/random.h"
@@ -39,23 +42,56 @@ json encode_tree(const nn::Module& m) {
   return node;
 }
 
-// The tensors of module `prefix` (local names), from the whole file.
-TensorMap local_tensors(const TensorMap& all, const std::string& prefix) {
-  TensorMap out;
-  const std::string p = prefix.empty() ? "" : prefix + ".";
-  for (auto& [name, t] : all) {
-    if (name.compare(0, p.size(), p) != 0) continue;
-    const std::string rest = name.substr(p.size());
-    if (rest.find('.') == std::string::npos) out[rest] = t;
+// The file's tensors grouped by the module they belong to: "a.b.weight" is
+// tensor "weight" of module "a.b". Built once, in O(n log n), so that each
+// module finds its own tensors without a pass over the whole file (which made
+// loading quadratic in the number of modules).
+struct TensorIndex {
+  explicit TensorIndex(const TensorMap& all) {
+    for (auto& [name, t] : all) {
+      const size_t dot = name.rfind('.');
+      if (dot == std::string::npos) by_module[""][name] = t;
+      else by_module[name.substr(0, dot)][name.substr(dot + 1)] = t;
+    }
   }
-  return out;
-}
+  // The tensors of module `path` (local names).
+  const TensorMap& local(const std::string& path) const {
+    static const TensorMap none;
+    auto it = by_module.find(path);
+    return it == by_module.end() ? none : it->second;
+  }
+  std::map<std::string, TensorMap> by_module;
+};
 
 std::string join(const std::string& a, const std::string& b) { return a.empty() ? b : a + "." + b; }
 
-std::shared_ptr<nn::Module> decode_tree(const json& node, const TensorMap& all, const std::string& path,
+// node["children"]: an array (an empty one when the key is absent), by reference.
+const json& children_of(const json& node, const std::string& path, const std::string& file) {
+  static const json none = json::array();
+  auto it = node.find("children");
+  if (it == node.end()) return none;
+  if (!it->is_array()) throw FormatError(fmt::format("{}: the children of '{}' are not a list", file, path));
+  return *it;
+}
+
+// Counts the modules of the description before any is built: a tree deeper
+// than kMaxModuleDepth or larger than kMaxModules is refused by name.
+void count_modules(const json& node, const std::string& path, const std::string& file, int depth, size_t& count) {
+  if (depth > kMaxModuleDepth)
+    throw FormatError(fmt::format("{}: module tree is nested too deeply (more than {} levels, the limit kMaxModuleDepth)",
+                                  file, kMaxModuleDepth));
+  if (++count > kMaxModules)
+    throw FormatError(fmt::format("{}: the model has more than {} modules (the limit kMaxModules)", file, kMaxModules));
+  if (!node.is_object()) return;  // reported by the decoder, with the module's path
+  for (const json& child : children_of(node, path, file))
+    if (child.is_object() && child.contains("module"))
+      count_modules(child["module"], child.contains("name") && child["name"].is_string() ? join(path, child["name"].get<std::string>()) : path,
+                    file, depth + 1, count);
+}
+
+std::shared_ptr<nn::Module> decode_tree(const json& node, const TensorIndex& all, const std::string& path,
                                         const std::string& file, int depth) {
-  if (depth > 64) throw FormatError(fmt::format("{}: module tree is nested too deeply", file));
+  if (depth > kMaxModuleDepth) throw FormatError(fmt::format("{}: module tree is nested too deeply", file));
   if (!node.is_object() || !node.contains("type") || !node["type"].is_string())
     throw FormatError(fmt::format("{}: module '{}' has no type", file, path));
   const std::string type = node["type"].get<std::string>();
@@ -67,7 +103,9 @@ std::shared_ptr<nn::Module> decode_tree(const json& node, const TensorMap& all, 
                                   file, path.empty() ? "(root)" : path, type));
   std::shared_ptr<nn::Module> m;
   try {
-    m = it->second.decode(node.value("config", json::object()), local_tensors(all, path));
+    static const json no_config = json::object();
+    auto config = node.find("config");
+    m = it->second.decode(config == node.end() ? no_config : *config, all.local(path));
   } catch (const FormatError& e) {
     throw FormatError(fmt::format("{}: module '{}': {}", file, path, e.what()));
   } catch (const json::exception& e) {
@@ -75,10 +113,13 @@ std::shared_ptr<nn::Module> decode_tree(const json& node, const TensorMap& all, 
   } catch (const std::invalid_argument& e) {
     throw FormatError(fmt::format("{}: module '{}' ({}): {}", file, path, type, e.what()));
   }
-  for (const json& child : node.value("children", json::array())) {
-    if (!child.contains("name") || !child["name"].is_string() || !child.contains("module"))
+  std::set<std::string> seen;
+  for (const json& child : children_of(node, path, file)) {
+    if (!child.is_object() || !child.contains("name") || !child["name"].is_string() || !child.contains("module"))
       throw FormatError(fmt::format("{}: a child of '{}' has no name or module", file, path));
     const std::string name = child["name"].get<std::string>();
+    if (!seen.insert(name).second)
+      throw FormatError(fmt::format("{}: module '{}' has two children named '{}'", file, path, name));
     auto c = decode_tree(child["module"], all, join(path, name), file, depth + 1);
     if (auto slot = m->find_slot(name)) slot->module = c;
     else m->register_slot(name, c);
@@ -124,16 +165,18 @@ std::string describe_size(const Shape& w) {
 
 // Plans which slots of `m` get the file's modules (built here, not yet put
 // in), so that a file that does not fit changes nothing.
-void plan_adoption(nn::Module& m, const json& node, const TensorMap& all, const std::string& path,
+void plan_adoption(nn::Module& m, const json& node, const TensorIndex& all, const std::string& path,
                    const std::string& file, int depth, std::vector<Swap>& swaps) {
-  if (depth > 64) throw FormatError(fmt::format("{}: module tree is nested too deeply", file));
-  const json children = node.value("children", json::array());
-  if (!children.is_array()) throw FormatError(fmt::format("{}: the children of '{}' are not a list", file, path));
+  if (depth > kMaxModuleDepth) throw FormatError(fmt::format("{}: module tree is nested too deeply", file));
+  const json& children = children_of(node, path, file);
+  std::set<std::string> seen;
   for (const json& child : children) {
     if (!child.is_object() || !child.contains("name") || !child["name"].is_string() || !child.contains("module") ||
         !child["module"].is_object() || !child["module"].contains("type") || !child["module"]["type"].is_string())
       throw FormatError(fmt::format("{}: a child of '{}' has no name, module or type", file, path));
     const std::string name = child["name"].get<std::string>();
+    if (!seen.insert(name).second)
+      throw FormatError(fmt::format("{}: module '{}' has two children named '{}'", file, path, name));
     auto slot = m.find_slot(name);
     if (!slot)
       throw std::invalid_argument(fmt::format("{}: the file has a module '{}' that the model does not have", file, join(path, name)));
@@ -150,13 +193,12 @@ void plan_adoption(nn::Module& m, const json& node, const TensorMap& all, const 
     else
       plan_adoption(*slot->module, child["module"], all, join(path, name), file, depth + 1, swaps);
   }
-  if (children.size() != m.children().size())
-    for (auto& s : m.children()) {
-      bool found = false;
-      for (const json& child : children) found |= child.at("name").get<std::string>() == s->name;
-      if (!found)
+  // Every child of the file was found in the model, names distinct: the
+  // model has more when the counts differ.
+  if (seen.size() != m.children().size())
+    for (auto& s : m.children())
+      if (!seen.count(s->name))
         throw std::invalid_argument(fmt::format("{}: the model has a module '{}' that the file does not have", file, join(path, s->name)));
-    }
 }
 
 // Checks that the file holds every parameter of `model` with its shape and
@@ -207,6 +249,9 @@ const json& model_tree(const SafetensorsFile& file, const std::string& name) {
   static thread_local json parsed;
   auto it = file.metadata.find("tinyqat");
   if (it == file.metadata.end()) throw FormatError(fmt::format("{}: not a tinyqat model file (no 'tinyqat' metadata)", name));
+  // The description is a JSON text inside the header's metadata: the
+  // header's own limits do not see into it, and the parser recurses.
+  check_json_limits(it->second, name, "the model description", kMaxDescriptionDepth);
   try {
     parsed = json::parse(it->second);
   } catch (const json::exception& e) {
@@ -219,6 +264,8 @@ const json& model_tree(const SafetensorsFile& file, const std::string& name) {
     throw FormatError(fmt::format("{}: model format version {} is not supported (expected 1 to {})", name,
                                   version.dump().substr(0, 20), kModelFormatVersion));
   if (!parsed.contains("model")) throw FormatError(fmt::format("{}: the metadata has no module tree", name));
+  size_t modules = 0;
+  count_modules(parsed["model"], "", name, 0, modules);
   return parsed;
 }
 
@@ -257,7 +304,7 @@ std::shared_ptr<nn::Module> build_model(const SafetensorsFile& file, const std::
   const Generator::State saved = rng.state();
   std::shared_ptr<nn::Module> model;
   try {
-    model = decode_tree(meta["model"], file.tensors, "", name, 0);
+    model = decode_tree(meta["model"], TensorIndex(file.tensors), "", name, 0);
   } catch (const FormatError&) {
     rng.set_state(saved);
     throw;
@@ -283,7 +330,7 @@ void load_into(nn::Module& model, const SafetensorsFile& file, const std::string
   // that does not fit leaves the model as it was.
   std::vector<Swap> swaps;
   try {
-    plan_adoption(model, meta["model"], file.tensors, "", name, 0, swaps);
+    plan_adoption(model, meta["model"], TensorIndex(file.tensors), "", name, 0, swaps);
   } catch (const json::exception& e) {
     throw FormatError(fmt::format("{}: bad module tree ({})", name, e.what()));
   }

@@ -1,6 +1,8 @@
 // .npy reading and writing (see npy.h).
 #include "io/npy.h"
 
+#include <sys/stat.h>
+
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -104,6 +106,11 @@ Tensor parse_npy(const std::string& bytes, const std::string& name) {
 }
 
 Tensor load_npy(const std::string& path) {
+  // Only a regular file: opening a FIFO blocks until somebody writes to it,
+  // and a device such as /dev/zero never ends.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    throw std::runtime_error(fmt::format("{}: is not a regular file (a directory, device, FIFO or socket)", path));
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error(fmt::format("{}: cannot open ({})", path, std::strerror(errno)));
   std::ostringstream s;

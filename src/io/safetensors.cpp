@@ -306,9 +306,15 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& n
 }
 
 SafetensorsFile load_safetensors(const std::string& path) {
-  // An ifstream opens a directory and reports a nonsense size for it.
+  // An ifstream opens a directory and reports a nonsense size for it; opening
+  // a FIFO blocks until somebody writes to it (a hang), and a device reads
+  // as an empty or endless file. Only regular files are read.
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) throw std::runtime_error(fmt::format("{}: is a directory, not a file", path));
+  const auto type = std::filesystem::status(path, ec).type();
+  if (type == std::filesystem::file_type::directory)
+    throw std::runtime_error(fmt::format("{}: is a directory, not a file", path));
+  if (!ec && type != std::filesystem::file_type::regular && type != std::filesystem::file_type::not_found)
+    throw std::runtime_error(fmt::format("{}: is not a regular file (a device, FIFO or socket)", path));
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) throw std::runtime_error(fmt::format("{}: cannot open ({})", path, std::strerror(errno)));
   const std::streamoff size = in.tellg();

@@ -1,6 +1,7 @@
 #include "quant/checks.h"
 
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -24,7 +25,27 @@ void require_finite(const Tensor& t, const std::string& who, const std::string& 
       index = std::to_string(rest % size) + (index.empty() ? "" : ", ") + index;
       rest /= size;
     }
-    throw std::invalid_argument(fmt::format("{}: {}[{}] is {}; an int8 layer needs finite {}s", who, what, index, p[i], what));
+    throw std::invalid_argument(fmt::format("{}: {}[{}] is {}; an int8 layer needs finite {}{}", who, what, index, p[i], what,
+                                            what.ends_with("s") ? "es" : "s"));
+  }
+}
+
+void require_valid_qparams(const QParams& q, const std::string& who, const std::string& what) {
+  if (q.quant_min >= q.quant_max)
+    throw std::invalid_argument(
+        fmt::format("{}: {}: quant_min ({}) must be less than quant_max ({})", who, what, q.quant_min, q.quant_max));
+  if (q.scale.empty() || q.scale.size() != q.zero_point.size() || (!is_per_channel(q.scheme) && q.scale.size() != 1))
+    throw std::invalid_argument(fmt::format("{}: {}: {} scales and {} zero points for {} qparams", who, what,
+                                            q.scale.size(), q.zero_point.size(), qscheme_name(q.scheme)));
+  for (size_t c = 0; c < q.scale.size(); ++c) {
+    // A subnormal scale has an infinite reciprocal (x * (1/s) is then NaN for x = 0).
+    if (!(q.scale[c] >= std::numeric_limits<float>::min()) || !std::isfinite(q.scale[c]))
+      throw std::invalid_argument(fmt::format("{}: {}: scale[{}] is {}; scales must be positive, finite and normal "
+                                              "(at least {})",
+                                              who, what, c, q.scale[c], std::numeric_limits<float>::min()));
+    if (q.zero_point[c] < q.quant_min || q.zero_point[c] > q.quant_max)
+      throw std::invalid_argument(fmt::format("{}: {}: zero_point[{}] is {}, outside [{}, {}]", who, what, c,
+                                              q.zero_point[c], q.quant_min, q.quant_max));
   }
 }
 

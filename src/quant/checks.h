@@ -16,4 +16,13 @@ namespace tq::quant {
 // weights". Tensors of integer dtypes pass (their values are finite).
 void require_finite(const Tensor& t, const std::string& who, const std::string& what);
 
+// Throws std::invalid_argument unless `q` can describe a grid: quant_min <
+// quant_max, as many zero points as scales (one per tensor, at least one per
+// channel), every scale finite and at least the smallest normal float (so
+// that 1 / scale is finite too), every zero point inside [quant_min,
+// quant_max]. The message names `who` (the layer) and `what` (which
+// qparams): "fc1: output qparams: scale[0] is 0; scales must be positive,
+// finite and normal (...)".
+void require_valid_qparams(const QParams& q, const std::string& who, const std::string& what);
+
 }  // namespace tq::quant

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "quant/checks.h"
 #include "quant/observer.h"
 #include "quant/quantize.h"
 #include "tensor/ops.h"
@@ -19,6 +20,7 @@ DynamicQuantizedLinear::DynamicQuantizedLinear(const Tensor& weight, const Tenso
     throw std::invalid_argument(fmt::format("DynamicQuantizedLinear: activation range 0..{} does not fit u8", act_qmax));
   out_features = weight.size(0);
   in_features = weight.size(1);
+  require_finite(weight, "DynamicQuantizedLinear", "weight");
   // Offline: the weights' own range gives their scales (symmetric, z = 0).
   QParams wq;
   if (per_channel) {
@@ -71,6 +73,11 @@ std::optional<QParams> DynamicQuantizedLinear::qparams(QuantRole role) const {
 
 void DynamicQuantizedLinear::finish(const Tensor& bias) {
   const QParams& wq = weight_.qparams();
+  require_valid_qparams(wq, "DynamicQuantizedLinear", "weight qparams");
+  if (per_channel && static_cast<int64_t>(wq.scale.size()) != out_features)
+    throw std::invalid_argument(fmt::format("DynamicQuantizedLinear: {} weight scales for {} output features",
+                                            wq.scale.size(), out_features));
+  if (bias.defined()) require_finite(bias, "DynamicQuantizedLinear", "bias");
   weight_scales_.clear();
   for (int64_t n = 0; n < out_features; ++n)
     weight_scales_.push_back(per_channel ? wq.scale[static_cast<size_t>(n)] : wq.scale[0]);

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "autograd/node.h"
+#include "quant/checks.h"
 #include "quant/quant_kernels.h"
 #include "tensor/ops.h"
 
@@ -231,7 +232,16 @@ void FakeQuantize::on_state_loaded() {
   observer().on_state_loaded();
   has_qparams_ = observer().has_data();
   qparams_.reset();
-  if (has_qparams_) qparams_ = std::make_shared<QParams>(calculate_qparams());
+  if (!has_qparams_) return;
+  // The forward trusts these values (they normally come from the observer),
+  // so values from a file are checked here: a scale of 0 or NaN, or a zero
+  // point off the range, is refused at load rather than fake-quantizing with it.
+  const QParams q = calculate_qparams();
+  if (!spec_.per_channel() && q.scale.size() != 1)
+    throw std::invalid_argument(fmt::format("{}: loaded scale holds {} values for a per-tensor fake quant", owner,
+                                            q.scale.size()));
+  require_valid_qparams(q, owner, "loaded scale / zero_point");
+  qparams_ = std::make_shared<QParams>(q);
 }
 
 Tensor FakeQuantize::forward(const Tensor& x) {

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "autograd/node.h"
+#include "quant/checks.h"
 #include "quant/fake_quantize.h"
 #include "quant/quant_kernels.h"
 #include "tensor/ops.h"
@@ -466,6 +467,14 @@ void LearnableFakeQuantize::on_state_loaded() {
   if (!initialized_flag_.defined() || initialized_flag_.dtype() != DType::u8 || initialized_flag_.numel() != 1)
     throw std::invalid_argument(fmt::format("{}: loaded 'initialized' flag must be (1) u8", owner));
   initialized_ = initialized_flag_.data<uint8_t>()[0] != 0;
+  // A learned scale may be left at or below 0 by the last optimizer step
+  // (the next forward clamps it to eps) and a zero point off the range (it
+  // is rounded and clamped), as in training; but a NaN or an infinity has no
+  // meaning on any grid.
+  if (initialized_) {
+    require_finite(scale, owner, "scale");
+    require_finite(zero_point, owner, "zero_point");
+  }
 }
 
 std::string LearnableFakeQuantize::extra_repr() const {

@@ -33,6 +33,26 @@ void fill_qparams(QParams& q, const QuantSpec& spec, size_t channels) {
   q.zero_point.resize(channels);
 }
 
+// A range restored from a file: f32, and either "no data yet" (+inf, -inf:
+// what a per-tensor observer starts from; a per-channel one starts with no
+// channels) or finite with min <= max, which is all that observe() can produce. Anything else (a NaN, -inf with a finite max, min >
+// max) would reach calculate_qparams or the next update as nonsense.
+void check_loaded_range(const ObserverBase& o, const Tensor& lo, const Tensor& hi, bool may_be_empty) {
+  if (lo.dtype() != DType::f32 || hi.dtype() != DType::f32)
+    throw std::invalid_argument(fmt::format("{} ({}): loaded min_val / max_val must be f32, got {} and {}", o.owner,
+                                            o.type_name(), dtype_name(lo.dtype()), dtype_name(hi.dtype())));
+  const Tensor l = kernels::contiguous(lo), h = kernels::contiguous(hi);
+  for (int64_t c = 0; c < l.numel(); ++c) {
+    const float a = l.data<float>()[c], b = h.data<float>()[c];
+    const bool empty_range = may_be_empty && a == kInf && b == -kInf;
+    if (!empty_range && !(std::isfinite(a) && std::isfinite(b) && a <= b))
+      throw std::invalid_argument(fmt::format("{} ({}): the loaded range [{}, {}]{} is neither an observed range "
+                                              "(finite, min <= max) nor empty (inf, -inf)",
+                                              o.owner, o.type_name(), a, b,
+                                              l.numel() > 1 ? fmt::format(" of channel {}", c) : std::string()));
+  }
+}
+
 }  // namespace
 
 QParamsSource::QParamsSource(QuantSpec spec) : spec_(spec) { validate(spec_, "observer"); }
@@ -99,6 +119,7 @@ void MinMaxObserver::on_state_loaded() {
   if (min_val_.numel() != 1 || max_val_.numel() != 1)
     throw std::invalid_argument(fmt::format("{}: loaded min_val / max_val must hold one value each, got shapes {} and {}",
                                             owner, min_val_.shape().str(), max_val_.shape().str()));
+  check_loaded_range(*this, min_val_, max_val_, /*may_be_empty=*/true);
 }
 
 std::string MinMaxObserver::extra_repr() const {
@@ -224,6 +245,7 @@ void PerChannelMinMaxObserver::on_state_loaded() {
   if (!(min_val_.shape() == max_val_.shape()) || min_val_.dim() != 1)
     throw std::invalid_argument(fmt::format("{}: loaded min_val / max_val must be two vectors of one shape, got {} and {}",
                                             owner, min_val_.shape().str(), max_val_.shape().str()));
+  check_loaded_range(*this, min_val_, max_val_, /*may_be_empty=*/false);
 }
 
 std::string PerChannelMinMaxObserver::extra_repr() const {

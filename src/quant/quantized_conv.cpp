@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "quant/checks.h"
 #include "quant/quantize.h"
 #include "tensor/ops.h"
 
@@ -18,6 +19,7 @@ void check_output_qparams(const std::string& name, const QParams& oq) {
     throw std::invalid_argument(fmt::format("{}: output qparams must be per-tensor", name));
   if (oq.quant_min < 0 || oq.quant_max > 255)
     throw std::invalid_argument(fmt::format("{}: output range [{}, {}] does not fit u8", name, oq.quant_min, oq.quant_max));
+  require_valid_qparams(oq, name, "output qparams");
 }
 
 // A u8 quantized per-tensor input, or a float one quantized with the recorded qparams.
@@ -77,6 +79,14 @@ QuantizedConv2d::QuantizedConv2d(const Tensor& weight, const Tensor& bias, const
   if (bias.defined() && !(bias.shape() == Shape{out_channels}))
     throw std::invalid_argument(fmt::format("{}: bias of shape {} does not match {} output channels", name,
                                             bias.shape().str(), out_channels));
+  // Every value the layer is built from is checked once, here (as QuantizedLinear).
+  require_valid_qparams(wq, name, "weight qparams");
+  if (is_per_channel(wq.scheme) && static_cast<int64_t>(wq.scale.size()) != out_channels)
+    throw std::invalid_argument(fmt::format("{}: {} weight scales for {} output channels", name, wq.scale.size(),
+                                            out_channels));
+  if (input_qparams_) require_valid_qparams(*input_qparams_, name, "input qparams");
+  if (!weight.is_quantized()) require_finite(weight, name, "weight");
+  if (bias.defined()) require_finite(bias, name, "bias");
   weight_ = weight.is_quantized() ? kernels::clone(weight) : quantize(weight.detach(), wq, DType::i8);
   if (weight_.dtype() != DType::i8)
     throw std::invalid_argument(fmt::format("{}: quantized weights must be i8, got {}", name, dtype_name(weight_.dtype())));

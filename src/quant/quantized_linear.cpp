@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "quant/checks.h"
 #include "quant/quantize.h"
 #include "tensor/ops.h"
 
@@ -34,6 +35,17 @@ QuantizedLinear::QuantizedLinear(const Tensor& weight, const Tensor& bias, const
   if (bias.defined() && !(bias.shape() == Shape{out_features}))
     throw std::invalid_argument(fmt::format("{}: bias of shape {} does not match {} output features", name,
                                             bias.shape().str(), out_features));
+  // Every value the layer is built from is checked here, once: a model file
+  // or a diverged training may hold a NaN, a zero scale or a zero point off
+  // its range, which the integer kernels would turn into garbage silently.
+  require_valid_qparams(wq, name, "weight qparams");
+  if (is_per_channel(wq.scheme) && static_cast<int64_t>(wq.scale.size()) != out_features)
+    throw std::invalid_argument(fmt::format("{}: {} weight scales for {} output features", name, wq.scale.size(),
+                                            out_features));
+  require_valid_qparams(oq, name, "output qparams");
+  if (input_qparams_) require_valid_qparams(*input_qparams_, name, "input qparams");
+  if (!weight.is_quantized()) require_finite(weight, name, "weight");
+  if (bias.defined()) require_finite(bias, name, "bias");
   // Offline: quantize and pack the weights once (float math allowed here).
   // Weights that are already quantized (a loaded model file) are used as they are.
   weight_ = weight.is_quantized() ? kernels::clone(weight) : quantize(weight.detach(), wq, DType::i8);

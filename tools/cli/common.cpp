@@ -2,20 +2,26 @@
 
 #include <cblas.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <utility>
 #include <vector>
 #include <iostream>
 #include <sstream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "io/data_loader.h"
 #include "io/model_file.h"
+#include "io/safetensors.h"
 #include "nn/sgd.h"
 #include "quant/layer.h"
+#include "quant/observer.h"
 
 namespace tq::cli {
 
@@ -66,7 +72,9 @@ void check_outputs(const cxxopts::ParseResult& r) {
     if (!r.count(input)) continue;
     const std::string in = r[input].as<std::string>();
     for (const auto& [option, path] : outputs)
-      if (same_file(path, in))
+      // A resumed run may go on writing the checkpoint it was resumed from:
+      // the same run, replaced atomically by its later state.
+      if (same_file(path, in) && !(std::string(input) == "resume" && option.starts_with("--checkpoint")))
         throw UsageError(fmt::format("{} {} is also --{}: the run would overwrite its own input; write elsewhere",
                                      option, path, input));
   }
@@ -105,6 +113,27 @@ std::shared_ptr<nn::Module> load_float(const std::string& path, const char* comm
                                            "{} starts from a float model, such as the one `tinyqat train` writes",
                                            path, name, m->type_name(), command));
   return model;
+}
+
+void check_model_fits(nn::Module& model, const io::Dataset& data, const std::string& path) {
+  if (data.size() == 0) return;
+  // One sample in eval mode, observers switched off: the model's state does
+  // not change.
+  std::vector<std::pair<quant::ObserverBase*, bool>> observers;
+  for (auto& [name, m] : model.named_modules())
+    if (auto* o = dynamic_cast<quant::ObserverBase*>(m)) observers.emplace_back(o, o->enabled);
+  for (auto& [o, on] : observers) o->enabled = false;
+  quant::Evaluation ev;
+  try {
+    ev = evaluate(model, data.slice(0, 1), 1);
+  } catch (const std::exception& e) {
+    for (auto& [o, on] : observers) o->enabled = on;
+    throw std::runtime_error(fmt::format("{}: the model cannot take this data's samples: {}", path, e.what()));
+  }
+  for (auto& [o, on] : observers) o->enabled = on;
+  if (ev.classes != data.num_classes)
+    throw std::runtime_error(fmt::format("{}: the model gives {} outputs per sample, but the data has {} classes", path,
+                                         ev.classes, data.num_classes));
 }
 
 // ---- Bit widths ----
@@ -176,12 +205,19 @@ void add_checkpointing(cxxopts::Options& o) {
 
 TrainOptions checkpoint_options(const cxxopts::ParseResult& r, const std::string& out, const json& command) {
   TrainOptions t;
-  t.checkpoint_every = r["checkpoint-every"].as<int64_t>();
+  // A resumed run keeps checkpointing as the run it continues did (the
+  // checkpoint stores --checkpoint-every), unless told otherwise.
+  t.checkpoint_every = r.count("checkpoint-every") || !command.contains("checkpoint_every")
+                           ? r["checkpoint-every"].as<int64_t>()
+                           : command["checkpoint_every"].get<int64_t>();
   if (t.checkpoint_every < 0) throw UsageError("--checkpoint-every must be 0 or positive");
   t.checkpoint_path = r.count("checkpoint") ? r["checkpoint"].as<std::string>() : out + ".ckpt";
   if (t.checkpoint_every > 0) check_output_path(t.checkpoint_path, r.count("checkpoint") ? "--checkpoint" : "--checkpoint (default <out>.ckpt)");
   t.stop_after = r["stop-after"].as<int64_t>();
-  t.command_json = command.dump();
+  if (t.stop_after < 0) throw UsageError("--stop-after must be 0 (never) or positive");
+  json stored = command;
+  stored["checkpoint_every"] = t.checkpoint_every;
+  t.command_json = stored.dump();
   return t;
 }
 
@@ -191,13 +227,110 @@ int report_interrupted(const cxxopts::ParseResult& r, const TrainState& st, cons
   return 0;
 }
 
+namespace {
+
+// The options that set a run's setting `key` (its name in the stored command).
+std::vector<std::string> options_of(const std::string& key) {
+  if (key == "fuse") return {"no-fuse"};
+  if (key == "weight_bits") return {"bits", "weight-bits"};
+  if (key == "activation_bits") return {"bits", "activation-bits"};
+  std::string option = key;
+  std::replace(option.begin(), option.end(), '_', '-');
+  return {option};
+}
+
+// Each setting of a run, checked: from the command line a mistake is a
+// UsageError naming the option; from a checkpoint it is an error naming the
+// file and the field (a checkpoint may be damaged or hostile, and these
+// values size the model, the loader and the optimizer).
+void check_settings(const json& cmd, const std::string& checkpoint) {
+  auto fail = [&](const std::string& key, const std::string& what) {
+    const json& v = cmd[key];
+    const std::string value = v.is_string() ? v.get<std::string>() : v.dump().substr(0, 40);
+    if (checkpoint.empty()) throw UsageError(fmt::format("--{} {} {}", options_of(key)[0], value, what));
+    throw io::FormatError(fmt::format("{}: checkpoint field 'command.{}' is {}: it {}", checkpoint, key, value, what));
+  };
+  auto integer = [&](const std::string& key, int64_t lo, int64_t hi) {
+    if (!cmd.contains(key)) return;
+    const json& v = cmd[key];
+    if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(hi)) ||
+        v.get<int64_t>() < lo || v.get<int64_t>() > hi)
+      fail(key, fmt::format("must be an integer in {}..{}", lo, hi));
+  };
+  auto number = [&](const std::string& key, double lo, double hi) {
+    if (!cmd.contains(key)) return;
+    const json& v = cmd[key];
+    if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < lo || v.get<double>() > hi)
+      fail(key, std::isinf(hi) ? fmt::format("must be a finite number >= {}", lo)
+                               : fmt::format("must be a number in [{}, {}]", lo, hi));
+  };
+  auto one_of = [&](const std::string& key, const std::vector<std::string>& allowed) {
+    if (!cmd.contains(key)) return;
+    const json& v = cmd[key];
+    if (!v.is_string() || std::find(allowed.begin(), allowed.end(), v.get<std::string>()) == allowed.end())
+      fail(key, fmt::format("must be one of {}", fmt::join(allowed, ", ")));
+  };
+  auto boolean = [&](const std::string& key) {
+    if (cmd.contains(key) && !cmd[key].is_boolean()) fail(key, "must be true or false");
+  };
+  integer("epochs", 1, 1'000'000);
+  integer("batch_size", 1, 1 << 20);
+  number("lr", 0, std::numeric_limits<double>::infinity());  // as SGD: finite, not negative (a huge one diverges, and says so)
+  number("momentum", 0, 1);
+  if (cmd.contains("seed") && !cmd["seed"].is_number_unsigned() && !(cmd["seed"].is_number_integer() && cmd["seed"].get<int64_t>() >= 0))
+    fail("seed", "must be a non-negative integer");
+  integer("limit_train", 0, int64_t{1} << 40);
+  integer("limit_test", 0, int64_t{1} << 40);
+  integer("checkpoint_every", 0, int64_t{1} << 40);
+  one_of("arch", {"mlp", "cnn", "mobilenet_v2"});
+  number("width", 1e-3, 4);
+  one_of("qconfig", {"x86", "fbgemm", "qnnpack"});
+  integer("weight_bits", 2, 8);
+  integer("activation_bits", 2, 8);
+  boolean("fuse");
+  boolean("learnable_scale");
+  if (cmd.contains("layer_bits") && !cmd["layer_bits"].is_string()) fail("layer_bits", "must be a string");
+  if (cmd.contains("hidden")) {
+    if (!cmd["hidden"].is_string()) fail("hidden", "must be a string such as \"256,128\"");
+    try {
+      parse_hidden(cmd["hidden"].get<std::string>());
+    } catch (const std::invalid_argument& e) {
+      fail("hidden", "must be layer sizes in 1..8192 separated by commas, e.g. 256,128");
+    }
+  }
+}
+
+}  // namespace
+
 std::optional<Checkpoint> resume_checkpoint(const cxxopts::ParseResult& r, const char* command, json& cmd) {
-  if (!r.count("resume")) return std::nullopt;
+  if (r["stop-after"].as<int64_t>() < 0) throw UsageError("--stop-after must be 0 (never) or positive");
+  if (r["checkpoint-every"].as<int64_t>() < 0) throw UsageError("--checkpoint-every must be 0 or positive");
+  if (!r.count("resume")) {
+    check_settings(cmd, "");
+    return std::nullopt;
+  }
   const std::string path = r["resume"].as<std::string>();
+  // The run's model comes from the checkpoint: a --from would be ignored.
+  if (r.count("from"))
+    throw UsageError(fmt::format("--from is not read with --resume (the checkpoint {} holds the model); leave it out", path));
   Checkpoint ck = load_checkpoint(path);
+  const json given = cmd;
   cmd = json::parse(ck.command_json);
-  if (cmd.value("command", "") != command)
-    throw UsageError(fmt::format("--resume {}: a checkpoint of '{}', not of '{}'", path, cmd.value("command", "?"), command));
+  if (!cmd.is_object() || cmd.value("command", "") != command)
+    throw UsageError(fmt::format("--resume {}: a checkpoint of '{}', not of '{}'", path,
+                                 cmd.is_object() ? cmd.value("command", "?") : "?", command));
+  check_settings(cmd, path);
+  // An option given with --resume must agree with the run being continued:
+  // the checkpoint's settings are the ones used, so a different value would
+  // be ignored. (--checkpoint-every may change: it does not change the run.)
+  for (auto& [key, value] : given.items()) {
+    if (key == "command" || key == "checkpoint_every" || !cmd.contains(key) || cmd[key] == value) continue;
+    for (const std::string& option : options_of(key))
+      if (r.count(option))
+        throw UsageError(fmt::format("--{} conflicts with --resume {}: the run being resumed has {} = {}, and a resumed "
+                                     "run keeps its settings; leave --{} out (or start a new run)",
+                                     option, path, key, cmd[key].dump(), option));
+  }
   return ck;
 }
 

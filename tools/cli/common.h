@@ -60,6 +60,12 @@ FashionMnist load_data(const cxxopts::ParseResult& r);
 // layers only (LinearReLU counts as float); else an error naming `command`.
 std::shared_ptr<nn::Module> load_float(const std::string& path, const char* command);
 
+// Runs one sample of `data` through `model` (eval mode, observers off, so
+// nothing changes): a model that cannot take the data's samples, or whose
+// output is not one score per class, is an error naming `path` (exit 1)
+// before any work is done with it.
+void check_model_fits(nn::Module& model, const io::Dataset& data, const std::string& path);
+
 // ---- Bit widths (qat, ptq) ----
 
 void add_bits(cxxopts::Options& o);
@@ -83,7 +89,11 @@ TrainOptions checkpoint_options(const cxxopts::ParseResult& r, const std::string
 // What an interrupted run prints (nothing is written to --out); returns the exit status.
 int report_interrupted(const cxxopts::ParseResult& r, const TrainState& st, const TrainOptions& t);
 // With --resume: the checkpoint, whose stored settings replace `cmd`; it
-// must come from `command`. Without: nothing.
+// must come from `command`, its settings are checked (an error names the
+// file and the field), and an option given beside --resume must agree with
+// them (else a UsageError: a resumed run keeps its settings); --from is
+// refused. Without: nothing, after checking `cmd`'s settings as options.
+// Either way, before any data is read.
 std::optional<Checkpoint> resume_checkpoint(const cxxopts::ParseResult& r, const char* command, json& cmd);
 // The training loop of train and qat: SGD and the loader as `cmd` says,
 // restored from `ck` when resuming, then cli::train. `topt` holds the

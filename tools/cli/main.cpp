@@ -2,7 +2,11 @@
 // docs/cli.md). main() only dispatches; each command is a file of its own in
 // commands/, and what they share is in common.h and workflow.h.
 //   tinyqat train | qat | ptq | dynamic | eval | inspect | compare | pipeline | lowbit | report | bench | run
-// Exit status: 0 success, 2 usage error, 1 any other error (message on stderr).
+// Exit status: 0 success; 2 a mistake in the command line (an unknown
+// option or command, a bad value, options that contradict each other, an
+// output the run may not write), naming the option; 1 anything else (a
+// missing, damaged or unsuitable file, a failed write, a run that diverged),
+// naming the file. One line on stderr either way.
 #include <cstdio>
 #include <map>
 #include <stdexcept>
@@ -39,7 +43,9 @@ void usage(std::FILE* f) {
                "  lowbit    accuracy and size from 8 down to 2 bits: PTQ, QAT, LSQ\n"
                "  report    redraw the HTML report of a pipeline workdir\n"
                "  bench     speed: int8 vs float GEMM and MLP, train step vs its GEMMs, QAT vs float\n"
-               "  run       run a model file on an .npy input, write the output as .npy\n");
+               "  run       run a model file on an .npy input, write the output as .npy\n\n"
+               "exit status: 0 success; 2 a mistake in the command line (the message names the option);\n"
+               "1 any other error, such as a missing, damaged or unsuitable file (the message names the file)\n");
 }
 
 }  // namespace
@@ -72,10 +78,10 @@ int main(int argc, char** argv) {
   } catch (const cxxopts::exceptions::exception& e) {
     std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), e.what());
     return 2;
-  } catch (const std::invalid_argument& e) {
-    std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), e.what());
-    return 2;
   } catch (const std::exception& e) {
+    // Everything but a mistake in the command line, whatever its type (a
+    // bad file, a model that does not fit the data): exit 1. The commands
+    // put the file's name in front of what a library call says about it.
     std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), e.what());
     return 1;
   }

@@ -11,6 +11,9 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include <cerrno>
+#include <cstring>
+
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
@@ -53,8 +56,10 @@ std::vector<int64_t> parse_hidden(const std::string& text) {
     } catch (...) {
       used = 0;
     }
-    if (part.empty() || used != part.size() || v <= 0 || v > 1 << 16)
-      throw std::invalid_argument(fmt::format("--hidden '{}': expected positive layer sizes separated by commas, e.g. 256,128", text));
+    // At most 8192 units a layer: 65536,65536 asked for 16 GiB and ended in a bare bad_alloc.
+    if (part.empty() || used != part.size() || v <= 0 || v > 8192)
+      throw std::invalid_argument(
+          fmt::format("--hidden '{}': expected layer sizes in 1..8192 separated by commas, e.g. 256,128", text));
     out.push_back(v);
     if (comma == std::string::npos) break;
     start = comma + 1;
@@ -355,6 +360,11 @@ void check_output_path(const std::string& path, const std::string& option) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec))
     throw std::runtime_error(fmt::format("{} {}: directory '{}' does not exist", option, path, dir.string()));
+  // Found now, not after the training: a directory the run cannot write to
+  // (permissions, a read-only mount).
+  if (::access(dir.c_str(), W_OK) != 0)
+    throw std::runtime_error(fmt::format("{} {}: cannot write in directory '{}' ({})", option, path, dir.string(),
+                                         std::strerror(errno)));
   // What the atomic rename would replace: only a regular file (or nothing).
   // A symlink is refused rather than followed or replaced, so that a link to
   // a device or to somebody else's file is never clobbered.

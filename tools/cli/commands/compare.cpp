@@ -11,6 +11,7 @@
 #include "io/model_file.h"
 #include "quant/compare.h"
 #include "quant/fused.h"
+#include "quant/layer.h"
 
 namespace tq::cli {
 
@@ -21,20 +22,40 @@ int run_compare(int argc, char** argv) {
   add_common(o);
   auto r = parse(o, argc, argv);
   apply_threads(r);
-  auto fl = io::load_model(require(r, "float"));
-  auto qm = io::load_model(require(r, "quantized"));
+  if (r["samples"].as<int64_t>() < 1) throw UsageError("--samples must be at least 1");
+  const std::string float_path = require(r, "float"), quantized_path = require(r, "quantized");
+  // --float is a float model, --quantized one made from it (swapped, or two
+  // of a kind, gave empty tables and exit 0).
+  auto fl = load_float(float_path, "compare --float");
+  auto qm = io::load_model(quantized_path);
+  bool quantized = false;
+  for (auto& [path, m] : qm->named_modules()) quantized |= quant::as_quant_layer(m) != nullptr;
+  if (!quantized)
+    throw std::runtime_error(fmt::format("{}: holds no quantized layer; compare --quantized takes the int8 model made "
+                                         "from --float {}",
+                                         quantized_path, float_path));
   // A fused layer's output is taken after its ReLU: fuse the float model the
   // same way, so that each layer is compared with the same quantity.
   bool fused = false;
   for (auto& [path, m] : qm->named_modules()) fused |= m->type_name().ends_with("LinearReLU");
   if (fused) quant::fuse_linear_relu(*fl);
   const io::Dataset test_set = io::load_fashion_mnist(r["data"].as<std::string>(), io::Split::test);
-  const int64_t n = std::min<int64_t>(std::max<int64_t>(1, r["samples"].as<int64_t>()), test_set.size());
+  const int64_t n = std::min<int64_t>(r["samples"].as<int64_t>(), test_set.size());
+  check_model_fits(*fl, test_set, float_path);
+  check_model_fits(*qm, test_set, quantized_path);
   io::DataLoader loader(test_set.slice(0, n), {.batch_size = n, .shuffle = false});
   io::Batch b;
   loader.next(b);
-  const auto weights = quant::compare_weights(*fl, *qm);
-  const auto outputs = quant::compare_model_outputs(*fl, *qm, b.images);
+  std::vector<quant::LayerComparison> weights, outputs;
+  try {
+    weights = quant::compare_weights(*fl, *qm);
+    outputs = quant::compare_model_outputs(*fl, *qm, b.images);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(fmt::format("--float {} and --quantized {} do not match: {}", float_path, quantized_path, e.what()));
+  }
+  if (weights.empty())
+    throw std::runtime_error(fmt::format("--float {} and --quantized {}: no layer of the one matches a layer of the other",
+                                         float_path, quantized_path));
   auto rows = [](const std::vector<quant::LayerComparison>& v) {
     json a = json::array();
     for (auto& c : v)

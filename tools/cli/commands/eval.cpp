@@ -27,6 +27,7 @@ int run_eval(int argc, char** argv) {
   quant::set_int8_threads(*model, r["threads"].as<int>());
   io::Dataset test_set = io::load_fashion_mnist(r["data"].as<std::string>(), io::Split::test);
   if (limit > 0 && limit < test_set.size()) test_set = test_set.slice(0, limit);
+  check_model_fits(*model, test_set, path);
   const quant::Evaluation ev = evaluate(*model, test_set, r["batch-size"].as<int64_t>());
   const double l1 = latency_us(*model, test_set, 1, repeats), l256 = latency_us(*model, test_set, 256, repeats);
   json j = {{"accuracy", ev.accuracy}, {"samples", ev.samples}, {"latency_us", {{"batch_1", l1}, {"batch_256", l256}}},

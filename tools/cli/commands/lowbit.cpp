@@ -33,6 +33,7 @@ std::vector<std::pair<int, int>> parse_configs(const std::string& text) {
       throw UsageError(fmt::format("--configs: '{}' is not of the form w4a8", item));
     configs.emplace_back(check_bits(w, "weight bits"), check_bits(a, "activation bits"));
   }
+  if (configs.empty()) throw UsageError("--configs is empty: give at least one WxAy, e.g. w4a8");
   return configs;
 }
 
@@ -70,6 +71,7 @@ int run_lowbit(int argc, char** argv) {
   const int threads = r["threads"].as<int>();
   const uint64_t seed = r["seed"].as<uint64_t>();
   auto float_model = load_float(from, "lowbit");
+  check_model_fits(*float_model, test_set, from);
   const double float_acc = evaluate(*float_model, test_set).accuracy;
   const int64_t float_bytes = file_bytes(from);
 

@@ -1,6 +1,7 @@
 // tinyqat pipeline, the README's main job: train the float MLP, make QAT, PTQ
 // and dynamic int8 models from it, print one comparison table, and with
 // --report draw the HTML report (docs/cli.md "pipeline", docs/report.md).
+#include <cmath>
 #include <filesystem>
 
 #include <fmt/format.h>
@@ -52,6 +53,10 @@ int run_pipeline(int argc, char** argv) {
   add_common(o);
   auto r = parse(o, argc, argv);
   apply_threads(r);
+  if (r["epochs"].as<int>() < 1) throw UsageError("--epochs must be at least 1 (the float model is trained first)");
+  if (r["qat-epochs"].as<int>() < 1) throw UsageError("--qat-epochs must be at least 1");
+  if (!(r["qat-lr"].as<double>() > 0) || !std::isfinite(r["qat-lr"].as<double>()))
+    throw UsageError("--qat-lr must be a positive number");
   const std::string wd = r["workdir"].as<std::string>();
   std::filesystem::create_directories(wd);
   const std::string report_dir = r.count("report") ? r["report"].as<std::string>() : "";

@@ -40,6 +40,7 @@ int run_ptq(int argc, char** argv) {
 
   const auto t0 = std::chrono::steady_clock::now();
   auto model = load_float(from, "ptq");
+  check_model_fits(*model, data.test, from);
   const quant::Evaluation fl = evaluate(*model, data.test);
   quant::quantize_static(
       *model,

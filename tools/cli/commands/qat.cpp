@@ -36,6 +36,7 @@ int run_qat(int argc, char** argv) {
   const Bits bits = parse_bits(r, r["qconfig"].as<std::string>());
   cmd["weight_bits"] = bits.weight;
   cmd["activation_bits"] = bits.activation;
+  cmd["layer_bits"] = bits.layers;  // kept in checkpoints: --resume compares it
   const std::optional<Checkpoint> ck = resume_checkpoint(r, "qat", cmd);
   if (cmd["epochs"].get<int>() < 1) throw UsageError("--epochs must be at least 1");
   const bool lsq = cmd.value("learnable_scale", false);
@@ -54,6 +55,7 @@ int run_qat(int argc, char** argv) {
     default_generator().set_state(ck->global_rng);
   } else {
     model = load_float(require(r, "from"), "qat");
+    check_model_fits(*model, data.test, r["from"].as<std::string>());
     cmd["float_accuracy"] = evaluate(*model, data.test).accuracy;
   }
   TrainOptions topt = checkpoint_options(r, out, cmd);
