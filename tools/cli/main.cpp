@@ -22,6 +22,8 @@ const std::map<std::string, int (*)(int, char**)> kCommands = {
     {"dynamic", tq::cli::run_dynamic},   {"eval", tq::cli::run_eval},        {"inspect", tq::cli::run_inspect},
     {"compare", tq::cli::run_compare},   {"pipeline", tq::cli::run_pipeline}, {"lowbit", tq::cli::run_lowbit},
     {"report", tq::cli::run_report},     {"bench", tq::cli::run_bench},      {"run", tq::cli::run_run},
+    {"export", tq::cli::run_export},
+    {"import", tq::cli::run_import},
 };
 
 void usage(std::FILE* f) {
@@ -39,7 +41,9 @@ void usage(std::FILE* f) {
                "  lowbit    accuracy and size from 8 down to 2 bits: PTQ, QAT, LSQ\n"
                "  report    redraw the HTML report of a pipeline workdir\n"
                "  bench     speed: int8 vs float GEMM and MLP, train step vs its GEMMs, QAT vs float\n"
-               "  run       run a model file on an .npy input, write the output as .npy\n");
+               "  run       run a model file on an .npy input, write the output as .npy\n"
+               "  export    write a model file as ONNX (float, QDQ int8, dynamic) for ONNX Runtime\n"
+               "  import    read a float ONNX model (e.g. from PyTorch) into a model file\n");
 }
 
 }  // namespace
