@@ -1,6 +1,7 @@
 // ONNX export (docs/onnx.md): a tinyqat model as an ONNX graph that a
 // standard runtime runs.
-//   - float layers become standard operators (Gemm, Relu, Flatten, ...);
+//   - float layers become standard operators (Gemm, Conv, BatchNormalization,
+//     Relu, Clip, MaxPool, AveragePool, GlobalAveragePool, Add, Flatten);
 //   - static int8 layers (from QAT or PTQ) become QDQ: QuantizeLinear /
 //     DequantizeLinear pairs with the layer's own scales and zero points
 //     around a float operator, per-channel weights with `axis`, the bias as
@@ -112,8 +113,12 @@ class GraphWriter {
 using ExportFunction = std::function<Value(const nn::Module& module, const std::string& path, const Value& input,
                                            GraphWriter& graph)>;
 // Keyed by Module::type_name(): Sequential, Linear, LinearReLU, LinearReLU6,
-// ReLU, ReLU6, Identity, Flatten, QuantizedLinear, QuantizedLinearReLU,
-// QuantizedLinearReLU6, DynamicQuantizedLinear. Users may add their own entries.
+// ReLU, ReLU6, Identity, Dropout, Flatten, QuantizedLinear(ReLU, ReLU6),
+// DynamicQuantizedLinear, Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d,
+// AdaptiveAvgPool2d (to 1x1), QuantizedConv2d(ReLU, ReLU6), QuantizedMaxPool2d,
+// QuantizedAvgPool2d, QuantizedAdaptiveAvgPool2d, and MobileNetV2's
+// Conv2dNormActivation, InvertedResidual (with its Add or QuantizedAdd) and
+// MobileNetV2. Users may add their own entries.
 std::map<std::string, ExportFunction>& onnx_exporters();
 
 }  // namespace tq::onnx_io
