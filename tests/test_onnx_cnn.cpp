@@ -261,7 +261,8 @@ TEST_CASE("onnx import: CNN operators it cannot represent are refused by name", 
     a->set_i(1);
     CHECK_THROWS_WITH(onnx_io::import_onnx(proto), Catch::Contains("ceil_mode=1 is not supported"));
   }
-  SECTION("a residual Add of two branches") {
+  // Add(relu1's output, relu1's input): a residual sum around one Relu, placed `after` nodes into the graph.
+  auto add_skip = [&](int after) {
     auto& relu = node("Relu");
     auto* add = graph->add_node();
     add->set_op_type("Add");
@@ -269,12 +270,64 @@ TEST_CASE("onnx import: CNN operators it cannot represent are refused by name", 
     add->add_input(relu.output(0));
     add->add_input(relu.input(0));
     add->add_output("sum");
-    graph->mutable_output(0)->set_name("sum");
-    // Put it right after the Relu.
-    for (int i = graph->node_size() - 1; i > 0 && graph->node(i - 1).op_type() != "Relu"; --i)
-      graph->mutable_node()->SwapElements(i, i - 1);
-    CHECK_THROWS_WITH(onnx_io::import_onnx(proto), Catch::Contains("'/skip/Add' (Add)") && Catch::Contains("only chains"));
+    for (int i = graph->node_size() - 1; i > after; --i) graph->mutable_node()->SwapElements(i, i - 1);
+  };
+  SECTION("a residual Add whose branch is not an inverted residual block") {
+    int relu = 0;
+    while (graph->node(relu).op_type() != "Relu") ++relu;
+    add_skip(relu + 1);  // right after relu1: the rest of the graph follows the sum
+    auto& next = graph->mutable_node()->at(relu + 2);
+    for (auto& in : *next.mutable_input())
+      if (in == graph->node(relu).output(0)) in = "sum";
+    CHECK_THROWS_WITH(onnx_io::import_onnx(proto), Catch::Contains("'/skip/Add' (Add)") &&
+                                                       Catch::Contains("inverted residual") &&
+                                                       Catch::Contains("0 convolutions"));
   }
+  SECTION("a residual Add that does not close the branch it starts") {
+    graph->mutable_output(0)->set_name("sum");
+    add_skip(graph->node_size());  // last, after relu4 and the rest: the branch ends in fc's output
+    CHECK_THROWS_WITH(onnx_io::import_onnx(proto),
+                      Catch::Contains("'/skip/Add' (Add)") && Catch::Contains("is not the end of the branch"));
+  }
+}
+
+TEST_CASE("onnx import: residual sums come back as InvertedResidual blocks; an exported MobileNetV2 w0.25 loads back",
+          "[onnx][cnn]") {
+  manual_seed(4);
+  auto model = models::mobilenet_v2_small_input(10, 0.25);
+  const Tensor x = randn({4, 1, 28, 28});
+  settle_batch_norm(*model, x);
+  // Blocks with a residual sum: "features.1" -> the imported child "features_1".
+  std::vector<std::string> residual;
+  for (const auto& [path, m] : model->named_modules())
+    if (auto* b = dynamic_cast<models::InvertedResidual*>(m); b && b->use_res_connect) {
+      std::string name = path;
+      std::replace(name.begin(), name.end(), '.', '_');
+      residual.push_back(name);
+    }
+  REQUIRE(residual.size() >= 2);  // with and without the 1x1 expansion (features_1 has none)
+  const ::onnx::ModelProto proto = onnx_io::to_onnx(*model);
+  auto back = onnx_io::import_onnx(proto);
+  std::vector<std::string> blocks;
+  for (const auto& s : back->children()) {
+    if (s->module->type_name() != "InvertedResidual") continue;
+    blocks.push_back(s->name);
+    const auto& b = dynamic_cast<models::InvertedResidual&>(*s->module);
+    CHECK(b.use_res_connect);
+    CHECK(b.skip_add.module().type_name() == "Add");
+  }
+  CHECK(blocks == residual);
+  const Tensor want = run(*model, x);
+  const double rel = relative_difference(run(*back, x), want);
+  INFO("max relative difference " << rel);
+  CHECK(rel <= 1e-4);
+  // The imported model is an ordinary model file: saved and loaded, the same outputs.
+  const std::string file = (tq_test::scratch_dir("onnx_cnn") / "mobilenet_imported.safetensors").string();
+  io::save_model(*back, file);
+  auto loaded = io::load_model(file);
+  CHECK(to_vector(run(*loaded, x)) == to_vector(run(*back, x)));
+  // Exported again, the same graph operators.
+  CHECK(op_types(onnx_io::to_onnx(*back)) == op_types(proto));
 }
 
 TEST_CASE("onnx export: int8 CNN layers as QDQ with per-channel weights, depthwise groups and the residual add",

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <onnx/onnx_pb.h>
 
+#include "models/mobilenet_v2.h"
 #include "nn/activation.h"
 #include "nn/batchnorm.h"
 #include "nn/conv.h"
@@ -331,6 +332,74 @@ ImportFunction simple(const char* fallback) {
   };
 }
 
+
+// ---- The residual sum: a branch from x that meets x again in an Add ----
+
+// The leaves of a module tree (modules without children), in order.
+std::vector<nn::Module*> leaves_of(nn::Module& m) {
+  std::vector<nn::Module*> out;
+  for (auto& [path, sub] : m.named_modules())
+    if (sub->children().empty()) out.push_back(sub);
+  return out;
+}
+
+// The layer configuration two leaves must share to hold the same computation.
+bool same_layer(const nn::Module& a, const nn::Module& b) {
+  if (a.type_name() != b.type_name()) return false;
+  if (const auto* x = dynamic_cast<const nn::Conv2d*>(&a)) {
+    const auto& y = dynamic_cast<const nn::Conv2d&>(b);
+    auto eq = [](const nn::Pair2d& p, const nn::Pair2d& q) { return p.h == q.h && p.w == q.w; };
+    return x->in_channels == y.in_channels && x->out_channels == y.out_channels && eq(x->kernel_size, y.kernel_size) &&
+           eq(x->stride, y.stride) && eq(x->padding, y.padding) && eq(x->dilation, y.dilation) && x->groups == y.groups &&
+           x->bias.defined() == y.bias.defined();
+  }
+  if (const auto* x = dynamic_cast<const nn::BatchNorm2d*>(&a))
+    return x->num_features == dynamic_cast<const nn::BatchNorm2d&>(b).num_features;
+  return true;
+}
+
+// A branch y = body(x) summed with x: MobileNetV2's InvertedResidual (its
+// `conv` chain and its `skip_add`) when the body has that block's layers
+// (1x1 expand + BN + ReLU6 when expanded, 3x3 depthwise + BN + ReLU6, 1x1
+// projection + BN, convolutions without bias); anything else is refused,
+// naming the Add.
+std::shared_ptr<nn::Module> residual_module(nn::Sequential& body, const ::onnx::NodeProto& add) {
+  const auto refuse = [&](const std::string& why) {
+    fail("model", fmt::format("{}: a residual sum is imported only as MobileNetV2's inverted residual block (1x1 expand, "
+                              "3x3 depthwise, 1x1 projection, each convolution without bias and followed by its "
+                              "BatchNormalization, Clip(0, 6) after the first two); {}",
+                              node_label(add), why));
+  };
+  const std::vector<nn::Module*> got = leaves_of(body);
+  std::vector<const nn::Conv2d*> convs;
+  for (auto* m : got)
+    if (const auto* c = dynamic_cast<const nn::Conv2d*>(m)) convs.push_back(c);
+  if (convs.size() < 2 || convs.size() > 3) refuse(fmt::format("its branch holds {} convolutions", convs.size()));
+  const nn::Conv2d& depthwise = *convs[convs.size() - 2];
+  const int64_t in = convs.front()->in_channels, hidden = depthwise.in_channels;
+  if (depthwise.groups != hidden || hidden % in != 0 || (convs.size() == 2 && hidden != in))
+    refuse("its branch has no depthwise convolution in the right place");
+  std::shared_ptr<models::InvertedResidual> block;
+  try {
+    block = std::make_shared<models::InvertedResidual>(in, convs.back()->out_channels, depthwise.stride.h, hidden / in);
+  } catch (const std::invalid_argument& e) {
+    refuse(e.what());
+  }
+  if (!block->use_res_connect) refuse("its branch changes the shape of its input");
+  const std::vector<nn::Module*> want = leaves_of(*block->conv);
+  if (want.size() != got.size()) refuse(fmt::format("its branch holds {} layers, the block {}", got.size(), want.size()));
+  for (size_t k = 0; k < want.size(); ++k) {
+    if (!same_layer(*want[k], *got[k]))
+      refuse(fmt::format("layer {} of its branch is {}, the block's is {}", k + 1, got[k]->repr(), want[k]->repr()));
+    if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(want[k])) bn->eps = dynamic_cast<nn::BatchNorm2d*>(got[k])->eps;
+    const auto p = want[k]->named_parameters(false), q = got[k]->named_parameters(false);
+    for (size_t j = 0; j < p.size() && j < q.size(); ++j) kernels::copy_(p[j].second, q[j].second);
+    for (const auto& [name, t] : got[k]->named_buffers(false)) want[k]->set_buffer(name, t);
+  }
+  block->eval();
+  return block;
+}
+
 }  // namespace
 
 std::string ImportContext::child_name(const std::string& fallback) const {
@@ -391,10 +460,78 @@ std::map<std::string, ImportFunction>& onnx_importers() {
          c.model.push_back(unique_child(c.model, c.child_name("pool")), std::make_shared<nn::AdaptiveAvgPool2d>(1));
          return 0;
        }},
-      // A residual Add of two branches is not a chain: refused by import_onnx.
+      // A residual Add (a branch meeting its input again) is recognised by import_onnx, not by this table.
   };
   return table;
 }
+
+namespace {
+
+// Imports nodes[begin, end), a chain that starts from `current`, into
+// `model`; returns the name of its result. A value that two nodes take (x
+// below) opens a residual sum: the nodes up to the Add that takes x again
+// are its branch, imported on their own, and the sum becomes one module.
+std::string import_chain(const std::vector<const ::onnx::NodeProto*>& nodes, size_t begin, size_t end, std::string current,
+                         const std::map<std::string, Tensor>& constants,
+                         const std::map<std::string, std::vector<int64_t>>& int_constants, nn::Sequential& model,
+                         const std::string& what) {
+  auto& table = onnx_importers();
+  for (size_t i = begin; i < end; ++i) {
+    const auto& n = *nodes[i];
+    int takers = 0;
+    size_t add = end;
+    for (size_t j = i; j < end; ++j)
+      for (const auto& in : nodes[j]->input())
+        if (in == current) {
+          ++takers;
+          if (j > i && add == end && nodes[j]->op_type() == "Add" && nodes[j]->input_size() == 2) add = j;
+          break;
+        }
+    if (takers > 1 && add != end) {
+      // x -> nodes[i, add) -> y; Add(x, y) or Add(y, x).
+      const auto& sum = *nodes[add];
+      const std::string other = sum.input(0) == current ? sum.input(1) : sum.input(0);
+      auto body = std::make_shared<nn::Sequential>();
+      if (import_chain(nodes, i, add, current, constants, int_constants, *body, what) != other)
+        fail(what, fmt::format("{}: its second input '{}' is not the end of the branch from '{}'", node_label(sum), other,
+                               current));
+      // Named as the block: "/features.2.skip_add/Add" -> "features_2", "/layer1/Add" -> "layer1".
+      std::string name = module_of_node(sum.name());
+      if (const std::string tail = "skip_add"; name.size() >= tail.size() && name.ends_with(tail)) {
+        name.resize(name.size() - tail.size());
+        if (!name.empty() && name.back() == '_') name.pop_back();
+      }
+      model.push_back(unique_child(model, name.empty() ? "block" : name), residual_module(*body, sum));
+      i = add;
+      current = sum.output(0);
+      continue;
+    }
+    if (n.input_size() == 0 || n.input(0) != current)
+      fail(what, fmt::format("{} does not take the previous result '{}' as its first input; only chains of layers "
+                             "are imported",
+                             node_label(n), current));
+    for (int k = 1; k < n.input_size(); ++k)
+      if (!n.input(k).empty() && !constants.count(n.input(k)) && !int_constants.count(n.input(k)))
+        fail(what, fmt::format("{}: input '{}' is neither the previous result nor a constant (branches are not "
+                               "supported)",
+                               node_label(n), n.input(k)));
+    auto it = table.find(n.op_type());
+    if (it == table.end()) {
+      std::string known;
+      for (const auto& [k, _] : table) known += (known.empty() ? "" : ", ") + k;
+      fail(what, fmt::format("{}: operator {} is not supported (supported: {})", node_label(n), n.op_type(), known));
+    }
+    const std::vector<const ::onnx::NodeProto*> rest(nodes.begin() + static_cast<std::ptrdiff_t>(i) + 1,
+                                                   nodes.begin() + static_cast<std::ptrdiff_t>(end));
+    ImportContext ctx{n, constants, int_constants, rest, model};
+    const int consumed = it->second(ctx);
+    i += static_cast<size_t>(consumed);
+    current = nodes[i]->output(0);
+  }
+  return current;
+}
+
+}  // namespace
 
 std::shared_ptr<nn::Sequential> import_onnx(const ::onnx::ModelProto& proto, const std::string& what) {
   const auto& graph = proto.graph();
@@ -430,30 +567,7 @@ std::shared_ptr<nn::Sequential> import_onnx(const ::onnx::ModelProto& proto, con
   if (graph.output_size() != 1) fail(what, "the graph must have exactly one output");
 
   auto model = std::make_shared<nn::Sequential>();
-  auto& table = onnx_importers();
-  for (size_t i = 0; i < nodes.size(); ++i) {
-    const auto& n = *nodes[i];
-    if (n.input_size() == 0 || n.input(0) != current)
-      fail(what, fmt::format("{} does not take the previous result '{}' as its first input; only chains of layers "
-                             "are imported",
-                             node_label(n), current));
-    for (int k = 1; k < n.input_size(); ++k)
-      if (!n.input(k).empty() && !constants.count(n.input(k)) && !int_constants.count(n.input(k)))
-        fail(what, fmt::format("{}: input '{}' is neither the previous result nor a constant (branches are not "
-                               "supported)",
-                               node_label(n), n.input(k)));
-    auto it = table.find(n.op_type());
-    if (it == table.end()) {
-      std::string known;
-      for (const auto& [k, _] : table) known += (known.empty() ? "" : ", ") + k;
-      fail(what, fmt::format("{}: operator {} is not supported (supported: {})", node_label(n), n.op_type(), known));
-    }
-    const std::vector<const ::onnx::NodeProto*> rest(nodes.begin() + static_cast<std::ptrdiff_t>(i) + 1, nodes.end());
-    ImportContext ctx{n, constants, int_constants, rest, *model};
-    const int consumed = it->second(ctx);
-    i += static_cast<size_t>(consumed);
-    current = nodes[i]->output(0);
-  }
+  current = import_chain(nodes, 0, nodes.size(), current, constants, int_constants, *model, what);
   if (current != graph.output(0).name())
     fail(what, fmt::format("the chain ends in '{}', not in the graph output '{}'", current, graph.output(0).name()));
   if (model->size() == 0) fail(what, "the graph holds no layer");
