@@ -5,9 +5,10 @@
 // tinyqat modules with PyTorch-like names — a layer whose weight initializer
 // is "fc1.weight" becomes the child "fc1", the Relu node "/relu1/Relu" the
 // child "relu1" — ready for QAT or PTQ like a model built in tinyqat.
-// The importer is a table keyed by ONNX op type; an operator without an
-// entry, or a graph that is not a single chain, is refused with an error
-// naming the node.
+// A residual sum whose branch is MobileNetV2's inverted residual block
+// becomes a models::InvertedResidual. The importer is a table keyed by ONNX
+// op type; an operator without an entry, or a graph that is neither a chain
+// nor such residual sums, is refused with an error naming the node.
 #pragma once
 
 #include <functional>
