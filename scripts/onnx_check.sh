@@ -16,7 +16,7 @@ for name in float qat_int8 ptq_int8 dynamic_int8; do
   model="$work/$name.safetensors"
   [ -f "$model" ] || { echo "onnx_check: no $model (skipped)"; continue; }
   found=1
-  "$tool" export --model "$model" --out "$work/$name.onnx" >/dev/null
+  "$root/build/tinyqat" export --model "$model" --out "$work/$name.onnx" >/dev/null
   "$tool" agree --model "$model" --onnx "$work/$name.onnx" --check
 done
 [ "$found" = 1 ] || { echo "onnx_check: no model in $work; run scripts/run.sh first" >&2; exit 1; }

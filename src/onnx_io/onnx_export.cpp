@@ -10,13 +10,19 @@
 #include <onnx/checker.h>
 #include <onnx/onnx_pb.h>
 
+#include "models/mobilenet_v2.h"
 #include "nn/activation.h"
+#include "nn/batchnorm.h"
+#include "nn/conv.h"
 #include "nn/linear.h"
+#include "nn/pooling.h"
 #include "nn/sequential.h"
 #include "quant/dynamic_linear.h"
 #include "quant/fused.h"
 #include "quant/layer.h"
+#include "quant/quantized_conv.h"
 #include "quant/quantized_linear.h"
+#include "quant/quantized_pool.h"
 #include "tensor/ops.h"
 
 namespace tq::onnx_io {
@@ -61,22 +67,23 @@ std::string float_gemm(GraphWriter& g, const std::string& path, const std::strin
   return y;
 }
 
+// Runs the table's entry for `module` (at `path`).
+Value export_module(const nn::Module& module, const std::string& path, const Value& input, GraphWriter& g) {
+  auto& table = onnx_exporters();
+  auto it = table.find(module.type_name());
+  if (it == table.end())
+    throw std::invalid_argument(fmt::format("ONNX export: module '{}' of type {} has no exporter (supported: {})", path,
+                                            module.type_name(), [&] {
+                                              std::string s;
+                                              for (const auto& [k, _] : table) s += (s.empty() ? "" : ", ") + k;
+                                              return s;
+                                            }()));
+  return it->second(module, path, input, g);
+}
+
 Value export_sequential(const nn::Module& m, const std::string& path, const Value& input, GraphWriter& g) {
   Value v = input;
-  for (const auto& slot : m.children()) {
-    const nn::Module& child = *slot->module;
-    const std::string child_path = join(path, slot->name);
-    auto& table = onnx_exporters();
-    auto it = table.find(child.type_name());
-    if (it == table.end())
-      throw std::invalid_argument(fmt::format("ONNX export: module '{}' of type {} has no exporter (supported: {})",
-                                              child_path, child.type_name(), [&] {
-                                                std::string s;
-                                                for (const auto& [k, _] : table) s += (s.empty() ? "" : ", ") + k;
-                                                return s;
-                                              }()));
-    v = it->second(child, child_path, v, g);
-  }
+  for (const auto& slot : m.children()) v = export_module(*slot->module, join(path, slot->name), v, g);
   return v;
 }
 
@@ -122,10 +129,12 @@ Value export_flatten(const nn::Module&, const std::string& path, const Value& in
   return {y, input.qparams};
 }
 
-// Static int8 Linear as QDQ:
-//   DQ(x_q) -> Gemm(., DQ(W_q, per channel), DQ(b_i32 on s_x s_w)) [-> Relu] -> Q(y) -> DQ
-Value export_quantized_linear(const nn::Module& m, const std::string& path, const Value& input, GraphWriter& g) {
-  const auto& l = dynamic_cast<const quant::QuantizedLinear&>(m);
+// A static int8 layer (Linear or Conv2d) as QDQ:
+//   DQ(x_q) -> op(., DQ(W_q, per channel), DQ(b_i32 on s_x s_w)) [-> Relu | Clip] -> Q(y) -> DQ
+// `op` emits the float operator (Gemm or Conv) on its inputs and returns its output.
+Value export_qdq_layer(const nn::Module& m, const std::string& path, const Value& input, GraphWriter& g,
+                       const Tensor& bias,
+                       const std::function<std::string(const std::vector<std::string>&)>& op) {
   // qparams, activation and weight through the layer interface (quant/layer.h).
   auto& layer = *quant::as_quant_layer(const_cast<nn::Module*>(&m));
   Value x = input;
@@ -143,7 +152,7 @@ Value export_quantized_linear(const nn::Module& m, const std::string& path, cons
   const QParams oq = layer.qparams(quant::QuantRole::output).value();
   const quant::FusedActivation act = layer.activation();
   const bool per_channel = is_per_channel(wq.scheme);
-  const int64_t out = l.out_features;
+  const int64_t out = w.size(0);
   std::vector<float> w_scales;
   for (int64_t n = 0; n < out; ++n) w_scales.push_back(per_channel ? wq.scale[static_cast<size_t>(n)] : wq.scale[0]);
   const std::vector<int64_t> qdims = per_channel ? std::vector<int64_t>{out} : std::vector<int64_t>{};
@@ -157,10 +166,10 @@ Value export_quantized_linear(const nn::Module& m, const std::string& path, cons
   auto& wnode = g.node("DequantizeLinear", {wq_name, ws_name, wz_name}, {w_dq}, scope(path) + "weight_DequantizeLinear");
   if (per_channel) set_int(wnode, "axis", 0);
 
-  std::vector<std::string> gemm_in = {x.name, w_dq};
-  if (l.bias().defined()) {
+  std::vector<std::string> op_in = {x.name, w_dq};
+  if (bias.defined()) {
     // The i32 bias exactly as the int8 layer computes it (docs/quantization.md eq. 12).
-    const std::vector<float> b = values_of<float>(l.bias());
+    const std::vector<float> b = values_of<float>(bias);
     std::vector<int32_t> bq(static_cast<size_t>(out));
     std::vector<float> bs(nq);
     for (int64_t n = 0; n < out; ++n) {
@@ -178,15 +187,189 @@ Value export_quantized_linear(const nn::Module& m, const std::string& path, cons
     const std::string b_dq = g.fresh(scope(path) + "bias_DequantizeLinear_output_0");
     auto& bnode = g.node("DequantizeLinear", {bq_name, bs_name, bz_name}, {b_dq}, scope(path) + "bias_DequantizeLinear");
     if (per_channel) set_int(bnode, "axis", 0);
-    gemm_in.push_back(b_dq);
+    op_in.push_back(b_dq);
   }
-  std::string y = g.fresh(scope(path) + "Gemm_output_0");
-  set_int(g.node("Gemm", gemm_in, {y}, scope(path) + "Gemm"), "transB", 1);
+  std::string y = op(op_in);
   // tinyqat clamps the output codes to the fused activation's range (docs/quantization.md eq. 14):
   // Relu (Clip(0, 6) for ReLU6) before QuantizeLinear computes the same, and
   // Relu -> QuantizeLinear is a pattern the runtime fuses.
   y = float_activation(g, path, y, act);
   return g.quantize_dequantize(y, oq, scope(path) + "output_", codes_of(act, oq));
+}
+
+Value export_quantized_linear(const nn::Module& m, const std::string& path, const Value& input, GraphWriter& g) {
+  const auto& l = dynamic_cast<const quant::QuantizedLinear&>(m);
+  return export_qdq_layer(m, path, input, g, l.bias(), [&](const std::vector<std::string>& in) {
+    const std::string y = g.fresh(scope(path) + "Gemm_output_0");
+    set_int(g.node("Gemm", in, {y}, scope(path) + "Gemm"), "transB", 1);
+    return y;
+  });
+}
+
+// ---- Convolutional layers ----
+
+void set_ints(::onnx::NodeProto& n, const std::string& name, const std::vector<int64_t>& v) {
+  auto* a = n.add_attribute();
+  a->set_name(name);
+  a->set_type(::onnx::AttributeProto::INTS);
+  for (int64_t x : v) a->add_ints(x);
+}
+
+// Conv with ONNX's attributes: pads are (top, left, bottom, right).
+std::string conv_node(GraphWriter& g, const std::string& path, const std::vector<std::string>& in, int64_t kh, int64_t kw,
+                      int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups) {
+  const std::string y = g.fresh(scope(path) + "Conv_output_0");
+  auto& n = g.node("Conv", in, {y}, scope(path) + "Conv");
+  set_ints(n, "dilations", {dh, dw});
+  set_int(n, "group", groups);
+  set_ints(n, "kernel_shape", {kh, kw});
+  set_ints(n, "pads", {ph, pw, ph, pw});
+  set_ints(n, "strides", {sh, sw});
+  return y;
+}
+
+Value export_conv(const nn::Module& m, const std::string& path, const Value& input, GraphWriter& g) {
+  const auto& c = dynamic_cast<const nn::Conv2d&>(m);
+  std::vector<std::string> in = {input.name,
+                                 g.floats(join(path, "weight"), values_of<float>(c.weight.detach()), dims_of(c.weight))};
+  if (c.bias.defined()) in.push_back(g.floats(join(path, "bias"), values_of<float>(c.bias.detach()), dims_of(c.bias)));
+  return {conv_node(g, path, in, c.kernel_size.h, c.kernel_size.w, c.stride.h, c.stride.w, c.padding.h, c.padding.w,
+                    c.dilation.h, c.dilation.w, c.groups),
+          std::nullopt};
+}
+
+Value export_quantized_conv(const nn::Module& m, const std::string& path, const Value& input, GraphWriter& g) {
+  const auto& c = dynamic_cast<const quant::QuantizedConv2d&>(m);
+  const quant::Conv2dGeometry& k = c.geometry;
+  return export_qdq_layer(m, path, input, g, c.bias(), [&](const std::vector<std::string>& in) {
+    return conv_node(g, path, in, c.kernel_h, c.kernel_w, k.stride_h, k.stride_w, k.pad_h, k.pad_w, k.dilation_h,
+                     k.dilation_w, k.groups);
+  });
+}
+
+// BatchNormalization with the running statistics (inference form).
+Value export_batch_norm(const nn::Module& m, const std::string& path, const Value& input, GraphWriter& g) {
+  const auto& bn = dynamic_cast<const nn::BatchNorm2d&>(m);
+  const int64_t c = bn.num_features;
+  if (!bn.track_running_stats)
+    throw std::invalid_argument(fmt::format("ONNX export: BatchNorm2d '{}' keeps no running statistics", path));
+  const std::vector<float> gamma = bn.weight.defined() ? values_of<float>(bn.weight.detach()) : std::vector<float>(c, 1.f);
+  const std::vector<float> beta = bn.bias.defined() ? values_of<float>(bn.bias.detach()) : std::vector<float>(c, 0.f);
+  const std::string y = g.fresh(scope(path) + "BatchNormalization_output_0");
+  auto& n = g.node("BatchNormalization",
+                   {input.name, g.floats(join(path, "weight"), gamma, {c}), g.floats(join(path, "bias"), beta, {c}),
+                    g.floats(join(path, "running_mean"), values_of<float>(bn.running_mean()), {c}),
+                    g.floats(join(path, "running_var"), values_of<float>(bn.running_var()), {c})},
+                   {y}, scope(path) + "BatchNormalization");
+  auto* eps = n.add_attribute();
+  eps->set_name("epsilon");
+  eps->set_type(::onnx::AttributeProto::FLOAT);
+  eps->set_f(static_cast<float>(bn.eps));
+  return {y, std::nullopt};
+}
+
+// A pooling node; on a quantized input followed by a Q/DQ pair with the
+// input's qparams (tinyqat's u8 pooling keeps them).
+Value pool(GraphWriter& g, const std::string& path, const Value& input, const std::string& op,
+           const std::function<void(::onnx::NodeProto&)>& attributes) {
+  const std::string y = g.fresh(scope(path) + op + "_output_0");
+  attributes(g.node(op, {input.name}, {y}, scope(path) + op));
+  if (input.qparams) return g.quantize_dequantize(y, *input.qparams, scope(path) + "output_");
+  return {y, std::nullopt};
+}
+
+int64_t or_kernel(int64_t stride, int64_t kernel) { return stride == 0 ? kernel : stride; }
+
+Value export_max_pool(const nn::Module& m, const std::string& path, const Value& input, GraphWriter& g) {
+  const auto& p = dynamic_cast<const nn::MaxPool2d&>(m);
+  return pool(g, path, input, "MaxPool", [&](::onnx::NodeProto& n) {
+    set_ints(n, "dilations", {p.dilation.h, p.dilation.w});
+    set_ints(n, "kernel_shape", {p.kernel_size.h, p.kernel_size.w});
+    set_ints(n, "pads", {p.padding.h, p.padding.w, p.padding.h, p.padding.w});
+    set_ints(n, "strides", {or_kernel(p.stride.h, p.kernel_size.h), or_kernel(p.stride.w, p.kernel_size.w)});
+  });
+}
+
+Value export_quantized_max_pool(const nn::Module& m, const std::string& path, const Value& input, GraphWriter& g) {
+  const auto& o = dynamic_cast<const quant::QuantizedMaxPool2d&>(m).options;
+  if (!input.qparams) throw std::invalid_argument(fmt::format("ONNX export: '{}' (u8 pooling) receives a float tensor", path));
+  return pool(g, path, input, "MaxPool", [&](::onnx::NodeProto& n) {
+    set_ints(n, "kernel_shape", {o.kernel_h, o.kernel_w});
+    set_ints(n, "pads", {o.pad_h, o.pad_w, o.pad_h, o.pad_w});
+    set_ints(n, "strides", {o.stride_h, o.stride_w});
+  });
+}
+
+Value export_avg_pool(const nn::Module& m, const std::string& path, const Value& input, GraphWriter& g) {
+  const auto& p = dynamic_cast<const nn::AvgPool2d&>(m);
+  return pool(g, path, input, "AveragePool", [&](::onnx::NodeProto& n) {
+    set_int(n, "count_include_pad", 1);
+    set_ints(n, "kernel_shape", {p.kernel_size.h, p.kernel_size.w});
+    set_ints(n, "pads", {p.padding.h, p.padding.w, p.padding.h, p.padding.w});
+    set_ints(n, "strides", {or_kernel(p.stride.h, p.kernel_size.h), or_kernel(p.stride.w, p.kernel_size.w)});
+  });
+}
+
+Value export_quantized_avg_pool(const nn::Module& m, const std::string& path, const Value& input, GraphWriter& g) {
+  const auto& p = dynamic_cast<const quant::QuantizedAvgPool2d&>(m);
+  const auto& o = p.options;
+  if (!input.qparams) throw std::invalid_argument(fmt::format("ONNX export: '{}' (u8 pooling) receives a float tensor", path));
+  return pool(g, path, input, "AveragePool", [&](::onnx::NodeProto& n) {
+    set_int(n, "count_include_pad", p.count_include_pad ? 1 : 0);
+    set_ints(n, "kernel_shape", {o.kernel_h, o.kernel_w});
+    set_ints(n, "pads", {o.pad_h, o.pad_w, o.pad_h, o.pad_w});
+    set_ints(n, "strides", {o.stride_h, o.stride_w});
+  });
+}
+
+// Adaptive average pooling to 1x1 is GlobalAveragePool; other output sizes
+// depend on the input size, which the graph does not fix.
+Value export_global_pool(const std::string& path, const Value& input, GraphWriter& g, int64_t oh, int64_t ow) {
+  if (oh != 1 || ow != 1)
+    throw std::invalid_argument(fmt::format("ONNX export: '{}' pools to {}x{}; only adaptive pooling to 1x1 "
+                                            "(GlobalAveragePool) is exported",
+                                            path, oh, ow));
+  return pool(g, path, input, "GlobalAveragePool", [](::onnx::NodeProto&) {});
+}
+
+// The residual sum of two values: float Add, or for a QuantizedAdd
+// DQ(a) + DQ(b) [-> Relu | Clip] -> Q(y) -> DQ with the add's output qparams.
+Value export_add(const nn::Module& m, const std::string& path, const Value& a, const Value& b, GraphWriter& g) {
+  std::string y = g.fresh(scope(path) + "Add_output_0");
+  g.node("Add", {a.name, b.name}, {y}, scope(path) + "Add");
+  if (const auto* q = dynamic_cast<const quant::QuantizedAdd*>(&m)) {
+    if (!a.qparams || !b.qparams)
+      throw std::invalid_argument(fmt::format("ONNX export: '{}' (QuantizedAdd) receives a float tensor", path));
+    y = float_activation(g, path, y, q->activation());
+    return g.quantize_dequantize(y, q->output_qparams(), scope(path) + "output_",
+                                 codes_of(q->activation(), q->output_qparams()));
+  }
+  if (m.type_name() != "Add")
+    throw std::invalid_argument(fmt::format("ONNX export: '{}' of type {} is not a residual add", path, m.type_name()));
+  return {y, std::nullopt};
+}
+
+Value export_child(const nn::Module& parent, const std::string& path, const std::string& name, const Value& input,
+                   GraphWriter& g);
+
+// MobileNetV2's block: conv(x), plus x when the shapes allow.
+Value export_inverted_residual(const nn::Module& m, const std::string& path, const Value& input, GraphWriter& g) {
+  const auto& block = dynamic_cast<const models::InvertedResidual&>(m);
+  const Value y = export_child(m, path, "conv", input, g);
+  if (!block.use_res_connect) return y;
+  return export_add(block.skip_add.module(), join(path, "skip_add"), input, y, g);
+}
+
+// MobileNetV2: features, global average pooling, flatten, classifier.
+Value export_mobilenet_v2(const nn::Module& m, const std::string& path, const Value& input, GraphWriter& g) {
+  Value v = export_child(m, path, "features", input, g);
+  // The model pools in float: a quantized feature map is dequantized first,
+  // so the pooled values leave without qparams.
+  const std::string pooled = g.fresh(scope(join(path, "pool")) + "GlobalAveragePool_output_0");
+  g.node("GlobalAveragePool", {v.name}, {pooled}, scope(join(path, "pool")) + "GlobalAveragePool");
+  const std::string flat = g.fresh(scope(join(path, "flatten")) + "Flatten_output_0");
+  set_int(g.node("Flatten", {pooled}, {flat}, scope(join(path, "flatten")) + "Flatten"), "axis", 1);
+  return export_child(m, path, "classifier", {flat, std::nullopt}, g);
 }
 
 // Dynamic int8 Linear: the per-batch activation qparams of tinyqat
@@ -242,28 +425,68 @@ Value export_dynamic_linear(const nn::Module& m, const std::string& path, const 
   return {y, std::nullopt};
 }
 
-int64_t first_input_features(const nn::Module& model) {
-  for (const auto& [name, m] : model.named_modules()) {
-    if (auto* l = dynamic_cast<const nn::Linear*>(m)) return l->in_features;
-    if (auto* q = dynamic_cast<const quant::QuantizedLinear*>(m)) return q->in_features;
-    if (auto* d = dynamic_cast<const quant::DynamicQuantizedLinear*>(m)) return d->in_features;
-  }
-  return 0;
+Value export_child(const nn::Module& parent, const std::string& path, const std::string& name, const Value& input,
+                   GraphWriter& g) {
+  const auto slot = parent.find_slot(name);
+  if (!slot) throw std::invalid_argument(fmt::format("ONNX export: '{}' has no child '{}'", path, name));
+  return export_module(*slot->module, join(path, name), input, g);
 }
 
-void set_float_io(::onnx::ValueInfoProto& v, const std::string& name, int64_t features) {
+// The input's shape after N, from the first layer that knows it.
+std::vector<int64_t> first_input_shape(const nn::Module& model) {
+  for (const auto& [name, m] : model.named_modules()) {
+    if (auto* l = dynamic_cast<const nn::Linear*>(m)) return {l->in_features};
+    if (auto* q = dynamic_cast<const quant::QuantizedLinear*>(m)) return {q->in_features};
+    if (auto* d = dynamic_cast<const quant::DynamicQuantizedLinear*>(m)) return {d->in_features};
+    if (auto* c = dynamic_cast<const nn::Conv2d*>(m)) return {c->in_channels, -1, -1};
+    if (auto* c = dynamic_cast<const quant::QuantizedConv2d*>(m)) return {c->in_channels, -1, -1};
+  }
+  return {-1};
+}
+
+// A float tensor (N, dims...); a dim < 0 is symbolic.
+void set_float_io(::onnx::ValueInfoProto& v, const std::string& name, const std::vector<int64_t>& dims) {
   v.set_name(name);
   auto* tt = v.mutable_type()->mutable_tensor_type();
   tt->set_elem_type(TensorProto::FLOAT);
   auto* shape = tt->mutable_shape();
   shape->add_dim()->set_dim_param("N");
-  if (features > 0)
-    shape->add_dim()->set_dim_value(features);
-  else
-    shape->add_dim()->set_dim_param(name + "_features");
+  static const char* const kNames[] = {"C", "H", "W"};
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (dims[i] > 0)
+      shape->add_dim()->set_dim_value(dims[i]);
+    else
+      shape->add_dim()->set_dim_param(dims.size() == 3 ? name + "_" + kNames[i] : fmt::format("{}_dim{}", name, i + 1));
+  }
 }
 
 }  // namespace
+
+std::vector<int64_t> parse_shape(const std::string& text) {
+  std::vector<int64_t> dims;
+  std::string cur;
+  auto flush = [&] {
+    if (cur.empty()) throw std::invalid_argument(fmt::format("'{}' is not a shape like 784 or 1,28,28", text));
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(cur, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != cur.size() || v < 1 || v > (1LL << 31))
+      throw std::invalid_argument(fmt::format("'{}' in '{}' is not a positive dimension", cur, text));
+    dims.push_back(v);
+    cur.clear();
+  };
+  for (char ch : text) {
+    if (ch == ',' || ch == 'x') flush();
+    else if (ch != ' ') cur += ch;
+  }
+  flush();
+  if (dims.size() > 3) throw std::invalid_argument(fmt::format("'{}' has more than 3 dimensions after the batch", text));
+  return dims;
+}
 
 // ---- GraphWriter ----
 
@@ -363,12 +586,31 @@ std::map<std::string, ExportFunction>& onnx_exporters() {
       {"QuantizedLinearReLU", export_quantized_linear},
       {"QuantizedLinearReLU6", export_quantized_linear},
       {"DynamicQuantizedLinear", export_dynamic_linear},
-      // Slots for the CNN layers, once the library has them:
-      //   Conv2d -> Conv; BatchNorm2d -> BatchNormalization (or folded into
-      //   the Conv before export); MaxPool2d -> MaxPool; AvgPool2d ->
-      //   AveragePool; AdaptiveAvgPool2d(1) -> GlobalAveragePool; Add -> Add
-      //   between DQ inputs and a Q output; their int8
-      //   forms as QDQ around the same operators.
+      {"Dropout", [](const nn::Module&, const std::string&, const Value& x, GraphWriter&) { return x; }},
+      {"Conv2d", export_conv},
+      {"BatchNorm2d", export_batch_norm},
+      {"MaxPool2d", export_max_pool},
+      {"AvgPool2d", export_avg_pool},
+      {"AdaptiveAvgPool2d",
+       [](const nn::Module& m, const std::string& p, const Value& x, GraphWriter& g) {
+         const auto& a = dynamic_cast<const nn::AdaptiveAvgPool2d&>(m);
+         return export_global_pool(p, x, g, a.output_size.h, a.output_size.w);
+       }},
+      {"QuantizedConv2d", export_quantized_conv},
+      {"QuantizedConv2dReLU", export_quantized_conv},
+      {"QuantizedConv2dReLU6", export_quantized_conv},
+      {"QuantizedMaxPool2d", export_quantized_max_pool},
+      {"QuantizedAvgPool2d", export_quantized_avg_pool},
+      {"QuantizedAdaptiveAvgPool2d",
+       [](const nn::Module& m, const std::string& p, const Value& x, GraphWriter& g) {
+         const auto& a = dynamic_cast<const quant::QuantizedAdaptiveAvgPool2d&>(m);
+         if (!x.qparams) throw std::invalid_argument(fmt::format("ONNX export: '{}' (u8 pooling) receives a float tensor", p));
+         return export_global_pool(p, x, g, a.out_h, a.out_w);
+       }},
+      // MobileNetV2's containers (the residual add is inside its block).
+      {"Conv2dNormActivation", export_sequential},
+      {"InvertedResidual", export_inverted_residual},
+      {"MobileNetV2", export_mobilenet_v2},
   };
   return table;
 }
@@ -387,8 +629,8 @@ std::map<std::string, ExportFunction>& onnx_exporters() {
   g.fresh(options.input_name);
   g.fresh(options.output_name);
 
-  const int64_t features = options.input_features > 0 ? options.input_features : first_input_features(model);
-  set_float_io(*graph->add_input(), options.input_name, features);
+  set_float_io(*graph->add_input(), options.input_name,
+               options.input_shape.empty() ? first_input_shape(model) : options.input_shape);
 
   auto& table = onnx_exporters();
   auto it = table.find(model.type_name());
@@ -400,12 +642,15 @@ std::map<std::string, ExportFunction>& onnx_exporters() {
                                                 : ""));
   const Value y = it->second(model, "", {options.input_name, std::nullopt}, g);
   g.node("Identity", {y.name}, {options.output_name}, "/output/Identity");
-  set_float_io(*graph->add_output(), options.output_name, 0);
+  set_float_io(*graph->add_output(), options.output_name, {-1});
   return proto;
 }
 
 void export_onnx(const nn::Module& model, const std::string& path, const ExportOptions& options) {
-  const ::onnx::ModelProto proto = to_onnx(model, options);
+  save_onnx(to_onnx(model, options), path);
+}
+
+void save_onnx(const ::onnx::ModelProto& proto, const std::string& path) {
   try {
     ::onnx::checker::check_model(proto);
   } catch (const std::exception& e) {

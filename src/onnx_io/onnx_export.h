@@ -1,6 +1,7 @@
 // ONNX export (docs/onnx.md): a tinyqat model as an ONNX graph that a
 // standard runtime runs.
-//   - float layers become standard operators (Gemm, Relu, Flatten, ...);
+//   - float layers become standard operators (Gemm, Conv, BatchNormalization,
+//     Relu, Clip, MaxPool, AveragePool, GlobalAveragePool, Add, Flatten);
 //   - static int8 layers (from QAT or PTQ) become QDQ: QuantizeLinear /
 //     DequantizeLinear pairs with the layer's own scales and zero points
 //     around a float operator, per-channel weights with `axis`, the bias as
@@ -38,9 +39,11 @@ inline constexpr int kOpset = 13;
 struct ExportOptions {
   std::string input_name = "input";
   std::string output_name = "output";
-  // Features of the input (N, in_features); 0 = taken from the first layer
-  // that knows its input size.
-  int64_t input_features = 0;
+  // The input's shape after the batch dimension N: {784} for an MLP,
+  // {1, 28, 28} for a CNN. Empty = from the first layer that knows its input
+  // size (a Linear's in_features; a Conv2d's channels, with symbolic H and W);
+  // a dimension < 0 is written as a symbolic dimension.
+  std::vector<int64_t> input_shape;
   // Activation ranges narrower than 0..255 (the x86 preset's 7 bits, low
   // bit widths) are enforced by a Clip before each QuantizeLinear: exact,
   // but ONNX Runtime then leaves those layers as float Gemm on dequantized
@@ -50,12 +53,19 @@ struct ExportOptions {
   bool exact_ranges = true;
 };
 
+// "784" or "1,28,28" (also "1x28x28") -> {784} / {1, 28, 28}; throws
+// std::invalid_argument naming what is wrong.
+std::vector<int64_t> parse_shape(const std::string& text);
+
 // Builds the ONNX model of `model` (in eval mode). Throws
 // std::invalid_argument naming the module path and type that cannot be
 // exported (a QAT model must be converted first).
 ::onnx::ModelProto to_onnx(const nn::Module& model, const ExportOptions& options = {});
 // to_onnx, checked by ONNX's own checker, written to `path`.
 void export_onnx(const nn::Module& model, const std::string& path, const ExportOptions& options = {});
+// `proto` checked by ONNX's own checker and written to `path` (through a
+// temporary file renamed into place, so a failure leaves `path` as it was).
+void save_onnx(const ::onnx::ModelProto& proto, const std::string& path);
 
 // ---- The exporter table ----
 
@@ -103,8 +113,12 @@ class GraphWriter {
 using ExportFunction = std::function<Value(const nn::Module& module, const std::string& path, const Value& input,
                                            GraphWriter& graph)>;
 // Keyed by Module::type_name(): Sequential, Linear, LinearReLU, LinearReLU6,
-// ReLU, ReLU6, Identity, Flatten, QuantizedLinear, QuantizedLinearReLU,
-// QuantizedLinearReLU6, DynamicQuantizedLinear. Users may add their own entries.
+// ReLU, ReLU6, Identity, Dropout, Flatten, QuantizedLinear(ReLU, ReLU6),
+// DynamicQuantizedLinear, Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d,
+// AdaptiveAvgPool2d (to 1x1), QuantizedConv2d(ReLU, ReLU6), QuantizedMaxPool2d,
+// QuantizedAvgPool2d, QuantizedAdaptiveAvgPool2d, and MobileNetV2's
+// Conv2dNormActivation, InvertedResidual (with its Add or QuantizedAdd) and
+// MobileNetV2. Users may add their own entries.
 std::map<std::string, ExportFunction>& onnx_exporters();
 
 }  // namespace tq::onnx_io

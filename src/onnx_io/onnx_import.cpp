@@ -1,5 +1,6 @@
 #include "onnx_io/onnx_import.h"
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -10,8 +11,12 @@
 #include <fmt/format.h>
 #include <onnx/onnx_pb.h>
 
+#include "models/mobilenet_v2.h"
 #include "nn/activation.h"
+#include "nn/batchnorm.h"
+#include "nn/conv.h"
 #include "nn/linear.h"
+#include "nn/pooling.h"
 #include "tensor/ops.h"
 
 namespace tq::onnx_io {
@@ -55,6 +60,25 @@ Tensor float_tensor(const TensorProto& t, const std::string& what) {
   return from_vector(v, shape);
 }
 
+// An int64 tensor from an initializer or a Constant's value.
+std::vector<int64_t> int64_values(const TensorProto& t, const std::string& what) {
+  if (t.data_location() == TensorProto::EXTERNAL)
+    fail(what, fmt::format("constant '{}' is stored in an external file; save the model with its weights inside", t.name()));
+  int64_t count = 1;
+  for (int64_t d : t.dims()) count *= d;
+  std::vector<int64_t> v(static_cast<size_t>(std::max<int64_t>(count, 0)));
+  if (t.has_raw_data()) {
+    if (t.raw_data().size() != v.size() * sizeof(int64_t))
+      fail(what, fmt::format("constant '{}' holds {} bytes for {} int64 values", t.name(), t.raw_data().size(), count));
+    std::memcpy(v.data(), t.raw_data().data(), t.raw_data().size());
+  } else {
+    if (t.int64_data_size() != count)
+      fail(what, fmt::format("constant '{}' holds {} int64 values for {} elements", t.name(), t.int64_data_size(), count));
+    for (int64_t i = 0; i < count; ++i) v[static_cast<size_t>(i)] = t.int64_data(static_cast<int>(i));
+  }
+  return v;
+}
+
 const ::onnx::AttributeProto* attribute(const ::onnx::NodeProto& n, const std::string& name) {
   for (const auto& a : n.attribute())
     if (a.name() == name) return &a;
@@ -63,6 +87,11 @@ const ::onnx::AttributeProto* attribute(const ::onnx::NodeProto& n, const std::s
 int64_t int_attr(const ::onnx::NodeProto& n, const std::string& name, int64_t fallback) {
   const auto* a = attribute(n, name);
   return a ? a->i() : fallback;
+}
+std::vector<int64_t> ints_attr(const ::onnx::NodeProto& n, const std::string& name, std::vector<int64_t> fallback) {
+  const auto* a = attribute(n, name);
+  if (!a) return fallback;
+  return std::vector<int64_t>(a->ints().begin(), a->ints().end());
 }
 float float_attr(const ::onnx::NodeProto& n, const std::string& name, float fallback) {
   const auto* a = attribute(n, name);
@@ -167,12 +196,208 @@ int import_matmul(ImportContext& c) {
   return consumed;
 }
 
+// ---- Convolutional layers ----
+
+// The 2-D attributes of a Conv / pool node: `name` with two values (one per
+// spatial axis), default `fallback`.
+std::array<int64_t, 2> pair_attr(const ::onnx::NodeProto& n, const std::string& name, int64_t fallback) {
+  const std::vector<int64_t> v = ints_attr(n, name, {fallback, fallback});
+  if (v.size() != 2)
+    fail("model", fmt::format("{}: {} has {} values; only 2-D (N, C, H, W) operators are imported", node_label(n), name,
+                              v.size()));
+  return {v[0], v[1]};
+}
+
+// ONNX's pads (top, left, bottom, right) as tinyqat's symmetric (h, w).
+std::array<int64_t, 2> symmetric_pads(const ::onnx::NodeProto& n) {
+  if (attribute(n, "auto_pad") && attribute(n, "auto_pad")->s() != "NOTSET")
+    fail("model", fmt::format("{}: auto_pad={} is not supported; write explicit pads", node_label(n),
+                              attribute(n, "auto_pad")->s()));
+  const std::vector<int64_t> p = ints_attr(n, "pads", {0, 0, 0, 0});
+  if (p.size() != 4) fail("model", fmt::format("{}: pads has {} values, expected 4", node_label(n), p.size()));
+  if (p[0] != p[2] || p[1] != p[3])
+    fail("model", fmt::format("{}: asymmetric pads ({}, {}, {}, {}) are not supported", node_label(n), p[0], p[1], p[2], p[3]));
+  return {p[0], p[1]};
+}
+
+void copy_into(Tensor& dst, const Tensor& src) {
+  const std::vector<float> v = to_vector(src);
+  std::copy(v.begin(), v.end(), dst.data<float>());
+}
+
+int import_conv(ImportContext& c) {
+  const auto& n = c.node;
+  const Tensor& w = constant(c, 1, "weight");
+  if (w.dim() != 4) fail("model", fmt::format("{}: weight of shape {} is not (out, in / groups, kH, kW)", node_label(n), w.shape().str()));
+  const int64_t groups = int_attr(n, "group", 1);
+  const int64_t out = w.size(0), in = w.size(1) * groups;
+  const auto k = pair_attr(n, "kernel_shape", 0);
+  if ((k[0] != 0 || k[1] != 0) && (k[0] != w.size(2) || k[1] != w.size(3)))
+    fail("model", fmt::format("{}: kernel_shape ({}, {}) does not match the weight {}", node_label(n), k[0], k[1], w.shape().str()));
+  const auto stride = pair_attr(n, "strides", 1), dilation = pair_attr(n, "dilations", 1);
+  const auto pad = symmetric_pads(n);
+  const bool has_bias = n.input_size() > 2 && !n.input(2).empty();
+  auto conv = std::make_shared<nn::Conv2d>(in, out, nn::Pair2d(w.size(2), w.size(3)), nn::Pair2d(stride[0], stride[1]),
+                                           nn::Pair2d(pad[0], pad[1]), nn::Pair2d(dilation[0], dilation[1]), groups, has_bias);
+  copy_into(conv->weight, w);
+  if (has_bias) {
+    const Tensor& b = constant(c, 2, "bias");
+    if (b.numel() != out) fail("model", fmt::format("{}: bias of {} values for {} outputs", node_label(n), b.numel(), out));
+    copy_into(conv->bias, b);
+  }
+  c.model.push_back(unique_child(c.model, c.child_name("conv")), conv);
+  return 0;
+}
+
+int import_batch_norm(ImportContext& c) {
+  const auto& n = c.node;
+  if (int_attr(n, "training_mode", 0) != 0 || n.output_size() > 1)
+    fail("model", node_label(n) + ": only the inference form of BatchNormalization (one output) is imported");
+  const Tensor &gamma = constant(c, 1, "scale"), &beta = constant(c, 2, "bias"), &mean = constant(c, 3, "mean"),
+               &var = constant(c, 4, "variance");
+  const int64_t ch = gamma.numel();
+  if (beta.numel() != ch || mean.numel() != ch || var.numel() != ch)
+    fail("model", fmt::format("{}: scale, bias, mean and variance must have one value per channel", node_label(n)));
+  auto bn = std::make_shared<nn::BatchNorm2d>(ch, static_cast<double>(float_attr(n, "epsilon", 1e-5f)));
+  copy_into(bn->weight, gamma);
+  copy_into(bn->bias, beta);
+  bn->set_buffer("running_mean", kernels::contiguous(kernels::reshape(mean, {ch})));
+  bn->set_buffer("running_var", kernels::contiguous(kernels::reshape(var, {ch})));
+  // The name of a BatchNormalization: its scale's prefix ("bn3.weight") or node name.
+  c.model.push_back(unique_child(c.model, c.child_name("bn")), bn);
+  return 0;
+}
+
+void refuse_ceil_mode(const ::onnx::NodeProto& n) {
+  if (int_attr(n, "ceil_mode", 0) != 0) fail("model", node_label(n) + ": ceil_mode=1 is not supported");
+}
+
+int import_max_pool(ImportContext& c) {
+  const auto& n = c.node;
+  refuse_ceil_mode(n);
+  if (int_attr(n, "storage_order", 0) != 0 || n.output_size() > 1)
+    fail("model", node_label(n) + ": MaxPool with indices or column-major storage is not supported");
+  const auto k = pair_attr(n, "kernel_shape", 0), s = pair_attr(n, "strides", 1), d = pair_attr(n, "dilations", 1);
+  const auto p = symmetric_pads(n);
+  c.model.push_back(unique_child(c.model, c.child_name("pool")),
+                    std::make_shared<nn::MaxPool2d>(nn::Pair2d(k[0], k[1]), nn::Pair2d(s[0], s[1]), nn::Pair2d(p[0], p[1]),
+                                                    nn::Pair2d(d[0], d[1])));
+  return 0;
+}
+
+// AveragePool, with `extra` padding from a Pad before it (which counts in
+// the average, as AvgPool2d's count_include_pad=True).
+void add_avg_pool(ImportContext& c, const ::onnx::NodeProto& n, std::array<int64_t, 2> extra, const std::string& name) {
+  refuse_ceil_mode(n);
+  const auto k = pair_attr(n, "kernel_shape", 0), s = pair_attr(n, "strides", 1);
+  const auto p = symmetric_pads(n);
+  if ((p[0] != 0 || p[1] != 0) && int_attr(n, "count_include_pad", 0) == 0)
+    fail("model", node_label(n) + ": padded AveragePool with count_include_pad=0 is not supported");
+  if ((p[0] != 0 || p[1] != 0) && (extra[0] != 0 || extra[1] != 0))
+    fail("model", node_label(n) + ": padded AveragePool after a Pad is not supported");
+  c.model.push_back(unique_child(c.model, name),
+                    std::make_shared<nn::AvgPool2d>(nn::Pair2d(k[0], k[1]), nn::Pair2d(s[0], s[1]),
+                                                    nn::Pair2d(p[0] + extra[0], p[1] + extra[1])));
+}
+
+// Pad with zeros on H and W only (PyTorch writes a padded AvgPool2d as Pad +
+// AveragePool): merged into the AveragePool after it.
+int import_pad(ImportContext& c) {
+  const auto& n = c.node;
+  const std::string mode = attribute(n, "mode") ? attribute(n, "mode")->s() : "constant";
+  if (mode != "constant") fail("model", fmt::format("{}: mode {} is not supported", node_label(n), mode));
+  if (n.input_size() < 2 || !c.int_constants.count(n.input(1)))
+    fail("model", node_label(n) + ": its pads must be a constant int64 tensor");
+  const std::vector<int64_t>& p = c.int_constants.at(n.input(1));
+  if (n.input_size() > 2 && !n.input(2).empty()) {
+    const auto it = c.constants.find(n.input(2));
+    if (it == c.constants.end() || it->second.numel() != 1 || to_vector(it->second)[0] != 0.f)
+      fail("model", node_label(n) + ": only padding with 0 is supported");
+  }
+  if (p.size() != 8 || p[0] != 0 || p[1] != 0 || p[4] != 0 || p[5] != 0 || p[2] != p[6] || p[3] != p[7] || p[2] < 0 || p[3] < 0)
+    fail("model", node_label(n) + ": only the same zero padding on both sides of H and W of an (N, C, H, W) input is supported");
+  const std::array<int64_t, 2> extra = {p[2], p[3]};
+  if (extra[0] == 0 && extra[1] == 0) return 0;  // a no-op
+  if (c.rest.empty() || c.rest.front()->op_type() != "AveragePool" || c.rest.front()->input(0) != n.output(0))
+    fail("model", node_label(n) + ": a Pad is imported only before an AveragePool");
+  add_avg_pool(c, *c.rest.front(), extra, c.child_name("pool"));
+  return 1;
+}
+
 template <class M>
 ImportFunction simple(const char* fallback) {
   return [fallback](ImportContext& c) {
     c.model.push_back(unique_child(c.model, c.child_name(fallback)), std::make_shared<M>());
     return 0;
   };
+}
+
+
+// ---- The residual sum: a branch from x that meets x again in an Add ----
+
+// The leaves of a module tree (modules without children), in order.
+std::vector<nn::Module*> leaves_of(nn::Module& m) {
+  std::vector<nn::Module*> out;
+  for (auto& [path, sub] : m.named_modules())
+    if (sub->children().empty()) out.push_back(sub);
+  return out;
+}
+
+// The layer configuration two leaves must share to hold the same computation.
+bool same_layer(const nn::Module& a, const nn::Module& b) {
+  if (a.type_name() != b.type_name()) return false;
+  if (const auto* x = dynamic_cast<const nn::Conv2d*>(&a)) {
+    const auto& y = dynamic_cast<const nn::Conv2d&>(b);
+    auto eq = [](const nn::Pair2d& p, const nn::Pair2d& q) { return p.h == q.h && p.w == q.w; };
+    return x->in_channels == y.in_channels && x->out_channels == y.out_channels && eq(x->kernel_size, y.kernel_size) &&
+           eq(x->stride, y.stride) && eq(x->padding, y.padding) && eq(x->dilation, y.dilation) && x->groups == y.groups &&
+           x->bias.defined() == y.bias.defined();
+  }
+  if (const auto* x = dynamic_cast<const nn::BatchNorm2d*>(&a))
+    return x->num_features == dynamic_cast<const nn::BatchNorm2d&>(b).num_features;
+  return true;
+}
+
+// A branch y = body(x) summed with x: MobileNetV2's InvertedResidual (its
+// `conv` chain and its `skip_add`) when the body has that block's layers
+// (1x1 expand + BN + ReLU6 when expanded, 3x3 depthwise + BN + ReLU6, 1x1
+// projection + BN, convolutions without bias); anything else is refused,
+// naming the Add.
+std::shared_ptr<nn::Module> residual_module(nn::Sequential& body, const ::onnx::NodeProto& add) {
+  const auto refuse = [&](const std::string& why) {
+    fail("model", fmt::format("{}: a residual sum is imported only as MobileNetV2's inverted residual block (1x1 expand, "
+                              "3x3 depthwise, 1x1 projection, each convolution without bias and followed by its "
+                              "BatchNormalization, Clip(0, 6) after the first two); {}",
+                              node_label(add), why));
+  };
+  const std::vector<nn::Module*> got = leaves_of(body);
+  std::vector<const nn::Conv2d*> convs;
+  for (auto* m : got)
+    if (const auto* c = dynamic_cast<const nn::Conv2d*>(m)) convs.push_back(c);
+  if (convs.size() < 2 || convs.size() > 3) refuse(fmt::format("its branch holds {} convolutions", convs.size()));
+  const nn::Conv2d& depthwise = *convs[convs.size() - 2];
+  const int64_t in = convs.front()->in_channels, hidden = depthwise.in_channels;
+  if (depthwise.groups != hidden || hidden % in != 0 || (convs.size() == 2 && hidden != in))
+    refuse("its branch has no depthwise convolution in the right place");
+  std::shared_ptr<models::InvertedResidual> block;
+  try {
+    block = std::make_shared<models::InvertedResidual>(in, convs.back()->out_channels, depthwise.stride.h, hidden / in);
+  } catch (const std::invalid_argument& e) {
+    refuse(e.what());
+  }
+  if (!block->use_res_connect) refuse("its branch changes the shape of its input");
+  const std::vector<nn::Module*> want = leaves_of(*block->conv);
+  if (want.size() != got.size()) refuse(fmt::format("its branch holds {} layers, the block {}", got.size(), want.size()));
+  for (size_t k = 0; k < want.size(); ++k) {
+    if (!same_layer(*want[k], *got[k]))
+      refuse(fmt::format("layer {} of its branch is {}, the block's is {}", k + 1, got[k]->repr(), want[k]->repr()));
+    if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(want[k])) bn->eps = dynamic_cast<nn::BatchNorm2d*>(got[k])->eps;
+    const auto p = want[k]->named_parameters(false), q = got[k]->named_parameters(false);
+    for (size_t j = 0; j < p.size() && j < q.size(); ++j) kernels::copy_(p[j].second, q[j].second);
+    for (const auto& [name, t] : got[k]->named_buffers(false)) want[k]->set_buffer(name, t);
+  }
+  block->eval();
+  return block;
 }
 
 }  // namespace
@@ -221,49 +446,72 @@ std::map<std::string, ImportFunction>& onnx_importers() {
       // Inference no-ops.
       {"Identity", [](ImportContext&) { return 0; }},
       {"Dropout", [](ImportContext&) { return 0; }},
-      // Slots for the CNN layers, once the library has them: Conv -> Conv2d,
-      // BatchNormalization -> BatchNorm2d, MaxPool, AveragePool,
-      // GlobalAveragePool, Add of two branches.
+      {"Conv", import_conv},
+      {"BatchNormalization", import_batch_norm},
+      {"MaxPool", import_max_pool},
+      {"AveragePool",
+       [](ImportContext& c) {
+         add_avg_pool(c, c.node, {0, 0}, c.child_name("pool"));
+         return 0;
+       }},
+      {"Pad", import_pad},
+      {"GlobalAveragePool",
+       [](ImportContext& c) {
+         c.model.push_back(unique_child(c.model, c.child_name("pool")), std::make_shared<nn::AdaptiveAvgPool2d>(1));
+         return 0;
+       }},
+      // A residual Add (a branch meeting its input again) is recognised by import_onnx, not by this table.
   };
   return table;
 }
 
-std::shared_ptr<nn::Sequential> import_onnx(const ::onnx::ModelProto& proto, const std::string& what) {
-  const auto& graph = proto.graph();
-  for (const auto& op : proto.opset_import())
-    if (!op.domain().empty() && op.domain() != "ai.onnx")
-      fail(what, fmt::format("operators of domain '{}' are not supported", op.domain()));
-  std::map<std::string, Tensor> constants;
-  for (const auto& t : graph.initializer()) constants[t.name()] = float_tensor(t, what);
-  std::vector<const ::onnx::NodeProto*> nodes;
-  for (const auto& n : graph.node()) {
-    if (n.op_type() == "Constant") {
-      const auto* v = attribute(n, "value");
-      if (!v || n.output_size() != 1) fail(what, node_label(n) + ": only Constant nodes with a tensor value are supported");
-      constants[n.output(0)] = float_tensor(v->t(), what);
-    } else {
-      nodes.push_back(&n);
-    }
-  }
-  std::string current;
-  for (const auto& in : graph.input())
-    if (!constants.count(in.name())) {
-      if (!current.empty()) fail(what, "the graph has more than one input; only single-input chains are imported");
-      current = in.name();
-    }
-  if (current.empty()) fail(what, "the graph has no input");
-  if (graph.output_size() != 1) fail(what, "the graph must have exactly one output");
+namespace {
 
-  auto model = std::make_shared<nn::Sequential>();
+// Imports nodes[begin, end), a chain that starts from `current`, into
+// `model`; returns the name of its result. A value that two nodes take (x
+// below) opens a residual sum: the nodes up to the Add that takes x again
+// are its branch, imported on their own, and the sum becomes one module.
+std::string import_chain(const std::vector<const ::onnx::NodeProto*>& nodes, size_t begin, size_t end, std::string current,
+                         const std::map<std::string, Tensor>& constants,
+                         const std::map<std::string, std::vector<int64_t>>& int_constants, nn::Sequential& model,
+                         const std::string& what) {
   auto& table = onnx_importers();
-  for (size_t i = 0; i < nodes.size(); ++i) {
+  for (size_t i = begin; i < end; ++i) {
     const auto& n = *nodes[i];
+    int takers = 0;
+    size_t add = end;
+    for (size_t j = i; j < end; ++j)
+      for (const auto& in : nodes[j]->input())
+        if (in == current) {
+          ++takers;
+          if (j > i && add == end && nodes[j]->op_type() == "Add" && nodes[j]->input_size() == 2) add = j;
+          break;
+        }
+    if (takers > 1 && add != end) {
+      // x -> nodes[i, add) -> y; Add(x, y) or Add(y, x).
+      const auto& sum = *nodes[add];
+      const std::string other = sum.input(0) == current ? sum.input(1) : sum.input(0);
+      auto body = std::make_shared<nn::Sequential>();
+      if (import_chain(nodes, i, add, current, constants, int_constants, *body, what) != other)
+        fail(what, fmt::format("{}: its second input '{}' is not the end of the branch from '{}'", node_label(sum), other,
+                               current));
+      // Named as the block: "/features.2.skip_add/Add" -> "features_2", "/layer1/Add" -> "layer1".
+      std::string name = module_of_node(sum.name());
+      if (const std::string tail = "skip_add"; name.size() >= tail.size() && name.ends_with(tail)) {
+        name.resize(name.size() - tail.size());
+        if (!name.empty() && name.back() == '_') name.pop_back();
+      }
+      model.push_back(unique_child(model, name.empty() ? "block" : name), residual_module(*body, sum));
+      i = add;
+      current = sum.output(0);
+      continue;
+    }
     if (n.input_size() == 0 || n.input(0) != current)
       fail(what, fmt::format("{} does not take the previous result '{}' as its first input; only chains of layers "
                              "are imported",
                              node_label(n), current));
     for (int k = 1; k < n.input_size(); ++k)
-      if (!n.input(k).empty() && !constants.count(n.input(k)))
+      if (!n.input(k).empty() && !constants.count(n.input(k)) && !int_constants.count(n.input(k)))
         fail(what, fmt::format("{}: input '{}' is neither the previous result nor a constant (branches are not "
                                "supported)",
                                node_label(n), n.input(k)));
@@ -273,12 +521,53 @@ std::shared_ptr<nn::Sequential> import_onnx(const ::onnx::ModelProto& proto, con
       for (const auto& [k, _] : table) known += (known.empty() ? "" : ", ") + k;
       fail(what, fmt::format("{}: operator {} is not supported (supported: {})", node_label(n), n.op_type(), known));
     }
-    const std::vector<const ::onnx::NodeProto*> rest(nodes.begin() + static_cast<std::ptrdiff_t>(i) + 1, nodes.end());
-    ImportContext ctx{n, constants, rest, *model};
+    const std::vector<const ::onnx::NodeProto*> rest(nodes.begin() + static_cast<std::ptrdiff_t>(i) + 1,
+                                                   nodes.begin() + static_cast<std::ptrdiff_t>(end));
+    ImportContext ctx{n, constants, int_constants, rest, model};
     const int consumed = it->second(ctx);
     i += static_cast<size_t>(consumed);
     current = nodes[i]->output(0);
   }
+  return current;
+}
+
+}  // namespace
+
+std::shared_ptr<nn::Sequential> import_onnx(const ::onnx::ModelProto& proto, const std::string& what) {
+  const auto& graph = proto.graph();
+  for (const auto& op : proto.opset_import())
+    if (!op.domain().empty() && op.domain() != "ai.onnx")
+      fail(what, fmt::format("operators of domain '{}' are not supported", op.domain()));
+  std::map<std::string, Tensor> constants;
+  std::map<std::string, std::vector<int64_t>> int_constants;
+  auto add_constant = [&](const TensorProto& t, const std::string& name) {
+    if (t.data_type() == TensorProto::INT64)
+      int_constants[name] = int64_values(t, what);
+    else
+      constants[name] = float_tensor(t, what);
+  };
+  for (const auto& t : graph.initializer()) add_constant(t, t.name());
+  std::vector<const ::onnx::NodeProto*> nodes;
+  for (const auto& n : graph.node()) {
+    if (n.op_type() == "Constant") {
+      const auto* v = attribute(n, "value");
+      if (!v || n.output_size() != 1) fail(what, node_label(n) + ": only Constant nodes with a tensor value are supported");
+      add_constant(v->t(), n.output(0));
+    } else {
+      nodes.push_back(&n);
+    }
+  }
+  std::string current;
+  for (const auto& in : graph.input())
+    if (!constants.count(in.name()) && !int_constants.count(in.name())) {
+      if (!current.empty()) fail(what, "the graph has more than one input; only single-input chains are imported");
+      current = in.name();
+    }
+  if (current.empty()) fail(what, "the graph has no input");
+  if (graph.output_size() != 1) fail(what, "the graph must have exactly one output");
+
+  auto model = std::make_shared<nn::Sequential>();
+  current = import_chain(nodes, 0, nodes.size(), current, constants, int_constants, *model, what);
   if (current != graph.output(0).name())
     fail(what, fmt::format("the chain ends in '{}', not in the graph output '{}'", current, graph.output(0).name()));
   if (model->size() == 0) fail(what, "the graph holds no layer");

@@ -1,11 +1,14 @@
-// ONNX import of float models (docs/onnx.md §5): a chain of standard
-// operators (Gemm, MatMul + Add, Relu, Clip(0, 6), Flatten) becomes an nn::Sequential of
+// ONNX import of float models (docs/onnx.md §6): a chain of standard
+// operators (Gemm, MatMul + Add, Relu, Clip(0, 6), Flatten, Conv,
+// BatchNormalization, MaxPool, AveragePool (also after a Pad),
+// GlobalAveragePool) becomes an nn::Sequential of
 // tinyqat modules with PyTorch-like names — a layer whose weight initializer
 // is "fc1.weight" becomes the child "fc1", the Relu node "/relu1/Relu" the
 // child "relu1" — ready for QAT or PTQ like a model built in tinyqat.
-// The importer is a table keyed by ONNX op type; an operator without an
-// entry, or a graph that is not a single chain, is refused with an error
-// naming the node.
+// A residual sum whose branch is MobileNetV2's inverted residual block
+// becomes a models::InvertedResidual. The importer is a table keyed by ONNX
+// op type; an operator without an entry, or a graph that is neither a chain
+// nor such residual sums, is refused with an error naming the node.
 #pragma once
 
 #include <functional>
@@ -32,6 +35,8 @@ std::shared_ptr<nn::Sequential> import_onnx(const ::onnx::ModelProto& model, con
 struct ImportContext {
   const ::onnx::NodeProto& node;
   const std::map<std::string, Tensor>& constants;
+  // The graph's int64 constants (Pad's pads) by name.
+  const std::map<std::string, std::vector<int64_t>>& int_constants;
   const std::vector<const ::onnx::NodeProto*>& rest;  // the nodes after `node`, in order
   nn::Sequential& model;
   // A PyTorch-like child name for this node: the module prefix of its first
@@ -40,7 +45,8 @@ struct ImportContext {
   std::string child_name(const std::string& fallback) const;
 };
 using ImportFunction = std::function<int(ImportContext& context)>;
-// Keyed by ONNX op type: Gemm, MatMul, Relu, Clip (as ReLU6), Flatten, Identity, Dropout.
+// Keyed by ONNX op type: Gemm, MatMul, Relu, Clip (as ReLU6), Flatten, Identity, Dropout,
+// Conv, BatchNormalization, MaxPool, AveragePool, Pad (before an AveragePool), GlobalAveragePool.
 std::map<std::string, ImportFunction>& onnx_importers();
 
 }  // namespace tq::onnx_io

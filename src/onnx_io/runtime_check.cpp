@@ -8,10 +8,12 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <vector>
 
 #include <fmt/format.h>
+#include <onnx/onnx_pb.h>
 
 #include "autograd/functions.h"
 #include "io/data_loader.h"
@@ -114,7 +116,18 @@ Agreement compare_with_onnxruntime(nn::Module& model, const RuntimeTools& tools,
   const bool was_training = model.is_training();
   model.eval();
   NoGradGuard no_grad;
-  io::DataLoader loader(data, {.batch_size = batch_size, .shuffle = false});
+  // The file's input rank says how the images go in: rows (N, 784) for an
+  // MLP, images (N, 1, 28, 28) for a CNN.
+  ::onnx::ModelProto proto;
+  {
+    std::ifstream f(onnx_path, std::ios::binary);
+    std::stringstream bytes;
+    bytes << f.rdbuf();
+    if (!f || !proto.ParseFromString(bytes.str()) || proto.graph().input_size() < 1)
+      throw std::runtime_error(fmt::format("'{}' is not an ONNX model with an input", onnx_path));
+  }
+  const bool as_images = proto.graph().input(0).type().tensor_type().shape().dim_size() == 4;
+  io::DataLoader loader(data, {.batch_size = batch_size, .shuffle = false, .as_images = as_images});
   io::Batch b;
   Agreement a;
   int64_t same = 0, right_tq = 0, right_rt = 0, differing = 0, values = 0;

@@ -44,7 +44,8 @@ struct Agreement {
 };
 
 // Runs `data` through `model` (eval mode, batches of batch_size) and through
-// the exported file in ONNX Runtime with the same batches, and compares.
+// the exported file in ONNX Runtime with the same batches, and compares. A
+// file whose input has rank 4 gets images (N, 1, H, W), else rows (N, H*W).
 Agreement compare_with_onnxruntime(nn::Module& model, const RuntimeTools& tools, const std::string& onnx_path,
                                    const io::Dataset& data, int64_t batch_size = 1000);
 

@@ -68,7 +68,7 @@ void check_outputs(const cxxopts::ParseResult& r) {
   else if (r.count("out") && r.count("checkpoint-every") && r["checkpoint-every"].as<int64_t>() > 0)
     outputs.emplace_back("--checkpoint (default <out>.ckpt)", r["out"].as<std::string>() + ".ckpt");
   for (const auto& [option, path] : outputs) check_output_path(path, option);
-  for (const char* input : {"from", "float", "model", "quantized", "resume"}) {
+  for (const char* input : {"from", "float", "model", "quantized", "resume", "onnx"}) {
     if (!r.count(input)) continue;
     const std::string in = r[input].as<std::string>();
     for (const auto& [option, path] : outputs)

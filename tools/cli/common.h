@@ -39,7 +39,7 @@ void add_common(cxxopts::Options& o);
 // Parses; --help prints the help and exits 0; a stray argument is a UsageError.
 cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv);
 // The outputs (--out, --checkpoint) of a parsed command line against its
-// inputs (--from, --float, --model, --quantized, --resume): each output must
+// inputs (--from, --float, --model, --quantized, --resume, --onnx): each output must
 // be a regular file or a new path, never a device, FIFO, directory or
 // symlink, and never one of the inputs; else a UsageError (or
 // OutputPathError) naming the option. parse() calls it, before any work.

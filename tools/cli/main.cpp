@@ -26,6 +26,8 @@ const std::map<std::string, int (*)(int, char**)> kCommands = {
     {"dynamic", tq::cli::run_dynamic},   {"eval", tq::cli::run_eval},        {"inspect", tq::cli::run_inspect},
     {"compare", tq::cli::run_compare},   {"pipeline", tq::cli::run_pipeline}, {"lowbit", tq::cli::run_lowbit},
     {"report", tq::cli::run_report},     {"bench", tq::cli::run_bench},      {"run", tq::cli::run_run},
+    {"export", tq::cli::run_export},
+    {"import", tq::cli::run_import},
 };
 
 void usage(std::FILE* f) {
@@ -43,7 +45,9 @@ void usage(std::FILE* f) {
                "  lowbit    accuracy and size from 8 down to 2 bits: PTQ, QAT, LSQ\n"
                "  report    redraw the HTML report of a pipeline workdir\n"
                "  bench     speed: int8 vs float GEMM and MLP, train step vs its GEMMs, QAT vs float\n"
-               "  run       run a model file on an .npy input, write the output as .npy\n\n"
+               "  run       run a model file on an .npy input, write the output as .npy\n"
+               "  export    write a model file as ONNX (float, QDQ int8, dynamic) for ONNX Runtime\n"
+               "  import    read a float ONNX model (e.g. from PyTorch) into a model file\n\n"
                "exit status: 0 success; 2 a mistake in the command line (the message names the option);\n"
                "1 any other error, such as a missing, damaged or unsuitable file (the message names the file)\n");
 }

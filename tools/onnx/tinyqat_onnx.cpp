@@ -1,8 +1,8 @@
-// tinyqat-onnx: ONNX export / import and the runtime check of tinyqat model
-// files (docs/onnx.md).
-//   tinyqat-onnx export --model M.safetensors --out M.onnx [--fast-ranges]
-//   tinyqat-onnx import --onnx F.onnx --out model.safetensors
-//   tinyqat-onnx agree  --model M.safetensors --onnx M.onnx [--samples N]
+// tinyqat-onnx: the runtime check of an exported model (docs/onnx.md): the
+// test set through tinyqat and through ONNX Runtime, and their agreement.
+// Export and import are commands of the main program (`tinyqat export`,
+// `tinyqat import`, tools/cli/commands/).
+//   tinyqat-onnx agree --model M.safetensors --onnx M.onnx [--samples N] [--check]
 #include <cstdio>
 #include <string>
 
@@ -11,8 +11,6 @@
 
 #include "io/dataset.h"
 #include "io/model_file.h"
-#include "onnx_io/onnx_export.h"
-#include "onnx_io/onnx_import.h"
 #include "onnx_io/runtime_check.h"
 
 #ifndef TINYQAT_SOURCE_DIR
@@ -30,35 +28,6 @@ struct UsageError : std::runtime_error {
 std::string need(const cxxopts::ParseResult& r, const char* name) {
   if (!r.count(name)) throw UsageError(fmt::format("--{} is required", name));
   return r[name].as<std::string>();
-}
-
-int cmd_export(int argc, char** argv) {
-  cxxopts::Options o("tinyqat-onnx export", "Write a tinyqat model file (float, int8 or dynamic) as ONNX.");
-  o.add_options()("model", "model file", cxxopts::value<std::string>())("out", "ONNX file to write",
-                                                                         cxxopts::value<std::string>())(
-      "fast-ranges", "no Clip for activation ranges narrower than 0..255: ONNX Runtime fuses every layer into QGemm, "
-                     "values tinyqat clamps may come out larger");
-  const auto r = o.parse(argc, argv);
-  const std::string model_path = need(r, "model"), out = need(r, "out");
-  auto model = io::load_model(model_path);
-  model->eval();
-  onnx_io::ExportOptions options;
-  options.exact_ranges = r.count("fast-ranges") == 0;
-  onnx_io::export_onnx(*model, out, options);
-  std::printf("%s -> %s (opset %d, checked)\n", model_path.c_str(), out.c_str(), onnx_io::kOpset);
-  return 0;
-}
-
-int cmd_import(int argc, char** argv) {
-  cxxopts::Options o("tinyqat-onnx import", "Read a float ONNX model into a tinyqat model file.");
-  o.add_options()("onnx", "ONNX file", cxxopts::value<std::string>())("out", "model file to write",
-                                                                     cxxopts::value<std::string>());
-  const auto r = o.parse(argc, argv);
-  const std::string in = need(r, "onnx"), out = need(r, "out");
-  auto model = onnx_io::import_onnx(in);
-  io::save_model(*model, out, {{"source", "onnx"}});
-  std::printf("%s -> %s\n%s\n", in.c_str(), out.c_str(), model->repr().c_str());
-  return 0;
 }
 
 int cmd_agree(int argc, char** argv) {
@@ -93,16 +62,14 @@ int cmd_agree(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   const std::string usage =
-      "usage: tinyqat-onnx export --model M --out M.onnx | import --onnx F --out M | agree --model M --onnx F "
-      "[--samples N] [--check]\n";
+      "usage: tinyqat-onnx agree --model M --onnx F [--samples N] [--batch-size B] [--check]\n"
+      "(export and import: tinyqat export --model M --out F, tinyqat import --onnx F --out M)\n";
   if (argc < 2) {
     std::fputs(usage.c_str(), stderr);
     return 2;
   }
   const std::string cmd = argv[1];
   try {
-    if (cmd == "export") return cmd_export(argc - 1, argv + 1);
-    if (cmd == "import") return cmd_import(argc - 1, argv + 1);
     if (cmd == "agree") return cmd_agree(argc - 1, argv + 1);
     if (cmd == "-h" || cmd == "--help") {
       std::fputs(usage.c_str(), stdout);

@@ -18,5 +18,7 @@ int run_lowbit(int argc, char** argv);    // lowbit.cpp
 int run_report(int argc, char** argv);    // report.cpp
 int run_bench(int argc, char** argv);     // bench.cpp
 int run_run(int argc, char** argv);       // run.cpp
+int run_export(int argc, char** argv);    // export.cpp
+int run_import(int argc, char** argv);    // import.cpp
 
 }  // namespace tq::cli
