@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -28,6 +29,8 @@
 #include "quant/qconfig.h"
 #include "quant/quantized_linear.h"
 #include "tensor/random.h"
+#include "io/npy.h"
+#include "tinyqat.h"
 
 namespace {
 
@@ -493,4 +496,56 @@ TEST_CASE("cli train --arch cnn and mobilenet_v2: image models train, save, eval
   expect_one_line_error(tinyqat("train --arch cnn --hidden 32 --out " + temp_path("x")), 2, "--hidden");
   expect_one_line_error(tinyqat("train --arch cnn --width 0.5 --out " + temp_path("x")), 2, "--width");
   expect_one_line_error(tinyqat("train --arch mobilenet_v2 --width 0 --out " + temp_path("x")), 2, "--width");
+}
+
+TEST_CASE("cli qat, ptq, compare and run on the cnn: --arch, the QAT schedule, image batches", "[cli][cnn]") {
+  require_dataset();
+  const std::string cnn = temp_path("cnn_q.safetensors");
+  json_of(tinyqat("train --arch cnn --epochs 1 --limit-train 600 --limit-test 200 --out " + cnn + " --json"));
+
+  // QAT with the BatchNorm statistics frozen and the observers disabled part-way.
+  const std::string qat = temp_path("cnn_qat.safetensors");
+  const json q = json_of(tinyqat("qat --arch cnn --from " + cnn + " --limit-train 320 --limit-test 200 " +
+                                 "--freeze-bn-after 0.5 --freeze-observers-after 0.8 --out " + qat + " --json"));
+  CHECK(q["accuracy"].get<double>() > 30.0);
+  CHECK(q["agreement"].get<double>() >= 98.0);  // int8 vs fake quant on 200 images
+  CHECK(q["max_step_diff"].get<double>() <= 1.01);
+  auto qm = tq::io::load_model(qat);
+  CHECK_THAT(qm->repr(), Contains("QuantizedConv2dReLU(") && Contains("MaxPool2d") && Contains("QuantizedLinearReLU("));
+
+  const std::string ptq = temp_path("cnn_ptq.safetensors");
+  const json p = json_of(tinyqat("ptq --arch cnn --from " + cnn + " --calibration-batches 2 --limit-test 200 --out " + ptq + " --json"));
+  CHECK(std::fabs(p["accuracy"].get<double>() - p["float_accuracy"].get<double>()) <= 10.0);
+
+  // compare: per-convolution SQNR against the float model (its BN folded).
+  const json c = json_of(tinyqat("compare --float " + cnn + " --quantized " + ptq + " --samples 50 --json"));
+  bool conv1 = false;
+  for (const auto& row : c["weights"])
+    if (row["layer"] == "conv1") conv1 = row["sqnr_db"].is_number() && row["sqnr_db"].get<double>() > 20.0;
+  CHECK(conv1);
+  bool conv_out = false;
+  for (const auto& row : c["outputs"])
+    if (row["layer"] == "conv2") conv_out = row["sqnr_db"].is_number() && row["sqnr_db"].get<double>() > 10.0;
+  CHECK(conv_out);
+
+  // run: the int8 cnn on an .npy batch of images gives what the library gives.
+  tq::manual_seed(3);
+  const tq::Tensor x = tq::randn({3, 1, 28, 28});
+  const std::string in = temp_path("cnn_in.npy"), out = temp_path("cnn_out.npy");
+  tq::io::save_npy(in, x);
+  const json r = json_of(tinyqat("run --model " + qat + " --input " + in + " --out " + out + " --json"));
+  CHECK(r["output_shape"] == "(3, 10)");
+  tq::Tensor want;
+  {
+    tq::NoGradGuard no_grad;
+    qm->eval();
+    want = tq::kernels::to_float((*qm)(x));
+  }
+  const tq::Tensor got = tq::io::load_npy(out);
+  CHECK(tq::to_vector(got) == tq::to_vector(want));
+
+  expect_one_line_error(tinyqat("qat --arch mlp --from " + cnn + " --limit-train 64 --out " + temp_path("x")), 1,
+                        "holds a cnn model, but --arch says mlp");
+  expect_one_line_error(tinyqat("ptq --arch resnet --from " + cnn + " --out " + temp_path("x")), 2, "--arch");
+  expect_one_line_error(tinyqat("qat --from " + cnn + " --freeze-bn-after -1 --out " + temp_path("x")), 2, "--freeze-bn-after");
 }

@@ -3,6 +3,9 @@
 
 #include <fmt/format.h>
 
+#include <vector>
+
+#include "tensor/int8_conv.h"
 #include "tensor/ops.h"
 #include "tensor/pool_kernels.h"
 
@@ -52,11 +55,37 @@ k::Pool2dGeometry geometry_of(const Tensor& x, const Pool2dOptions& o, bool dila
 
 }  // namespace
 
+namespace {
+
+// Max pooling of a u8 tensor quantized per tensor, on its codes: exact, since
+// dequantization is monotone (docs/quantized_cnn.md §5); keeps the qparams.
+Tensor max_pool2d_quantized(const Tensor& x_in, const k::Pool2dGeometry& g) {
+  const Tensor x = k::contiguous(x_in);
+  Pool2dShapeU8 s;
+  s.batch = g.N, s.channels = g.C, s.in_h = g.H, s.in_w = g.W;
+  s.kernel_h = g.KH, s.kernel_w = g.KW, s.stride_h = g.stride_h, s.stride_w = g.stride_w, s.pad_h = g.pad_h, s.pad_w = g.pad_w;
+  thread_local std::vector<uint8_t> in, out;
+  in.resize(static_cast<size_t>(x.numel()));
+  out.resize(static_cast<size_t>(g.N * g.OH * g.OW * g.C));
+  nchw_to_nhwc_u8(x.data<uint8_t>(), g.N, g.C, g.H, g.W, in.data());
+  max_pool2d_u8(in.data(), s, out.data());
+  Tensor y = empty(g.output_shape(), DType::u8);
+  nhwc_to_nchw_u8(out.data(), g.N, g.OH, g.OW, g.C, y.data<uint8_t>());
+  return with_qparams(y, x_in.impl()->qparams);
+}
+
+}  // namespace
+
 Tensor max_pool2d(const Tensor& x_in, const Pool2dOptions& o) {
+  if (x_in.defined() && x_in.is_quantized() && x_in.dtype() == DType::u8 && !is_per_channel(x_in.qparams().scheme) &&
+      o.dilation[0] == 1 && o.dilation[1] == 1)
+    return max_pool2d_quantized(x_in, geometry_of(x_in, o, true, "max_pool2d"));
   const Tensor x = float_contiguous(x_in, "max_pool2d");
   const k::Pool2dGeometry g = geometry_of(x, o, true, "max_pool2d");
   Tensor out, argmax;
   k::max_pool2d_forward(x, g, out, argmax);
+  // The maximum of values on a fake-quant grid lies on that grid.
+  out.impl()->fake_quant_grid = x.impl()->fake_quant_grid;
   if (any_requires_grad(x)) record<MaxPool2dBackward>(out, {x}, std::move(argmax), g);
   return out;
 }

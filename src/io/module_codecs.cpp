@@ -27,6 +27,7 @@
 #include "quant/fused.h"
 #include "quant/histogram_observer.h"
 #include "quant/learnable_fake_quantize.h"
+#include "quant/qat_conv.h"
 #include "quant/qat_linear.h"
 #include "quant/quantized_conv.h"
 #include "quant/quantized_linear.h"
@@ -528,6 +529,68 @@ std::shared_ptr<nn::Module> decode_conv(const json& c, const TensorMap&) {
                                       pair_from(c, "dilation"), integer<int64_t>(c, "groups"), c.at("bias").get<bool>());
 }
 
+// ---- Fused, QAT and observed convolutions, the prepared add (docs/quantized_cnn.md §8) ----
+
+std::shared_ptr<nn::Conv2d> conv_from(const json& c) {
+  return std::static_pointer_cast<nn::Conv2d>(decode_conv(c, {}));
+}
+
+// ConvReLU2d, ConvReLU62d: the float convolution, fused as F says.
+template <class F>
+ModuleCodec fused_conv_codec() {
+  return {encode_conv, [](const json& c, const TensorMap&) -> std::shared_ptr<nn::Module> {
+            return std::make_shared<F>(*conv_from(c));
+          }};
+}
+
+// ConvBn2d and its activation forms: a placeholder BatchNorm2d that the
+// file's child "bn" replaces.
+template <class F>
+ModuleCodec conv_bn_codec() {
+  return {encode_conv, [](const json& c, const TensorMap&) -> std::shared_ptr<nn::Module> {
+            auto conv = conv_from(c);
+            return std::make_shared<F>(*conv, std::make_shared<nn::BatchNorm2d>(conv->out_channels));
+          }};
+}
+
+void encode_prepared_conv(const nn::Module& m, json& c) {
+  auto& p = dynamic_cast<const q::QATConv2d&>(m);
+  encode_conv(m, c);
+  c["activation"] = q::fused_activation_name(p.activation());
+  c["name"] = p.name;
+  if (p.has_bn()) c["bn_frozen"] = p.bn_frozen;
+}
+
+// QATConv2d (with_bn: QATConvBn2d) and ObservedConv2d, with placeholder
+// quantizers (and BatchNorm) that the file's children replace.
+template <class P, bool with_bn>
+std::shared_ptr<nn::Module> decode_prepared_conv(const json& c, const TensorMap&) {
+  auto conv = conv_from(c);
+  const q::FusedActivation act = activation_from(c);
+  std::shared_ptr<q::QATConv2d> p;
+  if constexpr (with_bn) {
+    const q::ConvBn2d fused(*conv, std::make_shared<nn::BatchNorm2d>(conv->out_channels));
+    p = std::make_shared<P>(fused, *q::get_default_qat_qconfig("x86"), act);
+    p->bn_frozen = c.at("bn_frozen").get<bool>();
+  } else {
+    p = std::make_shared<P>(*conv, *q::get_default_qat_qconfig("x86"), act);
+  }
+  p->name = c.at("name").get<std::string>();
+  return p;
+}
+
+void encode_prepared_add(const nn::Module& m, json& c) {
+  auto& a = dynamic_cast<const q::QATAdd&>(m);
+  c = {{"activation", q::fused_activation_name(a.activation())}, {"name", a.name}};
+}
+
+template <class P>
+std::shared_ptr<nn::Module> decode_prepared_add(const json& c, const TensorMap&) {
+  auto a = std::make_shared<P>(nn::Add(), *q::get_default_qat_qconfig("x86"), activation_from(c));
+  a->name = c.at("name").get<std::string>();
+  return a;
+}
+
 void encode_batchnorm(const nn::Module& m, json& c) {
   auto& b = dynamic_cast<const nn::BatchNorm2d&>(m);
   c = {{"num_features", b.num_features}, {"eps", b.eps}, {"momentum", b.momentum}, {"affine", b.affine},
@@ -593,11 +656,21 @@ std::shared_ptr<nn::Module> decode_flatten(const json& c, const TensorMap&) {
   return std::make_shared<nn::Flatten>(c.contains("start_dim") ? integer<int>(c, "start_dim") : 1);
 }
 
-// The Conv2d layers of a module tree, in order.
-std::vector<const nn::Conv2d*> convs_of(const nn::Module& m) {
-  std::vector<const nn::Conv2d*> out;
-  for (auto& [path, sub] : m.named_modules())
-    if (auto* conv = dynamic_cast<const nn::Conv2d*>(sub)) out.push_back(conv);
+// What the MobileNetV2 blocks' codecs read back from a convolution: float,
+// fused, prepared (all Conv2d) or int8.
+struct ConvInfo {
+  int64_t in_channels, out_channels, kernel, stride, groups;
+};
+
+// The convolutions of a module tree, in order.
+std::vector<ConvInfo> convs_of(const nn::Module& m) {
+  std::vector<ConvInfo> out;
+  for (auto& [path, sub] : m.named_modules()) {
+    if (auto* k = dynamic_cast<const nn::Conv2d*>(sub))
+      out.push_back({k->in_channels, k->out_channels, k->kernel_size.h, k->stride.h, k->groups});
+    else if (auto* qk = dynamic_cast<const q::QuantizedConv2d*>(sub))
+      out.push_back({qk->in_channels, qk->out_channels, qk->kernel_h, qk->geometry.stride_h, qk->geometry.groups});
+  }
   return out;
 }
 
@@ -606,9 +679,9 @@ std::vector<const nn::Conv2d*> convs_of(const nn::Module& m) {
 void encode_conv_norm_act(const nn::Module& m, json& c) {
   const auto convs = convs_of(m);
   if (convs.size() != 1) throw std::logic_error("Conv2dNormActivation: expected one convolution");
-  const nn::Conv2d& k = *convs[0];
-  c = {{"in_channels", k.in_channels}, {"out_channels", k.out_channels}, {"kernel_size", k.kernel_size.h},
-       {"stride", k.stride.h}, {"groups", k.groups}, {"activation", m.children().size() == 3}};
+  const ConvInfo& k = convs[0];
+  c = {{"in_channels", k.in_channels}, {"out_channels", k.out_channels}, {"kernel_size", k.kernel},
+       {"stride", k.stride}, {"groups", k.groups}, {"activation", m.children().size() == 3}};
 }
 
 std::shared_ptr<nn::Module> decode_conv_norm_act(const json& c, const TensorMap&) {
@@ -621,12 +694,12 @@ std::shared_ptr<nn::Module> decode_conv_norm_act(const json& c, const TensorMap&
 // output, stride and the hidden width from the depthwise convolution.
 void encode_inverted_residual(const nn::Module& m, json& c) {
   const auto convs = convs_of(m);
-  const nn::Conv2d* depthwise = nullptr;
-  for (auto* k : convs)
-    if (k->groups > 1) depthwise = k;
+  const ConvInfo* depthwise = nullptr;
+  for (auto& k : convs)
+    if (k.groups > 1) depthwise = &k;
   if (convs.empty() || !depthwise) throw std::logic_error("InvertedResidual: no depthwise convolution");
-  const int64_t in = convs.front()->in_channels;
-  c = {{"in_channels", in}, {"out_channels", convs.back()->out_channels}, {"stride", depthwise->stride.h},
+  const int64_t in = convs.front().in_channels;
+  c = {{"in_channels", in}, {"out_channels", convs.back().out_channels}, {"stride", depthwise->stride},
        {"expand_ratio", depthwise->in_channels / in}};
 }
 
@@ -671,6 +744,13 @@ std::map<std::string, ModuleCodec>& module_codecs() {
     c["Linear"] = float_linear_codec<nn::Linear>("Linear");
     c["LinearReLU"] = float_linear_codec<q::LinearReLU>("LinearReLU");
     c["LinearReLU6"] = float_linear_codec<q::LinearReLU6>("LinearReLU6");
+    c["ConvReLU2d"] = fused_conv_codec<q::ConvReLU2d>();
+    c["ConvReLU62d"] = fused_conv_codec<q::ConvReLU62d>();
+    c["ConvBn2d"] = conv_bn_codec<q::ConvBn2d>();
+    c["ConvBnReLU2d"] = conv_bn_codec<q::ConvBnReLU2d>();
+    c["ConvBnReLU62d"] = conv_bn_codec<q::ConvBnReLU62d>();
+    c["QATAdd"] = {encode_prepared_add, decode_prepared_add<q::QATAdd>};
+    c["ObservedAdd"] = {encode_prepared_add, decode_prepared_add<q::ObservedAdd>};
     // Prepared and int8 layers: one type name per fused activation, one codec for all.
     for (const auto a : {q::FusedActivation::none, q::FusedActivation::relu, q::FusedActivation::relu6}) {
       const std::string fused = q::fused_activation_suffix(a);
@@ -678,6 +758,9 @@ std::map<std::string, ModuleCodec>& module_codecs() {
       c["ObservedLinear" + fused] = {encode_prepared, decode_prepared<q::ObservedLinear>};
       c["QuantizedLinear" + fused] = {encode_quantized, decode_quantized, int8_layer_tensors<q::QuantizedLinear>};
       c["QuantizedConv2d" + fused] = {encode_quantized_conv, decode_quantized_conv, quantized_conv_tensors};
+      c["QATConv" + fused + "2d"] = {encode_prepared_conv, decode_prepared_conv<q::QATConv2d, false>};
+      c["QATConvBn" + fused + "2d"] = {encode_prepared_conv, decode_prepared_conv<q::QATConv2d, true>};
+      c["ObservedConv" + fused + "2d"] = {encode_prepared_conv, decode_prepared_conv<q::ObservedConv2d, false>};
       c["QuantizedAdd" + fused] = {encode_quantized_add, decode_quantized_add};
     }
     for (const char* pool : {"QuantizedMaxPool2d", "QuantizedAvgPool2d", "QuantizedAdaptiveAvgPool2d"})

@@ -32,6 +32,18 @@ Conv2d::Conv2d(int64_t in, int64_t out, Pair2d kernel, Pair2d stride_, Pair2d pa
   if (with_bias) bias = register_parameter("bias", rand_uniform({out}, -bound, bound));
 }
 
+Conv2d::Conv2d(const Conv2d& like, Tensor shared_weight, Tensor shared_bias)
+    : in_channels(like.in_channels), out_channels(like.out_channels), kernel_size(like.kernel_size),
+      stride(like.stride), padding(like.padding), dilation(like.dilation), groups(like.groups) {
+  if (!shared_weight.defined() || !(shared_weight.shape() == like.weight.shape()))
+    throw std::invalid_argument(fmt::format("Conv2d: a shared weight must have the shape {}", like.weight.shape().str()));
+  if (shared_bias.defined() && !(shared_bias.shape() == Shape{out_channels}))
+    throw std::invalid_argument(fmt::format("Conv2d: a shared bias must have the shape ({})", out_channels));
+  weight = register_parameter("weight", shared_weight);
+  if (shared_bias.defined()) bias = register_parameter("bias", shared_bias);
+  train(like.is_training());
+}
+
 Tensor Conv2d::forward(const Tensor& x) {
   if (x.defined() && (x.dim() != 4 || x.size(1) != in_channels))
     throw std::invalid_argument(fmt::format("Conv2d({}, {}): input of shape {} does not match in_channels={} "

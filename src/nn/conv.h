@@ -26,6 +26,10 @@ class Conv2d : public Module {
   // [-1/sqrt(fan_in), 1/sqrt(fan_in)], fan_in = in/groups * kH * kW, from the global generator.
   Conv2d(int64_t in_channels, int64_t out_channels, Pair2d kernel_size, Pair2d stride = 1, Pair2d padding = 0,
          Pair2d dilation = 1, int64_t groups = 1, bool bias = true);
+  // A layer with `like`'s geometry that shares the given weight and bias
+  // tensors (bias may be undefined): what fused and quantization-aware forms
+  // of a convolution are built on, so that training them trains the float layer.
+  Conv2d(const Conv2d& like, Tensor shared_weight, Tensor shared_bias);
 
   // x: (N, in_channels, H, W) -> (N, out_channels, OH, OW)
   Tensor forward(const Tensor& x) override;

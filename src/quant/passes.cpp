@@ -12,6 +12,7 @@
 #include "quant/fused.h"
 #include "quant/layer.h"
 #include "quant/observer.h"
+#include "quant/qat_conv.h"
 #include "quant/qat_linear.h"
 #include "quant/quantized_linear.h"
 
@@ -93,6 +94,13 @@ ModuleMapping& default_qat_module_mappings() {
       {typeid(nn::Linear), prepare_layer<QATLinear, nn::Linear, kNone>},
       {typeid(LinearReLU), prepare_layer<QATLinear, nn::Linear, kReLU>},
       {typeid(LinearReLU6), prepare_layer<QATLinear, nn::Linear, kReLU6>},
+      {typeid(nn::Conv2d), prepare_layer<QATConv2d, nn::Conv2d, kNone>},
+      {typeid(ConvReLU2d), prepare_layer<QATConv2d, nn::Conv2d, kReLU>},
+      {typeid(ConvReLU62d), prepare_layer<QATConv2d, nn::Conv2d, kReLU6>},
+      {typeid(ConvBn2d), prepare_layer<QATConv2d, FusedConvBn2d, kNone>},
+      {typeid(ConvBnReLU2d), prepare_layer<QATConv2d, FusedConvBn2d, kReLU>},
+      {typeid(ConvBnReLU62d), prepare_layer<QATConv2d, FusedConvBn2d, kReLU6>},
+      {typeid(nn::Add), prepare_layer<QATAdd, nn::Add, kNone>},
   };
   return mapping;
 }
@@ -102,6 +110,13 @@ ModuleMapping& default_observed_module_mappings() {
       {typeid(nn::Linear), prepare_layer<ObservedLinear, nn::Linear, kNone>},
       {typeid(LinearReLU), prepare_layer<ObservedLinear, nn::Linear, kReLU>},
       {typeid(LinearReLU6), prepare_layer<ObservedLinear, nn::Linear, kReLU6>},
+      {typeid(nn::Conv2d), prepare_layer<ObservedConv2d, nn::Conv2d, kNone>},
+      {typeid(ConvReLU2d), prepare_layer<ObservedConv2d, nn::Conv2d, kReLU>},
+      {typeid(ConvReLU62d), prepare_layer<ObservedConv2d, nn::Conv2d, kReLU6>},
+      {typeid(ConvBn2d), prepare_layer<ObservedConv2d, FusedConvBn2d, kNone>},  // BN folded at prepare
+      {typeid(ConvBnReLU2d), prepare_layer<ObservedConv2d, FusedConvBn2d, kReLU>},
+      {typeid(ConvBnReLU62d), prepare_layer<ObservedConv2d, FusedConvBn2d, kReLU6>},
+      {typeid(nn::Add), prepare_layer<ObservedAdd, nn::Add, kNone>},
   };
   return mapping;
 }
@@ -110,6 +125,10 @@ ModuleMapping& default_static_quant_module_mappings() {
   static ModuleMapping mapping = {
       {typeid(QATLinear), convert_layer},
       {typeid(ObservedLinear), convert_layer},
+      {typeid(QATConv2d), convert_layer},  // BN folded here
+      {typeid(ObservedConv2d), convert_layer},
+      {typeid(QATAdd), convert_layer},
+      {typeid(ObservedAdd), convert_layer},
   };
   return mapping;
 }

@@ -8,6 +8,7 @@
 
 #include "nn/parameter_split.h"
 #include "quant/fake_quantize.h"
+#include "quant/qat_conv.h"
 #include "quant/learnable_fake_quantize.h"
 
 namespace tq::quant {
@@ -82,7 +83,11 @@ int freeze_qparams(nn::Module& model) {
 }
 
 std::map<std::type_index, FreezeBnStatsFunction>& freeze_bn_stats_functions() {
-  static std::map<std::type_index, FreezeBnStatsFunction> table;
+  // The library's layers with batch statistics: the QAT convolution with a
+  // BatchNorm (docs/quantized_cnn.md §6).
+  static std::map<std::type_index, FreezeBnStatsFunction> table = {
+      {typeid(QATConv2d), [](nn::Module& m) { static_cast<QATConv2d&>(m).freeze_bn_stats(); }},
+  };
   return table;
 }
 

@@ -1,8 +1,10 @@
 // Pooling on u8 quantized (N, C, H, W) tensors (docs/quantized_cnn.md §5):
 // the output keeps the input's qparams. Max pooling is exact; average and
-// adaptive average pooling round the mean of the codes half up. Convert puts
-// these in place of MaxPool2d / AvgPool2d / AdaptiveAvgPool2d; a float input
-// is refused (pooling has no qparams of its own to quantize it with).
+// adaptive average pooling round the mean of the codes half up. These are
+// explicit int8 modules for models built by hand; convert leaves a float
+// MaxPool2d in place, since max_pool2d() itself pools a quantized tensor on
+// its codes. A float input is refused (pooling has no qparams of its own to
+// quantize it with).
 #pragma once
 
 #include <string>

@@ -13,7 +13,12 @@ namespace {
 // returning false stops before convert.
 bool run_recipe(nn::Module& model, bool qat, const std::function<bool(nn::Module&)>& run, const QuantizeOptions& o) {
   if (!o.prepared) {
-    if (o.fuse) fuse_linear_relu(model);
+    if (o.fuse) {
+      // QAT keeps BatchNorm beside its convolution (ConvBn2d: its statistics
+      // keep learning); for post-training quantization prepare folds it.
+      if (qat) model.train();
+      fuse_known_modules(model);
+    }
     if (o.qconfig) model.qconfig = o.qconfig;
     if (o.configure) o.configure(model);
     if (qat) prepare_qat(model);

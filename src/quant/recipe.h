@@ -2,7 +2,7 @@
 // docs/ptq.md §1), with PyTorch's names:
 //
 //   quantize_qat(model, train, options)        quantize_static(model, calibrate, options)
-//     fuse_linear_relu       (options.fuse)      fuse_linear_relu       (options.fuse)
+//     fuse_known_modules     (options.fuse)      fuse_known_modules     (options.fuse)
 //     qconfig on the root    (options.qconfig)   qconfig on the root    (options.qconfig)
 //     options.configure(model): per-layer qconfigs, e.g. one layer kept in float
 //     prepare_qat                                prepare
@@ -23,7 +23,7 @@
 namespace tq::quant {
 
 struct QuantizeOptions {
-  bool fuse = true;    // fuse each Linear + ReLU first (fused.h)
+  bool fuse = true;    // fuse each Linear + ReLU, Conv2d + BatchNorm2d + ReLU, ... first (fused.h)
   QConfigPtr qconfig = nullptr;  // set on the root module; null: the qconfigs the model already has
   // After the root qconfig, before prepare: e.g. per-layer bit widths.
   std::function<void(nn::Module&)> configure = {};

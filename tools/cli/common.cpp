@@ -22,6 +22,11 @@
 #include "nn/sgd.h"
 #include "quant/layer.h"
 #include "quant/observer.h"
+#include "models/cnn.h"
+#include "models/mobilenet_v2.h"
+#include "nn/conv.h"
+#include "quant/qat_schedule.h"
+#include "quant/quantized_conv.h"
 
 namespace tq::cli {
 
@@ -134,6 +139,68 @@ void check_model_fits(nn::Module& model, const io::Dataset& data, const std::str
   if (ev.classes != data.num_classes)
     throw std::runtime_error(fmt::format("{}: the model gives {} outputs per sample, but the data has {} classes", path,
                                          ev.classes, data.num_classes));
+// ---- Architectures ----
+
+void check_arch_name(const std::string& arch) {
+  if (arch != "mlp" && arch != "cnn" && arch != "mobilenet_v2")
+    throw UsageError(fmt::format("--arch must be mlp, cnn or mobilenet_v2, not '{}'", arch));
+}
+
+std::shared_ptr<nn::Module> make_model(const std::string& arch, double width, const std::string& hidden,
+                                       int64_t in_features, int64_t classes) {
+  check_arch_name(arch);
+  if (arch == "cnn") return models::cnn(classes);
+  if (arch == "mobilenet_v2") return models::mobilenet_v2_small_input(classes, width, 1);
+  return make_mlp(in_features, parse_hidden(hidden), classes);
+}
+
+std::string arch_of(const nn::Module& model) {
+  bool conv = false;
+  for (auto& [path, m] : model.named_modules()) {
+    if (dynamic_cast<const models::MobileNetV2*>(m)) return "mobilenet_v2";
+    conv |= dynamic_cast<const nn::Conv2d*>(m) != nullptr || dynamic_cast<const quant::QuantizedConv2d*>(m) != nullptr;
+  }
+  return conv ? "cnn" : "mlp";
+}
+
+void check_model_arch(const cxxopts::ParseResult& r, const nn::Module& model, const std::string& path) {
+  if (!r.count("arch")) return;
+  const std::string want = r["arch"].as<std::string>();
+  check_arch_name(want);
+  const std::string have = arch_of(model);
+  if (have != want)
+    throw std::runtime_error(fmt::format("{}: holds a {} model, but --arch says {}", path, have, want));
+}
+
+// ---- The QAT schedule ----
+
+void add_qat_schedule(cxxopts::Options& o) {
+  o.add_options("QAT schedule")(
+      "freeze-bn-after", "freeze the BatchNorm statistics after E epochs (fractions allowed; default never)",
+      cxxopts::value<double>())("freeze-observers-after",
+                                "disable the observers (fix the qparams) after E epochs (fractions allowed; default never)",
+                                cxxopts::value<double>());
+}
+
+void read_qat_schedule(const cxxopts::ParseResult& r, json& cmd) {
+  for (const char* name : {"freeze-bn-after", "freeze-observers-after"}) {
+    double v = -1;
+    if (r.count(name)) {
+      v = r[name].as<double>();
+      if (!(v >= 0) || !std::isfinite(v)) throw UsageError(fmt::format("--{} must be a number of epochs >= 0", name));
+    }
+    cmd[std::string(name) == "freeze-bn-after" ? "freeze_bn_after" : "freeze_observers_after"] = v;
+  }
+}
+
+std::function<void(nn::Module&, double)> qat_schedule_hook(const json& cmd) {
+  const double bn_after = cmd.value("freeze_bn_after", -1.0), obs_after = cmd.value("freeze_observers_after", -1.0);
+  if (bn_after < 0 && obs_after < 0) return nullptr;
+  auto bn_done = std::make_shared<bool>(false), obs_done = std::make_shared<bool>(false);
+  return [=](nn::Module& m, double epochs_done) {
+    if (bn_after >= 0 && !*bn_done && epochs_done >= bn_after) quant::freeze_bn_stats(m), *bn_done = true;
+    if (obs_after >= 0 && !*obs_done && epochs_done >= obs_after) quant::disable_observer(m), *obs_done = true;
+  };
 }
 
 // ---- Bit widths ----

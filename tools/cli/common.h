@@ -65,6 +65,32 @@ std::shared_ptr<nn::Module> load_float(const std::string& path, const char* comm
 // output is not one score per class, is an error naming `path` (exit 1)
 // before any work is done with it.
 void check_model_fits(nn::Module& model, const io::Dataset& data, const std::string& path);
+// ---- Architectures (train, qat, ptq, pipeline) ----
+
+// "mlp", "cnn" or "mobilenet_v2", else a UsageError naming --arch.
+void check_arch_name(const std::string& arch);
+// The float network `arch` names, freshly initialised from the global
+// generator: the MLP (hidden sizes as "256,128"), models::cnn, or the
+// small-input MobileNetV2 of width multiplier `width`.
+std::shared_ptr<nn::Module> make_model(const std::string& arch, double width, const std::string& hidden,
+                                       int64_t in_features, int64_t classes);
+// The architecture a (float, prepared or int8) model file holds: a
+// MobileNetV2 is "mobilenet_v2", another model with convolutions "cnn",
+// else "mlp".
+std::string arch_of(const nn::Module& model);
+// With --arch on the command line: the model read from `path` must be of
+// that architecture, else a runtime error naming both.
+void check_model_arch(const cxxopts::ParseResult& r, const nn::Module& model, const std::string& path);
+
+// ---- The QAT schedule (qat, pipeline) ----
+
+// --freeze-bn-after E, --freeze-observers-after E (epochs, fractions allowed).
+void add_qat_schedule(cxxopts::Options& o);
+// The values into `cmd` ("freeze_bn_after", "freeze_observers_after"; -1 = never).
+void read_qat_schedule(const cxxopts::ParseResult& r, json& cmd);
+// A TrainOptions::before_step that freezes the BatchNorm statistics and
+// disables the observers once `cmd`'s points are reached.
+std::function<void(nn::Module&, double)> qat_schedule_hook(const json& cmd);
 
 // ---- Bit widths (qat, ptq) ----
 

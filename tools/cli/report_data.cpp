@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "autograd/functions.h"
 #include "io/data_loader.h"
 #include "io/model_file.h"
 #include "io/safetensors.h"
@@ -181,7 +182,9 @@ std::shared_ptr<nn::Module> with_parameters_of(const nn::Module& float_model, co
 
 bool has_fused_layers(nn::Module& m) {
   for (auto& [path, mod] : m.named_modules())
-    if (mod->type_name().ends_with("LinearReLU")) return true;
+    if (const std::string t = mod->type_name();
+        t.starts_with("QuantizedConv2d") || (t.starts_with("Quantized") && (t.ends_with("ReLU") || t.ends_with("ReLU6"))))
+      return true;
   return false;
 }
 
@@ -247,7 +250,16 @@ ReportModels load_report_models(const std::string& workdir) {
   return m;
 }
 
-ReportData gather_report(const ReportRun& run, const ReportModels& models, const Tensor& inputs) {
+ReportData gather_report(const ReportRun& run, const ReportModels& models, const Tensor& flat_inputs) {
+  // A network of images gets the rows as (N, 1, H, W) square images.
+  Tensor inputs = flat_inputs;
+  bool images = false;  // a convolution's weight is 4-D
+  if (models.float_model)
+    for (auto& [name, p] : models.float_model->named_parameters()) images |= name.ends_with("weight") && p.dim() == 4;
+  if (images && inputs.defined() && inputs.dim() == 2) {
+    const auto side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(inputs.size(1)))));
+    if (side * side == inputs.size(1)) inputs = tq::reshape(inputs, {inputs.size(0), 1, side, side});
+  }
   ReportData d;
   d.run = run;
   if (!models.float_model) throw std::invalid_argument("gather_report: the float model is required");
@@ -288,7 +300,10 @@ ReportData gather_report(const ReportRun& run, const ReportModels& models, const
           fused = copy_model(reference);
         } catch (const std::exception&) {
         }
-        if (fused) quant::fuse_linear_relu(*fused);
+        if (fused) {  // eval mode: BatchNorm folded, as in the int8 convolutions
+          fused->eval();
+          quant::fuse_known_modules(*fused);
+        }
       }
       if (fused || !has_fused_layers(*q)) s.outputs = quant::compare_model_outputs(fused ? *fused : reference, *q, inputs);
     }

@@ -117,6 +117,8 @@ void train(nn::Module& model, nn::SGD& optimizer, io::DataLoader& loader, const 
       };
       double l = 0;
       try {
+        if (o.before_step)
+          o.before_step(model, st.epoch + static_cast<double>(st.step_in_epoch) / static_cast<double>(loader.num_batches()));
         optimizer.zero_grad();
         Tensor loss = cross_entropy(model(batch.images), batch.labels);
         l = loss.item();

@@ -68,6 +68,9 @@ struct TrainOptions {
   int64_t stop_after = 0;
   // What the command needs to continue the run later, stored in checkpoints.
   std::string command_json = "{}";
+  // Called before every step with the epochs done so far, fractional (1.5 =
+  // half-way through the second epoch): where the QAT schedule acts.
+  std::function<void(nn::Module&, double epochs_done)> before_step = nullptr;
 };
 
 // Where a training run stands: everything besides the model, the optimizer

@@ -36,14 +36,22 @@ int run_compare(int argc, char** argv) {
                                          quantized_path, float_path));
   // A fused layer's output is taken after its ReLU: fuse the float model the
   // same way, so that each layer is compared with the same quantity.
+  // An int8 convolution has its BatchNorm folded in: so does the float
+  // model's, fused in eval mode.
   bool fused = false;
-  for (auto& [path, m] : qm->named_modules()) fused |= m->type_name().ends_with("LinearReLU");
-  if (fused) quant::fuse_linear_relu(*fl);
+  for (auto& [path, m] : qm->named_modules())
+    if (const std::string t = m->type_name();
+        t.starts_with("QuantizedConv2d") || (t.starts_with("Quantized") && (t.ends_with("ReLU") || t.ends_with("ReLU6"))))
+      fused = true;
+  if (fused) {
+    fl->eval();
+    quant::fuse_known_modules(*fl);
+  }
   const io::Dataset test_set = io::load_fashion_mnist(r["data"].as<std::string>(), io::Split::test);
   const int64_t n = std::min<int64_t>(r["samples"].as<int64_t>(), test_set.size());
   check_model_fits(*fl, test_set, float_path);
   check_model_fits(*qm, test_set, quantized_path);
-  io::DataLoader loader(test_set.slice(0, n), {.batch_size = n, .shuffle = false});
+  io::DataLoader loader(test_set.slice(0, n), {.batch_size = n, .shuffle = false, .as_images = takes_images(*fl)});
   io::Batch b;
   loader.next(b);
   std::vector<quant::LayerComparison> weights, outputs;

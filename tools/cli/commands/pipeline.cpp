@@ -1,5 +1,6 @@
-// tinyqat pipeline, the README's main job: train the float MLP, make QAT, PTQ
-// and dynamic int8 models from it, print one comparison table, and with
+// tinyqat pipeline, the README's main job: train the float network (the MLP
+// by default, or --arch cnn / mobilenet_v2), make QAT, PTQ and dynamic int8
+// models from it, print one comparison table, and with
 // --report draw the HTML report (docs/cli.md "pipeline", docs/report.md).
 #include <cmath>
 #include <filesystem>
@@ -21,8 +22,9 @@ namespace tq::cli {
 namespace {
 
 // The comparison table as text, and as JSON rows into `rows`.
-std::string format_table(const std::vector<SummaryRow>& table, int64_t test_samples, double seconds, json& rows) {
-  std::string s = fmt::format("\nFashion-MNIST, MLP 784-256-128-10, {} test images ({:.0f} s in all)\n\n", test_samples, seconds);
+std::string format_table(const std::vector<SummaryRow>& table, const std::string& network, int64_t test_samples,
+                         double seconds, json& rows) {
+  std::string s = fmt::format("\nFashion-MNIST, {}, {} test images ({:.0f} s in all)\n\n", network, test_samples, seconds);
   s += fmt::format("| {:<12} | {:>9} | {:>22} | {:>11} | {:>15} | {:>16} |\n", "method", "accuracy", "agreement",
                    "model bytes", "latency batch 1", "latency batch 64");
   s += "|--------------|-----------|------------------------|-------------|-----------------|------------------|\n";
@@ -42,8 +44,11 @@ std::string format_table(const std::vector<SummaryRow>& table, int64_t test_samp
 
 int run_pipeline(int argc, char** argv) {
   cxxopts::Options o("tinyqat pipeline",
-                     "Train the float MLP, then QAT, PTQ and dynamic int8 models from it, and print one comparison table.");
+                     "Train a float network, then QAT, PTQ and dynamic int8 models from it, and print one comparison table.");
   o.add_options()("workdir", "where the model files go", cxxopts::value<std::string>()->default_value("models"))(
+      "arch", "architecture: mlp, cnn or mobilenet_v2", cxxopts::value<std::string>()->default_value("mlp"))(
+      "width", "width multiplier of mobilenet_v2", cxxopts::value<double>()->default_value("1.0"))(
+      "limit-train", "train on the first N training images only (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
       "epochs", "float training epochs", cxxopts::value<int>()->default_value("5"))(
       "qat-epochs", "QAT fine-tuning epochs", cxxopts::value<int>()->default_value("1"))(
       "qat-lr", "QAT learning rate", cxxopts::value<double>()->default_value("0.01"))(
@@ -51,16 +56,26 @@ int run_pipeline(int argc, char** argv) {
       "report", "also write DIR/report.html: pictures of training, weights, activation ranges, per-layer SQNR",
       cxxopts::value<std::string>());
   add_common(o);
+  add_qat_schedule(o);
   auto r = parse(o, argc, argv);
   apply_threads(r);
   if (r["epochs"].as<int>() < 1) throw UsageError("--epochs must be at least 1 (the float model is trained first)");
   if (r["qat-epochs"].as<int>() < 1) throw UsageError("--qat-epochs must be at least 1");
   if (!(r["qat-lr"].as<double>() > 0) || !std::isfinite(r["qat-lr"].as<double>()))
     throw UsageError("--qat-lr must be a positive number");
+  const std::string arch = r["arch"].as<std::string>();
+  check_arch_name(arch);
+  if (arch != "mobilenet_v2" && r.count("width")) throw UsageError(fmt::format("--width is for --arch mobilenet_v2, not {}", arch));
+  if (!(r["width"].as<double>() > 0) || r["width"].as<double>() > 4)
+    throw UsageError(fmt::format("--width must be in (0, 4], not {}", r["width"].as<double>()));
+  if (r["limit-train"].as<int64_t>() < 0) throw UsageError("--limit-train must not be negative");
+  json schedule;
+  read_qat_schedule(r, schedule);
   const std::string wd = r["workdir"].as<std::string>();
   std::filesystem::create_directories(wd);
   const std::string report_dir = r.count("report") ? r["report"].as<std::string>() : "";
-  const FashionMnist data = load_data(r);
+  FashionMnist data = load_data(r);
+  if (const int64_t n = r["limit-train"].as<int64_t>(); n > 0 && n < data.train.size()) data.train = data.train.slice(0, n);
   const io::Dataset& test_set = data.test;
   const bool progress = progress_wanted(r.count("progress") > 0);
   const uint64_t seed = r["seed"].as<uint64_t>();
@@ -78,9 +93,15 @@ int run_pipeline(int argc, char** argv) {
 
   // 1. Float model.
   manual_seed(seed);
-  auto float_model = make_mlp(784, {256, 128}, 10);
+  auto float_model = make_model(arch, r["width"].as<double>(), "256,128",
+                                data.train.images.size(1) * data.train.images.size(2), data.train.num_classes);
+  const bool images = takes_images(*float_model);
+  const std::string network =
+      arch == "mlp" ? std::string("MLP 784-256-128-10")
+                    : arch == "cnn" ? std::string("the cnn (2 conv + BN + ReLU, 2 Linear)")
+                                    : fmt::format("MobileNetV2 for 28x28 images, width {}", r["width"].as<double>());
   {
-    io::DataLoader loader(data.train, {.batch_size = 64, .seed = seed});
+    io::DataLoader loader(data.train, {.batch_size = 64, .seed = seed, .as_images = images});
     report_run.float_history =
         train(*float_model, loader, test_set,
               {.epochs = r["epochs"].as<int>(), .lr = 0.01, .momentum = 0.9, .progress = progress, .label = "float"});
@@ -96,10 +117,10 @@ int run_pipeline(int argc, char** argv) {
   quant::quantize_qat(
       *qat,
       [&](nn::Module& m) {
-        io::DataLoader loader(data.train, {.batch_size = 64, .seed = seed + 1});
+        io::DataLoader loader(data.train, {.batch_size = 64, .seed = seed + 1, .as_images = images});
         report_run.qat_history = train(m, loader, test_set,
                                        {.epochs = r["qat-epochs"].as<int>(), .lr = r["qat-lr"].as<double>(), .momentum = 0.9,
-                                        .progress = progress, .label = "qat"});
+                                        .progress = progress, .label = "qat", .before_step = qat_schedule_hook(schedule)});
         return true;
       },
       {.qconfig = quant::get_default_qat_qconfig("x86"), .before_convert = [&](nn::Module& m) {
@@ -134,12 +155,13 @@ int run_pipeline(int argc, char** argv) {
   add_row("dynamic int8", *dyn, wd + "/dynamic_int8.safetensors", dyn8.accuracy, quant::agreement(fl, dyn8), "float");
 
   json rows = json::array();
-  std::string s = format_table(table, test_set.size(), seconds_since(t0), rows);
+  std::string s = format_table(table, network, test_set.size(), seconds_since(t0), rows);
   s += fmt::format("\nQAT: fake-quant accuracy {:.2f}%, int8 vs fake quant max difference {:.2f} output steps\n", fq.accuracy, qat_steps);
   json j = {{"rows", rows}, {"fake_quant_accuracy", fq.accuracy}, {"max_step_diff", qat_steps}, {"seconds", seconds_since(t0)}};
   if (!report_dir.empty()) {
     report_run.title = "tinyqat pipeline report";
-    report_run.subtitle = fmt::format("Fashion-MNIST, MLP 784-256-128-10 (fc1, fc2, fc3), {} float + {} QAT epochs, {} test images",
+    report_run.subtitle = fmt::format("Fashion-MNIST, {}, {} float + {} QAT epochs, {} test images",
+                                      arch == "mlp" ? std::string("MLP 784-256-128-10 (fc1, fc2, fc3)") : network,
                                       report_run.float_history.size(), report_run.qat_history.size(), test_set.size());
     report_run.fake_quant_accuracy = fq.accuracy;
     save_report_run(report_run, wd + "/" + kReportRunFile);

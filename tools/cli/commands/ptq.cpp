@@ -19,12 +19,15 @@ int run_ptq(int argc, char** argv) {
       "batch-size", "calibration batch size", cxxopts::value<int64_t>()->default_value("64"))(
       "observer", "minmax | moving_average | histogram", cxxopts::value<std::string>()->default_value("histogram"))(
       "qconfig", "x86 | fbgemm | qnnpack (activation range and weight scheme)", cxxopts::value<std::string>()->default_value("x86"))(
-      "seed", "calibration sample seed", cxxopts::value<uint64_t>()->default_value("0"))("no-fuse", "keep Linear and ReLU apart")(
+      "seed", "calibration sample seed", cxxopts::value<uint64_t>()->default_value("0"))("no-fuse", "keep Linear and ReLU (Conv2d, BatchNorm2d, ReLU) apart")(
+      "arch", "check that --from holds this architecture: mlp, cnn or mobilenet_v2", cxxopts::value<std::string>())(
+      "limit-test", "evaluate on the first N test images only (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
       "out", "int8 model file to write", cxxopts::value<std::string>());
   add_common(o);
   add_bits(o);
   auto r = parse(o, argc, argv);
   apply_threads(r);
+  if (r.count("arch")) check_arch_name(r["arch"].as<std::string>());
   const std::string from = require(r, "from"), out = require(r, "out");
   const int64_t batches = r["calibration-batches"].as<int64_t>();
   if (batches < 1) throw UsageError("--calibration-batches must be at least 1");
@@ -36,11 +39,14 @@ int run_ptq(int argc, char** argv) {
   auto make_qconfig = [&](int w, int a) { return quant::make_ptq_qconfig(observer, w, a, backend != "qnnpack"); };
   auto qconfig = make_qconfig(bits.weight, bits.activation);
   check_output_path(out);
-  const FashionMnist data = load_data(r);
+  if (r["limit-test"].as<int64_t>() < 0) throw UsageError("--limit-test must not be negative");
+  FashionMnist data = load_data(r);
+  if (const int64_t n = r["limit-test"].as<int64_t>(); n > 0 && n < data.test.size()) data.test = data.test.slice(0, n);
 
   const auto t0 = std::chrono::steady_clock::now();
   auto model = load_float(from, "ptq");
   check_model_fits(*model, data.test, from);
+  check_model_arch(r, *model, from);
   const quant::Evaluation fl = evaluate(*model, data.test);
   quant::quantize_static(
       *model,

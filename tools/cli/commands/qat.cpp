@@ -19,13 +19,18 @@ int run_qat(int argc, char** argv) {
       "qconfig", "x86 | fbgemm | qnnpack", cxxopts::value<std::string>()->default_value("x86"))(
       "batch-size", "batch size", cxxopts::value<int64_t>()->default_value("64"))("lr", "learning rate", cxxopts::value<double>()->default_value("0.01"))(
       "momentum", "SGD momentum", cxxopts::value<double>()->default_value("0.9"))("seed", "shuffling seed", cxxopts::value<uint64_t>()->default_value("0"))(
-      "no-fuse", "keep Linear and ReLU apart (by default they are fused)")(
+      "no-fuse", "keep Linear and ReLU, Conv2d, BatchNorm2d and ReLU apart (by default they are fused)")(
+      "arch", "check that --from holds this architecture: mlp, cnn or mobilenet_v2", cxxopts::value<std::string>())(
+      "limit-train", "train on the first N training images only (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
+      "limit-test", "evaluate on the first N test images only (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
       "learnable-scale", "LSQ: learn the quantizers' scales (and activation zero points) with the weights")(
       "out", "int8 model file to write", cxxopts::value<std::string>());
   add_common(o);
   add_bits(o);
+  add_qat_schedule(o);
   add_checkpointing(o);
   auto r = parse(o, argc, argv);
+  if (r.count("arch")) check_arch_name(r["arch"].as<std::string>());
   apply_threads(r);
   const std::string out = require(r, "out");
   check_output_path(out);
@@ -37,6 +42,7 @@ int run_qat(int argc, char** argv) {
   cmd["weight_bits"] = bits.weight;
   cmd["activation_bits"] = bits.activation;
   cmd["layer_bits"] = bits.layers;  // kept in checkpoints: --resume compares it
+  read_qat_schedule(r, cmd);
   const std::optional<Checkpoint> ck = resume_checkpoint(r, "qat", cmd);
   if (cmd["epochs"].get<int>() < 1) throw UsageError("--epochs must be at least 1");
   const bool lsq = cmd.value("learnable_scale", false);
@@ -46,7 +52,11 @@ int run_qat(int argc, char** argv) {
   // The preset itself unless bit widths or LSQ were asked for.
   auto qconfig = (bits.given || lsq) ? make_qconfig(bits.weight, bits.activation)
                                      : quant::get_default_qat_qconfig(cmd["qconfig"].get<std::string>());
-  const FashionMnist data = load_data(r);
+  if (r["limit-train"].as<int64_t>() < 0 || r["limit-test"].as<int64_t>() < 0)
+    throw UsageError("--limit-train and --limit-test must not be negative");
+  FashionMnist data = load_data(r);
+  if (const int64_t n = r["limit-train"].as<int64_t>(); n > 0 && n < data.train.size()) data.train = data.train.slice(0, n);
+  if (const int64_t n = r["limit-test"].as<int64_t>(); n > 0 && n < data.test.size()) data.test = data.test.slice(0, n);
 
   const auto t0 = std::chrono::steady_clock::now();
   std::shared_ptr<nn::Module> model;
@@ -56,10 +66,12 @@ int run_qat(int argc, char** argv) {
   } else {
     model = load_float(require(r, "from"), "qat");
     check_model_fits(*model, data.test, r["from"].as<std::string>());
+    check_model_arch(r, *model, require(r, "from"));
     cmd["float_accuracy"] = evaluate(*model, data.test).accuracy;
   }
   TrainOptions topt = checkpoint_options(r, out, cmd);
   topt.label = "qat";
+  topt.before_step = qat_schedule_hook(cmd);
   TrainState st;
   quant::Evaluation fq;  // the fake-quant model, before convert
   const bool converted = quant::quantize_qat(

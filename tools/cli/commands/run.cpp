@@ -7,6 +7,7 @@
 #include "io/model_file.h"
 #include "io/npy.h"
 #include "quant/passes.h"
+#include "tensor/ops.h"
 
 namespace tq::cli {
 
@@ -34,6 +35,8 @@ int run_run(int argc, char** argv) {
                                            x.shape().str(), e.what()));
     }
   }
+  // An int8 model's output is a quantized tensor: written as its real values.
+  if (y.is_quantized()) y = kernels::to_float(y);
   io::save_npy(out, y);
   json j = {{"input_shape", x.shape().str()}, {"output_shape", y.shape().str()}, {"out", out}};
   finish(r, j, fmt::format("{} on {} {} -> {} {}\n", model_path, input, x.shape().str(), out, y.shape().str()));

@@ -16,12 +16,8 @@ namespace {
 
 // The float network `cmd` names, freshly initialised from the global generator.
 std::shared_ptr<nn::Module> make_model(const json& cmd, const FashionMnist& data) {
-  const std::string arch = cmd["arch"].get<std::string>();
-  const int64_t classes = data.train.num_classes;
-  if (arch == "cnn") return models::cnn(classes);
-  if (arch == "mobilenet_v2") return models::mobilenet_v2_small_input(classes, cmd["width"].get<double>(), 1);
-  return make_mlp(data.train.images.size(1) * data.train.images.size(2), parse_hidden(cmd["hidden"].get<std::string>()),
-                  classes);
+  return cli::make_model(cmd["arch"].get<std::string>(), cmd["width"].get<double>(), cmd["hidden"].get<std::string>(),
+                         data.train.images.size(1) * data.train.images.size(2), data.train.num_classes);
 }
 
 // The first n samples of `d` (all of it when n is 0).
