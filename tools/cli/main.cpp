@@ -22,6 +22,7 @@ const std::map<std::string, int (*)(int, char**)> kCommands = {
     {"dynamic", tq::cli::run_dynamic},   {"eval", tq::cli::run_eval},        {"inspect", tq::cli::run_inspect},
     {"compare", tq::cli::run_compare},   {"pipeline", tq::cli::run_pipeline}, {"lowbit", tq::cli::run_lowbit},
     {"report", tq::cli::run_report},     {"bench", tq::cli::run_bench},      {"run", tq::cli::run_run},
+    {"sweep", tq::cli::run_sweep},
 };
 
 void usage(std::FILE* f) {

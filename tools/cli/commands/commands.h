@@ -18,5 +18,6 @@ int run_lowbit(int argc, char** argv);    // lowbit.cpp
 int run_report(int argc, char** argv);    // report.cpp
 int run_bench(int argc, char** argv);     // bench.cpp
 int run_run(int argc, char** argv);       // run.cpp
+int run_sweep(int argc, char** argv);     // sweep.cpp
 
 }  // namespace tq::cli
