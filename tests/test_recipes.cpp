@@ -125,6 +125,20 @@ struct FakeBatchNorm : nn::Module {
   Tensor forward(const Tensor& x) override { return x; }
 };
 
+// A layer that knows how to freeze itself: found through the interface,
+// with nothing registered.
+struct SelfFreezingBatchNorm : nn::Module, quant::FreezesBnStats {
+  int freezes = 0;
+  Tensor forward(const Tensor& x) override { return x; }
+  void freeze_bn_stats() override { ++freezes; }
+};
+
+struct TwoSelfFreezing : tq_test::ClusterMLP {
+  TwoSelfFreezing() : ClusterMLP(4, 3) {}
+  nn::Slot<SelfFreezingBatchNorm> bn1 = register_module("bn1", SelfFreezingBatchNorm());
+  nn::Slot<SelfFreezingBatchNorm> bn2 = register_module("bn2", SelfFreezingBatchNorm());
+};
+
 struct WithBatchNorm : tq_test::ClusterMLP {
   WithBatchNorm() : ClusterMLP(4, 3) {}
   nn::Slot<FakeBatchNorm> bn = register_module("bn", FakeBatchNorm());
@@ -213,4 +227,22 @@ TEST_CASE("QAT schedule: BatchNorm statistics freeze through the table of module
   CHECK(model.bn->frozen);
   table.erase(std::type_index(typeid(FakeBatchNorm)));
   CHECK(quant::qat_fine_tune_lr(0.1) == Approx(0.001));
+}
+
+TEST_CASE("QAT schedule: a module with a freeze_bn_stats method is frozen without registering", "[recipes][qat]") {
+  TwoSelfFreezing model;
+  const quant::QatSchedule schedule{.freeze_bn_epoch = 2};
+  CHECK(quant::apply_qat_schedule(model, schedule, 1).bn_frozen == 0);
+  CHECK(model.bn1->freezes == 0);
+  CHECK(quant::apply_qat_schedule(model, schedule, 2).bn_frozen == 2);
+  CHECK(model.bn1->freezes == 1);
+  CHECK(model.bn2->freezes == 1);
+  // A table entry for the same type is not called as well: the method wins.
+  auto& table = quant::freeze_bn_stats_functions();
+  int table_calls = 0;
+  table[std::type_index(typeid(SelfFreezingBatchNorm))] = [&](nn::Module&) { ++table_calls; };
+  CHECK(quant::freeze_bn_stats(model) == 2);
+  table.erase(std::type_index(typeid(SelfFreezingBatchNorm)));
+  CHECK(table_calls == 0);
+  CHECK(model.bn2->freezes == 2);
 }

@@ -143,7 +143,7 @@ TEST_CASE("resume: every checkpoint counter is checked where it is read, naming 
       {"seed of the wrong type", [](nlohmann::json& j, auto&) { j["command"]["seed"] = "zero"; }, "field 'command.seed'"},
       {"NaN momentum",
        [](nlohmann::json&, tq::io::SafetensorsFile& f) {
-         auto it = f.tensors.find("__optimizer__.momentum.1");
+         auto it = f.tensors.find("__optimizer__.param.1.momentum_buffer");
          REQUIRE(it != f.tensors.end());
          it->second.template data<float>()[0] = std::numeric_limits<float>::quiet_NaN();
        },

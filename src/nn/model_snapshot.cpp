@@ -17,6 +17,14 @@ ModelSnapshot ModelSnapshot::take(const Module& model) {
   return s;
 }
 
+ModelSnapshot ModelSnapshot::from(std::vector<std::pair<std::string, Tensor>> parameters,
+                                  std::vector<std::pair<std::string, Tensor>> buffers) {
+  ModelSnapshot s;
+  s.parameters_ = std::move(parameters);
+  s.buffers_ = std::move(buffers);
+  return s;
+}
+
 void ModelSnapshot::restore(Module& model) const {
   const auto params = model.named_parameters();
   const auto buffers = model.named_buffers();

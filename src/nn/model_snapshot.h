@@ -20,6 +20,10 @@ class ModelSnapshot {
   ModelSnapshot() = default;
   // Deep copies of every parameter and buffer, under their dotted names.
   static ModelSnapshot take(const Module& model);
+  // A snapshot of named values kept elsewhere (a checkpoint's copy of the
+  // best epoch); restore() checks them against the model.
+  static ModelSnapshot from(std::vector<std::pair<std::string, Tensor>> parameters,
+                            std::vector<std::pair<std::string, Tensor>> buffers);
 
   // Copies the values back into `model`, which must have the same parameter
   // names and shapes (an error names the first that differs; nothing is

@@ -95,6 +95,11 @@ int freeze_bn_stats(nn::Module& model) {
   const auto& table = freeze_bn_stats_functions();
   int n = 0;
   for (auto& [path, m] : model.named_modules()) {
+    if (auto* f = dynamic_cast<FreezesBnStats*>(m)) {
+      f->freeze_bn_stats();
+      ++n;
+      continue;
+    }
     auto it = table.find(std::type_index(typeid(*m)));
     if (it == table.end()) continue;
     it->second(*m);

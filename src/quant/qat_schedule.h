@@ -43,10 +43,20 @@ int freeze_qparams(nn::Module& model);
 //
 // Once batch statistics have settled, QAT stops updating the running mean
 // and variance (PyTorch's freeze_bn_stats), so the folded weights stop
-// moving. Layers with batch statistics register how to freeze them, keyed by
-// their type; freeze_bn_stats(model) calls the function of each such module.
+// moving. freeze_bn_stats(model) visits every module and freezes those that
+// know how: a module that derives from FreezesBnStats (a fused Conv+BN QAT
+// layer, say) has its freeze_bn_stats() method called; a module of a type
+// registered in the table below has its function called. Either way the
+// schedule needs to know nothing of the layer types.
+class FreezesBnStats {
+ public:
+  virtual ~FreezesBnStats() = default;
+  // From now on the running mean and variance stay as they are.
+  virtual void freeze_bn_stats() = 0;
+};
 using FreezeBnStatsFunction = std::function<void(nn::Module&)>;
 std::map<std::type_index, FreezeBnStatsFunction>& freeze_bn_stats_functions();
+// Returns how many modules it froze (the method or the table, never both).
 int freeze_bn_stats(nn::Module& model);
 
 // ---- The schedule, applied at the start of each epoch (0-based) ----

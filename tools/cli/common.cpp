@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <limits>
@@ -19,7 +20,10 @@
 #include "io/data_loader.h"
 #include "io/model_file.h"
 #include "io/safetensors.h"
+#include "io/data_split.h"
+#include "nn/adam.h"
 #include "nn/sgd.h"
+#include "quant/qat_schedule.h"
 #include "quant/layer.h"
 #include "quant/observer.h"
 #include "models/cnn.h"
@@ -401,20 +405,134 @@ std::optional<Checkpoint> resume_checkpoint(const cxxopts::ParseResult& r, const
   return ck;
 }
 
+// ---- The training recipe ----
+
+void add_recipe(cxxopts::Options& o) {
+  o.add_options("recipe")("optimizer", "sgd | adam | adamw", cxxopts::value<std::string>()->default_value("sgd"))(
+      "weight-decay", "weight decay (L2 for sgd and adam, decoupled for adamw; never on LSQ step sizes)",
+      cxxopts::value<double>()->default_value("0"))(
+      "lr-schedule", "constant | step | multistep | cosine, stepped per batch",
+      cxxopts::value<std::string>()->default_value("constant"))(
+      "warmup", "epochs of linear warm-up from 1% of --lr (may be fractional)", cxxopts::value<double>()->default_value("0"))(
+      "step-size", "step: multiply the rate by --gamma every N epochs", cxxopts::value<int>()->default_value("1"))(
+      "milestones", "multistep: epochs after warm-up at which the rate is multiplied by --gamma, e.g. 3,6",
+      cxxopts::value<std::string>()->default_value(""))(
+      "gamma", "step, multistep: the factor", cxxopts::value<double>()->default_value("0.1"))(
+      "val", "validation set carved from the training set: N samples, or a fraction below 1; the best epoch is kept",
+      cxxopts::value<double>()->default_value("0"))(
+      "augment", "random crop (padding 2) and horizontal flip of the training images")(
+      "clip-grad", "clip the gradients' global 2-norm to this (0 = off)", cxxopts::value<double>()->default_value("0"));
+}
+
+void recipe_to_command(const cxxopts::ParseResult& r, json& cmd) {
+  const std::string opt = r["optimizer"].as<std::string>();
+  if (opt != "sgd" && opt != "adam" && opt != "adamw")
+    throw UsageError(fmt::format("--optimizer must be sgd, adam or adamw, not '{}'", opt));
+  const double wd = r["weight-decay"].as<double>(), warmup = r["warmup"].as<double>(), gamma = r["gamma"].as<double>();
+  const double val = r["val"].as<double>(), clip = r["clip-grad"].as<double>();
+  if (!(wd >= 0 && std::isfinite(wd))) throw UsageError(fmt::format("--weight-decay must be finite and >= 0, not {}", wd));
+  const std::string schedule = r["lr-schedule"].as<std::string>();
+  try {
+    nn::parse_lr_schedule(schedule);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(fmt::format("--lr-schedule: {}", e.what()));
+  }
+  if (!(warmup >= 0 && warmup <= 1e6)) throw UsageError(fmt::format("--warmup must be 0 or more epochs, not {}", warmup));
+  if (r["step-size"].as<int>() < 1) throw UsageError("--step-size must be at least 1 epoch");
+  if (!(gamma > 0 && gamma <= 1)) throw UsageError(fmt::format("--gamma must be in (0, 1], not {}", gamma));
+  std::vector<int64_t> milestones;
+  const std::string ms = r["milestones"].as<std::string>();
+  if (!ms.empty()) {
+    try {
+      milestones = parse_hidden(ms);  // positive integers separated by commas
+    } catch (const std::invalid_argument&) {
+      throw UsageError(fmt::format("--milestones '{}': expected epochs separated by commas, e.g. 3,6", ms));
+    }
+  }
+  if (schedule == "multistep" && milestones.empty()) throw UsageError("--lr-schedule multistep needs --milestones");
+  if (schedule != "multistep" && !milestones.empty()) throw UsageError("--milestones is for --lr-schedule multistep");
+  if (!(val >= 0 && val <= 1e9) || (val >= 1 && val != std::floor(val)))
+    throw UsageError(fmt::format("--val must be a sample count or a fraction below 1, not {}", val));
+  if (!(clip >= 0 && std::isfinite(clip))) throw UsageError(fmt::format("--clip-grad must be finite and >= 0, not {}", clip));
+  cmd.update({{"optimizer", opt}, {"weight_decay", wd}, {"lr_schedule", schedule}, {"warmup", warmup},
+              {"step_size", r["step-size"].as<int>()}, {"milestones", milestones}, {"gamma", gamma}, {"val", val},
+              {"augment", r.count("augment") > 0}, {"clip_grad", clip}});
+}
+
+namespace {
+
+std::unique_ptr<nn::Optimizer> make_optimizer(nn::Module& model, const json& cmd) {
+  const double lr = cmd["lr"].get<double>(), wd = cmd.value("weight_decay", 0.0);
+  const std::string kind = cmd.value("optimizer", "sgd");
+  // Checkpoints from before the recipe options hold one group in model order.
+  std::vector<nn::ParamGroup> groups = cmd.contains("optimizer") ? quant::lsq_param_groups(model)
+                                                                 : nn::single_group(model.parameters());
+  if (kind == "adam") return std::make_unique<nn::Adam>(std::move(groups), nn::AdamOptions{.lr = lr, .weight_decay = wd});
+  if (kind == "adamw") return std::make_unique<nn::AdamW>(std::move(groups), nn::AdamWOptions{.lr = lr, .weight_decay = wd});
+  if (kind != "sgd") throw std::runtime_error(fmt::format("unknown optimizer '{}'", kind));
+  return std::make_unique<nn::SGD>(std::move(groups),
+                                   nn::SGDOptions{.lr = lr, .momentum = cmd["momentum"].get<double>(), .weight_decay = wd});
+}
+
+}  // namespace
+
 TrainState run_training(const cxxopts::ParseResult& r, nn::Module& model, const FashionMnist& data, const json& cmd,
                         const std::optional<Checkpoint>& ck, TrainOptions& topt) {
-  io::DataLoader loader(data.train, {.batch_size = cmd["batch_size"].get<int64_t>(), .seed = cmd["seed"].get<uint64_t>(),
-                                     .as_images = takes_images(model)});
-  nn::SGD optimizer(model.parameters(), {.lr = cmd["lr"].get<double>(), .momentum = cmd["momentum"].get<double>()});
+  const uint64_t seed = cmd["seed"].get<uint64_t>();
+  const int epochs = cmd["epochs"].get<int>();
+  // The validation split: seeded by the run's seed, carved from the training set.
+  const double val = cmd.value("val", 0.0);
+  std::optional<io::TrainValidationSplit> split;
+  if (val > 0) {
+    const int64_t n = data.train.size();
+    const int64_t count = val < 1 ? static_cast<int64_t>(std::llround(val * static_cast<double>(n))) : static_cast<int64_t>(val);
+    if (count < 1 || count >= n)
+      throw UsageError(fmt::format("--val {} leaves {} of {} training samples for validation; it needs 1 to {}", val,
+                                   count, n, n - 1));
+    split = io::split_validation(data.train, count, seed);
+  }
+  const io::Dataset& train_set = split ? split->train : data.train;
+  const io::DataLoaderOptions lopt{.batch_size = cmd["batch_size"].get<int64_t>(), .seed = seed,
+                                   .as_images = takes_images(model)};
+  io::DataLoader loader(train_set, lopt);
+  std::unique_ptr<nn::Optimizer> optimizer = make_optimizer(model, cmd);
+
+  // The learning-rate schedule, counted in batches; none at a constant rate without warm-up.
+  const int64_t per_epoch = loader.num_batches();
+  const std::string kind = cmd.value("lr_schedule", "constant");
+  const int64_t warmup = std::llround(cmd.value("warmup", 0.0) * static_cast<double>(per_epoch));
+  std::shared_ptr<nn::LRScheduler> schedule;
+  if (kind != "constant" || warmup > 0) {
+    nn::LRScheduleOptions so{.kind = nn::parse_lr_schedule(kind), .total_steps = per_epoch * epochs, .warmup_steps = warmup,
+                             .step_size = per_epoch * cmd.value("step_size", 1), .gamma = cmd.value("gamma", 0.1)};
+    for (int64_t m : cmd.value("milestones", std::vector<int64_t>{})) so.milestones.push_back(m * per_epoch);
+    if (kind == "cosine" && warmup >= so.total_steps)
+      throw UsageError(fmt::format("--warmup {} epochs leaves no epoch of the {} for the cosine", cmd.value("warmup", 0.0), epochs));
+    schedule = nn::make_lr_scheduler(*optimizer, so);
+  }
+
+  // Augmentation, with a generator of its own (seeded apart from the loader's).
+  std::optional<io::Augmenter> augment;
+  if (cmd.value("augment", false)) {
+    const Shape& s = train_set.images.shape();
+    const io::ImageShape shape = s.size() == 4 ? io::ImageShape{s[1], s[2], s[3]} : io::ImageShape{1, s[1], s[2]};
+    augment.emplace(shape, io::AugmentOptions{.crop_padding = 2, .horizontal_flip = true, .fill = io::normalized_pixel(0, lopt)},
+                    seed + 0x9e3779b97f4a7c15ULL);
+  }
+
   TrainState st;
   if (ck) {
     loader.set_state(ck->loader);
-    restore_optimizer(optimizer, *ck, r["resume"].as<std::string>());
+    restore_optimizer(*optimizer, schedule.get(), augment ? &*augment : nullptr, *ck, r["resume"].as<std::string>());
     st = ck->state;
   }
-  topt.epochs = cmd["epochs"].get<int>();
+  topt.epochs = epochs;
   topt.progress = progress_wanted(r.count("progress") > 0);
-  train(model, optimizer, loader, data.test, topt, st);
+  topt.schedule = schedule.get();
+  topt.clip_grad = cmd.value("clip_grad", 0.0);
+  topt.augment = augment ? &*augment : nullptr;
+  topt.validation = split ? &split->validation : nullptr;
+  train(model, *optimizer, loader, data.test, topt, st);
   if (!st.interrupted && st.history.empty())
     throw std::runtime_error("training ran no epoch; nothing to save");  // load_checkpoint rules this out
   return st;

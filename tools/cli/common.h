@@ -107,6 +107,15 @@ Bits parse_bits(const cxxopts::ParseResult& r, const std::string& backend);
 void apply_layer_bits(nn::Module& model, const std::string& spec,
                       const std::function<quant::QConfigPtr(int, int)>& make);
 
+// ---- The training recipe (train, qat; docs/cli.md "Training recipes") ----
+
+// --optimizer, --weight-decay, --lr-schedule, --warmup, --step-size,
+// --milestones, --gamma, --val, --augment, --clip-grad.
+void add_recipe(cxxopts::Options& o);
+// Checks them (a UsageError names the bad one) and records them in `cmd`,
+// so that checkpoints carry them to --resume.
+void recipe_to_command(const cxxopts::ParseResult& r, json& cmd);
+
 // ---- Checkpoints and resume (train, qat) ----
 
 void add_checkpointing(cxxopts::Options& o);
@@ -121,9 +130,12 @@ int report_interrupted(const cxxopts::ParseResult& r, const TrainState& st, cons
 // refused. Without: nothing, after checking `cmd`'s settings as options.
 // Either way, before any data is read.
 std::optional<Checkpoint> resume_checkpoint(const cxxopts::ParseResult& r, const char* command, json& cmd);
-// The training loop of train and qat: SGD and the loader as `cmd` says,
-// restored from `ck` when resuming, then cli::train. `topt` holds the
-// checkpointing options; epochs and progress are set here.
+// The training loop of train and qat: the optimizer, schedule, validation
+// split, augmentation, clipping and QAT schedule as `cmd` says (SGD at a
+// constant rate when it says nothing), restored from `ck` when resuming,
+// then cli::train. `topt` holds the checkpointing options; epochs, progress
+// and the recipe are set here. The result's test_accuracy is that of the
+// model it leaves (the best validation epoch's with a validation set).
 TrainState run_training(const cxxopts::ParseResult& r, nn::Module& model, const FashionMnist& data, const json& cmd,
                         const std::optional<Checkpoint>& ck, TrainOptions& topt);
 

@@ -28,6 +28,7 @@ const std::map<std::string, int (*)(int, char**)> kCommands = {
     {"report", tq::cli::run_report},     {"bench", tq::cli::run_bench},      {"run", tq::cli::run_run},
     {"export", tq::cli::run_export},
     {"import", tq::cli::run_import},
+    {"sweep", tq::cli::run_sweep},
 };
 
 void usage(std::FILE* f) {
@@ -43,6 +44,7 @@ void usage(std::FILE* f) {
                "  compare   per-layer SQNR of a quantized model against its float model\n"
                "  pipeline  all of the above in one run, with a comparison table (--report DIR: HTML pictures)\n"
                "  lowbit    accuracy and size from 8 down to 2 bits: PTQ, QAT, LSQ\n"
+               "  sweep     one recipe over several seeds (and bit widths): mean +- sd per model\n"
                "  report    redraw the HTML report of a pipeline workdir\n"
                "  bench     speed: int8 vs float GEMM and MLP, train step vs its GEMMs, QAT vs float\n"
                "  run       run a model file on an .npy input, write the output as .npy\n"

@@ -22,6 +22,7 @@
 #include "io/model_file.h"
 #include "quant/calibrate.h"
 #include "nn/activation.h"
+#include "nn/clip_grad.h"
 #include "nn/linear.h"
 #include "quant/dynamic_linear.h"
 #include "quant/layer.h"
@@ -97,10 +98,11 @@ void Progress::finish() {
 
 // ---- Training and evaluation ----
 
-void train(nn::Module& model, nn::SGD& optimizer, io::DataLoader& loader, const io::Dataset& test, const TrainOptions& o,
-           TrainState& st) {
+void train(nn::Module& model, nn::Optimizer& optimizer, io::DataLoader& loader, const io::Dataset& test,
+           const TrainOptions& o, TrainState& st) {
   io::Batch batch;
   int64_t steps_this_run = 0;
+  const std::vector<Tensor>& params = optimizer.params();
   while (st.epoch < o.epochs) {
     model.train();
     const double t0 = now_seconds();
@@ -119,12 +121,15 @@ void train(nn::Module& model, nn::SGD& optimizer, io::DataLoader& loader, const 
       try {
         if (o.before_step)
           o.before_step(model, st.epoch + static_cast<double>(st.step_in_epoch) / static_cast<double>(loader.num_batches()));
+        if (o.augment) o.augment->apply_(batch.images);
         optimizer.zero_grad();
         Tensor loss = cross_entropy(model(batch.images), batch.labels);
         l = loss.item();
         if (!std::isfinite(l)) throw diverged(fmt::format("the loss became {}", std::isnan(l) ? "nan" : l > 0 ? "inf" : "-inf"));
         loss.backward();
+        if (o.clip_grad > 0) nn::clip_grad_norm_(params, o.clip_grad, {.error_if_nonfinite = true});
         optimizer.step();
+        if (o.schedule) o.schedule->step();
       } catch (const std::invalid_argument& e) {
         const std::string what = e.what();
         if (what.find("not finite") != std::string::npos || what.find("NaN") != std::string::npos) throw diverged(what);
@@ -136,7 +141,7 @@ void train(nn::Module& model, nn::SGD& optimizer, io::DataLoader& loader, const 
       ++steps_this_run;
       bar.advance(1, fmt::format("loss {:.4f}", st.loss_sum / static_cast<double>(st.step_in_epoch)));
       if (o.checkpoint_every > 0 && st.global_step % o.checkpoint_every == 0)
-        save_checkpoint(o.checkpoint_path, model, optimizer, loader, st, o.command_json);
+        save_checkpoint(o.checkpoint_path, model, optimizer, loader, st, o);
       if (o.stop_after > 0 && steps_this_run >= o.stop_after) {
         bar.finish();
         st.interrupted = true;
@@ -147,13 +152,25 @@ void train(nn::Module& model, nn::SGD& optimizer, io::DataLoader& loader, const 
     EpochStats s;
     s.loss = st.step_in_epoch ? st.loss_sum / static_cast<double>(st.step_in_epoch) : 0;
     s.seconds = now_seconds() - t0;
-    s.test_accuracy = evaluate(model, test).accuracy;
+    if (o.validation) {
+      s.test_accuracy = -1;  // the test set is touched once, at the end
+      s.val_accuracy = evaluate(model, *o.validation).accuracy;
+      if (s.val_accuracy > st.best_val_accuracy) {
+        st.best_val_accuracy = s.val_accuracy;
+        st.best_epoch = st.epoch + 1;
+        st.best = nn::ModelSnapshot::take(model);
+      }
+    } else {
+      s.test_accuracy = evaluate(model, test).accuracy;
+    }
     st.history.push_back(s);
     ++st.epoch;
     st.step_in_epoch = 0;
     st.loss_sum = 0;
   }
+  if (o.validation && !st.best.empty()) st.best.restore(model);
   model.eval();
+  st.test_accuracy = o.validation ? evaluate(model, test).accuracy : st.history.empty() ? 0 : st.history.back().test_accuracy;
 }
 
 std::vector<EpochStats> train(nn::Module& model, io::DataLoader& loader, const io::Dataset& test, const TrainOptions& o) {
@@ -165,25 +182,36 @@ std::vector<EpochStats> train(nn::Module& model, io::DataLoader& loader, const i
 
 // ---- Checkpoints ----
 
-void save_checkpoint(const std::string& path, const nn::Module& model, nn::SGD& optimizer, const io::DataLoader& loader,
-                     const TrainState& st, const std::string& command_json) {
+void save_checkpoint(const std::string& path, const nn::Module& model, const nn::Optimizer& optimizer,
+                     const io::DataLoader& loader, const TrainState& st, const TrainOptions& o) {
   io::SafetensorsFile file = io::model_to_safetensors(model);
-  const auto& buffers = optimizer.momentum_buffers();
-  for (size_t i = 0; i < buffers.size(); ++i)
-    if (buffers[i].defined()) file.tensors[fmt::format("__optimizer__.momentum.{}", i)] = buffers[i];
+  io::put_state(file, "__optimizer__", optimizer.state_dict());
+  if (o.schedule) io::put_state(file, "__lr_scheduler__", o.schedule->state_dict());
+  for (const auto& [name, t] : st.best.parameters()) file.tensors["__best__." + name] = t;
+  for (const auto& [name, t] : st.best.buffers()) file.tensors["__best__." + name] = t;
   const io::LoaderState ls = loader.state();
   const Generator::State g = default_generator().state();
   auto rng_json = [](const Generator::State& r) {
     return nlohmann::json{{"s", {r.s[0], r.s[1], r.s[2], r.s[3]}}, {"has_spare", r.has_spare}, {"spare", r.spare}};
   };
   nlohmann::json history = nlohmann::json::array();
-  for (auto& e : st.history) history.push_back({{"loss", e.loss}, {"accuracy", e.test_accuracy}, {"seconds", e.seconds}});
+  for (auto& e : st.history)
+    history.push_back({{"loss", e.loss}, {"accuracy", e.test_accuracy}, {"seconds", e.seconds}, {"val_accuracy", e.val_accuracy}});
   nlohmann::json ck = {
       {"epoch", st.epoch}, {"step_in_epoch", st.step_in_epoch}, {"global_step", st.global_step}, {"loss_sum", st.loss_sum},
-      {"history", history}, {"parameters", buffers.size()},
+      {"history", history}, {"parameters", optimizer.params().size()},
       {"loader", {{"epoch", ls.epoch}, {"next_batch", ls.next_batch}, {"rng", rng_json(ls.rng)}, {"num_samples", ls.num_samples},
                   {"batch_size", ls.batch_size}, {"shuffle", ls.shuffle}, {"drop_last", ls.drop_last}}},
-      {"global_rng", rng_json(g)}, {"command", nlohmann::json::parse(command_json)}};
+      {"global_rng", rng_json(g)}, {"command", nlohmann::json::parse(o.command_json)}};
+  if (!st.best.empty()) {
+    ck["best"] = {{"epoch", st.best_epoch}, {"val_accuracy", st.best_val_accuracy}};
+    nlohmann::json names = nlohmann::json::array(), buffers = nlohmann::json::array();
+    for (const auto& [name, t] : st.best.parameters()) names.push_back(name);
+    for (const auto& [name, t] : st.best.buffers()) buffers.push_back(name);
+    ck["best"]["parameters"] = names;
+    ck["best"]["buffers"] = buffers;
+  }
+  if (o.augment) ck["augment_rng"] = rng_json(o.augment->state());
   file.metadata["tinyqat_checkpoint"] = ck.dump();
   io::save_safetensors(path, file);
 }
@@ -207,7 +235,8 @@ Checkpoint load_checkpoint(const std::string& path) {
     c.state.global_step = j.at("global_step").get<int64_t>();
     c.state.loss_sum = j.at("loss_sum").get<double>();
     for (auto& e : j.at("history"))
-      c.state.history.push_back({e.at("loss").get<double>(), e.at("accuracy").get<double>(), e.at("seconds").get<double>()});
+      c.state.history.push_back({e.at("loss").get<double>(), e.at("accuracy").get<double>(), e.at("seconds").get<double>(),
+                                 e.value("val_accuracy", -1.0)});
     const auto& l = j.at("loader");
     c.loader.epoch = l.at("epoch").get<uint64_t>();
     c.loader.next_batch = l.at("next_batch").get<int64_t>();
@@ -220,9 +249,33 @@ Checkpoint load_checkpoint(const std::string& path) {
     c.command_json = j.at("command").dump();
     const size_t n = j.at("parameters").get<size_t>();
     if (n > 1'000'000) throw io::FormatError(fmt::format("{}: implausible parameter count {}", path, n));
-    c.momentum.resize(n);
-    for (size_t i = 0; i < n; ++i)
-      if (auto t = file.tensors.find(fmt::format("__optimizer__.momentum.{}", i)); t != file.tensors.end()) c.momentum[i] = t->second;
+    if (io::has_state(file, "__optimizer__")) {
+      c.optimizer = io::get_state(file, "__optimizer__", path);
+      if (io::has_state(file, "__lr_scheduler__")) c.schedule = io::get_state(file, "__lr_scheduler__", path);
+    } else {  // written before optimizers had a state of their own: SGD's momentum buffers
+      c.momentum.resize(n);
+      for (size_t i = 0; i < n; ++i)
+        if (auto t = file.tensors.find(fmt::format("__optimizer__.momentum.{}", i)); t != file.tensors.end()) c.momentum[i] = t->second;
+    }
+    if (j.contains("augment_rng")) c.augment_rng = rng(j.at("augment_rng"));
+    if (j.contains("best")) {
+      const auto& b = j.at("best");
+      c.state.best_epoch = b.at("epoch").get<int>();
+      c.state.best_val_accuracy = b.at("val_accuracy").get<double>();
+      std::vector<std::pair<std::string, Tensor>> params, buffers;
+      auto take = [&](const nlohmann::json& names, std::vector<std::pair<std::string, Tensor>>& out) {
+        for (const auto& name : names) {
+          auto t = file.tensors.find("__best__." + name.get<std::string>());
+          if (t == file.tensors.end())
+            throw io::FormatError(fmt::format("{}: checkpoint field 'best' names '{}', which the file lacks", path,
+                                              name.get<std::string>()));
+          out.emplace_back(name.get<std::string>(), t->second);
+        }
+      };
+      take(b.at("parameters"), params);
+      take(b.at("buffers"), buffers);
+      c.state.best = nn::ModelSnapshot::from(std::move(params), std::move(buffers));
+    }
     // Every counter is checked here, where it is read: a checkpoint may be
     // corrupt or hostile, and the training loop trusts these.
     auto bad = [&](const char* field, const std::string& what) {
@@ -239,10 +292,15 @@ Checkpoint load_checkpoint(const std::string& path) {
       throw bad("epoch", fmt::format("is {}, outside 0..{} (the run has {} epochs)", c.state.epoch, epochs - 1, epochs));
     if (c.state.history.size() != static_cast<size_t>(c.state.epoch))
       throw bad("history", fmt::format("has {} entries for {} completed epochs", c.state.history.size(), c.state.epoch));
+    // An accuracy is a percentage, or -1: not measured (the test set with a validation set; the validation set without).
+    auto percent = [](double a) { return a == -1 || (a >= 0 && a <= 100); };
     for (const auto& e : c.state.history)
-      if (!std::isfinite(e.loss) || !std::isfinite(e.test_accuracy) || !std::isfinite(e.seconds) || e.test_accuracy < 0 ||
-          e.test_accuracy > 100 || e.seconds < 0)
+      if (!std::isfinite(e.loss) || !std::isfinite(e.seconds) || !percent(e.test_accuracy) || !percent(e.val_accuracy) ||
+          e.seconds < 0)
         throw bad("history", "holds a loss, accuracy or time that is not finite or out of range");
+    if (c.state.best_epoch < 0 || c.state.best_epoch > c.state.epoch || !percent(c.state.best_val_accuracy))
+      throw bad("best", fmt::format("names epoch {} (accuracy {}) of {} completed", c.state.best_epoch,
+                                    c.state.best_val_accuracy, c.state.epoch));
     if (c.state.step_in_epoch < 0) throw bad("step_in_epoch", fmt::format("is negative ({})", c.state.step_in_epoch));
     if (c.state.global_step < c.state.step_in_epoch)
       throw bad("global_step", fmt::format("is {}, less than step_in_epoch {}", c.state.global_step, c.state.step_in_epoch));
@@ -260,17 +318,39 @@ Checkpoint load_checkpoint(const std::string& path) {
   }
   io::SafetensorsFile model_part = file;
   for (auto t = model_part.tensors.begin(); t != model_part.tensors.end();)
-    t = t->first.rfind("__optimizer__.", 0) == 0 ? model_part.tensors.erase(t) : std::next(t);
+    t = t->first.rfind("__optimizer__.", 0) == 0 || t->first.rfind("__lr_scheduler__.", 0) == 0 ||
+                t->first.rfind("__best__.", 0) == 0
+            ? model_part.tensors.erase(t)
+            : std::next(t);
   c.model = io::build_model(model_part, path);
   return c;
 }
 
-void restore_optimizer(nn::SGD& optimizer, const Checkpoint& c, const std::string& path) {
-  // set_momentum_buffers checks the count, each shape and that every value is finite.
+void restore_optimizer(nn::Optimizer& optimizer, nn::LRScheduler* schedule, io::Augmenter* augment, const Checkpoint& c,
+                       const std::string& path) {
   try {
-    optimizer.set_momentum_buffers(c.momentum);
+    if (c.optimizer) {
+      // A checkpoint may be corrupt: no buffer it holds may carry a nan or inf into training.
+      for (const auto& [key, t] : c.optimizer->tensors) {
+        const Tensor v = kernels::contiguous(t);
+        if (v.dtype() != DType::f32) continue;  // load_state_dict names a wrong dtype
+        const float* p = v.data<float>();
+        for (int64_t i = 0; i < v.numel(); ++i)
+          if (!std::isfinite(p[i]))
+            throw std::invalid_argument(fmt::format("optimizer state '{}' holds a value that is not finite", key));
+      }
+      optimizer.load_state_dict(*c.optimizer);
+    } else if (auto* sgd = dynamic_cast<nn::SGD*>(&optimizer)) {
+      sgd->set_momentum_buffers(c.momentum);  // checks the count, each shape and that every value is finite
+    } else {
+      throw std::invalid_argument(fmt::format("holds SGD momentum only, and the run uses {}", optimizer.type_name()));
+    }
+    if (schedule && !c.schedule) throw std::invalid_argument("holds no learning-rate schedule, and the run has one");
+    if (schedule) schedule->load_state_dict(*c.schedule);
+    if (augment && !c.augment_rng) throw std::invalid_argument("holds no augmentation state, and the run augments");
+    if (augment) augment->set_state(*c.augment_rng);
   } catch (const std::invalid_argument& e) {
-    throw io::FormatError(fmt::format("{}: checkpoint momentum: {}", path, e.what()));
+    throw io::FormatError(fmt::format("{}: checkpoint: {}", path, e.what()));
   }
 }
 

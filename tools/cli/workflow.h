@@ -7,12 +7,17 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "io/augment.h"
 #include "io/data_loader.h"
 #include "io/dataset.h"
+#include "io/training_state.h"
+#include "nn/lr_scheduler.h"
+#include "nn/model_snapshot.h"
 #include "nn/module.h"
 #include "nn/sequential.h"
 #include "nn/sgd.h"
@@ -49,9 +54,10 @@ class Progress {
 bool progress_wanted(bool flag);
 
 struct EpochStats {
-  double loss = 0;           // mean training loss of the epoch
-  double test_accuracy = 0;  // percent
+  double loss = 0;            // mean training loss of the epoch
+  double test_accuracy = 0;   // percent; -1 when a validation set is used (the test set waits for the end)
   double seconds = 0;
+  double val_accuracy = -1;   // percent on the validation set, -1 without one
 };
 
 struct TrainOptions {
@@ -71,6 +77,18 @@ struct TrainOptions {
   // Called before every step with the epochs done so far, fractional (1.5 =
   // half-way through the second epoch): where the QAT schedule acts.
   std::function<void(nn::Module&, double epochs_done)> before_step = nullptr;
+
+  // ---- The recipe (docs/optim.md): all optional ----
+  // Stepped after every optimizer step (schedules count batches here).
+  nn::LRScheduler* schedule = nullptr;
+  // Clip the gradients' global 2-norm to this before each step (0 = never).
+  double clip_grad = 0;
+  // Augments each training batch in place (its state goes into checkpoints).
+  io::Augmenter* augment = nullptr;
+  // With a validation set: after each epoch its accuracy, the best epoch's
+  // weights kept and restored at the end, and the test set evaluated once,
+  // then, on the selected model.
+  const io::Dataset* validation = nullptr;
 };
 
 // Where a training run stands: everything besides the model, the optimizer
@@ -82,34 +100,49 @@ struct TrainState {
   double loss_sum = 0;       // of the current epoch
   std::vector<EpochStats> history;
   bool interrupted = false;
+  // With a validation set: the best epoch so far (1-based, 0 = none yet),
+  // its accuracy and weights.
+  int best_epoch = 0;
+  double best_val_accuracy = -1;
+  nn::ModelSnapshot best;
+  // The test accuracy of the model training returns (the selected epoch's
+  // with a validation set, else the last epoch's); set when training ends.
+  double test_accuracy = 0;
 };
 
-// Trains `model` with SGD + cross-entropy over `loader`'s batches until
-// options.epochs epochs are done, continuing from `state`; after each epoch
-// evaluates on `test`. A NaN or infinite loss stops training with an error
-// naming the epoch and step (the last checkpoint on disk stays as it was).
-void train(nn::Module& model, nn::SGD& optimizer, io::DataLoader& loader, const io::Dataset& test,
+// Trains `model` with the optimizer + cross-entropy over `loader`'s batches
+// until options.epochs epochs are done, continuing from `state`; after each
+// epoch evaluates on `test` (or on options.validation, see there). A NaN or
+// infinite loss stops training with an error naming the epoch and step (the
+// last checkpoint on disk stays as it was).
+void train(nn::Module& model, nn::Optimizer& optimizer, io::DataLoader& loader, const io::Dataset& test,
            const TrainOptions& options, TrainState& state);
 // The same with a fresh SGD and state; returns the per-epoch statistics.
 std::vector<EpochStats> train(nn::Module& model, io::DataLoader& loader, const io::Dataset& test,
                               const TrainOptions& options);
 
-// Checkpoints: the model file plus the optimizer's momentum buffers, the
-// loader's position and RNG, the global RNG and the training state, written
+// Checkpoints: the model file plus the optimizer's and the schedule's state
+// (io::put_state), the loader's position and RNG, the augmenter's RNG, the
+// global RNG, the training state and the best epoch's weights, written
 // atomically (docs/reliability.md).
-void save_checkpoint(const std::string& path, const nn::Module& model, nn::SGD& optimizer,
-                     const io::DataLoader& loader, const TrainState& state, const std::string& command_json);
+void save_checkpoint(const std::string& path, const nn::Module& model, const nn::Optimizer& optimizer,
+                     const io::DataLoader& loader, const TrainState& state, const TrainOptions& options);
 struct Checkpoint {
   std::shared_ptr<nn::Module> model;
-  std::vector<Tensor> momentum;  // undefined where the optimizer had none yet
+  std::optional<nn::StateDict> optimizer;     // the optimizer's state
+  std::optional<nn::StateDict> schedule;      // the learning-rate schedule's, if the run had one
+  std::vector<Tensor> momentum;               // older checkpoints: SGD's momentum buffers only
+  std::optional<Generator::State> augment_rng;
   io::LoaderState loader;
   Generator::State global_rng;
   TrainState state;
   std::string command_json;
 };
 Checkpoint load_checkpoint(const std::string& path);
-// Puts a checkpoint's momentum buffers into an optimizer over the same parameters.
-void restore_optimizer(nn::SGD& optimizer, const Checkpoint& checkpoint, const std::string& path);
+// Puts a checkpoint's optimizer state (and the schedule's, when both have
+// one) into an optimizer over the same parameters, and the augmenter's RNG.
+void restore_optimizer(nn::Optimizer& optimizer, nn::LRScheduler* schedule, io::Augmenter* augment,
+                       const Checkpoint& checkpoint, const std::string& path);
 
 // quant::evaluate over every sample of `data`, in order, `batch_size` at a time.
 quant::Evaluation evaluate(nn::Module& model, const io::Dataset& data, int64_t batch_size = 1000);

@@ -20,5 +20,6 @@ int run_bench(int argc, char** argv);     // bench.cpp
 int run_run(int argc, char** argv);       // run.cpp
 int run_export(int argc, char** argv);    // export.cpp
 int run_import(int argc, char** argv);    // import.cpp
+int run_sweep(int argc, char** argv);     // sweep.cpp
 
 }  // namespace tq::cli

@@ -27,6 +27,7 @@ int run_qat(int argc, char** argv) {
       "out", "int8 model file to write", cxxopts::value<std::string>());
   add_common(o);
   add_bits(o);
+  add_recipe(o);
   add_qat_schedule(o);
   add_checkpointing(o);
   auto r = parse(o, argc, argv);
@@ -38,6 +39,11 @@ int run_qat(int argc, char** argv) {
               {"batch_size", r["batch-size"].as<int64_t>()}, {"lr", r["lr"].as<double>()},
               {"momentum", r["momentum"].as<double>()}, {"seed", r["seed"].as<uint64_t>()}, {"fuse", !r.count("no-fuse")},
               {"learnable_scale", r.count("learnable-scale") > 0}};
+  if (r["limit-train"].as<int64_t>() < 0 || r["limit-test"].as<int64_t>() < 0)
+    throw UsageError("--limit-train and --limit-test must not be negative");
+  if (r["limit-train"].as<int64_t>() > 0) cmd["limit_train"] = r["limit-train"].as<int64_t>();
+  if (r["limit-test"].as<int64_t>() > 0) cmd["limit_test"] = r["limit-test"].as<int64_t>();
+  recipe_to_command(r, cmd);
   const Bits bits = parse_bits(r, r["qconfig"].as<std::string>());
   cmd["weight_bits"] = bits.weight;
   cmd["activation_bits"] = bits.activation;
@@ -52,11 +58,9 @@ int run_qat(int argc, char** argv) {
   // The preset itself unless bit widths or LSQ were asked for.
   auto qconfig = (bits.given || lsq) ? make_qconfig(bits.weight, bits.activation)
                                      : quant::get_default_qat_qconfig(cmd["qconfig"].get<std::string>());
-  if (r["limit-train"].as<int64_t>() < 0 || r["limit-test"].as<int64_t>() < 0)
-    throw UsageError("--limit-train and --limit-test must not be negative");
   FashionMnist data = load_data(r);
-  if (const int64_t n = r["limit-train"].as<int64_t>(); n > 0 && n < data.train.size()) data.train = data.train.slice(0, n);
-  if (const int64_t n = r["limit-test"].as<int64_t>(); n > 0 && n < data.test.size()) data.test = data.test.slice(0, n);
+  for (auto [key, set] : {std::pair{"limit_train", &data.train}, std::pair{"limit_test", &data.test}})
+    if (const int64_t n = cmd.value(key, int64_t{0}); n > 0 && n < set->size()) *set = set->slice(0, n);
 
   const auto t0 = std::chrono::steady_clock::now();
   std::shared_ptr<nn::Module> model;
@@ -98,9 +102,17 @@ int run_qat(int argc, char** argv) {
             {"seconds", seconds_since(t0)}, {"model", out}, {"weight_bits", cmd["weight_bits"]},
             {"activation_bits", cmd["activation_bits"]}, {"learnable_scale", lsq}};
   json epochs_j = json::array();
-  for (size_t e = 0; e < stats.size(); ++e)
-    epochs_j.push_back({{"epoch", e + 1}, {"loss", stats[e].loss}, {"accuracy", stats[e].test_accuracy}});
+  for (size_t e = 0; e < stats.size(); ++e) {
+    json ej = {{"epoch", e + 1}, {"loss", stats[e].loss}};
+    if (stats[e].val_accuracy >= 0) ej["validation_accuracy"] = stats[e].val_accuracy;
+    else ej["accuracy"] = stats[e].test_accuracy;
+    epochs_j.push_back(ej);
+  }
   j["epochs"] = epochs_j;
+  if (st.best_epoch > 0) {
+    j["best_epoch"] = st.best_epoch;
+    j["validation_accuracy"] = st.best_val_accuracy;
+  }
   finish(r, j,
          fmt::format("float {:.2f}% -> fake quant {:.2f}% -> int8 {:.2f}%; fake-quant vs int8 agreement {:.2f}%, "
                      "max difference {:.2f} steps; {} bytes -> {}\n",

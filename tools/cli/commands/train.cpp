@@ -37,6 +37,7 @@ int run_train(int argc, char** argv) {
       "seed", "random seed (initialisation and shuffling)", cxxopts::value<uint64_t>()->default_value("0"))(
       "out", "model file to write", cxxopts::value<std::string>());
   add_common(o);
+  add_recipe(o);
   add_checkpointing(o);
   auto r = parse(o, argc, argv);
   apply_threads(r);
@@ -58,6 +59,7 @@ int run_train(int argc, char** argv) {
               {"hidden", r["hidden"].as<std::string>()}, {"epochs", r["epochs"].as<int>()},
               {"batch_size", r["batch-size"].as<int64_t>()}, {"lr", r["lr"].as<double>()},
               {"momentum", r["momentum"].as<double>()}, {"seed", r["seed"].as<uint64_t>()}};
+  recipe_to_command(r, cmd);
   const std::optional<Checkpoint> ck = resume_checkpoint(r, "train", cmd);
   // Checkpoints written before --arch were all of the MLP.
   if (!cmd.contains("arch")) cmd.update({{"arch", "mlp"}, {"width", 1.0}, {"limit_train", 0}, {"limit_test", 0}});
@@ -86,17 +88,30 @@ int run_train(int argc, char** argv) {
   if (st.interrupted) return report_interrupted(r, st, topt);
   const auto& stats = st.history;
   const double secs = seconds_since(t0);
-  io::save_model(*model, out, {{"accuracy", fmt::format("{:.2f}", stats.back().test_accuracy)}});
-  json j = {{"accuracy", stats.back().test_accuracy}, {"seconds", secs}, {"model_bytes", file_bytes(out)}, {"model", out}};
+  io::save_model(*model, out, {{"accuracy", fmt::format("{:.2f}", st.test_accuracy)}});
+  json j = {{"accuracy", st.test_accuracy}, {"seconds", secs}, {"model_bytes", file_bytes(out)}, {"model", out}};
   json epochs_j = json::array();
   std::string summary;
   for (size_t e = 0; e < stats.size(); ++e) {
-    epochs_j.push_back({{"epoch", e + 1}, {"loss", stats[e].loss}, {"accuracy", stats[e].test_accuracy}, {"seconds", stats[e].seconds}});
-    summary += fmt::format("epoch {:>2}  loss {:.4f}  test accuracy {:.2f}%  ({:.1f} s)\n", e + 1, stats[e].loss,
-                           stats[e].test_accuracy, stats[e].seconds);
+    json ej = {{"epoch", e + 1}, {"loss", stats[e].loss}, {"seconds", stats[e].seconds}};
+    if (stats[e].val_accuracy >= 0) {
+      ej["validation_accuracy"] = stats[e].val_accuracy;
+      summary += fmt::format("epoch {:>2}  loss {:.4f}  validation accuracy {:.2f}%  ({:.1f} s)\n", e + 1, stats[e].loss,
+                             stats[e].val_accuracy, stats[e].seconds);
+    } else {
+      ej["accuracy"] = stats[e].test_accuracy;
+      summary += fmt::format("epoch {:>2}  loss {:.4f}  test accuracy {:.2f}%  ({:.1f} s)\n", e + 1, stats[e].loss,
+                             stats[e].test_accuracy, stats[e].seconds);
+    }
+    epochs_j.push_back(ej);
   }
   j["epochs"] = epochs_j;
-  summary += fmt::format("float model: test accuracy {:.2f}%, {} bytes, {:.1f} s -> {}\n", stats.back().test_accuracy,
+  if (st.best_epoch > 0) {
+    j["best_epoch"] = st.best_epoch;
+    j["validation_accuracy"] = st.best_val_accuracy;
+    summary += fmt::format("best validation epoch {} ({:.2f}%): its weights are kept\n", st.best_epoch, st.best_val_accuracy);
+  }
+  summary += fmt::format("float model: test accuracy {:.2f}%, {} bytes, {:.1f} s -> {}\n", st.test_accuracy,
                          file_bytes(out), secs, out);
   finish(r, j, summary);
   return 0;
