@@ -143,6 +143,8 @@ void check_model_fits(nn::Module& model, const io::Dataset& data, const std::str
   if (ev.classes != data.num_classes)
     throw std::runtime_error(fmt::format("{}: the model gives {} outputs per sample, but the data has {} classes", path,
                                          ev.classes, data.num_classes));
+}
+
 // ---- Architectures ----
 
 void check_arch_name(const std::string& arch) {

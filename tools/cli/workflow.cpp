@@ -364,7 +364,9 @@ bool takes_images(const nn::Module& model) {
 }
 
 quant::Evaluation evaluate(nn::Module& model, const io::Dataset& data, int64_t batch_size) {
-  io::DataLoader loader(data, {.batch_size = batch_size, .shuffle = false, .as_images = takes_images(model)});
+  const bool images = takes_images(model);
+  if (batch_size == 0) batch_size = images ? 200 : 1000;
+  io::DataLoader loader(data, {.batch_size = batch_size, .shuffle = false, .as_images = images});
   io::Batch batch;
   return quant::evaluate(model, [&](Tensor& inputs, Tensor& labels) {
     if (!loader.next(batch)) return false;
