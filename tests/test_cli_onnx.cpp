@@ -144,7 +144,7 @@ TEST_CASE("cli export and import: bad arguments and files are refused with one l
   // Not an ONNX file; not a model file.
   const std::string bad = temp_path("bad.onnx");
   std::ofstream(bad) << "not a model";
-  expect_one_line_error(tinyqat("import --onnx " + bad + " --out " + temp_path("y.safetensors")), 2, "not an ONNX model");
+  expect_one_line_error(tinyqat("import --onnx " + bad + " --out " + temp_path("y.safetensors")), 1, "not an ONNX model");
   expect_one_line_error(tinyqat("export --model " + bad + " --out " + temp_path("y.onnx")), 1, bad);
   CHECK_FALSE(fs::exists(temp_path("y.onnx")));
   CHECK_FALSE(fs::exists(temp_path("y.safetensors")));
