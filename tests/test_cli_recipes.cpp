@@ -4,6 +4,8 @@
 // images, so each run takes a moment.
 #include <catch2/catch.hpp>
 
+#include "test_files.h"
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -21,12 +23,7 @@ using json = nlohmann::json;
 
 std::string binary() { return std::string(TINYQAT_BINARY_DIR) + "/tinyqat"; }
 
-std::string read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string read_all(const std::string& path) { return tq_test::read_bytes(path); }
 
 struct Dir {
   std::string path;

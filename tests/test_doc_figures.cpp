@@ -4,6 +4,8 @@
 // non-finite coordinates, and what the program draws today byte for byte.
 #include <catch2/catch.hpp>
 
+#include "test_files.h"
+
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 #include <unistd.h>
@@ -22,12 +24,7 @@ namespace {
 
 const fs::path kRoot = fs::path(TINYQAT_GOLDEN_DIR).parent_path().parent_path();
 
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string read_text(const fs::path& p) { return tq_test::read_bytes(p.string()); }
 
 std::set<std::string> committed_figures() {
   std::set<std::string> names;
@@ -43,10 +40,10 @@ TEST_CASE("doc figures: every picture is well-formed SVG with a title and is sho
   REQUIRE(names.size() >= 7);
   std::string pages;
   for (const auto& e : fs::directory_iterator(kRoot / "docs"))
-    if (e.path().extension() == ".md") pages += read_file(e.path());
+    if (e.path().extension() == ".md") pages += read_text(e.path());
   for (const std::string& name : names) {
     INFO(name);
-    const std::string text = read_file(kRoot / "docs" / "figures" / name);
+    const std::string text = read_text(kRoot / "docs" / "figures" / name);
     xmlDocPtr doc = xmlReadMemory(text.data(), static_cast<int>(text.size()), name.c_str(), "UTF-8",
                                   XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
     CHECK(doc != nullptr);
@@ -78,7 +75,7 @@ TEST_CASE("doc figures: the committed pictures are what tinyqat-figures draws", 
   CHECK(drawn == committed_figures());  // no picture missing, none stale
   for (const std::string& name : drawn) {
     INFO(name << ": regenerate with build/tinyqat-figures --svg docs/figures");
-    CHECK(read_file(dir / name) == read_file(kRoot / "docs" / "figures" / name));
+    CHECK(read_text(dir / name) == read_text(kRoot / "docs" / "figures" / name));
   }
   fs::remove_all(dir);
 }

@@ -2,6 +2,8 @@
 // exists, and every function it names as `name()` exists in the sources.
 #include <catch2/catch.hpp>
 
+#include "test_files.h"
+
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -17,12 +19,7 @@ namespace {
 
 const fs::path kRoot = fs::path(TINYQAT_GOLDEN_DIR).parent_path().parent_path();
 
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string read_text(const fs::path& p) { return tq_test::read_bytes(p.string()); }
 
 // All text of the code a doc may name: sources, tools, examples, tests, benches, scripts.
 const std::string& all_code() {
@@ -33,7 +30,7 @@ const std::string& all_code() {
       for (auto& e : fs::recursive_directory_iterator(kRoot / dir)) {
         const auto ext = e.path().extension().string();
         if (e.is_regular_file() && (ext == ".h" || ext == ".cpp" || ext == ".sh" || ext == ".py" || ext == ".txt"))
-          t += read_file(e.path()) + "\n";
+          t += read_text(e.path()) + "\n";
       }
     }
     return t;
@@ -53,7 +50,7 @@ TEST_CASE("docs: every linked or named file exists, every named function exists"
   int files_checked = 0, symbols_checked = 0;
   for (auto& e : fs::directory_iterator(kRoot / "docs")) {
     if (e.path().extension() != ".md") continue;
-    const std::string doc = read_file(e.path());
+    const std::string doc = read_text(e.path());
     const std::string name = e.path().filename().string();
     // Markdown links to local files: [text](target), relative to docs/.
     const std::regex link(R"(\]\(([^)#\s]+)(#[^)]*)?\))");
@@ -111,7 +108,7 @@ std::set<int> equations_of(const std::string& page) {
   std::set<int> eqs;
   const fs::path p = kRoot / "docs" / page;
   if (fs::exists(p)) {
-    const std::string doc = read_file(p);
+    const std::string doc = read_text(p);
     const std::regex numbered(R"(\((\d+)\)[ \t]*(\|[ \t]*)?(\r?\n|$))");
     for (std::sregex_iterator it(doc.begin(), doc.end(), numbered), end; it != end; ++it)
       eqs.insert(std::stoi((*it)[1]));
@@ -125,7 +122,7 @@ std::string page_of_file(const fs::path& file) {
   static const std::regex page(R"(docs/([A-Za-z0-9_-]+\.md))");
   auto leading = [&](const fs::path& p) -> std::string {
     if (!fs::exists(p)) return "";
-    std::istringstream in(read_file(p));
+    std::istringstream in(read_text(p));
     std::smatch m;
     for (std::string line; std::getline(in, line) && line.rfind("//", 0) == 0;)
       if (std::regex_search(line, m, page)) return m[1];
@@ -177,7 +174,7 @@ TEST_CASE("docs: every equation a code comment cites exists on its page", "[docs
   int cited = 0;
   for (const fs::path& file : files) {
     const std::string file_page = page_of_file(file);
-    std::istringstream in(read_file(file));
+    std::istringstream in(read_text(file));
     std::string comment_page;  // the last page named in the current block of // lines
     int line_no = 0;
     for (std::string line; std::getline(in, line);) {

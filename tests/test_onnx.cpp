@@ -24,16 +24,7 @@ namespace {
 const std::string kFixture = std::string(TINYQAT_GOLDEN_DIR) + "/onnx_mlp.onnx";
 
 // max |a - b| / max |b|
-double relative_difference(const Tensor& a, const Tensor& b) {
-  const auto x = to_vector(a), y = to_vector(b);
-  REQUIRE(x.size() == y.size());
-  double diff = 0, top = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    diff = std::max(diff, std::fabs(double{x[i]} - double{y[i]}));
-    top = std::max(top, std::fabs(double{y[i]}));
-  }
-  return diff / top;
-}
+double relative_difference(const Tensor& a, const Tensor& b) { return golden::compare(a, b).relative_error; }
 
 double accuracy(nn::Module& m, const io::Dataset& data) {
   NoGradGuard no_grad;

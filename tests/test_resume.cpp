@@ -3,6 +3,8 @@
 // straight through (docs/reliability.md).
 #include <catch2/catch.hpp>
 
+#include "test_files.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
@@ -22,12 +24,7 @@ namespace {
 
 std::string binary() { return std::string(TINYQAT_BINARY_DIR) + "/tinyqat"; }
 
-std::string read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string read_all(const std::string& path) { return tq_test::read_bytes(path); }
 
 int run(const std::string& args, const std::string& dir) {
   const std::string cmd = binary() + " " + args + " --threads 1 > " + dir + "/stdout.txt 2> " + dir + "/stderr.txt";

@@ -223,6 +223,21 @@ int check_bits(int b, const char* what) {
   return b;
 }
 
+std::vector<std::pair<int, int>> parse_configs(const std::string& text) {
+  std::vector<std::pair<int, int>> configs;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    int w = 0, a = 0;
+    char tail = 0;
+    if (std::sscanf(item.c_str(), "w%da%d%c", &w, &a, &tail) != 2 && std::sscanf(item.c_str(), "W%dA%d%c", &w, &a, &tail) != 2)
+      throw UsageError(fmt::format("--configs: '{}' is not of the form w4a8", item));
+    configs.emplace_back(check_bits(w, "--configs: weight bits"), check_bits(a, "--configs: activation bits"));
+  }
+  if (configs.empty()) throw UsageError("--configs is empty: give at least one WxAy, e.g. w4a8");
+  return configs;
+}
+
 Bits parse_bits(const cxxopts::ParseResult& r, const std::string& backend) {
   Bits b;
   b.activation = backend == "qnnpack" ? 8 : 7;

@@ -103,6 +103,9 @@ struct Bits {
 // `b` itself, or a UsageError naming `what` when it is outside 2..8.
 int check_bits(int b, const char* what);
 Bits parse_bits(const cxxopts::ParseResult& r, const std::string& backend);
+// --configs "w8a8,w4a8" -> {(8, 8), (4, 8)} (also "W4A8"); a UsageError naming
+// --configs for a malformed entry, bits outside 2..8 or an empty list.
+std::vector<std::pair<int, int>> parse_configs(const std::string& text);
 // Applies "fc1=8,fc2=w4a8,fc3=float" with `make(weight_bits, activation_bits)`.
 void apply_layer_bits(nn::Module& model, const std::string& spec,
                       const std::function<quant::QConfigPtr(int, int)>& make);

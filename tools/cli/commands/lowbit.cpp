@@ -21,22 +21,6 @@ namespace tq::cli {
 
 namespace {
 
-// "w8a8,w4a8" -> {(8, 8), (4, 8)}.
-std::vector<std::pair<int, int>> parse_configs(const std::string& text) {
-  std::vector<std::pair<int, int>> configs;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    int w = 0, a = 0;
-    char tail = 0;
-    if (std::sscanf(item.c_str(), "w%da%d%c", &w, &a, &tail) != 2 && std::sscanf(item.c_str(), "W%dA%d%c", &w, &a, &tail) != 2)
-      throw UsageError(fmt::format("--configs: '{}' is not of the form w4a8", item));
-    configs.emplace_back(check_bits(w, "weight bits"), check_bits(a, "activation bits"));
-  }
-  if (configs.empty()) throw UsageError("--configs is empty: give at least one WxAy, e.g. w4a8");
-  return configs;
-}
-
 struct Result {
   double accuracy = 0, fake_quant_accuracy = 0, agreement = 0;
   int64_t bytes = 0;

@@ -56,21 +56,6 @@ std::vector<uint64_t> parse_seeds(const std::string& text) {
   return seeds;
 }
 
-// "w4a4,w8a8" -> {(4, 4), (8, 8)}.
-std::vector<std::pair<int, int>> parse_configs(const std::string& text) {
-  std::vector<std::pair<int, int>> configs;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    int w = 0, a = 0;
-    char tail = 0;
-    if (std::sscanf(item.c_str(), "w%da%d%c", &w, &a, &tail) != 2 && std::sscanf(item.c_str(), "W%dA%d%c", &w, &a, &tail) != 2)
-      throw UsageError(fmt::format("--configs: '{}' is not of the form w4a4", item));
-    configs.emplace_back(check_bits(w, "weight bits"), check_bits(a, "activation bits"));
-  }
-  return configs;
-}
-
 // Splits options at white space (no quoting: tinyqat's options need none).
 std::vector<std::string> split_words(const std::string& text) {
   std::vector<std::string> words;
