@@ -75,7 +75,10 @@ const Pattern* find_pattern(const std::vector<std::shared_ptr<nn::Module>>& run)
   for (const Pattern& p : patterns()) {
     if (p.types.size() != run.size()) continue;
     bool match = true;
-    for (size_t i = 0; i < run.size() && match; ++i) match = p.types[i] == std::type_index(typeid(*run[i]));
+    for (size_t i = 0; i < run.size() && match; ++i) {
+      const nn::Module& m = *run[i];
+      match = p.types[i] == std::type_index(typeid(m));
+    }
     if (match) return &p;
   }
   return nullptr;

@@ -88,7 +88,7 @@ class QuantizedAdd : public nn::Module, public QuantizedLayer {
 
   using nn::Module::forward;
   // a, b: u8 quantized per tensor, one shape -> u8 with output_qparams.
-  Tensor forward(const Tensor& a, const Tensor& b);
+  Tensor forward(const Tensor& a, const Tensor& b) override;
   std::string type_name() const override { return std::string("QuantizedAdd") + fused_activation_suffix(activation_); }
   std::string extra_repr() const override;
 
