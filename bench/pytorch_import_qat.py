@@ -16,7 +16,6 @@ it with torch.onnx.export. Then, outside this script:
 Needs Debian's python3-torch; the tests and the build never run it.
 """
 import argparse
-import gzip
 import os
 import sys
 import time
@@ -25,23 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-DATA = "/usr/share/datasets/fashion-mnist"
-MEAN, STD = 0.2860, 0.3530
-
-
-def read_idx(name):
-    with gzip.open(os.path.join(DATA, name), "rb") as fh:
-        raw = fh.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def normalise(images):
-    # tinyqat's loader: computed in double, rounded once to float.
-    lut = ((np.arange(256, dtype=np.float64) / 255.0 - np.float64(np.float32(MEAN))) /
-           np.float64(np.float32(STD))).astype(np.float32)
-    return lut[images.reshape(len(images), -1)]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+from fashion_mnist import normalise, read_idx  # noqa: E402
 
 
 class MLP(nn.Module):

@@ -12,7 +12,6 @@ Not a test. Needs Debian's python3-numpy and python3-onnx, a build, and
 scripts/setup.sh's ONNX Runtime.
   /usr/bin/python3 scripts/onnx_dynamic_replay.py MODEL.safetensors MODEL.onnx
 """
-import gzip
 import os
 import struct
 import subprocess
@@ -24,7 +23,9 @@ import onnx
 from onnx import numpy_helper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from fashion_mnist import normalise, read_idx  # noqa: E402
+
 f32 = np.float32
 
 
@@ -47,13 +48,11 @@ def layer(x, w, name, tinyqat):
 
 def main(model, onnx_path):
     w = {t.name: numpy_helper.to_array(t) for t in onnx.load(onnx_path).graph.initializer}
-    raw = gzip.open(DATA).read()
-    images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 784)
-    lut = ((np.arange(256, dtype=np.float64) / 255.0 - np.float64(f32(0.2860))) / np.float64(f32(0.3530))).astype(f32)
+    images = normalise(read_idx("t10k-images-idx3-ubyte.gz"))
     tmp = tempfile.mkdtemp()
     count = dict(tinyqat=0, runtime=0, codes=0, values=0)
     for b in range(len(images) // 1000):
-        x = lut[images[b * 1000:(b + 1) * 1000]]
+        x = images[b * 1000:(b + 1) * 1000]
         np.save(os.path.join(tmp, "x.npy"), x)
         subprocess.run([os.path.join(ROOT, "build", "tinyqat"), "run", "--model", model, "--input",
                         os.path.join(tmp, "x.npy"), "--out", os.path.join(tmp, "y.npy")], check=True, capture_output=True)

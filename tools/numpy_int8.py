@@ -27,13 +27,14 @@ code uses (float32 where it uses float, float64 where it uses double), in the
 same order, so the integers come out the same.
 """
 import argparse
-import gzip
 import json
 import math
 import os
 import sys
 
 import numpy as np
+
+from fashion_mnist import normalise, read_idx  # beside this file: the loader's input normalisation
 
 F32 = np.float32
 
@@ -197,25 +198,12 @@ def int8_forward(model, tensors, images):
 
 # ---- Fashion-MNIST test images, normalised as the data loader does ----
 
-MEAN, STD = F32(0.2860), F32(0.3530)  # kFashionMnistMean / kFashionMnistStd
-
-
-def read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
 def load_test_set(directory, limit):
     images = read_idx(os.path.join(directory, "t10k-images-idx3-ubyte.gz"))
     labels = read_idx(os.path.join(directory, "t10k-labels-idx1-ubyte.gz"))
     if limit:
         images, labels = images[:limit], labels[:limit]
-    # (v / 255 - mean) / std in double, rounded once to float (src/io/data_loader.cpp)
-    lut = ((np.arange(256) / 255.0 - float(MEAN)) / float(STD)).astype(F32)
-    return lut[images.reshape(len(images), -1)], labels.astype(np.int64)
+    return normalise(images), labels.astype(np.int64)
 
 
 def command_eval(args):

@@ -21,8 +21,7 @@ from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from generate import GoldenFile  # noqa: E402
-from generate_onnx import normalise, read_idx  # noqa: E402
+from generate_onnx import export_with_outputs, normalise, read_idx, train_briefly  # noqa: E402
 
 
 class CNN(nn.Module):
@@ -60,32 +59,15 @@ def main():
     y_train = torch.from_numpy(read_idx("train-labels-idx1-ubyte.gz").astype("int64"))
     x_test = normalise(read_idx("t10k-images-idx3-ubyte.gz")).reshape(-1, 1, 28, 28)
     model = CNN()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    perm = torch.randperm(len(x_train))
-    for step in range(200):  # 200 batches of 64
-        idx = perm[step * 64:(step + 1) * 64]
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
-        loss.backward()
-        opt.step()
-    model.eval()
-    path = os.path.join(HERE, "onnx_cnn.onnx")
+    loss = train_briefly(model, x_train, y_train, 200)
     # PyTorch folds bn1 and bn2 into their convolutions; bn3 (after a ReLU)
     # stays a BatchNormalization node. A padded AvgPool2d would be written as
     # Pad + AveragePool, which the importer does not read: the pool here has
     # no padding.
-    torch.onnx.export(model, torch.zeros(1, 1, 28, 28), path, input_names=["input"], output_names=["output"],
-                      dynamic_axes={"input": {0: "N"}, "output": {0: "N"}}, opset_version=13)
-    inputs = torch.from_numpy(x_test[:16].copy())
-    with torch.no_grad():
-        outputs = model(inputs)
-    g = GoldenFile("onnx_cnn.txt")
-    g.comment("A small CNN trained briefly by PyTorch %s and exported as onnx_cnn.onnx." % torch.__version__)
-    g.comment("inputs: the first 16 Fashion-MNIST test images, normalised, (16, 1, 28, 28); outputs: PyTorch's logits.")
-    g.f32("inputs", inputs, exact=True)
-    g.f32("outputs", outputs)
-    g.write()
-    print("wrote onnx_cnn.onnx %d bytes; last training loss %.3f" % (os.path.getsize(path), loss.item()))
+    size = export_with_outputs(model, "onnx_cnn", (1, 1, 28, 28), x_test[:16], [
+        "A small CNN trained briefly by PyTorch %s and exported as onnx_cnn.onnx." % torch.__version__,
+        "inputs: the first 16 Fashion-MNIST test images, normalised, (16, 1, 28, 28); outputs: PyTorch's logits."])
+    print("wrote onnx_cnn.onnx %d bytes; last training loss %.3f" % (size, loss))
 
 
 if __name__ == "__main__":
