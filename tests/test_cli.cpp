@@ -49,25 +49,12 @@ void write_bytes(const std::string& p, const std::string& bytes) {
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
-struct Run {
-  int status = -1;  // exit status; 128 + signal when killed by one
-  std::string out, err;
-};
+using tq_test::Run;
 
 // Runs `tinyqat ARGS` with stdout and stderr captured (stdin closed).
 Run tinyqat(const std::string& args) {
-  const std::string binary = std::string(TINYQAT_BINARY_DIR) + "/tinyqat";
-  REQUIRE(fs::exists(binary));
-  static int counter = 0;
-  const std::string out = temp_path("stdout_" + std::to_string(counter)), err = temp_path("stderr_" + std::to_string(counter));
-  ++counter;
-  const std::string cmd = binary + " " + args + " >" + out + " 2>" + err + " </dev/null";
-  const int s = std::system(cmd.c_str());
-  Run r;
-  r.status = WIFEXITED(s) ? WEXITSTATUS(s) : WIFSIGNALED(s) ? 128 + WTERMSIG(s) : -1;
-  r.out = read_bytes(out);
-  r.err = read_bytes(err);
-  return r;
+  REQUIRE(fs::exists(std::string(TINYQAT_BINARY_DIR) + "/tinyqat"));
+  return tq_test::run_tinyqat(args, "cli");
 }
 
 // The one JSON object a --json run prints (and nothing else on stdout).

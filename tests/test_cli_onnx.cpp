@@ -32,23 +32,11 @@ std::string temp_path(const std::string& name) { return (tq_test::scratch_dir("c
 
 const std::string kFixture = std::string(TINYQAT_GOLDEN_DIR) + "/onnx_mlp.onnx";
 
-struct Run {
-  int status = -1;
-  std::string out, err;
-};
+using tq_test::Run;
 
 Run tinyqat(const std::string& args) {
-  const std::string binary = std::string(TINYQAT_BINARY_DIR) + "/tinyqat";
-  REQUIRE(fs::exists(binary));
-  static int counter = 0;
-  const std::string out = temp_path("stdout_" + std::to_string(counter)), err = temp_path("stderr_" + std::to_string(counter));
-  ++counter;
-  const int s = std::system((binary + " " + args + " >" + out + " 2>" + err + " </dev/null").c_str());
-  Run r;
-  r.status = WIFEXITED(s) ? WEXITSTATUS(s) : WIFSIGNALED(s) ? 128 + WTERMSIG(s) : -1;
-  r.out = tq_test::read_bytes(out);
-  r.err = tq_test::read_bytes(err);
-  return r;
+  REQUIRE(fs::exists(std::string(TINYQAT_BINARY_DIR) + "/tinyqat"));
+  return tq_test::run_tinyqat(args, "cli_onnx");
 }
 
 json json_of(const Run& r) {

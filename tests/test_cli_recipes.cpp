@@ -38,7 +38,7 @@ struct Dir {
 int run(const std::string& args, const Dir& dir) {
   const std::string cmd = binary() + " " + args + " --threads 1 > " + dir / "stdout.txt" + " 2> " + dir / "stderr.txt";
   const int status = std::system(cmd.c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return tq_test::exit_code(status);
 }
 
 json run_json(const std::string& args, const Dir& dir) {

@@ -6,18 +6,15 @@
 #include <cstdio>
 #include <string>
 
+#include "test_files.h"
+
 #ifndef TINYQAT_BINARY_DIR
 #define TINYQAT_BINARY_DIR "build"
 #endif
 
 TEST_CASE("example mobilenet_v2_dynamic: quantizes the classifier and prints both models' figures", "[examples][cnn]") {
-  const std::string cmd = std::string(TINYQAT_BINARY_DIR) + "/examples/mobilenet_v2_dynamic 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  const int status = pclose(p);
+  int status = -1;
+  const std::string out = tq_test::capture(std::string(TINYQAT_BINARY_DIR) + "/examples/mobilenet_v2_dynamic 2>&1", &status);
   INFO(out);
   REQUIRE(status == 0);
   REQUIRE(out.find("no weights file given") != std::string::npos);

@@ -28,6 +28,8 @@
 #include <string>
 #include <vector>
 
+#include "test_files.h"
+
 namespace fs = std::filesystem;
 
 namespace {
@@ -98,15 +100,7 @@ std::string resolve(std::string cmd, const std::string& python) {
 
 std::string run(const std::string& cmd, int* status) {
   const std::string full = "cd '" + kRoot.string() + "' && bash -c '" + std::regex_replace(cmd, std::regex("'"), "'\\''") + "' 2>&1";
-  FILE* p = popen(full.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int st = pclose(p);
-  *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return out;
+  return tq_test::capture(full, status);
 }
 
 // Splits a line into alternating text and numbers.

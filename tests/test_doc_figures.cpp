@@ -68,7 +68,8 @@ TEST_CASE("doc figures: the committed pictures are what tinyqat-figures draws", 
   REQUIRE(fs::exists(program));
   const fs::path dir = fs::temp_directory_path() / ("tinyqat_figures_" + std::to_string(::getpid()));
   fs::create_directories(dir);
-  const std::string cmd = "'" + program.string() + "' --svg '" + dir.string() + "'";
+  std::string cmd = "'";  // appended piece by piece: GCC 12 misreads "x" + std::string&& (-Wrestrict)
+  cmd += program.string() + "' --svg '" + dir.string() + "'";
   REQUIRE(std::system(cmd.c_str()) == 0);
   std::set<std::string> drawn;
   for (const auto& e : fs::directory_iterator(dir)) drawn.insert(e.path().filename().string());

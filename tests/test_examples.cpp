@@ -10,20 +10,13 @@
 #include <sstream>
 #include <string>
 
+#include "test_files.h"
+
 namespace {
 
 // Runs build/examples/<name>, returns stdout; the exit status goes to *status.
 std::string run_example(const std::string& name, int* status) {
-  const std::string cmd = std::string(TINYQAT_BINARY_DIR) + "/examples/" + name + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int st = pclose(p);
-  *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return out;
+  return tq_test::capture(std::string(TINYQAT_BINARY_DIR) + "/examples/" + name + " 2>&1", status);
 }
 
 // "name[i] = value" and "name[i][j] = value" lines (the last number after '=').
@@ -104,7 +97,7 @@ TEST_CASE("example int8_walkthrough: every printed number checks out", "[example
     const double s_acc = static_cast<double>(s_x) * s_w;
     const double b_q = std::nearbyint(b[n] / s_acc);  // eq. 12
     const double acc = static_cast<double>(raw) - z_x * static_cast<double>(rowsum) + b_q;
-    const std::string i = "[" + std::to_string(n) + "]";
+    const std::string i = std::string(1, '[').append(std::to_string(n)).append("]");
     CHECK(v.at("raw" + i) == static_cast<double>(raw));
     CHECK(v.at("correction" + i) == z_x * static_cast<double>(rowsum));
     CHECK(v.at("b_q" + i) == b_q);

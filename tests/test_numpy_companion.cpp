@@ -36,13 +36,8 @@ std::string python_with_numpy() {
 
 // Runs a shell command, returns its stdout; REQUIREs exit status 0.
 std::string run(const std::string& cmd) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
+  int status = -1;
+  const std::string out = tq_test::capture(cmd + " 2>&1", &status);
   INFO("command: " << cmd << "\noutput:\n" << out);
   REQUIRE(status == 0);
   return out;

@@ -29,7 +29,7 @@ std::string read_all(const std::string& path) { return tq_test::read_bytes(path)
 int run(const std::string& args, const std::string& dir) {
   const std::string cmd = binary() + " " + args + " --threads 1 > " + dir + "/stdout.txt 2> " + dir + "/stderr.txt";
   const int status = std::system(cmd.c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return tq_test::exit_code(status);
 }
 
 }  // namespace

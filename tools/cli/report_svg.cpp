@@ -166,7 +166,7 @@ void Chart::label(double x, double y_px, const std::string& text, const std::str
                           anchor, colour);
   if (weight != "normal") overlay_ += fmt::format(R"( font-weight="{}")", weight);
   if (rotate != 0) overlay_ += fmt::format(R"~( transform="rotate({} {} {})")~", rotate, num(X), num(y_px));
-  overlay_ += ">" + escape(text) + "</text>\n";
+  overlay_.append(">").append(escape(text)).append("</text>\n");
 }
 
 std::string Chart::marker_svg(double X, double Y, char shape, const std::string& colour) {

@@ -87,7 +87,7 @@ std::string self_path() {
 // Runs `tinyqat <args> --json`, returns its JSON; an error names the command line.
 json run_json(const std::vector<std::string>& args, const std::string& workdir) {
   std::string line = shell_quote(self_path());
-  for (const std::string& a : args) line += " " + shell_quote(a);
+  for (const std::string& a : args) line.append(" ").append(shell_quote(a));
   const std::string out = workdir + "/sweep_stdout.json", err = workdir + "/sweep_stderr.txt";
   const int status = std::system((line + " --json > " + shell_quote(out) + " 2> " + shell_quote(err)).c_str());
   auto read = [](const std::string& path) {
@@ -202,7 +202,7 @@ int run_sweep(int argc, char** argv) {
   }
 
   std::string seeds_text;
-  for (size_t i = 0; i < seeds.size(); ++i) seeds_text += (i ? "," : "") + std::to_string(seeds[i]);
+  for (size_t i = 0; i < seeds.size(); ++i) seeds_text.append(i ? "," : "").append(std::to_string(seeds[i]));
   std::string s = fmt::format("\n{} seed(s): {}\n\n| row | ", seeds.size(), seeds_text);
   for (uint64_t seed : seeds) s += fmt::format("seed {} | ", seed);
   s += "mean ± sd | worst | worst against float | lowest agreement |\n|---|";
