@@ -386,3 +386,71 @@ TEST_CASE("pooling on u8: max exact, average with integer rounding", "[int8_conv
     CHECK(bad == 0);
   }
 }
+
+TEST_CASE("im2col_u8 equals im2col_u8_reference byte for byte on edge shapes", "[int8_conv]") {
+  std::mt19937 rng(11);
+  int64_t checked = 0;
+  // Channel counts around every run length copy_run switches at (kernel_w * C
+  // from 1 to 3 * 35 bytes), kernels 1-5, stride 1-2, padding 0-2, dilation 1-2.
+  for (int64_t c : {1, 2, 3, 4, 5, 7, 8, 11, 16, 21, 22, 32, 35})
+    for (int64_t k : {1, 2, 3, 5})
+      for (int64_t stride : {1, 2})
+        for (int64_t pad : {0, 1, 2})
+          for (int64_t dilation : {1, 2}) {
+            tq::Conv2dShapeU8 s;
+            s.batch = c % 2 == 0 ? 1 : 2;
+            s.in_h = 7;
+            s.in_w = 6 + c % 3;
+            s.in_channels = c;
+            s.kernel_h = k;
+            s.kernel_w = k == 5 ? 3 : k;
+            s.stride_h = stride;
+            s.stride_w = stride;
+            s.pad_h = std::min<int64_t>(pad, k - 1);
+            s.pad_w = std::min<int64_t>(pad, s.kernel_w - 1);
+            s.dilation_h = s.dilation_w = dilation;
+            if (s.in_h + 2 * s.pad_h < dilation * (s.kernel_h - 1) + 1) continue;
+            if (s.in_w + 2 * s.pad_w < dilation * (s.kernel_w - 1) + 1) continue;
+            const auto x = random_u8(rng, static_cast<size_t>(s.batch * s.in_h * s.in_w * c));
+            const size_t n = static_cast<size_t>(s.batch * s.out_h() * s.out_w() * s.patch_size());
+            std::vector<uint8_t> fast(n, 1), ref(n, 2);
+            const uint8_t zp = static_cast<uint8_t>(rng() % 256);
+            tq::im2col_u8(x.data(), s, zp, fast.data());
+            tq::im2col_u8_reference(x.data(), s, zp, ref.data());
+            INFO("c=" << c << " k=" << k << " stride=" << stride << " pad=" << pad << " dilation=" << dilation);
+            REQUIRE(fast == ref);
+            ++checked;
+          }
+  CHECK(checked > 400);
+}
+
+TEST_CASE("max_pool2d_u8 equals max_pool2d_u8_reference byte for byte on edge shapes", "[int8_conv]") {
+  std::mt19937 rng(12);
+  int64_t checked = 0;
+  // Every channel count mod 16 (the SSE2 width) from 1 to 35, and 64.
+  std::vector<int64_t> channels;
+  for (int64_t c = 1; c <= 35; ++c) channels.push_back(c);
+  channels.push_back(64);
+  for (int64_t c : channels)
+    for (int64_t k : {2, 3})
+      for (int64_t stride : {1, 2})
+        for (int64_t pad : {0, 1}) {
+          tq::Pool2dShapeU8 s;
+          s.batch = c % 2 + 1;
+          s.in_h = 5 + c % 4;  // odd and even sizes
+          s.in_w = 7 - c % 3;
+          s.channels = c;
+          s.kernel_h = s.kernel_w = k;
+          s.stride_h = s.stride_w = stride;
+          s.pad_h = s.pad_w = pad;
+          const auto x = random_u8(rng, static_cast<size_t>(s.batch * s.in_h * s.in_w * c));
+          const size_t n = static_cast<size_t>(s.batch * s.out_h() * s.out_w() * c);
+          std::vector<uint8_t> fast(n, 1), ref(n, 2);
+          tq::max_pool2d_u8(x.data(), s, fast.data());
+          tq::max_pool2d_u8_reference(x.data(), s, ref.data());
+          INFO("c=" << c << " k=" << k << " stride=" << stride << " pad=" << pad);
+          REQUIRE(fast == ref);
+          ++checked;
+        }
+  CHECK(checked == 36 * 8);
+}

@@ -11,12 +11,16 @@
 #include <random>
 #include <vector>
 
+#include "autograd/functions.h"
+#include "autograd/pool_ops.h"
 #include "io/model_file.h"
 #include "nn/activation.h"
 #include "nn/sequential.h"
 #include "quant/quantize.h"
 #include "quant/quantized_conv.h"
 #include "quant/quantized_pool.h"
+#include "tensor/channels_last.h"
+#include "tensor/ops.h"
 #include "tensor/random.h"
 #include "tensor/tensor.h"
 
@@ -272,4 +276,52 @@ TEST_CASE("quantized pooling modules and Flatten keep the tensor quantized", "[q
   std::remove(path.c_str());
   CHECK(loaded->repr() == seq.repr());
   CHECK(tq::to_vector(loaded->forward(x)) == tq::to_vector(seq.forward(x)));
+}
+
+TEST_CASE("quantized layers hand channels-last activations on without changing a value", "[quantized_conv]") {
+  // A quantized convolution returns its (N, C, H, W) output with NHWC memory
+  // (tensor/channels_last.h); the next quantized layer, max pooling and
+  // Flatten take it as it is. Every value must be the one of the NCHW path.
+  tq::Generator g(17);
+  const QParams iq = per_tensor_affine(0.03f, 90), mq = per_tensor_affine(0.05f, 20), oq = per_tensor_affine(0.08f, 100);
+  tq::quant::Conv2dGeometry geo;
+  geo.pad_h = geo.pad_w = 1;
+  const Tensor w1 = tq::randn(Shape{5, 3, 3, 3}, g), w2 = tq::randn(Shape{7, 5, 3, 3}, g);
+  tq::quant::QuantizedConv2d conv1(w1, Tensor(), weight_qparams(w1, true), mq, nullptr, FusedActivation::relu, geo, "c1");
+  tq::quant::QuantizedConv2d conv2(w2, Tensor(), weight_qparams(w2, false), oq, nullptr, FusedActivation::none, geo, "c2");
+  const Tensor x = tq::quant::quantize(tq::rand_uniform(Shape{2, 3, 6, 5}, -2.5, 4.5, g), iq, DType::u8);
+  REQUIRE(x.is_contiguous());
+  CHECK_FALSE(tq::is_channels_last(x));
+  const Tensor x_cl = tq::to_channels_last_bytes(x);
+  CHECK(tq::is_channels_last(x_cl));
+  CHECK(tq::to_vector(x_cl) == tq::to_vector(x));
+
+  const Tensor y1 = conv1.forward(x);
+  CHECK(tq::is_channels_last(y1));
+  CHECK(y1.shape() == (Shape{2, 5, 6, 5}));
+  CHECK(tq::to_vector(conv1.forward(x_cl)) == tq::to_vector(y1));
+  // contiguous() gives the NCHW copy with the same values and qparams.
+  const Tensor y1_nchw = tq::kernels::contiguous(y1);
+  CHECK(y1_nchw.is_contiguous());
+  CHECK(y1_nchw.qparams().zero_point[0] == 20);
+  CHECK(tq::to_vector(y1_nchw) == tq::to_vector(y1));
+  // The next convolution: the same output from either layout.
+  CHECK(tq::to_vector(conv2.forward(y1)) == tq::to_vector(conv2.forward(y1_nchw)));
+  // Max pooling (the float module's op on a quantized tensor) and Flatten.
+  tq::Pool2dOptions po;
+  po.kernel = {2, 2};
+  const Tensor p = tq::max_pool2d(y1, po);
+  CHECK(tq::is_channels_last(p));
+  CHECK(tq::to_vector(p) == tq::to_vector(tq::max_pool2d(y1_nchw, po)));
+  tq::nn::Flatten flatten;
+  const Tensor f = flatten.forward(p);
+  CHECK(f.is_quantized());
+  CHECK(f.shape() == (Shape{2, 5 * 3 * 2}));
+  CHECK(tq::to_vector(f) == tq::to_vector(flatten.forward(tq::kernels::contiguous(p))));
+  // The add: both channels-last stays so; mixed layouts give the same values.
+  tq::quant::QuantizedAdd add(oq, FusedActivation::none, "add");
+  const Tensor s1 = add.forward(y1, y1);
+  CHECK(tq::is_channels_last(s1));
+  CHECK(tq::to_vector(add.forward(y1, y1_nchw)) == tq::to_vector(s1));
+  CHECK(tq::to_vector(add.forward(y1_nchw, y1_nchw)) == tq::to_vector(s1));
 }

@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "tensor/channels_last.h"
 #include "tensor/int8_conv.h"
 #include "tensor/ops.h"
 #include "tensor/pool_kernels.h"
@@ -59,18 +60,15 @@ namespace {
 
 // Max pooling of a u8 tensor quantized per tensor, on its codes: exact, since
 // dequantization is monotone (docs/quantized_cnn.md §5); keeps the qparams.
+// The kernel works on NHWC: a channels-last input (what the quantized
+// convolutions return) is pooled in place into a channels-last output.
 Tensor max_pool2d_quantized(const Tensor& x_in, const k::Pool2dGeometry& g) {
-  const Tensor x = k::contiguous(x_in);
   Pool2dShapeU8 s;
   s.batch = g.N, s.channels = g.C, s.in_h = g.H, s.in_w = g.W;
   s.kernel_h = g.KH, s.kernel_w = g.KW, s.stride_h = g.stride_h, s.stride_w = g.stride_w, s.pad_h = g.pad_h, s.pad_w = g.pad_w;
-  thread_local std::vector<uint8_t> in, out;
-  in.resize(static_cast<size_t>(x.numel()));
-  out.resize(static_cast<size_t>(g.N * g.OH * g.OW * g.C));
-  nchw_to_nhwc_u8(x.data<uint8_t>(), g.N, g.C, g.H, g.W, in.data());
-  max_pool2d_u8(in.data(), s, out.data());
-  Tensor y = empty(g.output_shape(), DType::u8);
-  nhwc_to_nchw_u8(out.data(), g.N, g.OH, g.OW, g.C, y.data<uint8_t>());
+  const Tensor x = to_channels_last_bytes(x_in);
+  Tensor y = empty_channels_last(g.N, g.C, g.OH, g.OW, DType::u8);
+  max_pool2d_u8(static_cast<const uint8_t*>(x.raw_data()), s, static_cast<uint8_t*>(y.raw_data()));
   return with_qparams(y, x_in.impl()->qparams);
 }
 

@@ -8,6 +8,7 @@
 
 #include "quant/checks.h"
 #include "quant/quantize.h"
+#include "tensor/channels_last.h"
 #include "tensor/ops.h"
 
 namespace tq::quant {
@@ -22,8 +23,9 @@ void check_output_qparams(const std::string& name, const QParams& oq) {
   require_valid_qparams(oq, name, "output qparams");
 }
 
-// A u8 quantized per-tensor input, or a float one quantized with the recorded qparams.
-Tensor quantized_input(const std::string& name, const Tensor& x_in, const std::shared_ptr<const QParams>& iq) {
+// A u8 quantized per-tensor input, or a float one quantized with the recorded
+// qparams; in the layout it came in.
+Tensor quantized_input_as_is(const std::string& name, const Tensor& x_in, const std::shared_ptr<const QParams>& iq) {
   Tensor xq;
   if (x_in.is_quantized()) {
     xq = x_in;
@@ -41,7 +43,7 @@ Tensor quantized_input(const std::string& name, const Tensor& x_in, const std::s
   if (xq.dtype() != DType::u8 || is_per_channel(xq.qparams().scheme))
     throw std::invalid_argument(fmt::format("{}: the input must be u8 quantized per tensor, got {} {}", name,
                                             dtype_name(xq.dtype()), qscheme_name(xq.qparams().scheme)));
-  return kernels::contiguous(xq);
+  return xq;
 }
 
 }  // namespace
@@ -130,10 +132,14 @@ void QuantizedConv2d::prepare_for_input(float x_scale, int32_t x_zero_point) {
 }
 
 Tensor QuantizedConv2d::forward(const Tensor& x_in) {
-  const Tensor x = quantized_input(name, x_in, input_qparams_);
-  if (x.dim() != 4 || x.size(1) != in_channels)
+  const Tensor xq = quantized_input_as_is(name, x_in, input_qparams_);
+  if (xq.dim() != 4 || xq.size(1) != in_channels)
     throw std::invalid_argument(fmt::format("{}: input of shape {} does not match in_channels={} (expected (N, {}, H, W))",
-                                            name, x.shape().str(), in_channels, in_channels));
+                                            name, xq.shape().str(), in_channels, in_channels));
+  // The kernels read and write NHWC: a channels-last input (the output of
+  // the quantized layer before) is used as it is, any other is transposed
+  // once; the output stays channels-last for the next layer (docs/quantized_cnn.md §1).
+  const Tensor x = to_channels_last_bytes(xq);
   const QParams& iq = x.qparams();
   const int64_t N = x.size(0), H = x.size(2), W = x.size(3);
   prepare_for_input(iq.scale[0], iq.zero_point[0]);
@@ -141,11 +147,8 @@ Tensor QuantizedConv2d::forward(const Tensor& x_in) {
   const OutputRange range = fused_output_range(activation_, oq);
   const int32_t zx = iq.zero_point[0], zy = oq.zero_point[0];
   const int32_t* bias_q = bias_.defined() ? bias_q_.data() : nullptr;
-
-  thread_local std::vector<uint8_t> x_nhwc, y_nhwc;
-  x_nhwc.resize(static_cast<size_t>(x.numel()));
-  nchw_to_nhwc_u8(x.data<uint8_t>(), N, in_channels, H, W, x_nhwc.data());
-  int64_t OH = 0, OW = 0;
+  const uint8_t* x_nhwc = static_cast<const uint8_t*>(x.raw_data());
+  Tensor y;
   if (depthwise_) {
     Depthwise3x3ShapeU8 s;
     s.batch = N;
@@ -155,11 +158,9 @@ Tensor QuantizedConv2d::forward(const Tensor& x_in) {
     s.stride = geometry.stride_h;
     s.pad = geometry.pad_h;
     s.validate(name.c_str());
-    OH = s.out_h();
-    OW = s.out_w();
-    y_nhwc.resize(static_cast<size_t>(N * OH * OW * out_channels));
-    depthwise3x3_u8i8_requant(x_nhwc.data(), s, zx, taps_.data(), bias_q, multipliers_.data(), zy, range.min,
-                              range.max, y_nhwc.data());
+    y = empty_channels_last(N, out_channels, s.out_h(), s.out_w(), DType::u8);
+    depthwise3x3_u8i8_requant(x_nhwc, s, zx, taps_.data(), bias_q, multipliers_.data(), zy, range.min, range.max,
+                              static_cast<uint8_t*>(y.raw_data()));
   } else {
     Conv2dShapeU8 s;
     s.batch = N;
@@ -176,14 +177,10 @@ Tensor QuantizedConv2d::forward(const Tensor& x_in) {
     s.dilation_h = geometry.dilation_h;
     s.dilation_w = geometry.dilation_w;
     s.validate(name.c_str());
-    OH = s.out_h();
-    OW = s.out_w();
-    y_nhwc.resize(static_cast<size_t>(N * OH * OW * out_channels));
-    conv2d_u8i8_requant(x_nhwc.data(), s, zx, iq.quant_max, packed_, bias_q, multipliers_.data(), zy, range.min,
-                        range.max, y_nhwc.data(), threads);
+    y = empty_channels_last(N, out_channels, s.out_h(), s.out_w(), DType::u8);
+    conv2d_u8i8_requant(x_nhwc, s, zx, iq.quant_max, packed_, bias_q, multipliers_.data(), zy, range.min, range.max,
+                        static_cast<uint8_t*>(y.raw_data()), threads);
   }
-  Tensor y = empty(Shape{N, out_channels, OH, OW}, DType::u8);
-  nhwc_to_nchw_u8(y_nhwc.data(), N, OH, OW, out_channels, y.data<uint8_t>());
   return with_qparams(y, output_qparams_);
 }
 
@@ -220,19 +217,30 @@ QuantizedAdd::QuantizedAdd(const QParams& oq, FusedActivation activation, std::s
 Tensor QuantizedAdd::forward(const Tensor& a_in, const Tensor& b_in) {
   if (!a_in.is_quantized() || !b_in.is_quantized())
     throw std::invalid_argument(fmt::format("{}: both inputs must be u8 quantized tensors", name));
-  const Tensor a = quantized_input(name, a_in, nullptr);
-  const Tensor b = quantized_input(name, b_in, nullptr);
+  Tensor a = quantized_input_as_is(name, a_in, nullptr);
+  Tensor b = quantized_input_as_is(name, b_in, nullptr);
   if (!(a.shape() == b.shape()))
     throw std::invalid_argument(fmt::format("{}: the inputs have different shapes {} and {}", name, a.shape().str(),
                                             b.shape().str()));
+  // Elementwise over memory: both channels-last (the outputs of quantized
+  // convolutions) stay so, anything else is made contiguous.
+  const bool nhwc = is_channels_last(a) && is_channels_last(b);
+  if (nhwc) {
+    a = to_channels_last_bytes(a);
+    b = to_channels_last_bytes(b);
+  } else {
+    a = kernels::contiguous(a);
+    b = kernels::contiguous(b);
+  }
   const QParams& qa = a.qparams();
   const QParams& qb = b.qparams();
   const QParams& oq = *output_qparams_;
   const OutputRange range = fused_output_range(activation_, oq);
   const QuantizedAddParams p = QuantizedAddParams::make(qa.scale[0], qa.zero_point[0], qb.scale[0], qb.zero_point[0],
                                                         oq.scale[0], oq.zero_point[0], range.min, range.max);
-  Tensor y = empty(a.shape(), DType::u8);
-  add_u8_requant(a.data<uint8_t>(), b.data<uint8_t>(), a.numel(), p, y.data<uint8_t>());
+  Tensor y = nhwc ? empty_channels_last(a.size(0), a.size(1), a.size(2), a.size(3), DType::u8) : empty(a.shape(), DType::u8);
+  add_u8_requant(static_cast<const uint8_t*>(a.raw_data()), static_cast<const uint8_t*>(b.raw_data()), a.numel(), p,
+                 static_cast<uint8_t*>(y.raw_data()));
   return with_qparams(y, output_qparams_);
 }
 

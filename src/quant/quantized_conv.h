@@ -2,8 +2,10 @@
 // QuantizedConv2d (im2col on u8 + the int8 GEMM; a 3x3 depthwise convolution
 // through the direct depthwise kernel) and QuantizedAdd (the residual add).
 //
-// Tensors between layers are u8 quantized (N, C, H, W), like the float ones;
-// the kernels work on NHWC and each layer transposes at its boundary.
+// Tensors between layers are u8 quantized (N, C, H, W), like the float ones,
+// with channels-last memory (tensor/channels_last.h): the kernels work on
+// NHWC, so a layer takes the previous one's output as it is and returns its
+// own in the same layout; an input in any other layout is transposed once.
 //
 // QuantizedConv2d is QuantizedLinear with a convolution: offline (at
 // construction, floats allowed) the weight is quantized to i8 (symmetric,
@@ -42,7 +44,8 @@ class QuantizedConv2d : public nn::Module, public QuantizedLayer {
                   FusedActivation activation, Conv2dGeometry geometry, std::string name);
 
   // x: (N, in, H, W) u8 quantized per tensor, or f32 (quantized with the
-  // recorded input qparams) -> (N, out, OH, OW) u8 with output_qparams.
+  // recorded input qparams) -> (N, out, OH, OW) u8 with output_qparams,
+  // channels-last.
   Tensor forward(const Tensor& x) override;
   std::string type_name() const override { return std::string("QuantizedConv2d") + fused_activation_suffix(activation_); }
   std::string extra_repr() const override;

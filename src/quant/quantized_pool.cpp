@@ -5,20 +5,23 @@
 
 #include <fmt/format.h>
 
+#include "tensor/channels_last.h"
 #include "tensor/ops.h"
 
 namespace tq::quant {
 
 namespace {
 
-// x as a contiguous u8 quantized (N, C, H, W) tensor, or a clear error.
-Tensor quantized_nchw(const Tensor& x, const char* who) {
+// x as a u8 quantized (N, C, H, W) tensor in channels-last memory (the
+// layout of the quantized convolutions' outputs, kept as it is; any other
+// is transposed once), or a clear error.
+Tensor quantized_nhwc(const Tensor& x, const char* who) {
   if (!x.defined() || !x.is_quantized() || x.dtype() != DType::u8 || is_per_channel(x.qparams().scheme))
     throw std::invalid_argument(fmt::format("{}: the input must be a u8 tensor quantized per tensor (the output of a "
                                             "quantized layer)",
                                             who));
   if (x.dim() != 4) throw std::invalid_argument(fmt::format("{}: the input must be (N, C, H, W), got {}", who, x.shape().str()));
-  return kernels::contiguous(x);
+  return to_channels_last_bytes(x);
 }
 
 Pool2dShapeU8 pool_shape(const Tensor& x, const Pool2dOptions& o) {
@@ -36,17 +39,11 @@ Pool2dShapeU8 pool_shape(const Tensor& x, const Pool2dOptions& o) {
   return s;
 }
 
-// Runs `kernel` (NHWC in, NHWC out) between the two transposes.
+// Runs `kernel` (NHWC in, NHWC out): the output is channels-last too.
 template <class Kernel>
 Tensor run_nhwc(const Tensor& x, int64_t out_h, int64_t out_w, Kernel kernel) {
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  thread_local std::vector<uint8_t> in, out;
-  in.resize(static_cast<size_t>(x.numel()));
-  out.resize(static_cast<size_t>(N * out_h * out_w * C));
-  nchw_to_nhwc_u8(x.data<uint8_t>(), N, C, H, W, in.data());
-  kernel(in.data(), out.data());
-  Tensor y = empty(Shape{N, C, out_h, out_w}, DType::u8);
-  nhwc_to_nchw_u8(out.data(), N, out_h, out_w, C, y.data<uint8_t>());
+  Tensor y = empty_channels_last(x.size(0), x.size(1), out_h, out_w, DType::u8);
+  kernel(static_cast<const uint8_t*>(x.raw_data()), static_cast<uint8_t*>(y.raw_data()));
   return with_qparams(y, x.impl()->qparams);
 }
 
@@ -58,7 +55,7 @@ std::string options_repr(const Pool2dOptions& o) {
 }  // namespace
 
 Tensor QuantizedMaxPool2d::forward(const Tensor& x_in) {
-  const Tensor x = quantized_nchw(x_in, "QuantizedMaxPool2d");
+  const Tensor x = quantized_nhwc(x_in, "QuantizedMaxPool2d");
   const Pool2dShapeU8 s = pool_shape(x, options);
   s.validate("QuantizedMaxPool2d");
   return run_nhwc(x, s.out_h(), s.out_w(), [&](const uint8_t* a, uint8_t* b) { max_pool2d_u8(a, s, b); });
@@ -67,7 +64,7 @@ Tensor QuantizedMaxPool2d::forward(const Tensor& x_in) {
 std::string QuantizedMaxPool2d::extra_repr() const { return options_repr(options); }
 
 Tensor QuantizedAvgPool2d::forward(const Tensor& x_in) {
-  const Tensor x = quantized_nchw(x_in, "QuantizedAvgPool2d");
+  const Tensor x = quantized_nhwc(x_in, "QuantizedAvgPool2d");
   const Pool2dShapeU8 s = pool_shape(x, options);
   s.validate("QuantizedAvgPool2d");
   const int32_t zp = x.qparams().zero_point[0];
@@ -80,7 +77,7 @@ std::string QuantizedAvgPool2d::extra_repr() const {
 }
 
 Tensor QuantizedAdaptiveAvgPool2d::forward(const Tensor& x_in) {
-  const Tensor x = quantized_nchw(x_in, "QuantizedAdaptiveAvgPool2d");
+  const Tensor x = quantized_nhwc(x_in, "QuantizedAdaptiveAvgPool2d");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   return run_nhwc(x, out_h, out_w,
                   [&](const uint8_t* a, uint8_t* b) { adaptive_avg_pool2d_u8(a, N, H, W, C, out_h, out_w, b); });

@@ -94,7 +94,10 @@ void depthwise_weight_to_taps(const int8_t* w_c133, int64_t C, int8_t* taps);
 // cols: (batch * out_h * out_w, patch_size) u8; row (n, oy, ox), column
 // (kh * kernel_w + kw) * in_channels + c holds x[n][iy][ix][c], or zero_point
 // where (iy, ix) falls in the padding.
+// im2col_u8 copies each kernel row's taps as one run of bytes where it can;
+// im2col_u8_reference is the plain tap-by-tap twin (the same bytes).
 void im2col_u8(const uint8_t* x, const Conv2dShapeU8& shape, uint8_t zero_point, uint8_t* cols);
+void im2col_u8_reference(const uint8_t* x, const Conv2dShapeU8& shape, uint8_t zero_point, uint8_t* cols);
 
 // y[n][oy][ox][oc] = clamp(zy + round(acc * M_oc), y_min, y_max) with
 //   acc = bias_q[oc] + sum over taps inside the input of (x - zx) * w[oc][kh][kw][c].
@@ -166,7 +169,10 @@ inline int32_t quantized_add_one(int32_t a, int32_t b, const QuantizedAddParams&
 
 // Max over the window; taps in the padding are ignored (PyTorch pads max
 // pooling with -inf). Exact: max commutes with the monotone dequantization.
+// max_pool2d_u8 takes 16 channels per SSE2 instruction; the _reference twin
+// is the plain loop (the same bytes).
 void max_pool2d_u8(const uint8_t* x, const Pool2dShapeU8& shape, uint8_t* y);
+void max_pool2d_u8_reference(const uint8_t* x, const Pool2dShapeU8& shape, uint8_t* y);
 
 // Average over the window, rounded half up (the values are >= 0, so half
 // away from zero): y = floor((sum + count / 2) / count) in integers.

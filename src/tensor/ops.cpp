@@ -12,6 +12,9 @@
 
 #include <fmt/format.h>
 
+#include "tensor/channels_last.h"
+#include "tensor/int8_conv.h"
+
 namespace tq::kernels {
 
 namespace {
@@ -191,7 +194,13 @@ Tensor contiguous(const Tensor& t) { return t.is_contiguous() ? t : clone(t); }
 
 Tensor clone(const Tensor& t) {
   Tensor out = empty(t.shape(), t.dtype());
-  copy_(out, t);
+  if (dtype_size(t.dtype()) == 1 && is_channels_last(t) && !t.is_contiguous()) {
+    // An NHWC quantized activation (channels_last.h) back to NCHW: one blocked transpose.
+    nhwc_to_nchw_u8(static_cast<const uint8_t*>(t.raw_data()), t.size(0), t.size(2), t.size(3), t.size(1),
+                    static_cast<uint8_t*>(out.raw_data()));
+  } else {
+    copy_(out, t);
+  }
   if (t.is_quantized()) out = with_qparams(out, t.qparams_ptr());
   return out;
 }
