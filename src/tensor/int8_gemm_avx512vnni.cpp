@@ -30,6 +30,46 @@ TQ_ALWAYS_INLINE __mmask16 first_lanes(int64_t count) {
   return count >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
 }
 
+// The requantization of one 16-channel panel row in one zmm register: the
+// two 8-channel BlockEpilogue halves side by side (their 64-bit "even" /
+// "odd" lanes concatenate into the zmm lanes of channels 0 2 .. 14 and
+// 1 3 .. 15), the same integer steps as multiply_by_quantized_multiplier8
+// and requantize_row16 at twice the width, so the same bytes; the sign is
+// put back with a masked negation (AVX-512 has no vpsignd) and the 16
+// values, already clamped to 0..255, are narrowed by vpmovusdb.
+struct ZmmEpilogue {
+  bool scalar = true;  // some multiplier needs the scalar function: use requantize_row16
+  __m512i bias, mult_even, mult_odd, shift_even, shift_odd, round_even, round_odd;
+};
+
+TQ_ALWAYS_INLINE __m512i concat(__m256i lo, __m256i hi) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+TQ_ALWAYS_INLINE void prepare_zmm(const BlockEpilogue (&e)[kBlocks], ZmmEpilogue& z) {
+  z.scalar = e[0].needs_scalar || e[1].needs_scalar;
+  z.bias = concat(e[0].bias_eff, e[1].bias_eff);
+  z.mult_even = concat(e[0].mult_even, e[1].mult_even);
+  z.mult_odd = concat(e[0].mult_odd, e[1].mult_odd);
+  z.shift_even = concat(e[0].shift_even, e[1].shift_even);
+  z.shift_odd = concat(e[0].shift_odd, e[1].shift_odd);
+  z.round_even = concat(e[0].round_even, e[1].round_even);
+  z.round_odd = concat(e[0].round_odd, e[1].round_odd);
+}
+
+TQ_ALWAYS_INLINE __m128i requantize_zmm16(const ZmmEpilogue& z, __m512i acc, __m512i zy, __m512i lo, __m512i hi) {
+  const __m512i v = _mm512_add_epi32(acc, z.bias);
+  const __m512i magnitude = _mm512_abs_epi32(v);
+  const __m512i product_even = _mm512_mul_epu32(magnitude, z.mult_even);
+  const __m512i product_odd = _mm512_mul_epu32(_mm512_srli_epi64(magnitude, 32), z.mult_odd);
+  const __m512i result_even = _mm512_srlv_epi64(_mm512_add_epi64(product_even, z.round_even), z.shift_even);
+  const __m512i result_odd = _mm512_srlv_epi64(_mm512_add_epi64(product_odd, z.round_odd), z.shift_odd);
+  __m512i r = _mm512_mask_blend_epi32(__mmask16(0xAAAA), result_even, _mm512_slli_epi64(result_odd, 32));
+  const __m512i zero = _mm512_setzero_si512();
+  r = _mm512_mask_sub_epi32(r, _mm512_cmplt_epi32_mask(v, zero), zero, r);
+  return _mm512_cvtusepi32_epi8(_mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(r, lo), hi), zy));
+}
+
 // The k group g of one row of X as a dword; past K the bytes read as 0 and
 // are not loaded (a masked load cannot fault on them).
 TQ_ALWAYS_INLINE int32_t load_tail(const uint8_t* p, int64_t count) {
@@ -108,7 +148,8 @@ TQ_ALWAYS_INLINE void accumulate<8, 2>(const Int8GemmProblem& P, int64_t m, cons
 
 // Rows [m, m + MR) x panels [p, p + NP): accumulate, then the epilogue.
 template <int MR, int NP>
-void zmm_tile(const Int8GemmProblem& P, int64_t m, int64_t p, const BlockEpilogue (*e)[kBlocks]) {
+void zmm_tile(const Int8GemmProblem& P, int64_t m, int64_t p, const BlockEpilogue (*e)[kBlocks],
+              const ZmmEpilogue* z) {
   const PackedWeightsI8& W = *P.W;
   const int8_t* panel[NP];
   for (int j = 0; j < NP; ++j) panel[j] = W.panels() + (p + j) * W.k_groups() * kGroupBytes;
@@ -122,6 +163,11 @@ void zmm_tile(const Int8GemmProblem& P, int64_t m, int64_t p, const BlockEpilogu
       if (P.float_output) {
         const __m512 y = _mm512_insertf32x8(_mm512_castps256_ps512(dequantize8(e[j][0], lo)), dequantize8(e[j][1], hi), 1);
         _mm512_mask_storeu_ps(P.Y_f32 + (m + i) * P.ldy + (p + j) * kPanel, store, y);
+      } else if (!z[j].scalar) {
+        const __m512i zy = _mm512_set1_epi32(P.zy);
+        const __m512i y_lo = _mm512_set1_epi32(P.y_min - P.zy), y_hi = _mm512_set1_epi32(P.y_max - P.zy);
+        _mm_mask_storeu_epi8(P.Y_u8 + (m + i) * P.ldy + (p + j) * kPanel, store,
+                             requantize_zmm16(z[j], acc[i][j], zy, y_lo, y_hi));
       } else {
         _mm_mask_storeu_epi8(P.Y_u8 + (m + i) * P.ldy + (p + j) * kPanel, store, requantize_row16(P, e[j], lo, hi));
       }
@@ -131,18 +177,19 @@ void zmm_tile(const Int8GemmProblem& P, int64_t m, int64_t p, const BlockEpilogu
 
 // All row tiles of rows [m0, m1) for NP panels from p.
 template <int NP>
-void row_tiles(const Int8GemmProblem& P, int64_t m0, int64_t m1, int64_t p, const BlockEpilogue (*e)[kBlocks]) {
+void row_tiles(const Int8GemmProblem& P, int64_t m0, int64_t m1, int64_t p, const BlockEpilogue (*e)[kBlocks],
+               const ZmmEpilogue* z) {
   int64_t m = m0;
-  for (; m + kTileRows <= m1; m += kTileRows) zmm_tile<kTileRows, NP>(P, m, p, e);
+  for (; m + kTileRows <= m1; m += kTileRows) zmm_tile<kTileRows, NP>(P, m, p, e, z);
   static_assert(kTileRows <= 8, "the remainder switch handles up to 7 rows");
   switch (m1 - m) {
-    case 1: zmm_tile<1, NP>(P, m, p, e); break;
-    case 2: zmm_tile<2, NP>(P, m, p, e); break;
-    case 3: zmm_tile<3, NP>(P, m, p, e); break;
-    case 4: zmm_tile<4, NP>(P, m, p, e); break;
-    case 5: zmm_tile<5, NP>(P, m, p, e); break;
-    case 6: zmm_tile<6, NP>(P, m, p, e); break;
-    case 7: zmm_tile<7, NP>(P, m, p, e); break;
+    case 1: zmm_tile<1, NP>(P, m, p, e, z); break;
+    case 2: zmm_tile<2, NP>(P, m, p, e, z); break;
+    case 3: zmm_tile<3, NP>(P, m, p, e, z); break;
+    case 4: zmm_tile<4, NP>(P, m, p, e, z); break;
+    case 5: zmm_tile<5, NP>(P, m, p, e, z); break;
+    case 6: zmm_tile<6, NP>(P, m, p, e, z); break;
+    case 7: zmm_tile<7, NP>(P, m, p, e, z); break;
     default: break;
   }
 }
@@ -157,25 +204,30 @@ void int8_gemm_avx512vnni(const Int8GemmProblem& P, int64_t m_begin, int64_t m_e
   // At batch 1 (GEMV) wider tiles give more independent accumulators.
   constexpr int kGemvPanels = 4;
   BlockEpilogue e[kGemvPanels > kTilePanels ? kGemvPanels : kTilePanels][kBlocks];
+  ZmmEpilogue z[kGemvPanels > kTilePanels ? kGemvPanels : kTilePanels];
   for (int64_t m0 = m_begin; m0 < m_end; m0 += row_block) {
     const int64_t m1 = min64(m_end, m0 + row_block);
     int64_t p = panel_begin;
     if (m1 - m0 == 1) {
       for (; p + kGemvPanels <= panel_end; p += kGemvPanels) {
-        for (int j = 0; j < kGemvPanels; ++j)
+        for (int j = 0; j < kGemvPanels; ++j) {
           for (int b = 0; b < kBlocks; ++b) prepare_block(P, (p + j) * kPanel + 8 * b, e[j][b]);
-        zmm_tile<1, kGemvPanels>(P, m0, p, e);
+          if (!P.float_output) prepare_zmm(e[j], z[j]);
+        }
+        zmm_tile<1, kGemvPanels>(P, m0, p, e, z);
       }
     }
     for (; p < panel_end; p += kTilePanels) {
       const int np = static_cast<int>(min64(kTilePanels, panel_end - p));
-      for (int j = 0; j < np; ++j)
+      for (int j = 0; j < np; ++j) {
         for (int b = 0; b < kBlocks; ++b) prepare_block(P, (p + j) * kPanel + 8 * b, e[j][b]);
+        if (!P.float_output) prepare_zmm(e[j], z[j]);
+      }
       switch (np) {
-        case 1: row_tiles<1>(P, m0, m1, p, e); break;
-        case 2: row_tiles<kTilePanels >= 2 ? 2 : 1>(P, m0, m1, p, e); break;
-        case 3: row_tiles<kTilePanels >= 3 ? 3 : 1>(P, m0, m1, p, e); break;
-        default: row_tiles<kTilePanels>(P, m0, m1, p, e); break;
+        case 1: row_tiles<1>(P, m0, m1, p, e, z); break;
+        case 2: row_tiles<kTilePanels >= 2 ? 2 : 1>(P, m0, m1, p, e, z); break;
+        case 3: row_tiles<kTilePanels >= 3 ? 3 : 1>(P, m0, m1, p, e, z); break;
+        default: row_tiles<kTilePanels>(P, m0, m1, p, e, z); break;
       }
     }
   }
