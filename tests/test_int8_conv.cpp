@@ -454,3 +454,65 @@ TEST_CASE("max_pool2d_u8 equals max_pool2d_u8_reference byte for byte on edge sh
         }
   CHECK(checked == 36 * 8);
 }
+
+TEST_CASE("int8 convolution with kernel rows padded to 4 equals the direct reference bit for bit", "[int8_conv]") {
+  // The layout of a first layer with one input channel (3 bytes per kernel
+  // row, padded to a group of 4 with zero weights): the weight repacked,
+  // im2col from a zero-point-padded copy, the GEMM on every path this CPU has.
+  std::mt19937 rng(13);
+  CHECK(tq::conv_uses_padded_rows(1, 3, 3, 1));
+  CHECK(tq::conv_uses_padded_rows(2, 3, 3, 1));
+  CHECK_FALSE(tq::conv_uses_padded_rows(4, 3, 3, 1));  // already whole groups
+  CHECK_FALSE(tq::conv_uses_padded_rows(3, 3, 3, 1));  // would cost 2 groups more
+  CHECK_FALSE(tq::conv_uses_padded_rows(1, 3, 3, 2));  // dilated
+  CHECK_FALSE(tq::conv_uses_padded_rows(1, 1, 1, 1));  // 1x1: no kernel rows to pad
+  struct Geometry {
+    int64_t n, h, w, c, oc, kh, kw, stride, pad, dilation_h;
+  };
+  const Geometry cases[] = {
+      {1, 28, 28, 1, 32, 3, 3, 1, 1, 1}, {2, 7, 6, 1, 17, 3, 3, 2, 1, 1}, {1, 5, 9, 2, 33, 3, 3, 1, 2, 1},
+      {1, 6, 5, 1, 5, 2, 3, 1, 0, 1},    {3, 9, 8, 1, 16, 3, 3, 1, 1, 2}, {1, 3, 3, 2, 8, 3, 3, 2, 0, 1},
+      {1, 8, 7, 1, 31, 7, 7, 1, 3, 1},
+  };
+  std::vector<tq::Int8Kernel> kernels = {tq::Int8Kernel::reference};
+  for (auto k : {tq::Int8Kernel::avx2, tq::Int8Kernel::avxvnni, tq::Int8Kernel::avx512vnni})
+    if (tq::int8_kernel_available(k)) kernels.push_back(k);
+  for (const auto& g : cases) {
+    REQUIRE(tq::conv_uses_padded_rows(g.c, g.kh, g.kw, 1));
+    tq::Conv2dShapeU8 s;
+    s.batch = g.n;
+    s.in_h = g.h;
+    s.in_w = g.w;
+    s.in_channels = g.c;
+    s.out_channels = g.oc;
+    s.kernel_h = g.kh;
+    s.kernel_w = g.kw;
+    s.stride_h = s.stride_w = g.stride;
+    s.pad_h = s.pad_w = g.pad;
+    s.dilation_h = g.dilation_h;
+    const auto x = random_u8(rng, static_cast<size_t>(g.n * g.h * g.w * g.c));
+    const auto w_oihw = random_i8(rng, static_cast<size_t>(g.oc * g.c * g.kh * g.kw));
+    std::vector<int8_t> w(w_oihw.size());
+    tq::conv_weight_to_ohwi(w_oihw.data(), g.oc, g.c, g.kh, g.kw, w.data());
+    const int64_t row4 = (g.kw * g.c + 3) / 4 * 4;
+    std::vector<int8_t> wp(static_cast<size_t>(g.oc * g.kh * row4));
+    tq::conv_weight_to_ohwi_padded_rows(w_oihw.data(), g.oc, g.c, g.kh, g.kw, wp.data());
+    const tq::PackedWeightsI8 packed(wp.data(), g.oc, g.kh * row4);
+    const auto bias = random_bias(rng, static_cast<size_t>(g.oc));
+    const auto mult = random_multipliers(rng, static_cast<size_t>(g.oc));
+    const size_t out = static_cast<size_t>(g.n * s.out_h() * s.out_w() * g.oc);
+    for (int zx : {0, 77, 255}) {
+      std::vector<uint8_t> expected(out), got(out);
+      tq::conv2d_u8i8_requant_reference(x.data(), s, zx, w.data(), bias.data(), mult.data(), 100, 0, 255,
+                                        expected.data());
+      for (auto k : kernels) {
+        tq::ScopedInt8Kernel scoped(k);
+        std::fill(got.begin(), got.end(), uint8_t{0});
+        tq::conv2d_u8i8_requant(x.data(), s, zx, 255, packed, bias.data(), mult.data(), 100, 0, 255, got.data(), 1);
+        INFO("c=" << g.c << " k=" << g.kh << "x" << g.kw << " stride=" << g.stride << " pad=" << g.pad
+                  << " zx=" << zx << " kernel=" << tq::to_string(k));
+        REQUIRE(got == expected);
+      }
+    }
+  }
+}

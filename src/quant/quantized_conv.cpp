@@ -99,9 +99,18 @@ QuantizedConv2d::QuantizedConv2d(const Tensor& weight, const Tensor& bias, const
     taps_.resize(static_cast<size_t>(9 * out_channels));
     depthwise_weight_to_taps(w.data<int8_t>(), out_channels, taps_.data());
   } else {
-    std::vector<int8_t> ohwi(static_cast<size_t>(w.numel()));
-    conv_weight_to_ohwi(w.data<int8_t>(), out_channels, in_channels, kernel_h, kernel_w, ohwi.data());
-    packed_ = PackedWeightsI8(ohwi.data(), out_channels, in_channels * kernel_h * kernel_w);
+    if (conv_uses_padded_rows(in_channels, kernel_h, kernel_w, g.dilation_w)) {
+      // Kernel rows padded to whole k groups (int8_conv.h): e.g. a first
+      // layer with one input channel, whose 3x3 patch then is 3 groups of 4.
+      const int64_t row4 = (kernel_w * in_channels + 3) / 4 * 4;
+      std::vector<int8_t> ohwi(static_cast<size_t>(out_channels * kernel_h * row4));
+      conv_weight_to_ohwi_padded_rows(w.data<int8_t>(), out_channels, in_channels, kernel_h, kernel_w, ohwi.data());
+      packed_ = PackedWeightsI8(ohwi.data(), out_channels, kernel_h * row4);
+    } else {
+      std::vector<int8_t> ohwi(static_cast<size_t>(w.numel()));
+      conv_weight_to_ohwi(w.data<int8_t>(), out_channels, in_channels, kernel_h, kernel_w, ohwi.data());
+      packed_ = PackedWeightsI8(ohwi.data(), out_channels, in_channels * kernel_h * kernel_w);
+    }
   }
   if (bias.defined()) bias_ = kernels::clone(bias.detach());
   output_qparams_ = std::make_shared<const QParams>(oq);

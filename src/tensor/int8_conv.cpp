@@ -233,6 +233,67 @@ void im2col_u8(const uint8_t* x, const Conv2dShapeU8& s, uint8_t zero_point, uin
   }
 }
 
+bool conv_uses_padded_rows(int64_t C, int64_t KH, int64_t KW, int64_t dilation_w) {
+  const int64_t row = KW * C, row4 = (row + 3) / 4 * 4;
+  return dilation_w == 1 && KH > 1 && row % 4 != 0 && KH * row4 <= (KH * row + 3) / 4 * 4 + 4;
+}
+
+void conv_weight_to_ohwi_padded_rows(const int8_t* w_oihw, int64_t OC, int64_t C, int64_t KH, int64_t KW,
+                                     int8_t* w) {
+  const int64_t row4 = (KW * C + 3) / 4 * 4;
+  std::fill(w, w + OC * KH * row4, int8_t{0});
+  for (int64_t o = 0; o < OC; ++o)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t kh = 0; kh < KH; ++kh)
+        for (int64_t kw = 0; kw < KW; ++kw)
+          w[(o * KH + kh) * row4 + kw * C + c] = w_oihw[((o * C + c) * KH + kh) * KW + kw];
+}
+
+void im2col_u8_padded_rows(const uint8_t* x, const Conv2dShapeU8& s, uint8_t zero_point, uint8_t* cols) {
+  // x: (N, H, W, C), cols: (N * OH * OW, KH * round_up(KW * C, 4))
+  const char* who = "im2col_u8_padded_rows";
+  s.validate(who);
+  check_pointer(x, who, "x");
+  check_pointer(cols, who, "cols");
+  require(conv_uses_padded_rows(s.in_channels, s.kernel_h, s.kernel_w, s.dilation_w), who,
+          "this shape does not use kernel rows padded to 4 (conv_uses_padded_rows)");
+  const int64_t C = s.in_channels, row4 = (s.kernel_w * C + 3) / 4 * 4;
+  const int64_t Hp = s.in_h + 2 * s.pad_h, Wp = s.in_w + 2 * s.pad_w, OH = s.out_h(), OW = s.out_w();
+  // The input with its padding written out as zero_point (real 0), plus 4
+  // bytes so that reading whole groups past the last run stays inside.
+  thread_local detail::CacheAlignedVector<uint8_t> padded;
+  const size_t bytes = static_cast<size_t>(s.batch * Hp * Wp * C + 4);
+  if (padded.size() < bytes) padded.resize(bytes);
+  uint8_t* p = padded.data();
+  for (int64_t n = 0; n < s.batch; ++n)
+    for (int64_t py = 0; py < Hp; ++py) {
+      uint8_t* dst = p + (n * Hp + py) * Wp * C;
+      const int64_t iy = py - s.pad_h;
+      if (iy < 0 || iy >= s.in_h) {
+        std::memset(dst, zero_point, static_cast<size_t>(Wp * C));
+        continue;
+      }
+      std::memset(dst, zero_point, static_cast<size_t>(s.pad_w * C));
+      std::memcpy(dst + s.pad_w * C, x + (n * s.in_h + iy) * s.in_w * C, static_cast<size_t>(s.in_w * C));
+      std::memset(dst + (s.pad_w + s.in_w) * C, zero_point, static_cast<size_t>(s.pad_w * C));
+    }
+  std::memset(p + s.batch * Hp * Wp * C, zero_point, 4);
+  uint8_t* row = cols;
+  for (int64_t n = 0; n < s.batch; ++n)
+    for (int64_t oy = 0; oy < OH; ++oy)
+      for (int64_t ox = 0; ox < OW; ++ox) {
+        const uint8_t* src = p + ((n * Hp + oy * s.stride_h) * Wp + ox * s.stride_w) * C;
+        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+          const uint8_t* r = src + kh * s.dilation_h * Wp * C;
+          if (row4 == 4)
+            std::memcpy(row + kh * 4, r, 4);
+          else
+            copy_run(row + kh * row4, r, row4);
+        }
+        row += s.kernel_h * row4;
+      }
+}
+
 void conv2d_u8i8_requant_reference(const uint8_t* x, const Conv2dShapeU8& s, int32_t zx, const int8_t* w_ohwi,
                                    const int32_t* bias_q, const FixedPointMultiplier* multipliers, int32_t zy,
                                    int32_t y_min, int32_t y_max, uint8_t* y) {
@@ -273,7 +334,9 @@ void conv2d_u8i8_requant(const uint8_t* x, const Conv2dShapeU8& s, int32_t zx, i
   s.validate(who);
   check_pointer(x, who, "x");
   check_pointer(y, who, "y");
-  if (W.N() != s.out_channels || W.K() != s.patch_size()) {
+  const bool padded_rows = conv_uses_padded_rows(s.in_channels, s.kernel_h, s.kernel_w, s.dilation_w) &&
+                           W.K() == s.kernel_h * ((s.kernel_w * s.in_channels + 3) / 4 * 4);
+  if (W.N() != s.out_channels || (W.K() != s.patch_size() && !padded_rows)) {
     std::ostringstream m;
     m << who << ": the packed weights are (" << W.N() << ", " << W.K() << "), the shape needs (" << s.out_channels
       << ", " << s.patch_size() << ")";
@@ -285,9 +348,9 @@ void conv2d_u8i8_requant(const uint8_t* x, const Conv2dShapeU8& s, int32_t zx, i
     fail(m.str());
   }
   const int64_t M = s.batch * s.out_h() * s.out_w();
-  const int64_t K = s.patch_size();
-  const bool pointwise = s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
-                         s.pad_w == 0;
+  const int64_t K = W.K();
+  const bool pointwise = !padded_rows && s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 &&
+                         s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0;
   if (pointwise) {
     // The NHWC input already is the (N*H*W, C) matrix of the GEMM.
     gemm_u8i8_requant(x, M, K, zx, x_quant_max, W, bias_q, multipliers, zy, y_min, y_max, y, s.out_channels, threads);
@@ -295,7 +358,10 @@ void conv2d_u8i8_requant(const uint8_t* x, const Conv2dShapeU8& s, int32_t zx, i
   }
   thread_local detail::CacheAlignedVector<uint8_t> scratch;
   if (scratch.size() < static_cast<size_t>(M * K)) scratch.resize(static_cast<size_t>(M * K));
-  im2col_u8(x, s, static_cast<uint8_t>(zx), scratch.data());
+  if (padded_rows)
+    im2col_u8_padded_rows(x, s, static_cast<uint8_t>(zx), scratch.data());
+  else
+    im2col_u8(x, s, static_cast<uint8_t>(zx), scratch.data());
   gemm_u8i8_requant(scratch.data(), M, K, zx, x_quant_max, W, bias_q, multipliers, zy, y_min, y_max, y,
                     s.out_channels, threads);
 }

@@ -99,9 +99,29 @@ void depthwise_weight_to_taps(const int8_t* w_c133, int64_t C, int8_t* taps);
 void im2col_u8(const uint8_t* x, const Conv2dShapeU8& shape, uint8_t zero_point, uint8_t* cols);
 void im2col_u8_reference(const uint8_t* x, const Conv2dShapeU8& shape, uint8_t zero_point, uint8_t* cols);
 
+// Kernel rows padded to whole k groups: when kernel_w * C is not a multiple
+// of 4 (a first layer with 1 input channel: 3 bytes per kernel row), each
+// kernel row of the GEMM's K is padded with zero weights to a multiple of 4
+// (K = kernel_h * round_up(kernel_w * C, 4)). im2col then moves every kernel
+// row as whole 4-byte groups from a zero-point-padded copy of the input, and
+// the GEMM has no partial last group. The padded taps have weight 0, so the
+// accumulator is the same integer. Used where it costs at most one k group
+// more than the plain layout (and dilation is 1).
+bool conv_uses_padded_rows(int64_t in_channels, int64_t kernel_h, int64_t kernel_w, int64_t dilation_w);
+// OIHW -> (OC, KH, round_up(KW * C, 4)): OHWI rows with zeros after each kernel row.
+void conv_weight_to_ohwi_padded_rows(const int8_t* w_oihw, int64_t OC, int64_t C, int64_t KH, int64_t KW,
+                                     int8_t* w_ohwi_padded);
+// im2col in that layout: row (n, oy, ox), column kh * round_up(KW * C, 4) + kw * C + c
+// holds x[n][iy][ix][c] (or zero_point in the padding); the last
+// round_up(KW * C, 4) - KW * C bytes of each kernel row hold whatever input
+// bytes follow (they meet zero weights). Needs conv_uses_padded_rows(...).
+void im2col_u8_padded_rows(const uint8_t* x, const Conv2dShapeU8& shape, uint8_t zero_point, uint8_t* cols);
+
 // y[n][oy][ox][oc] = clamp(zy + round(acc * M_oc), y_min, y_max) with
 //   acc = bias_q[oc] + sum over taps inside the input of (x - zx) * w[oc][kh][kw][c].
-// W: packed (out_channels, patch_size) from an OHWI weight (conv_weight_to_ohwi).
+// W: packed (out_channels, patch_size) from an OHWI weight (conv_weight_to_ohwi),
+// or (out_channels, kernel_h * round_up(kernel_w * C, 4)) from
+// conv_weight_to_ohwi_padded_rows where conv_uses_padded_rows.
 // bias_q may be null. A 1x1 convolution with stride 1 and no padding runs
 // the GEMM on x itself; others go through im2col into a scratch buffer kept
 // per thread.
