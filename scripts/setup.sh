@@ -4,18 +4,21 @@
 #
 #   scripts/setup.sh            what the build, the tests and the main job need
 #   scripts/setup.sh clang      and clang too (scripts/clang-build.sh)
+#   scripts/setup.sh torch      and PyTorch 1.13 for the bench/pytorch_*.py reference scripts
 set -euo pipefail
 packages=(build-essential cmake pkg-config libopenblas-dev catch2 libfmt-dev
           libcxxopts-dev nlohmann-json3-dev zlib1g-dev libbenchmark-dev
           dataset-fashion-mnist libxml2-dev python3-numpy
           libonnx-dev libprotobuf-dev python3-onnx nodejs)
 # Extras for the scripts that need more than the default build:
-#   clang  scripts/clang-build.sh;  fuzz  scripts/fuzz.sh (libFuzzer's runtime too)
+#   clang  scripts/clang-build.sh;  fuzz  scripts/fuzz.sh (libFuzzer's runtime too);
+#   torch  bench/pytorch_*.py (the PyTorch figures beside tinyqat's)
 for extra in "$@"; do
   case "$extra" in
     clang) packages+=(clang) ;;
     fuzz) packages+=(clang libclang-rt-14-dev) ;;
-    *) echo "setup: unknown extra '$extra' (known: clang, fuzz)" >&2; exit 2 ;;
+    torch) packages+=(python3-torch python3-torchvision) ;;
+    *) echo "setup: unknown extra '$extra' (known: clang, fuzz, torch)" >&2; exit 2 ;;
   esac
 done
 missing=()

@@ -201,33 +201,37 @@ void im2col_u8(const uint8_t* x, const Conv2dShapeU8& s, uint8_t zero_point, uin
   check_pointer(x, "im2col_u8", "x");
   check_pointer(cols, "im2col_u8", "cols");
   const int64_t OH = s.out_h(), OW = s.out_w(), C = s.in_channels, KW = s.kernel_w;
+  // Every field in a local: the byte stores below may alias anything, so
+  // the compiler would otherwise reload `s` on every iteration.
+  const int64_t batch = s.batch, H = s.in_h, W = s.in_w, KH = s.kernel_h, sh = s.stride_h, sw = s.stride_w;
+  const int64_t ph = s.pad_h, pw = s.pad_w, dh = s.dilation_h, dw = s.dilation_w, patch = s.patch_size();
   const int64_t run = KW * C;
   uint8_t* row = cols;
-  for (int64_t n = 0; n < s.batch; ++n) {
-    const uint8_t* xn = x + n * s.in_h * s.in_w * C;
+  for (int64_t n = 0; n < batch; ++n) {
+    const uint8_t* xn = x + n * H * W * C;
     for (int64_t oy = 0; oy < OH; ++oy) {
       for (int64_t ox = 0; ox < OW; ++ox) {
         uint8_t* dst = row;
-        const int64_t ix0 = ox * s.stride_w - s.pad_w;
-        const bool inside_w = s.dilation_w == 1 && ix0 >= 0 && ix0 + KW <= s.in_w;
-        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-          const int64_t iy = oy * s.stride_h - s.pad_h + kh * s.dilation_h;
-          if (iy < 0 || iy >= s.in_h) {
+        const int64_t ix0 = ox * sw - pw;
+        const bool inside_w = dw == 1 && ix0 >= 0 && ix0 + KW <= W;
+        for (int64_t kh = 0; kh < KH; ++kh) {
+          const int64_t iy = oy * sh - ph + kh * dh;
+          if (iy < 0 || iy >= H) {
             std::memset(dst, zero_point, static_cast<size_t>(run));  // real 0 is z_x, not the byte 0
           } else if (inside_w) {
-            copy_run(dst, xn + (iy * s.in_w + ix0) * C, run);
+            copy_run(dst, xn + (iy * W + ix0) * C, run);
           } else {
             for (int64_t kw = 0; kw < KW; ++kw) {
-              const int64_t ix = ix0 + kw * s.dilation_w;
-              if (ix < 0 || ix >= s.in_w)
+              const int64_t ix = ix0 + kw * dw;
+              if (ix < 0 || ix >= W)
                 std::memset(dst + kw * C, zero_point, static_cast<size_t>(C));
               else
-                copy_run(dst + kw * C, xn + (iy * s.in_w + ix) * C, C);
+                copy_run(dst + kw * C, xn + (iy * W + ix) * C, C);
             }
           }
           dst += run;
         }
-        row += s.patch_size();
+        row += patch;
       }
     }
   }
@@ -278,20 +282,22 @@ void im2col_u8_padded_rows(const uint8_t* x, const Conv2dShapeU8& s, uint8_t zer
       std::memset(dst + (s.pad_w + s.in_w) * C, zero_point, static_cast<size_t>(s.pad_w * C));
     }
   std::memset(p + s.batch * Hp * Wp * C, zero_point, 4);
+  // Every field in a local: the byte stores below may alias anything, so
+  // the compiler would otherwise reload `s` on every iteration.
+  const int64_t batch = s.batch, KH = s.kernel_h, step_x = s.stride_w * C, step_y = s.stride_h * Wp * C;
+  const int64_t step_kh = s.dilation_h * Wp * C, row_bytes = KH * row4;
   uint8_t* row = cols;
-  for (int64_t n = 0; n < s.batch; ++n)
-    for (int64_t oy = 0; oy < OH; ++oy)
-      for (int64_t ox = 0; ox < OW; ++ox) {
-        const uint8_t* src = p + ((n * Hp + oy * s.stride_h) * Wp + ox * s.stride_w) * C;
-        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-          const uint8_t* r = src + kh * s.dilation_h * Wp * C;
-          if (row4 == 4)
-            std::memcpy(row + kh * 4, r, 4);
-          else
-            copy_run(row + kh * row4, r, row4);
+  for (int64_t n = 0; n < batch; ++n)
+    for (int64_t oy = 0; oy < OH; ++oy) {
+      const uint8_t* src = p + n * Hp * Wp * C + oy * step_y;
+      for (int64_t ox = 0; ox < OW; ++ox, src += step_x, row += row_bytes) {
+        if (row4 == 4) {
+          for (int64_t kh = 0; kh < KH; ++kh) std::memcpy(row + kh * 4, src + kh * step_kh, 4);
+        } else {
+          for (int64_t kh = 0; kh < KH; ++kh) copy_run(row + kh * row4, src + kh * step_kh, row4);
         }
-        row += s.kernel_h * row4;
       }
+    }
 }
 
 void conv2d_u8i8_requant_reference(const uint8_t* x, const Conv2dShapeU8& s, int32_t zx, const int8_t* w_ohwi,
@@ -528,35 +534,38 @@ void max_pool2d_u8(const uint8_t* x, const Pool2dShapeU8& s, uint8_t* y) {
   check_pointer(x, "max_pool2d_u8", "x");
   check_pointer(y, "max_pool2d_u8", "y");
   const int64_t OH = s.out_h(), OW = s.out_w(), C = s.channels;
+  // Every field in a local: the byte stores below may alias anything.
+  const int64_t batch = s.batch, H = s.in_h, W = s.in_w, KH = s.kernel_h, KW = s.kernel_w;
+  const int64_t sh = s.stride_h, sw = s.stride_w, ph = s.pad_h, pw = s.pad_w;
 #if defined(__SSE2__)
   const int64_t C16 = C / 16 * 16;
 #else
   const int64_t C16 = 0;
 #endif
-  for (int64_t n = 0; n < s.batch; ++n)
+  for (int64_t n = 0; n < batch; ++n)
     for (int64_t oy = 0; oy < OH; ++oy) {
       // validate() keeps pad <= kernel / 2, so every window holds at least one input tap.
-      const int64_t y0 = std::max<int64_t>(0, oy * s.stride_h - s.pad_h);
-      const int64_t y1 = std::min(s.in_h, oy * s.stride_h - s.pad_h + s.kernel_h);
+      const int64_t y0 = std::max<int64_t>(0, oy * sh - ph);
+      const int64_t y1 = std::min(H, oy * sh - ph + KH);
       for (int64_t ox = 0; ox < OW; ++ox) {
-        const int64_t x0 = std::max<int64_t>(0, ox * s.stride_w - s.pad_w);
-        const int64_t x1 = std::min(s.in_w, ox * s.stride_w - s.pad_w + s.kernel_w);
+        const int64_t x0 = std::max<int64_t>(0, ox * sw - pw);
+        const int64_t x1 = std::min(W, ox * sw - pw + KW);
         uint8_t* yp = y + ((n * OH + oy) * OW + ox) * C;
-        const uint8_t* first = x + ((n * s.in_h + y0) * s.in_w + x0) * C;
+        const uint8_t* xn = x + n * H * W * C;
+        const uint8_t* first = xn + (y0 * W + x0) * C;
 #if defined(__SSE2__)
         for (int64_t c = 0; c < C16; c += 16) {
           __m128i m = _mm_loadu_si128(reinterpret_cast<const __m128i*>(first + c));
           for (int64_t iy = y0; iy < y1; ++iy)
             for (int64_t ix = x0; ix < x1; ++ix)
-              m = _mm_max_epu8(
-                  m, _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + ((n * s.in_h + iy) * s.in_w + ix) * C + c)));
+              m = _mm_max_epu8(m, _mm_loadu_si128(reinterpret_cast<const __m128i*>(xn + (iy * W + ix) * C + c)));
           _mm_storeu_si128(reinterpret_cast<__m128i*>(yp + c), m);
         }
 #endif
         for (int64_t c = C16; c < C; ++c) {
           uint8_t m = first[c];
           for (int64_t iy = y0; iy < y1; ++iy)
-            for (int64_t ix = x0; ix < x1; ++ix) m = std::max(m, x[((n * s.in_h + iy) * s.in_w + ix) * C + c]);
+            for (int64_t ix = x0; ix < x1; ++ix) m = std::max(m, xn[(iy * W + ix) * C + c]);
           yp[c] = m;
         }
       }
