@@ -9,10 +9,32 @@
 
     /usr/bin/python3 bench/pytorch_cnn_reference.py
 
+With --int8, the counterpart of bench/bench_cnn_int8.cpp instead: that CNN
+trained for 100 SGD steps on Fashion-MNIST, then QAT as tinyqat does it
+(QuantStub / DeQuantStub around it, Conv+BN+ReLU and Linear+ReLU fused with
+fuse_modules_qat, prepare_qat with the default QAT qconfig of the onednn
+engine, 50 steps with BN statistics frozen after half and observers after
+80%, convert), and the inference of the float and the int8 model at batch
+64 and 1 on test images, the two alternating sample after sample. With
+--tinyqat PATH (the bench_cnn_int8 program) the same is measured side by
+side in one run: PyTorch, then tinyqat, then PyTorch again (its figures are
+the mean of its two runs, which bracket tinyqat's), and the table of
+ratios is printed.
+
+    OPENBLAS_NUM_THREADS=1 /usr/bin/python3 bench/pytorch_cnn_reference.py --int8 \
+        --tinyqat build/bench/bench_cnn_int8
+
 Needs Debian's python3-torch and python3-torchvision; the tests never run it.
 """
+import gzip
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
+
+import numpy as np
 
 import torch
 import torch.nn as nn
@@ -66,5 +88,163 @@ def main():
     print("mobilenet_v2 forward, 1x3x224x224: %.2f ms (thread CPU %.2f ms)" % (wall * 1e3, cpu * 1e3))
 
 
+DATA = "/usr/share/datasets/fashion-mnist"
+MEAN, STD = 0.2860, 0.3530  # tinyqat's normalisation (io/dataset.h)
+
+
+def fashion(split):
+    """Images (N, 1, 28, 28) normalised as tinyqat's DataLoader, labels (N)."""
+    with gzip.open(os.path.join(DATA, split + "-images-idx3-ubyte.gz")) as f:
+        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
+    with gzip.open(os.path.join(DATA, split + "-labels-idx1-ubyte.gz")) as f:
+        y = np.frombuffer(f.read(), np.uint8, offset=8)
+    x = (torch.from_numpy(x.astype(np.float32)) / 255.0 - MEAN) / STD
+    return x, torch.from_numpy(y.astype(np.int64))
+
+
+def sgd_steps(model, x, y, steps, before_step=None):
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    for s in range(steps):
+        if before_step:
+            before_step(s / steps)
+        idx = torch.randint(0, x.shape[0], (64,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+
+
+class Quantized(nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.quant = torch.ao.quantization.QuantStub()
+        self.body = body
+        self.dequant = torch.ao.quantization.DeQuantStub()
+
+    def forward(self, x):
+        return self.dequant(self.body(self.quant(x)))
+
+
+def int8_models():
+    """(float model, QAT-converted int8 model), both in eval mode."""
+    import copy
+    import torch.ao.quantization as tq
+    torch.backends.quantized.engine = "onednn"
+    x, y = fashion("train")
+    model = cnn()
+    sgd_steps(model, x, y, 100)
+    q = Quantized(copy.deepcopy(model)).train()
+    tq.fuse_modules_qat(q, [["body.0", "body.1", "body.2"], ["body.4", "body.5", "body.6"], ["body.9", "body.10"]],
+                        inplace=True)
+    q.qconfig = tq.get_default_qat_qconfig("onednn")
+    tq.prepare_qat(q, inplace=True)
+    state = {"bn": False, "obs": False}
+
+    def schedule(done):
+        if not state["bn"] and done >= 0.5:
+            q.apply(torch.nn.intrinsic.qat.freeze_bn_stats)
+            state["bn"] = True
+        if not state["obs"] and done >= 0.8:
+            q.apply(tq.disable_observer)
+            state["obs"] = True
+    sgd_steps(q, x, y, 50, schedule)
+    q.eval()
+    tq.convert(q, inplace=True)
+    return model.eval(), q
+
+
+def calibrate_inner(fn, seconds=4e-3):
+    fn()
+    inner = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        dt = time.perf_counter() - t0
+        if dt >= seconds or inner >= 1 << 20:
+            return inner
+        inner = max(inner + 1, int(inner * seconds / max(dt, 1e-9) * 1.1))
+
+
+def pair(a, b, repeats):
+    """Alternating samples of a and b, as bench_util.h's measure_pair: medians
+    (s per call) of a and b, wall and thread CPU, and the medians of the
+    per-pair ratios a / b."""
+    ia, ib = calibrate_inner(a), calibrate_inner(b)
+    wa, wb, ca, cb, rw, rc = [], [], [], [], [], []
+    for r in range(repeats + 3):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        for _ in range(ia):
+            a()
+        t1, c1 = time.perf_counter(), time.thread_time()
+        for _ in range(ib):
+            b()
+        t2, c2 = time.perf_counter(), time.thread_time()
+        if r < 3:
+            continue
+        wa.append((t1 - t0) / ia)
+        wb.append((t2 - t1) / ib)
+        ca.append((c1 - c0) / ia)
+        cb.append((c2 - c1) / ib)
+        rw.append(wa[-1] / wb[-1])
+        rc.append(ca[-1] / cb[-1])
+    m = statistics.median
+    return {"float": (m(wa), m(ca)), "int8": (m(wb), m(cb)), "ratio": (m(rw), m(rc))}
+
+
+def measure_int8(model, q, test_x, repeats):
+    out = {}
+    with torch.no_grad():
+        for batch in (64, 1):
+            x = test_x[:batch].contiguous()
+            out[batch] = pair(lambda: model(x), lambda: q(x), repeats)
+    return out
+
+
+def main_int8(argv):
+    repeats = 21
+    tinyqat = argv[argv.index("--tinyqat") + 1] if "--tinyqat" in argv else None
+    print("torch", torch.__version__, "threads", torch.get_num_threads(), "engines",
+          torch.backends.quantized.supported_engines, "using onednn")
+    print("load average", os.getloadavg())
+    model, q = int8_models()
+    test_x, test_y = fashion("t10k")
+    with torch.no_grad():
+        fl = (model(test_x[:2000]).argmax(1) == test_y[:2000]).float().mean().item() * 100
+        i8 = (q(test_x[:2000]).argmax(1) == test_y[:2000]).float().mean().item() * 100
+    print("accuracy on 2000 test images: float %.2f%%, int8 %.2f%%" % (fl, i8))
+    runs = [measure_int8(model, q, test_x, repeats)]
+    tq_out = None
+    if tinyqat:
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+        res = subprocess.run([tinyqat, "--json", "--repeats", str(repeats)], env=env, check=True,
+                             capture_output=True, text=True)
+        tq_out = json.loads(res.stdout)
+        runs.append(measure_int8(model, q, test_x, repeats))
+    print("load average", os.getloadavg())
+
+    def mean(batch, side, i):
+        return sum(r[batch][side][i] for r in runs) / len(runs)
+    print("\n| batch | PyTorch float | PyTorch int8 | PyTorch int8 speed-up |%s" %
+          (" tinyqat float | tinyqat int8 | tinyqat int8 speed-up | tinyqat int8 vs PyTorch int8 |" if tq_out else ""))
+    print("|---|---|---|---|%s" % ("---|---|---|---|" if tq_out else ""))
+    for batch in (64, 1):
+        pf, pi = mean(batch, "float", 0), mean(batch, "int8", 0)
+        pfc, pic = mean(batch, "float", 1), mean(batch, "int8", 1)
+        row = "| %d | %.1f us (CPU %.1f) | %.1f us (CPU %.1f) | %.2fx (CPU %.2fx) |" % (
+            batch, pf * 1e6, pfc * 1e6, pi * 1e6, pic * 1e6, mean(batch, "ratio", 0), mean(batch, "ratio", 1))
+        if tq_out:
+            t = tq_out["batch_%d" % batch]
+            tf, ti = t["float"], t["int8"]
+            row += " %.1f us (CPU %.1f) | %.1f us (CPU %.1f) | %.2fx (CPU %.2fx) | %.2fx (CPU %.2fx) |" % (
+                tf["median_s"] * 1e6, tf["cpu_median_s"] * 1e6, ti["median_s"] * 1e6, ti["cpu_median_s"] * 1e6,
+                t["float_over_int8"], t["float_over_int8_cpu"], pi / ti["median_s"], pic / ti["cpu_median_s"])
+        print(row)
+
+
 if __name__ == "__main__":
-    main()
+    if "--int8" in sys.argv:
+        main_int8(sys.argv)
+    else:
+        main()
