@@ -26,7 +26,6 @@ ratios is printed.
 
 Needs Debian's python3-torch and python3-torchvision; the tests never run it.
 """
-import gzip
 import json
 import os
 import statistics
@@ -88,18 +87,15 @@ def main():
     print("mobilenet_v2 forward, 1x3x224x224: %.2f ms (thread CPU %.2f ms)" % (wall * 1e3, cpu * 1e3))
 
 
-DATA = "/usr/share/datasets/fashion-mnist"
-MEAN, STD = 0.2860, 0.3530  # tinyqat's normalisation (io/dataset.h)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+from fashion_mnist import normalise, read_idx  # noqa: E402  (the loader's normalisation, bit for bit)
 
 
 def fashion(split):
     """Images (N, 1, 28, 28) normalised as tinyqat's DataLoader, labels (N)."""
-    with gzip.open(os.path.join(DATA, split + "-images-idx3-ubyte.gz")) as f:
-        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
-    with gzip.open(os.path.join(DATA, split + "-labels-idx1-ubyte.gz")) as f:
-        y = np.frombuffer(f.read(), np.uint8, offset=8)
-    x = (torch.from_numpy(x.astype(np.float32)) / 255.0 - MEAN) / STD
-    return x, torch.from_numpy(y.astype(np.int64))
+    x = normalise(read_idx(split + "-images-idx3-ubyte.gz")).reshape(-1, 1, 28, 28)
+    y = read_idx(split + "-labels-idx1-ubyte.gz")
+    return torch.from_numpy(x.copy()), torch.from_numpy(y.astype(np.int64))
 
 
 def sgd_steps(model, x, y, steps, before_step=None):
