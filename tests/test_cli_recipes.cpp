@@ -188,3 +188,60 @@ TEST_CASE("sweep: a recipe over seeds, mean and sd per row, the same numbers as 
   CHECK(run("sweep --seeds 0 --workdir " + dir.path + " --train \"--epochs 0\"", dir) == 1);
   CHECK(read_all(dir / "stderr.txt").find("tinyqat train: --epochs 0 must be") != std::string::npos);  // train's own message, relayed
 }
+
+TEST_CASE("lowbit: the recipe options reach every QAT run; bad ones are usage errors naming the option", "[cli][recipes][lowbit]") {
+  const Dir dir("tinyqat_recipe_lowbit");
+  run_json("train --epochs 1 " + kTiny + " --out " + dir / "float.st", dir);
+  const std::string base = "lowbit --from " + dir / "float.st" +
+                           " --configs w4a4 --epochs 2 --batch-size 32 --limit-train 600 --limit-test 300 --workdir ";
+  const json plain = run_json(base + dir / "plain", dir);
+  REQUIRE(plain["rows"].size() == 1);
+  CHECK(plain["recipe"]["optimizer"] == "sgd");
+  CHECK_FALSE(plain["rows"][0].contains("lsq_best_epoch"));
+  // lowbit's LSQ run is what `tinyqat qat` makes with the same recipe.
+  const std::string recipe = " --optimizer adamw --lr 0.003 --weight-decay 0.01 --lr-schedule cosine --warmup 0.5 --val 100"
+                             " --augment --clip-grad 1 --freeze-observers-after 1";
+  const json with = run_json(base + dir / "recipe" + recipe, dir);
+  CHECK(with["recipe"]["optimizer"] == "adamw");
+  CHECK(with["recipe"]["val"] == 100.0);
+  CHECK(with["rows"][0]["lsq_best_epoch"].get<int>() >= 1);
+  CHECK(with["rows"][0]["qat_best_epoch"].get<int>() >= 1);
+  const json single = run_json("qat --from " + dir / "float.st" +
+                                   " --epochs 2 --batch-size 32 --limit-train 600 --limit-test 300 --weight-bits 4"
+                                   " --activation-bits 4 --learnable-scale --out " + dir / "single.st" + recipe,
+                               dir);
+  CHECK(single["accuracy"] == with["rows"][0]["lsq_accuracy"]);
+  CHECK(single["fake_quant_accuracy"] == with["rows"][0]["lsq_fake_quant_accuracy"]);
+  CHECK(single["best_epoch"] == with["rows"][0]["lsq_best_epoch"]);
+  // Each option alone changes the trained models.
+  const std::string plain_lsq = read_all(dir / "plain/w4a4_lsq.safetensors");
+  const std::string plain_ma = read_all(dir / "plain/w4a4_qat.safetensors");
+  for (const std::string option : {"--optimizer adam --lr 0.001", "--weight-decay 0.05", "--lr-schedule cosine", "--warmup 0.5",
+                                   "--val 100", "--augment", "--clip-grad 0.05", "--batch-size 48", "--momentum 0.5",
+                                   "--freeze-observers-after 1"}) {
+    INFO(option);
+    run_json(base + dir / "one " + option, dir);
+    CHECK(read_all(dir / "one/w4a4_qat.safetensors") != plain_ma);
+    if (std::string(option) != "--freeze-observers-after 1")  // LSQ's step sizes learn; there is no observer to stop
+      CHECK(read_all(dir / "one/w4a4_lsq.safetensors") != plain_lsq);
+  }
+  // The defaults spelled out change no bit.
+  run_json(base + dir / "spelled --optimizer sgd --lr-schedule constant --weight-decay 0 --momentum 0.9 --batch-size 32", dir);
+  CHECK(read_all(dir / "spelled/w4a4_lsq.safetensors") == plain_lsq);
+  // Bad values: exit 2, the option named, nothing written.
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--optimizer rmsprop", "--optimizer"}, {"--lr-schedule wavy", "--lr-schedule"}, {"--weight-decay -1", "--weight-decay"},
+      {"--warmup -2", "--warmup"},            {"--val 2.5", "--val"},                  {"--val 600", "--val"},
+      {"--clip-grad -1", "--clip-grad"},      {"--batch-size 0", "--batch-size"},      {"--momentum 2", "--momentum"},
+      {"--freeze-observers-after -1", "--freeze-observers-after"}, {"--limit-train -5", "--limit-train"},
+      {"--lr-schedule cosine --warmup 2", "--warmup"},
+  };
+  for (const auto& [args, name] : cases) {
+    INFO(args);
+    CHECK(run(base + dir / "bad " + args, dir) == 2);
+    const std::string err = read_all(dir / "stderr.txt");
+    INFO(err);
+    CHECK(err.find(name) != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(dir / "bad/w4a4_lsq.safetensors"));
+  }
+}

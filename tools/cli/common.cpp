@@ -390,6 +390,26 @@ void check_settings(const json& cmd, const std::string& checkpoint) {
 
 }  // namespace
 
+void check_command(const json& cmd) { check_settings(cmd, ""); }
+
+void add_limits(cxxopts::Options& o) {
+  o.add_options()("limit-train", "train on the first N training images only (0 = all)",
+                  cxxopts::value<int64_t>()->default_value("0"))(
+      "limit-test", "evaluate on the first N test images only (0 = all)", cxxopts::value<int64_t>()->default_value("0"));
+}
+
+void limits_to_command(const cxxopts::ParseResult& r, json& cmd, bool always) {
+  const int64_t train = r["limit-train"].as<int64_t>(), test = r["limit-test"].as<int64_t>();
+  if (train < 0 || test < 0) throw UsageError("--limit-train and --limit-test must not be negative");
+  if (always || train > 0) cmd["limit_train"] = train;
+  if (always || test > 0) cmd["limit_test"] = test;
+}
+
+void apply_limits(const json& cmd, FashionMnist& data) {
+  for (auto [key, set] : {std::pair{"limit_train", &data.train}, std::pair{"limit_test", &data.test}})
+    if (const int64_t n = cmd.value(key, int64_t{0}); n > 0 && n < set->size()) *set = set->slice(0, n);
+}
+
 std::optional<Checkpoint> resume_checkpoint(const cxxopts::ParseResult& r, const char* command, json& cmd) {
   if (r["stop-after"].as<int64_t>() < 0) throw UsageError("--stop-after must be 0 (never) or positive");
   if (r["checkpoint-every"].as<int64_t>() < 0) throw UsageError("--checkpoint-every must be 0 or positive");
@@ -425,7 +445,8 @@ std::optional<Checkpoint> resume_checkpoint(const cxxopts::ParseResult& r, const
 // ---- The training recipe ----
 
 void add_recipe(cxxopts::Options& o) {
-  o.add_options("recipe")("optimizer", "sgd | adam | adamw", cxxopts::value<std::string>()->default_value("sgd"))(
+  o.add_options("recipe")("batch-size", "batch size", cxxopts::value<int64_t>()->default_value("64"))(
+      "momentum", "SGD momentum", cxxopts::value<double>()->default_value("0.9"))("optimizer", "sgd | adam | adamw", cxxopts::value<std::string>()->default_value("sgd"))(
       "weight-decay", "weight decay (L2 for sgd and adam, decoupled for adamw; never on LSQ step sizes)",
       cxxopts::value<double>()->default_value("0"))(
       "lr-schedule", "constant | step | multistep | cosine, stepped per batch",
@@ -471,6 +492,8 @@ void recipe_to_command(const cxxopts::ParseResult& r, json& cmd) {
   if (!(val >= 0 && val <= 1e9) || (val >= 1 && val != std::floor(val)))
     throw UsageError(fmt::format("--val must be a sample count or a fraction below 1, not {}", val));
   if (!(clip >= 0 && std::isfinite(clip))) throw UsageError(fmt::format("--clip-grad must be finite and >= 0, not {}", clip));
+  if (schedule == "cosine" && cmd.contains("epochs") && cmd["epochs"].is_number() && warmup >= cmd["epochs"].get<double>())
+    throw UsageError(fmt::format("--warmup {} epochs leaves no epoch of the {} for the cosine", warmup, cmd["epochs"].dump()));
   cmd.update({{"optimizer", opt}, {"weight_decay", wd}, {"lr_schedule", schedule}, {"warmup", warmup},
               {"step_size", r["step-size"].as<int>()}, {"milestones", milestones}, {"gamma", gamma}, {"val", val},
               {"augment", r.count("augment") > 0}, {"clip_grad", clip}});
@@ -493,21 +516,24 @@ std::unique_ptr<nn::Optimizer> make_optimizer(nn::Module& model, const json& cmd
 
 }  // namespace
 
+int64_t validation_count(const json& cmd, int64_t n) {
+  const double val = cmd.value("val", 0.0);
+  if (!(val > 0)) return 0;
+  const int64_t count = val < 1 ? static_cast<int64_t>(std::llround(val * static_cast<double>(n))) : static_cast<int64_t>(val);
+  if (count < 1 || count >= n)
+    throw UsageError(
+        fmt::format("--val {} leaves {} of {} training samples for validation; it needs 1 to {}", val, count, n, n - 1));
+  return count;
+}
+
 TrainState run_training(const cxxopts::ParseResult& r, nn::Module& model, const FashionMnist& data, const json& cmd,
                         const std::optional<Checkpoint>& ck, TrainOptions& topt) {
   const uint64_t seed = cmd["seed"].get<uint64_t>();
   const int epochs = cmd["epochs"].get<int>();
   // The validation split: seeded by the run's seed, carved from the training set.
-  const double val = cmd.value("val", 0.0);
   std::optional<io::TrainValidationSplit> split;
-  if (val > 0) {
-    const int64_t n = data.train.size();
-    const int64_t count = val < 1 ? static_cast<int64_t>(std::llround(val * static_cast<double>(n))) : static_cast<int64_t>(val);
-    if (count < 1 || count >= n)
-      throw UsageError(fmt::format("--val {} leaves {} of {} training samples for validation; it needs 1 to {}", val,
-                                   count, n, n - 1));
+  if (const int64_t count = validation_count(cmd, data.train.size()); count > 0)
     split = io::split_validation(data.train, count, seed);
-  }
   const io::Dataset& train_set = split ? split->train : data.train;
   const io::DataLoaderOptions lopt{.batch_size = cmd["batch_size"].get<int64_t>(), .seed = seed,
                                    .as_images = takes_images(model)};

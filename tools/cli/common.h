@@ -110,14 +110,25 @@ std::vector<std::pair<int, int>> parse_configs(const std::string& text);
 void apply_layer_bits(nn::Module& model, const std::string& spec,
                       const std::function<quant::QConfigPtr(int, int)>& make);
 
-// ---- The training recipe (train, qat; docs/cli.md "Training recipes") ----
+// ---- The training recipe (train, qat, lowbit; docs/cli.md "Training recipes") ----
 
-// --optimizer, --weight-decay, --lr-schedule, --warmup, --step-size,
-// --milestones, --gamma, --val, --augment, --clip-grad.
+// --batch-size, --momentum, --optimizer, --weight-decay, --lr-schedule,
+// --warmup, --step-size, --milestones, --gamma, --val, --augment, --clip-grad.
 void add_recipe(cxxopts::Options& o);
 // Checks them (a UsageError names the bad one) and records them in `cmd`,
 // so that checkpoints carry them to --resume.
 void recipe_to_command(const cxxopts::ParseResult& r, json& cmd);
+// Checks a command's settings (epochs, batch_size, lr, momentum, seed, ...) as
+// options: a UsageError names the option (resume_checkpoint does this too).
+void check_command(const json& cmd);
+
+// --limit-train N, --limit-test N (train, qat, lowbit): the first N images only.
+void add_limits(cxxopts::Options& o);
+// Their values into `cmd` ("limit_train", "limit_test"); negative ones are a
+// UsageError. `always` records zeros too (train's checkpoints hold both).
+void limits_to_command(const cxxopts::ParseResult& r, json& cmd, bool always);
+// Cuts `data` to `cmd`'s limits (0 or absent = all).
+void apply_limits(const json& cmd, FashionMnist& data);
 
 // ---- Checkpoints and resume (train, qat) ----
 
@@ -139,6 +150,9 @@ std::optional<Checkpoint> resume_checkpoint(const cxxopts::ParseResult& r, const
 // then cli::train. `topt` holds the checkpointing options; epochs, progress
 // and the recipe are set here. The result's test_accuracy is that of the
 // model it leaves (the best validation epoch's with a validation set).
+// The number of training samples `cmd`'s "val" holds out of `n` (0 without
+// one); a UsageError naming --val when that leaves no sample on either side.
+int64_t validation_count(const json& cmd, int64_t n);
 TrainState run_training(const cxxopts::ParseResult& r, nn::Module& model, const FashionMnist& data, const json& cmd,
                         const std::optional<Checkpoint>& ck, TrainOptions& topt);
 

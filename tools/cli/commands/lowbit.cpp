@@ -24,7 +24,21 @@ namespace {
 struct Result {
   double accuracy = 0, fake_quant_accuracy = 0, agreement = 0;
   int64_t bytes = 0;
+  int best_epoch = 0;  // with --val: the QAT epoch kept
 };
+
+// "sgd, lr 0.01, batch 64" and whatever else the recipe sets: the table's heading.
+std::string recipe_summary(const json& cmd) {
+  std::string s = fmt::format("{}, lr {}, batch {}", cmd["optimizer"].get<std::string>(), cmd["lr"].get<double>(),
+                              cmd["batch_size"].get<int64_t>());
+  if (cmd["weight_decay"].get<double>() > 0) s += fmt::format(", weight decay {}", cmd["weight_decay"].get<double>());
+  if (cmd["lr_schedule"] != "constant") s += ", " + cmd["lr_schedule"].get<std::string>() + " schedule";
+  if (cmd["warmup"].get<double>() > 0) s += fmt::format(", warm-up {} epoch(s)", cmd["warmup"].get<double>());
+  if (cmd["val"].get<double>() > 0) s += fmt::format(", best of --val {}", cmd["val"].get<double>());
+  if (cmd["augment"].get<bool>()) s += ", augmented";
+  if (cmd["clip_grad"].get<double>() > 0) s += fmt::format(", gradients clipped to {}", cmd["clip_grad"].get<double>());
+  return s;
+}
 
 }  // namespace
 
@@ -37,21 +51,32 @@ int run_lowbit(int argc, char** argv) {
       "lr", "QAT learning rate", cxxopts::value<double>()->default_value("0.01"))(
       "configs", "comma-separated WxAy list", cxxopts::value<std::string>()->default_value("w8a8,w4a8,w4a4,w3a3,w2a8"))(
       "workdir", "where the model files go", cxxopts::value<std::string>()->default_value("models/lowbit"))(
-      "seed", "shuffling seed", cxxopts::value<uint64_t>()->default_value("0"))(
+      "seed", "shuffling seed (and the validation split's)", cxxopts::value<uint64_t>()->default_value("0"))(
       "layer-bits", "layers kept at other widths in every run, e.g. fc1=8,fc3=8 (the LSQ paper keeps first and last at 8)",
       cxxopts::value<std::string>()->default_value(""));
+  add_limits(o);
   add_common(o);
+  add_recipe(o);
+  add_qat_schedule(o);
   auto r = parse(o, argc, argv);
   apply_threads(r);
   const std::string from = require(r, "from"), wd = r["workdir"].as<std::string>();
   const std::string layer_bits = r["layer-bits"].as<std::string>();
   const int epochs = r["epochs"].as<int>();
   if (epochs < 1) throw UsageError("--epochs must be at least 1");
+  // Every QAT run of the table trains with this recipe (docs/cli.md "Training recipes").
+  json cmd = {{"command", "lowbit"}, {"epochs", epochs}, {"batch_size", r["batch-size"].as<int64_t>()},
+              {"lr", r["lr"].as<double>()}, {"momentum", r["momentum"].as<double>()}, {"seed", r["seed"].as<uint64_t>()}};
+  limits_to_command(r, cmd, false);
+  recipe_to_command(r, cmd);
+  read_qat_schedule(r, cmd);
+  check_command(cmd);
   const std::vector<std::pair<int, int>> configs = parse_configs(r["configs"].as<std::string>());
   std::filesystem::create_directories(wd);
-  const FashionMnist data = load_data(r);
+  FashionMnist data = load_data(r);
+  apply_limits(cmd, data);
+  validation_count(cmd, data.train.size());  // a bad --val stops the command before its first run
   const io::Dataset& test_set = data.test;
-  const bool progress = progress_wanted(r.count("progress") > 0);
   const int threads = r["threads"].as<int>();
   const uint64_t seed = r["seed"].as<uint64_t>();
   auto float_model = load_float(from, "lowbit");
@@ -63,13 +88,14 @@ int run_lowbit(int argc, char** argv) {
     auto m = io::load_model(from);
     auto make = [lsq](int wb, int ab) { return lsq ? quant::make_lsq_qat_qconfig(wb, ab) : quant::make_qat_qconfig(wb, ab); };
     quant::Evaluation fq;
+    TrainState st;
     quant::quantize_qat(
         *m,
         [&](nn::Module& prepared) {
-          io::DataLoader loader(data.train, {.batch_size = 64, .seed = seed});
-          train(prepared, loader, test_set,
-                {.epochs = epochs, .lr = r["lr"].as<double>(), .momentum = 0.9, .progress = progress,
-                 .label = fmt::format("W{}A{} {}", w, a, lsq ? "LSQ" : "QAT")});
+          TrainOptions topt;
+          topt.label = fmt::format("W{}A{} {}", w, a, lsq ? "LSQ" : "QAT");
+          topt.before_step = qat_schedule_hook(cmd);
+          st = run_training(r, prepared, data, cmd, std::nullopt, topt);
           return true;
         },
         {.qconfig = make(w, a),
@@ -78,7 +104,7 @@ int run_lowbit(int argc, char** argv) {
     quant::set_int8_threads(*m, threads);
     const quant::Evaluation q = evaluate(*m, test_set);
     io::save_model(*m, path);
-    return Result{q.accuracy, fq.accuracy, quant::agreement(fq, q), file_bytes(path)};
+    return Result{q.accuracy, fq.accuracy, quant::agreement(fq, q), file_bytes(path), st.best_epoch};
   };
   auto run_ptq = [&](int w, int a, const std::string& path) {
     auto m = io::load_model(from);
@@ -94,10 +120,10 @@ int run_lowbit(int argc, char** argv) {
 
   json rows = json::array();
   std::string s = fmt::format(
-      "\nFashion-MNIST MLP from {} (float {:.2f}%, {} bytes); QAT {} epoch(s) from the float model{}\n\n"
+      "\nFashion-MNIST MLP from {} (float {:.2f}%, {} bytes); QAT {} epoch(s) from the float model ({}){}\n\n"
       "| weights/acts | PTQ (histogram) | QAT moving avg | QAT LSQ  | agreement MA / LSQ | int8 file | of float |\n"
       "|--------------|-----------------|----------------|----------|--------------------|-----------|----------|\n",
-      from, float_acc, float_bytes, epochs, layer_bits.empty() ? "" : "; layers kept apart: " + layer_bits);
+      from, float_acc, float_bytes, epochs, recipe_summary(cmd), layer_bits.empty() ? "" : "; layers kept apart: " + layer_bits);
   for (auto [w, a] : configs) {
     const std::string tag = fmt::format("w{}a{}", w, a);
     const Result ptq = run_ptq(w, a, wd + "/" + tag + "_ptq.safetensors");
@@ -111,9 +137,12 @@ int run_lowbit(int argc, char** argv) {
                     {"qat_agreement", ma.agreement}, {"lsq_accuracy", lsq.accuracy},
                     {"lsq_fake_quant_accuracy", lsq.fake_quant_accuracy}, {"lsq_agreement", lsq.agreement},
                     {"ptq_bytes", ptq.bytes}, {"qat_bytes", ma.bytes}, {"lsq_bytes", lsq.bytes}});
+    if (cmd["val"].get<double>() > 0) rows.back().update({{"qat_best_epoch", ma.best_epoch}, {"lsq_best_epoch", lsq.best_epoch}});
   }
+  json recipe = cmd;
+  recipe.erase("command");
   json j = {{"float_accuracy", float_acc}, {"float_bytes", float_bytes}, {"epochs", epochs}, {"layer_bits", layer_bits},
-            {"rows", rows}};
+            {"recipe", recipe}, {"rows", rows}};
   finish(r, j, s);
   return 0;
 }

@@ -17,14 +17,12 @@ int run_qat(int argc, char** argv) {
   cxxopts::Options o("tinyqat qat", "Fine-tune a float model with fake quantization, convert it to int8 and save it.");
   o.add_options()("from", "float model file", cxxopts::value<std::string>())("epochs", "epochs", cxxopts::value<int>()->default_value("1"))(
       "qconfig", "x86 | fbgemm | qnnpack", cxxopts::value<std::string>()->default_value("x86"))(
-      "batch-size", "batch size", cxxopts::value<int64_t>()->default_value("64"))("lr", "learning rate", cxxopts::value<double>()->default_value("0.01"))(
-      "momentum", "SGD momentum", cxxopts::value<double>()->default_value("0.9"))("seed", "shuffling seed", cxxopts::value<uint64_t>()->default_value("0"))(
+      "lr", "learning rate", cxxopts::value<double>()->default_value("0.01"))("seed", "shuffling seed", cxxopts::value<uint64_t>()->default_value("0"))(
       "no-fuse", "keep Linear and ReLU, Conv2d, BatchNorm2d and ReLU apart (by default they are fused)")(
       "arch", "check that --from holds this architecture: mlp, cnn or mobilenet_v2", cxxopts::value<std::string>())(
-      "limit-train", "train on the first N training images only (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
-      "limit-test", "evaluate on the first N test images only (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
       "learnable-scale", "LSQ: learn the quantizers' scales (and activation zero points) with the weights")(
       "out", "int8 model file to write", cxxopts::value<std::string>());
+  add_limits(o);
   add_common(o);
   add_bits(o);
   add_recipe(o);
@@ -39,10 +37,7 @@ int run_qat(int argc, char** argv) {
               {"batch_size", r["batch-size"].as<int64_t>()}, {"lr", r["lr"].as<double>()},
               {"momentum", r["momentum"].as<double>()}, {"seed", r["seed"].as<uint64_t>()}, {"fuse", !r.count("no-fuse")},
               {"learnable_scale", r.count("learnable-scale") > 0}};
-  if (r["limit-train"].as<int64_t>() < 0 || r["limit-test"].as<int64_t>() < 0)
-    throw UsageError("--limit-train and --limit-test must not be negative");
-  if (r["limit-train"].as<int64_t>() > 0) cmd["limit_train"] = r["limit-train"].as<int64_t>();
-  if (r["limit-test"].as<int64_t>() > 0) cmd["limit_test"] = r["limit-test"].as<int64_t>();
+  limits_to_command(r, cmd, false);
   recipe_to_command(r, cmd);
   const Bits bits = parse_bits(r, r["qconfig"].as<std::string>());
   cmd["weight_bits"] = bits.weight;
@@ -59,8 +54,7 @@ int run_qat(int argc, char** argv) {
   auto qconfig = (bits.given || lsq) ? make_qconfig(bits.weight, bits.activation)
                                      : quant::get_default_qat_qconfig(cmd["qconfig"].get<std::string>());
   FashionMnist data = load_data(r);
-  for (auto [key, set] : {std::pair{"limit_train", &data.train}, std::pair{"limit_test", &data.test}})
-    if (const int64_t n = cmd.value(key, int64_t{0}); n > 0 && n < set->size()) *set = set->slice(0, n);
+  apply_limits(cmd, data);
 
   const auto t0 = std::chrono::steady_clock::now();
   std::shared_ptr<nn::Module> model;

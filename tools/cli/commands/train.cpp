@@ -20,9 +20,6 @@ std::shared_ptr<nn::Module> make_model(const json& cmd, const FashionMnist& data
                          data.train.images.size(1) * data.train.images.size(2), data.train.num_classes);
 }
 
-// The first n samples of `d` (all of it when n is 0).
-io::Dataset first(const io::Dataset& d, int64_t n) { return n > 0 && n < d.size() ? d.slice(0, n) : d; }
-
 }  // namespace
 
 int run_train(int argc, char** argv) {
@@ -30,12 +27,11 @@ int run_train(int argc, char** argv) {
   o.add_options()("arch", "architecture: mlp, cnn or mobilenet_v2", cxxopts::value<std::string>()->default_value("mlp"))(
       "width", "width multiplier of mobilenet_v2", cxxopts::value<double>()->default_value("1.0"))(
       "hidden", "hidden layer sizes of the mlp", cxxopts::value<std::string>()->default_value("256,128"))(
-      "limit-train", "train on the first N training images only (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
-      "limit-test", "evaluate on the first N test images only (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
-      "epochs", "epochs", cxxopts::value<int>()->default_value("5"))("batch-size", "batch size", cxxopts::value<int64_t>()->default_value("64"))(
-      "lr", "learning rate", cxxopts::value<double>()->default_value("0.01"))("momentum", "SGD momentum", cxxopts::value<double>()->default_value("0.9"))(
+      "epochs", "epochs", cxxopts::value<int>()->default_value("5"))(
+      "lr", "learning rate", cxxopts::value<double>()->default_value("0.01"))(
       "seed", "random seed (initialisation and shuffling)", cxxopts::value<uint64_t>()->default_value("0"))(
       "out", "model file to write", cxxopts::value<std::string>());
+  add_limits(o);
   add_common(o);
   add_recipe(o);
   add_checkpointing(o);
@@ -52,13 +48,11 @@ int run_train(int argc, char** argv) {
   if (arch != "mobilenet_v2" && r.count("width")) throw UsageError(fmt::format("--width is for --arch mobilenet_v2, not {}", arch));
   if (!(r["width"].as<double>() > 0) || r["width"].as<double>() > 4)
     throw UsageError(fmt::format("--width must be in (0, 4], not {}", r["width"].as<double>()));
-  if (r["limit-train"].as<int64_t>() < 0 || r["limit-test"].as<int64_t>() < 0)
-    throw UsageError("--limit-train and --limit-test must not be negative");
   json cmd = {{"command", "train"}, {"arch", arch}, {"width", r["width"].as<double>()},
-              {"limit_train", r["limit-train"].as<int64_t>()}, {"limit_test", r["limit-test"].as<int64_t>()},
               {"hidden", r["hidden"].as<std::string>()}, {"epochs", r["epochs"].as<int>()},
               {"batch_size", r["batch-size"].as<int64_t>()}, {"lr", r["lr"].as<double>()},
               {"momentum", r["momentum"].as<double>()}, {"seed", r["seed"].as<uint64_t>()}};
+  limits_to_command(r, cmd, true);
   recipe_to_command(r, cmd);
   const std::optional<Checkpoint> ck = resume_checkpoint(r, "train", cmd);
   // Checkpoints written before --arch were all of the MLP.
@@ -70,8 +64,7 @@ int run_train(int argc, char** argv) {
   if (epochs < 1) throw UsageError("--epochs must be at least 1");
   if (batch_size < 1) throw UsageError("--batch-size must be at least 1");
   FashionMnist data = load_data(r);
-  data.train = first(data.train, cmd["limit_train"].get<int64_t>());
-  data.test = first(data.test, cmd["limit_test"].get<int64_t>());
+  apply_limits(cmd, data);
 
   const auto t0 = std::chrono::steady_clock::now();
   std::shared_ptr<nn::Module> model;
