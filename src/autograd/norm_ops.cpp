@@ -41,6 +41,23 @@ void check_channel_vector(const Tensor& t, int64_t C, const char* what) {
 
 }  // namespace
 
+Tensor batch_norm_training_invstd(const Tensor& mean, const Tensor& var, int64_t M, const Tensor& running_mean,
+                                  const Tensor& running_var, double momentum, double eps) {
+  const int64_t C = mean.numel();
+  Tensor invstd = empty({C});
+  for (int64_t c = 0; c < C; ++c) invstd.data<float>()[c] = static_cast<float>(1.0 / std::sqrt(var.data<float>()[c] + eps));
+  if (running_mean.defined()) {  // eq. 3: the running variance is unbiased
+    float* rm = running_mean.data<float>();
+    float* rv = running_var.data<float>();
+    const double unbias = static_cast<double>(M) / static_cast<double>(M - 1);
+    for (int64_t c = 0; c < C; ++c) {
+      rm[c] = static_cast<float>((1 - momentum) * rm[c] + momentum * mean.data<float>()[c]);
+      rv[c] = static_cast<float>((1 - momentum) * rv[c] + momentum * var.data<float>()[c] * unbias);
+    }
+  }
+  return invstd;
+}
+
 Tensor batch_norm(const Tensor& x_in, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
                   const Tensor& bias, bool training, double momentum, double eps) {
   if (!x_in.defined()) throw std::invalid_argument("batch_norm: received an undefined tensor");
@@ -64,16 +81,7 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& running_mean, const Tensor& 
                                               x.shape().str(), N));
     Tensor var;
     k::batch_norm_stats(x, mean, var);
-    for (int64_t c = 0; c < C; ++c) invstd.data<float>()[c] = static_cast<float>(1.0 / std::sqrt(var.data<float>()[c] + eps));
-    if (running_mean.defined()) {  // eq. 3: the running variance is unbiased
-      float* rm = running_mean.data<float>();
-      float* rv = running_var.data<float>();
-      const double unbias = static_cast<double>(M) / static_cast<double>(M - 1);
-      for (int64_t c = 0; c < C; ++c) {
-        rm[c] = static_cast<float>((1 - momentum) * rm[c] + momentum * mean.data<float>()[c]);
-        rv[c] = static_cast<float>((1 - momentum) * rv[c] + momentum * var.data<float>()[c] * unbias);
-      }
-    }
+    invstd = batch_norm_training_invstd(mean, var, M, running_mean, running_var, momentum, eps);
   } else {
     if (!running_mean.defined())
       throw std::invalid_argument("batch_norm: evaluation needs running_mean and running_var (track_running_stats)");

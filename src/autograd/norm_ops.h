@@ -15,4 +15,11 @@ namespace tq {
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
                   const Tensor& bias, bool training, double momentum = 0.1, double eps = 1e-5);
 
+// The statistics half of training-mode batch_norm, for callers that took the
+// batch's mean and biased variance (C) themselves over M values per channel:
+// returns invstd = 1 / sqrt(var + eps) and, when running_mean / running_var are
+// defined, updates them in place as batch_norm does (eq. 3).
+Tensor batch_norm_training_invstd(const Tensor& mean, const Tensor& var, int64_t M, const Tensor& running_mean,
+                                  const Tensor& running_var, double momentum, double eps);
+
 }  // namespace tq

@@ -3,10 +3,76 @@
 #include <stdexcept>
 #include <string>
 
+#include <typeinfo>
+
+#include "autograd/fused_conv_ops.h"
 #include "nn/activation.h"
+#include "nn/batchnorm.h"
+#include "nn/conv.h"
 #include "nn/linear.h"
+#include "nn/pooling.h"
 
 namespace tq::nn {
+
+namespace {
+
+template <class M>
+M* exactly(Module& m) {
+  return typeid(m) == typeid(M) ? static_cast<M*>(&m) : nullptr;
+}
+
+// Conv2d -> BatchNorm2d (training) -> ReLU -> MaxPool2d(2, 2) at m[0..3] on a
+// plain float input of the right channel count: runs them as one fused op
+// into `out` and returns true. Otherwise false, and nothing has happened.
+bool fused_conv_bn_relu_pool(Module* const m[4], const Tensor& x, Tensor& out) {
+  Conv2d* conv = exactly<Conv2d>(*m[0]);
+  BatchNorm2d* bn = exactly<BatchNorm2d>(*m[1]);
+  MaxPool2d* pool = exactly<MaxPool2d>(*m[3]);
+  if (!conv || !bn || !exactly<ReLU>(*m[2]) || !pool || !bn->is_training()) return false;
+  if (bn->num_features != conv->out_channels) return false;
+  if (pool->kernel_size.h != 2 || pool->kernel_size.w != 2 || pool->stride.h != 2 || pool->stride.w != 2 ||
+      pool->padding.h != 0 || pool->padding.w != 0 || pool->dilation.h != 1 || pool->dilation.w != 1)
+    return false;
+  if (!x.defined() || x.dtype() != DType::f32 || x.is_quantized() || x.dim() != 4 || x.size(1) != conv->in_channels)
+    return false;
+  if (conv->weight.dtype() != DType::f32 || conv->weight.is_quantized()) return false;
+  // The convolution's output must be pooled and normalised at all (else the
+  // modules raise their own errors).
+  const int64_t eff_h = conv->dilation.h * (conv->kernel_size.h - 1) + 1;
+  const int64_t eff_w = conv->dilation.w * (conv->kernel_size.w - 1) + 1;
+  const int64_t oh = (x.size(2) + 2 * conv->padding.h - eff_h) / conv->stride.h + 1;
+  const int64_t ow = (x.size(3) + 2 * conv->padding.w - eff_w) / conv->stride.w + 1;
+  if (x.size(2) + 2 * conv->padding.h < eff_h || x.size(3) + 2 * conv->padding.w < eff_w || oh < 2 || ow < 2)
+    return false;
+  out = conv2d_batch_norm_relu_max_pool2x2(x, conv->weight, conv->bias, conv->options(), bn->running_mean(),
+                                           bn->running_var(), bn->weight, bn->bias, bn->momentum, bn->eps);
+  if (bn->track_running_stats) {
+    const Tensor n = bn->buffer("num_batches_tracked");
+    if (n.defined()) n.data<int64_t>()[0] += 1;
+  }
+  return true;
+}
+
+}  // namespace
+
+Tensor Sequential::forward(const Tensor& x) {
+  Tensor h = x;
+  for (size_t i = 0; i < slots_.size();) {
+    if (i + 4 <= slots_.size()) {
+      Module* const run[4] = {slots_[i]->module.get(), slots_[i + 1]->module.get(), slots_[i + 2]->module.get(),
+                              slots_[i + 3]->module.get()};
+      Tensor out;
+      if (fused_conv_bn_relu_pool(run, h, out)) {
+        h = out;
+        i += 4;
+        continue;
+      }
+    }
+    h = slots_[i]->module->forward(h);
+    ++i;
+  }
+  return h;
+}
 
 std::shared_ptr<Sequential> make_mlp(const std::vector<int64_t>& sizes) {
   if (sizes.size() < 2) throw std::invalid_argument("make_mlp: needs at least two sizes (inputs and outputs)");

@@ -28,11 +28,12 @@ class Sequential : public Module {
     register_module(name, std::forward<M>(m));
   }
 
-  Tensor forward(const Tensor& x) override {
-    Tensor h = x;
-    for (auto& s : slots_) h = s->module->forward(h);
-    return h;
-  }
+  // The children one after another. In training, a run Conv2d -> BatchNorm2d
+  // -> ReLU -> MaxPool2d(2) of exactly these module types goes through one
+  // fused op (conv2d_batch_norm_relu_max_pool2x2: the same results in fewer
+  // passes over memory); any other module, e.g. a quantization-aware
+  // replacement, breaks the run and is called as usual.
+  Tensor forward(const Tensor& x) override;
   size_t size() const { return slots_.size(); }
   Module& operator[](size_t i) const { return *slots_.at(i)->module; }
 };

@@ -162,7 +162,59 @@ Conv2dGeometry conv2d_geometry(const Shape& x, const Shape& w, int64_t stride_h,
   return g;
 }
 
+namespace {
+
+bool is_3x3_stride_1_pad_1(const Conv2dGeometry& g) {
+  return g.KH == 3 && g.KW == 3 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 1 && g.pad_w == 1 &&
+         g.dil_h == 1 && g.dil_w == 1;
+}
+
+// im2col for the 3x3 / stride 1 / padding 1 convolution of the small CNNs
+// (OH = H, OW = W). Row (c, kh, kw) of col is input channel c moved by
+// (kh - 1) rows and (kw - 1) columns: the rows that stay inside the input
+// form one contiguous block of x, copied at once, shifted by one float for
+// kw = 0 and 2; the column that came from the padding is then zeroed. The
+// same values as the general walk (the tests compare them).
+void im2col_3x3_s1_p1(const float* x, const Conv2dGeometry& g, float* col) {
+  const int64_t H = g.H, W = g.W, hw = H * W;
+  float* row = col;
+  for (int64_t c = 0; c < g.in_per_group(); ++c) {
+    const float* xc = x + c * hw;
+    for (int64_t kh = 0; kh < 3; ++kh) {
+      // Output rows [lo, hi) read input rows lo + kh - 1 ... inside [0, H).
+      const int64_t lo = kh == 0 ? 1 : 0, hi = kh == 2 ? H - 1 : H;
+      const float* src = xc + (lo + kh - 1) * W;
+      const int64_t n = hi > lo ? (hi - lo) * W : 0;
+      for (int64_t kw = 0; kw < 3; ++kw, row += hw) {
+        std::memset(row, 0, sizeof(float) * lo * W);
+        std::memset(row + hi * W, 0, sizeof(float) * (H - hi) * W);
+        float* dst = row + lo * W;
+        if (n == 0) continue;
+        if (kw == 1) {
+          std::memcpy(dst, src, sizeof(float) * n);
+        } else if (kw == 0) {  // dst[oh, ow] = src[oh, ow - 1]; ow = 0 is padding
+          std::memcpy(dst + 1, src, sizeof(float) * (n - 1));
+          for (int64_t i = 0; i < n; i += W) dst[i] = 0.f;
+        } else {  // dst[oh, ow] = src[oh, ow + 1]; ow = W - 1 is padding
+          std::memcpy(dst, src + 1, sizeof(float) * (n - 1));
+          for (int64_t i = W - 1; i < n; i += W) dst[i] = 0.f;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
 void im2col(const float* x, const Conv2dGeometry& g, float* col) {
+  if (is_3x3_stride_1_pad_1(g)) {
+    im2col_3x3_s1_p1(x, g, col);
+    return;
+  }
+  im2col_general(x, g, col);
+}
+
+void im2col_general(const float* x, const Conv2dGeometry& g, float* col) {
   const int64_t ohw = g.OH * g.OW;
   float* row = col;
   for (int64_t c = 0; c < g.in_per_group(); ++c) {
@@ -220,7 +272,8 @@ void col2im(const float* col, const Conv2dGeometry& g, float* dx) {
   }
 }
 
-Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dGeometry& g) {
+Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dGeometry& g,
+                      const ImageCallback& after_image) {
   check_f32_contiguous(x, "x");
   check_f32_contiguous(weight, "weight");
   if (bias.defined()) check_f32_contiguous(bias, "bias");
@@ -254,22 +307,28 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
         // y_n,g (ocg, ohw) = W_g (ocg, k) @ col (k, ohw) [+ bias]   (eq. 2)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ocg, ohw, k, 1.f, wp + gr * ocg * k, k, b, ohw,
                     bp ? 1.f : 0.f, yg, ohw);
+        if (after_image && gr + 1 == g.groups) after_image(n, yp + n * g.OC * ohw);
       }
     return y;
   }
   if (bias.defined()) add_bias(yp, bias.data<float>(), g);
+  if (after_image)
+    for (int64_t n = 0; n < g.N; ++n) after_image(n, yp + n * g.OC * ohw);
   return y;
 }
 
 Tensor conv2d_backward_input(const Tensor& dy, const Tensor& weight, const Conv2dGeometry& g) {
   check_f32_contiguous(dy, "dy");
   check_f32_contiguous(weight, "weight");
-  Tensor dx = zeros({g.N, g.C, g.H, g.W});
+  // Zeroed image by image just before col2im adds into it (in cache then),
+  // or written whole by the GEMM of a 1x1 convolution.
+  Tensor dx = empty({g.N, g.C, g.H, g.W});
   const float* dyp = dy.data<float>();
   const float* wp = weight.data<float>();
   float* dxp = dx.data<float>();
   const int64_t ohw = g.OH * g.OW, hw = g.H * g.W;
   if (g.is_depthwise()) {
+    std::memset(dxp, 0, sizeof(float) * dx.numel());
     for (int64_t n = 0; n < g.N; ++n)
       for (int64_t c = 0; c < g.C; ++c)
         depthwise_plane_backward_input(dyp + (n * g.OC + c) * ohw, wp + c * g.KH * g.KW, dxp + (n * g.C + c) * hw, g);
@@ -284,7 +343,10 @@ Tensor conv2d_backward_input(const Tensor& dy, const Tensor& weight, const Conv2
       // dcol (k, ohw) = W_g^T (k, ocg) @ dy_n,g (ocg, ohw)   (eq. 3); a 1x1 conv writes dx itself.
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, ohw, ocg, 1.f, wp + gr * ocg * k, k,
                   dyp + (n * g.OC + gr * ocg) * ohw, ohw, 0.f, direct ? dxg : dcol, ohw);
-      if (!direct) col2im(dcol, g, dxg);
+      if (!direct) {
+        std::memset(dxg, 0, sizeof(float) * cg * hw);
+        col2im(dcol, g, dxg);
+      }
     }
   return dx;
 }

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "tensor/tensor.h"
@@ -52,13 +53,21 @@ Conv2dGeometry conv2d_geometry(const Shape& x, const Shape& weight, int64_t stri
 // ---- im2col / col2im for one image and one group ----
 // x: (C/g, H, W) of that group -> col: (C/g * KH * KW, OH * OW); zero where the
 // receptive field reaches into the padding.
+// The 3x3 / stride 1 / padding 1 case takes a faster walk (contiguous block
+// copies); im2col_general is the walk for every geometry, its twin in the tests.
 void im2col(const float* x, const Conv2dGeometry& g, float* col);
+void im2col_general(const float* x, const Conv2dGeometry& g, float* col);
 // The adjoint: dx (C/g, H, W) += the entries of col back where im2col read them.
 void col2im(const float* col, const Conv2dGeometry& g, float* dx);
 
 // ---- Fast kernels (all tensors contiguous f32) ----
 // x: (N, C, H, W), weight: (OC, C/g, KH, KW), bias: (OC) or undefined -> y: (N, OC, OH, OW)
-Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dGeometry& g);
+// `after_image`, when given, is called with n and y_n (OC, OH, OW) as soon as
+// image n is done, in order n = 0, 1, ...: while y_n is still in cache (the
+// fused training path takes the batch-norm sums there).
+using ImageCallback = std::function<void(int64_t n, const float* y_n)>;
+Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dGeometry& g,
+                      const ImageCallback& after_image = {});
 // dy: (N, OC, OH, OW), weight -> dx: (N, C, H, W)
 Tensor conv2d_backward_input(const Tensor& dy, const Tensor& weight, const Conv2dGeometry& g);
 // dw (OC, C/g, KH, KW) = (accumulate ? dw : 0) + sum_n dy_n (x) col_n

@@ -1,11 +1,15 @@
 // Batch normalisation kernels (docs/batchnorm.md eq. 1-4) and their twins.
 #include "tensor/norm_kernels.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <vector>
 
 #include <fmt/format.h>
+
+#include "tensor/fused_loops.h"
+#include "tensor/pool_kernels.h"
 
 namespace tq::kernels {
 
@@ -22,29 +26,7 @@ Layout layout_of(const Tensor& x, const char* op) {
   return {N, C, N * C == 0 ? 0 : x.numel() / (N * C)};
 }
 
-// Sums of a plane in kLanes independent partial sums: one float accumulator
-// is a chain of dependent adds the compiler may not reorder, kLanes of them
-// are vector registers. The partial sums are added at the end of the plane.
-constexpr int64_t kLanes = 16;
-
-// sum (p - shift) and sum (p - shift)^2 over n values.
-inline void shifted_sums(const float* p, int64_t n, float shift, float& sum, float& sum_sq) {
-  float a[kLanes] = {}, a2[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) {
-      const float d = p[i + j] - shift;
-      a[j] += d;
-      a2[j] += d * d;
-    }
-  for (; i < n; ++i) {
-    const float d = p[i] - shift;
-    a[0] += d;
-    a2[0] += d * d;
-  }
-  sum = sum_sq = 0.f;
-  for (int64_t j = 0; j < kLanes; ++j) sum += a[j], sum_sq += a2[j];
-}
+constexpr int64_t kLanes = fused_loops::kLanes;
 
 // sum g and sum g (p - m) over n values.
 inline void gradient_sums(const float* g, const float* p, int64_t n, float m, float& sum_g, float& sum_g_centered) {
@@ -65,27 +47,50 @@ inline void gradient_sums(const float* g, const float* p, int64_t n, float m, fl
 
 }  // namespace
 
+BatchNormStats::BatchNormStats(int64_t channels, int64_t plane)
+    : C_(channels), plane_(plane), shift_(static_cast<size_t>(channels)), sum_(static_cast<size_t>(channels)),
+      sum_sq_(static_cast<size_t>(channels)) {}
+
+void BatchNormStats::add(const float* image) {
+  // One pass: shift by the channel's first value (of image 0) so the sum and
+  // the sum of squares do not cancel catastrophically when the mean is large
+  // against the spread.
+  if (images_ == 0)
+    for (int64_t c = 0; c < C_; ++c) shift_[c] = plane_ ? image[c * plane_] : 0.f;
+  for (int64_t c = 0; c < C_; ++c) {
+    float a, a2;
+    if (fused_kernels_avx512()) detail::shifted_sums_avx512(image + c * plane_, plane_, shift_[c], a, a2);
+    else fused_loops::shifted_sums(image + c * plane_, plane_, shift_[c], a, a2);
+    sum_[c] += a;
+    sum_sq_[c] += a2;
+  }
+  ++images_;
+}
+
+void BatchNormStats::finish(Tensor& mean, Tensor& var) const {
+  if (images_ == 0) throw std::logic_error("BatchNormStats::finish: no image was added");
+  mean = empty({C_});
+  var = empty({C_});
+  const double M = static_cast<double>(images_ * plane_);
+  for (int64_t c = 0; c < C_; ++c) {
+    const double m = sum_[c] / M;
+    mean.data<float>()[c] = static_cast<float>(shift_[c] + m);
+    var.data<float>()[c] = static_cast<float>(std::max(0.0, sum_sq_[c] / M - m * m));
+  }
+}
+
 void batch_norm_stats(const Tensor& x, Tensor& mean, Tensor& var) {
   const Layout l = layout_of(x, "batch_norm_stats");
-  mean = empty({l.C});
-  var = empty({l.C});
+  BatchNormStats stats(l.C, l.plane);
   const float* xp = x.data<float>();
-  const double M = static_cast<double>(l.N * l.plane);
-  for (int64_t c = 0; c < l.C; ++c) {
-    // One pass: shift by the first value so sum and sum of squares do not
-    // cancel catastrophically when the mean is large against the spread.
-    const float shift = xp[c * l.plane];
-    double s = 0, s2 = 0;
-    for (int64_t n = 0; n < l.N; ++n) {
-      float a, a2;
-      shifted_sums(xp + (n * l.C + c) * l.plane, l.plane, shift, a, a2);
-      s += a;
-      s2 += a2;
-    }
-    const double m = s / M;
-    mean.data<float>()[c] = static_cast<float>(shift + m);
-    var.data<float>()[c] = static_cast<float>(std::max(0.0, s2 / M - m * m));
+  for (int64_t n = 0; n < l.N; ++n) stats.add(xp + n * l.C * l.plane);
+  if (l.N == 0) {
+    mean = empty({l.C});
+    var = empty({l.C});
+    for (int64_t c = 0; c < l.C; ++c) mean.data<float>()[c] = var.data<float>()[c] = std::nanf("");  // 0 / 0
+    return;
   }
+  stats.finish(mean, var);
 }
 
 void batch_norm_stats_reference(const Tensor& x, Tensor& mean, Tensor& var) {

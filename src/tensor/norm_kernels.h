@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "tensor/tensor.h"
 
@@ -17,6 +18,23 @@ namespace tq::kernels {
 // x (N, C, ...) contiguous f32 -> mean (C) and biased variance (C).
 void batch_norm_stats(const Tensor& x, Tensor& mean, Tensor& var);
 void batch_norm_stats_reference(const Tensor& x, Tensor& mean, Tensor& var);
+
+// batch_norm_stats one image at a time, so a caller can add an image's
+// channel sums while that image is still in cache (the convolution that
+// produced it, kernels::conv2d_forward's per-image callback). Images must be
+// added in order n = 0, 1, ..., N - 1; the result is that of
+// batch_norm_stats (the same sums in the same order).
+class BatchNormStats {
+ public:
+  BatchNormStats(int64_t channels, int64_t plane);
+  void add(const float* image);  // (channels, plane) contiguous
+  void finish(Tensor& mean, Tensor& var) const;  // at least one image added
+
+ private:
+  int64_t C_, plane_, images_ = 0;
+  std::vector<float> shift_;
+  std::vector<double> sum_, sum_sq_;
+};
 
 // y = x * scale_c + shift_c: eq. 2 with scale = gamma invstd, shift = beta - mean scale.
 Tensor batch_norm_apply(const Tensor& x, const Tensor& scale, const Tensor& shift);

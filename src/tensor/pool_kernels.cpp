@@ -2,6 +2,7 @@
 #include "tensor/pool_kernels.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -9,6 +10,9 @@
 #include <vector>
 
 #include <fmt/format.h>
+
+#include "tensor/cpu_features.h"
+#include "tensor/fused_loops.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -401,6 +405,226 @@ Tensor adaptive_avg_pool2d_backward(const Tensor& dy, const Shape& x_shape) {
           for (int64_t iw = w0; iw < w1; ++iw) dxp[(p * H + ih) * W + iw] += v;
       }
   return dx;
+}
+
+// ---- Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2, 2), fused (training) ----
+
+namespace {
+
+void check_channel_vector(const Tensor& t, int64_t C, const char* what) {
+  if (!t.defined() || t.dtype() != DType::f32 || !t.is_contiguous() || t.numel() != C)
+    throw std::invalid_argument(fmt::format("batch_norm_relu_max_pool2x2: {} must be a contiguous f32 tensor of {} "
+                                            "values",
+                                            what, C));
+}
+
+Pool2dGeometry pool_2x2_of(const Tensor& y) {
+  return pool2d_geometry(y.shape(), 2, 2, 2, 2, 0, 0, 1, 1, "batch_norm_relu_max_pool2x2");
+}
+
+std::atomic<bool> g_avx512{best_simd_level() == SimdLevel::avx512};
+
+}  // namespace
+
+void set_fused_kernels_avx512(bool on) {
+  if (on) require_simd_level(SimdLevel::avx512, "set_fused_kernels_avx512");
+  g_avx512 = on;
+}
+
+bool fused_kernels_avx512() { return g_avx512; }
+
+void batch_norm_relu_max_pool2x2_forward(const Tensor& y, const Tensor& scale, const Tensor& shift, Tensor& out,
+                                         Tensor& at, Tensor& y_at) {
+  check_input(y, "batch_norm_relu_max_pool2x2");
+  const Pool2dGeometry g = pool_2x2_of(y);
+  check_channel_vector(scale, g.C, "scale");
+  check_channel_vector(shift, g.C, "shift");
+  out = empty(g.output_shape());
+  at = empty(g.output_shape(), DType::i32);
+  y_at = empty(g.output_shape());
+  const float* yp = y.data<float>();
+  const float* sc = scale.data<float>();
+  const float* sh = shift.data<float>();
+  float* op = out.data<float>();
+  int32_t* ip = at.data<int32_t>();
+  float* vp = y_at.data<float>();
+  const int64_t hw = g.H * g.W, ohw = g.OH * g.OW, used = 2 * g.OW;
+  if (fused_kernels_avx512()) {
+    for (int64_t plane = 0; plane < g.N * g.C; ++plane)
+      detail::batch_norm_relu_max_pool2x2_plane_avx512(yp + plane * hw, g.W, g.OH, g.OW, sc[plane % g.C],
+                                                       sh[plane % g.C], op + plane * ohw, ip + plane * ohw,
+                                                       vp + plane * ohw);
+    return;
+  }
+  // Two rows of relu(y scale + shift): in L1, never in memory.
+  thread_local std::vector<float> rows;
+  rows.resize(static_cast<size_t>(2 * g.W));
+  float* r0 = rows.data();
+  float* r1 = r0 + g.W;
+  for (int64_t plane = 0; plane < g.N * g.C; ++plane) {
+    const float a = sc[plane % g.C], b = sh[plane % g.C];
+    const float* yc = yp + plane * hw;
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+      const int64_t row0 = 2 * oh * g.W;
+      const float* y0 = yc + row0;
+      const float* y1 = y0 + g.W;
+      // batch_norm_apply then relu, element for element the same arithmetic.
+      for (int64_t i = 0; i < used; ++i) {
+        const float z0 = y0[i] * a + b, z1 = y1[i] * a + b;
+        r0[i] = z0 > 0.f ? z0 : 0.f;
+        r1[i] = z1 > 0.f ? z1 : 0.f;
+      }
+      float* orow = op + plane * ohw + oh * g.OW;
+      int32_t* irow = ip + plane * ohw + oh * g.OW;
+      float* vrow = vp + plane * ohw + oh * g.OW;
+      max_pool_2x2_row(r0, r1, row0, g.W, g.OW, orow, irow);
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        const bool open = orow[ow] > 0.f;
+        vrow[ow] = open ? yc[irow[ow]] : 0.f;
+        irow[ow] = open ? irow[ow] : -1;
+      }
+    }
+  }
+}
+
+void batch_norm_relu_max_pool2x2_forward_reference(const Tensor& y, const Tensor& scale, const Tensor& shift,
+                                                   Tensor& out, Tensor& at) {
+  check_input(y, "batch_norm_relu_max_pool2x2_reference");
+  const Pool2dGeometry g = pool_2x2_of(y);
+  out = empty(g.output_shape());
+  at = empty(g.output_shape(), DType::i32);
+  const float* yp = y.data<float>();
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          float best = 0.f;
+          int64_t best_i = -1;
+          for (int64_t i = 0; i < 4; ++i) {  // taps in row-major order; the first maximum wins
+            const int64_t idx = (2 * oh + i / 2) * g.W + 2 * ow + i % 2;
+            const float z = yp[(n * g.C + c) * g.H * g.W + idx] * scale.data<float>()[c] + shift.data<float>()[c];
+            const float r = z > 0.f ? z : 0.f;  // relu as kernels::relu has it
+            if (best_i < 0 || r > best) best = r, best_i = idx;
+          }
+          const int64_t o = ((n * g.C + c) * g.OH + oh) * g.OW + ow;
+          out.data<float>()[o] = best;
+          at.data<int32_t>()[o] = best > 0.f ? static_cast<int32_t>(best_i) : -1;
+        }
+}
+
+Tensor batch_norm_relu_max_pool2x2_backward(const Tensor& dout, const Tensor& at, const Tensor& y_at, const Tensor& y,
+                                            const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
+                                            Tensor& sum_dz, Tensor& sum_dz_xhat, Tensor* bias_sum) {
+  check_input(y, "batch_norm_relu_max_pool2x2_backward");
+  const Pool2dGeometry g = pool_2x2_of(y);
+  for (const Tensor* t : {&dout, &at, &y_at})
+    if (!t->defined() || !t->is_contiguous() || !(t->shape() == g.output_shape()))
+      throw std::invalid_argument(fmt::format("batch_norm_relu_max_pool2x2_backward: dout, at and y_at must be "
+                                              "contiguous of shape {}",
+                                              g.output_shape().str()));
+  if (dout.dtype() != DType::f32 || at.dtype() != DType::i32 || y_at.dtype() != DType::f32)
+    throw std::invalid_argument("batch_norm_relu_max_pool2x2_backward: dout and y_at must be f32, at i32");
+  check_channel_vector(mean, g.C, "mean");
+  check_channel_vector(invstd, g.C, "invstd");
+  if (gamma.defined()) check_channel_vector(gamma, g.C, "gamma");
+  const int64_t hw = g.H * g.W, ohw = g.OH * g.OW;
+  const float* gp = dout.data<float>();
+  const int32_t* ip = at.data<int32_t>();
+  const float* vp = y_at.data<float>();
+  const float* yp = y.data<float>();
+  const float* mp = mean.data<float>();
+  const float* sp = invstd.data<float>();
+
+  const bool wide = fused_kernels_avx512();
+  // Pass 1, over the pooled tensors only (a quarter of y): dz is dout where
+  // at >= 0, so sum dz and sum dz (y - mean) need y at those places, y_at.
+  std::vector<double> s(static_cast<size_t>(g.C), 0.0), t(static_cast<size_t>(g.C), 0.0);
+  for (int64_t plane = 0; plane < g.N * g.C; ++plane) {
+    const int64_t c = plane % g.C;
+    const float m = mp[c];
+    const float* gr = gp + plane * ohw;
+    const int32_t* ir = ip + plane * ohw;
+    const float* vr = vp + plane * ohw;
+    float sa, sb;
+    if (wide) detail::pooled_gradient_sums_avx512(gr, ir, vr, ohw, m, sa, sb);
+    else fused_loops::pooled_gradient_sums(gr, ir, vr, ohw, m, sa, sb);
+    s[c] += sa;
+    t[c] += sb;
+  }
+  sum_dz = empty({g.C});
+  sum_dz_xhat = empty({g.C});
+  for (int64_t c = 0; c < g.C; ++c) {
+    sum_dz.data<float>()[c] = static_cast<float>(s[c]);
+    sum_dz_xhat.data<float>()[c] = static_cast<float>(t[c] * sp[c]);
+  }
+
+  // Pass 2, over y: dy = k dz + (y - m) a + b (batch_norm_backward_input's
+  // arithmetic), where dz is 0 except at `at`, so the plane is written as
+  // (y - m) a + b and the pooled places are then rewritten with their dz.
+  Tensor dy = empty(y.shape());
+  float* dp = dy.data<float>();
+  const float inv_m = 1.f / static_cast<float>(g.N * hw);
+  std::vector<double> bias(bias_sum ? static_cast<size_t>(g.C) : 0, 0.0);
+  for (int64_t plane = 0; plane < g.N * g.C; ++plane) {
+    const int64_t c = plane % g.C;
+    const float is = sp[c], m = mp[c];
+    const float k = (gamma.defined() ? gamma.data<float>()[c] : 1.f) * is;
+    const float a = -k * is * sum_dz_xhat.data<float>()[c] * inv_m;
+    const float b = -k * sum_dz.data<float>()[c] * inv_m;
+    const float* p = yp + plane * hw;
+    float* d = dp + plane * hw;
+    const float* gr = gp + plane * ohw;
+    const int32_t* ir = ip + plane * ohw;
+    const float sum = wide ? detail::batch_norm_backward_plane_avx512(p, hw, gr, ir, ohw, m, k, a, b, d, bias_sum != nullptr)
+                               : fused_loops::batch_norm_backward_plane(p, hw, gr, ir, ohw, m, k, a, b, d, bias_sum);
+    if (bias_sum) bias[c] += sum;
+  }
+  if (bias_sum) {
+    *bias_sum = empty({g.C});
+    for (int64_t c = 0; c < g.C; ++c) bias_sum->data<float>()[c] = static_cast<float>(bias[c]);
+  }
+  return dy;
+}
+
+Tensor batch_norm_relu_max_pool2x2_backward_reference(const Tensor& dout, const Tensor& at, const Tensor& y,
+                                                      const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
+                                                      Tensor& sum_dz, Tensor& sum_dz_xhat, Tensor& bias_sum) {
+  check_input(y, "batch_norm_relu_max_pool2x2_backward_reference");
+  const Pool2dGeometry g = pool_2x2_of(y);
+  const int64_t hw = g.H * g.W, ohw = g.OH * g.OW;
+  const std::vector<float> yv = to_vector(y), gv = to_vector(dout);
+  std::vector<double> dz(yv.size(), 0.0), dy(yv.size());
+  for (int64_t plane = 0; plane < g.N * g.C; ++plane)
+    for (int64_t o = 0; o < ohw; ++o) {
+      const int32_t i = at.data<int32_t>()[plane * ohw + o];
+      if (i >= 0) dz[static_cast<size_t>(plane * hw + i)] = gv[static_cast<size_t>(plane * ohw + o)];
+    }
+  sum_dz = empty({g.C});
+  sum_dz_xhat = empty({g.C});
+  bias_sum = empty({g.C});
+  const double M = static_cast<double>(g.N * hw);
+  for (int64_t c = 0; c < g.C; ++c) {
+    const double m = mean.data<float>()[c], is = invstd.data<float>()[c];
+    const double gam = gamma.defined() ? gamma.data<float>()[c] : 1.0;
+    double s = 0, t = 0;
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t i = 0; i < hw; ++i) {
+        const size_t j = static_cast<size_t>((n * g.C + c) * hw + i);
+        s += dz[j];
+        t += dz[j] * (yv[j] - m) * is;
+      }
+    double bs = 0;
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t i = 0; i < hw; ++i) {
+        const size_t j = static_cast<size_t>((n * g.C + c) * hw + i);
+        dy[j] = gam * is * (dz[j] - s / M - (yv[j] - m) * is * t / M);  // eq. 4
+        bs += dy[j];
+      }
+    sum_dz.data<float>()[c] = static_cast<float>(s);
+    sum_dz_xhat.data<float>()[c] = static_cast<float>(t);
+    bias_sum.data<float>()[c] = static_cast<float>(bs);
+  }
+  return from_vector(std::vector<float>(dy.begin(), dy.end()), y.shape());
 }
 
 }  // namespace tq::kernels

@@ -46,4 +46,45 @@ Tensor adaptive_avg_pool2d_backward(const Tensor& dy, const Shape& x_shape);
 // The general-window path even for 1x1 (the twin of the global average).
 Tensor adaptive_avg_pool2d_forward_reference(const Tensor& x, int64_t OH, int64_t OW);
 
+// ---- Training's Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2, 2) tail, fused ----
+// (docs/convolution.md §6). y (N, C, H, W) is the convolution's output, the
+// batch norm's input; scale_c = gamma_c invstd_c, shift_c = beta_c - mean_c scale_c.
+// Forward, one pass over y:
+//   out = max_pool_2x2(relu(y * scale_c + shift_c))      (N, C, H / 2, W / 2)
+//   at (N, C, OH, OW) i32: the flat index in its plane of the window's first
+//     maximum (the same as max_pool2d_forward's), or -1 where out is 0 (the
+//     ReLU passes no gradient there);
+//   y_at (N, C, OH, OW): y at that index (0 where at is -1).
+// The same values as batch_norm_apply, relu and max_pool2d_forward in a row,
+// without the two full-size tensors between them.
+void batch_norm_relu_max_pool2x2_forward(const Tensor& y, const Tensor& scale, const Tensor& shift, Tensor& out,
+                                         Tensor& at, Tensor& y_at);
+// Twin: the same in plain loops, one output at a time.
+void batch_norm_relu_max_pool2x2_forward_reference(const Tensor& y, const Tensor& scale, const Tensor& shift,
+                                                   Tensor& out, Tensor& at);
+
+// Backward with batch statistics (mean, invstd of y, the ones the forward used):
+// dz, the gradient at the batch norm's output, is dout at `at` and 0 elsewhere.
+//   sum_dz (C) = sum dz,  sum_dz_xhat (C) = sum dz (y - mean) invstd: the
+//     gradients of beta and gamma;
+//   returns dy (N, C, H, W), the batch norm's input gradient (eq. 4 of
+//     docs/batchnorm.md) with dz, computed in one pass over y;
+//   bias_sum (C), when not null: sum of dy over n, h, w, the gradient of a
+//     convolution bias in front of the batch norm, taken while dy is in cache.
+// gamma may be undefined (affine=False).
+Tensor batch_norm_relu_max_pool2x2_backward(const Tensor& dout, const Tensor& at, const Tensor& y_at, const Tensor& y,
+                                            const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
+                                            Tensor& sum_dz, Tensor& sum_dz_xhat, Tensor* bias_sum);
+// Twin: dz spelled out as a full tensor, every sum and eq. 4 in double.
+Tensor batch_norm_relu_max_pool2x2_backward_reference(const Tensor& dout, const Tensor& at, const Tensor& y,
+                                                      const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
+                                                      Tensor& sum_dz, Tensor& sum_dz_xhat, Tensor& bias_sum);
+
+// The fused kernels above and batch_norm_stats run an AVX-512 build of their
+// loops when the CPU has AVX-512 (the default), else the baseline x86-64
+// one; both give the same bits. Tests switch between them; switching on
+// without AVX-512 throws.
+void set_fused_kernels_avx512(bool on);
+bool fused_kernels_avx512();
+
 }  // namespace tq::kernels

@@ -1,0 +1,153 @@
+// AVX-512 builds of the fused batch-norm + ReLU + 2x2 max-pool loops
+// (pool_kernels.h): the plain loops of fused_loops.h in intrinsics, and the
+// forward's pooling (even and odd columns of two rows are the four taps of
+// sixteen windows). Compiled with
+// AVX-512 F/BW/VL/DQ; called only when cpu_features() reports them. The same
+// bits as the baseline code: the same operations in the same order, with no
+// contraction of a multiply and an add into one FMA.
+#include "tensor/x86_intrinsics.h"
+
+#include <cstdint>
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=off")
+#elif defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+
+#include "tensor/fused_loops.h"  // the declarations
+
+namespace tq::detail {
+
+// The loops of fused_loops.h with their sixteen partial sums held in one
+// register (lane j sums the elements j, j + 16, ...), the tail added to lane
+// 0 and the lanes added in order: the baseline's operations, one for one.
+// (Left to the compiler, the sixteen-element arrays become far slower code.)
+namespace {
+
+inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1); }
+
+inline float add_lanes_in_order(const float (&lanes)[16]) {
+  float s = 0.f;
+  for (float v : lanes) s += v;
+  return s;
+}
+
+}  // namespace
+
+void shifted_sums_avx512(const float* p, int64_t n, float shift, float& sum, float& sum_sq) {
+  const __m512 vs = _mm512_set1_ps(shift);
+  __m512 a = _mm512_setzero_ps(), a2 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(p + i), vs);
+    a = _mm512_add_ps(a, d);
+    a2 = _mm512_add_ps(a2, _mm512_mul_ps(d, d));
+  }
+  alignas(64) float la[16], la2[16];
+  _mm512_store_ps(la, a);
+  _mm512_store_ps(la2, a2);
+  for (; i < n; ++i) {
+    const float d = p[i] - shift;
+    la[0] += d;
+    la2[0] += d * d;
+  }
+  sum = add_lanes_in_order(la);
+  sum_sq = add_lanes_in_order(la2);
+}
+
+void pooled_gradient_sums_avx512(const float* g, const int32_t* at, const float* y_at, int64_t n, float m, float& s,
+                                 float& t) {
+  const __m512 vm = _mm512_set1_ps(m);
+  __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __mmask16 open = _mm512_cmpge_epi32_mask(_mm512_loadu_si512(at + i), _mm512_setzero_si512());
+    const __m512 dz = _mm512_maskz_loadu_ps(open, g + i);
+    a = _mm512_add_ps(a, dz);
+    b = _mm512_add_ps(b, _mm512_mul_ps(dz, _mm512_sub_ps(_mm512_loadu_ps(y_at + i), vm)));
+  }
+  alignas(64) float la[16], lb[16];
+  _mm512_store_ps(la, a);
+  _mm512_store_ps(lb, b);
+  for (; i < n; ++i) {
+    const float dz = at[i] >= 0 ? g[i] : 0.f;
+    la[0] += dz;
+    lb[0] += dz * (y_at[i] - m);
+  }
+  s = add_lanes_in_order(la);
+  t = add_lanes_in_order(lb);
+}
+
+float batch_norm_backward_plane_avx512(const float* y, int64_t hw, const float* g, const int32_t* at, int64_t n_out,
+                                       float m, float k, float a, float b, float* dy, bool want_sum) {
+  const __m512 vm = _mm512_set1_ps(m), va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
+  for (int64_t i = 0; i < hw; i += 16) {
+    const __mmask16 live = first_lanes(hw - i);
+    const __m512 v = _mm512_maskz_loadu_ps(live, y + i);
+    _mm512_mask_storeu_ps(dy + i, live, _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v, vm), va), vb));
+  }
+  for (int64_t o = 0; o < n_out; ++o)
+    if (at[o] >= 0) dy[at[o]] = k * g[o] + (y[at[o]] - m) * a + b;
+  if (!want_sum) return 0.f;
+  __m512 acc = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= hw; i += 16) acc = _mm512_add_ps(acc, _mm512_loadu_ps(dy + i));
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, acc);
+  for (; i < hw; ++i) lanes[0] += dy[i];
+  return add_lanes_in_order(lanes);
+}
+
+// One plane (H, W) of y -> (OH, OW) outputs: out = max of relu(y a + b) over
+// each 2x2 window (the first maximum in the order (0,0), (0,1), (1,0), (1,1)),
+// at = its flat index in the plane or -1 where out is 0, y_at = y there.
+void batch_norm_relu_max_pool2x2_plane_avx512(const float* y, int64_t W, int64_t OH, int64_t OW, float a, float b,
+                                              float* out, int32_t* at, float* y_at) {
+  const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512i none = _mm512_set1_epi32(-1);
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    const int64_t row0 = 2 * oh * W;
+    const float* y0 = y + row0;
+    const float* y1 = y0 + W;
+    for (int64_t ow = 0; ow < OW; ow += 16) {
+      const int64_t n = OW - ow < 16 ? OW - ow : 16;  // outputs in this block
+      const int64_t cols = 2 * n;                      // input columns they read
+      const __mmask16 lo = cols >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << cols) - 1);
+      const __mmask16 hi = cols >= 32 ? __mmask16(0xFFFF) : cols > 16 ? static_cast<__mmask16>((1u << (cols - 16)) - 1)
+                                                                        : __mmask16(0);
+      const __mmask16 valid = n == 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+      const int64_t c = 2 * ow;
+      const __m512 a0 = _mm512_maskz_loadu_ps(lo, y0 + c), b0 = _mm512_maskz_loadu_ps(hi, y0 + c + 16);
+      const __m512 a1 = _mm512_maskz_loadu_ps(lo, y1 + c), b1 = _mm512_maskz_loadu_ps(hi, y1 + c + 16);
+      // The four taps' y, in the order the first maximum is searched.
+      const __m512 ys[4] = {_mm512_permutex2var_ps(a0, even, b0), _mm512_permutex2var_ps(a0, odd, b0),
+                            _mm512_permutex2var_ps(a1, even, b1), _mm512_permutex2var_ps(a1, odd, b1)};
+      const __m512i first = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(row0 + c)), even);
+      const int32_t offsets[4] = {0, 1, static_cast<int32_t>(W), static_cast<int32_t>(W + 1)};
+      __m512 best = zero, best_y = zero;
+      __m512i best_at = first;
+      for (int t = 0; t < 4; ++t) {
+        // relu(y a + b): max_ps(z, 0) is z > 0 ? z : 0, as kernels::relu.
+        const __m512 r = _mm512_max_ps(_mm512_add_ps(_mm512_mul_ps(ys[t], va), vb), zero);
+        if (t == 0) {
+          best = r, best_y = ys[0];
+          continue;
+        }
+        // No NaN survives the ReLU, so "not <= best" is "> best".
+        const __mmask16 take = _mm512_cmp_ps_mask(r, best, _CMP_GT_OQ);
+        best = _mm512_mask_mov_ps(best, take, r);
+        best_y = _mm512_mask_mov_ps(best_y, take, ys[t]);
+        best_at = _mm512_mask_mov_epi32(best_at, take, _mm512_add_epi32(first, _mm512_set1_epi32(offsets[t])));
+      }
+      const __mmask16 open = _mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ);
+      _mm512_mask_storeu_ps(out + oh * OW + ow, valid, best);
+      _mm512_mask_storeu_epi32(at + oh * OW + ow, valid, _mm512_mask_mov_epi32(none, open, best_at));
+      _mm512_mask_storeu_ps(y_at + oh * OW + ow, valid, _mm512_maskz_mov_ps(open, best_y));
+    }
+  }
+}
+
+}  // namespace tq::detail

@@ -1,0 +1,95 @@
+// The inner loops of the batch-norm statistics and of the fused
+// batch-norm + ReLU + max-pool backward (pool_kernels.h), in plain C++ for
+// baseline x86-64, and the declarations of their AVX-512 builds
+// (fused_kernels_avx512.cpp), which run the same float operations in the same
+// order (the sixteen partial sums are the sixteen lanes of one register; no
+// multiply and add are contracted into an FMA), so both give the same bits.
+#pragma once
+
+#include <cstdint>
+
+namespace tq::kernels::fused_loops {
+namespace {
+
+constexpr int64_t kLanes = 16;
+
+// sum (p - shift) and sum (p - shift)^2 over n values, in kLanes partial sums:
+// one float accumulator is a chain of dependent adds the compiler may not
+// reorder, kLanes of them are vector registers.
+inline void shifted_sums(const float* p, int64_t n, float shift, float& sum, float& sum_sq) {
+  float a[kLanes] = {}, a2[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const float d = p[i + j] - shift;
+      a[j] += d;
+      a2[j] += d * d;
+    }
+  for (; i < n; ++i) {
+    const float d = p[i] - shift;
+    a[0] += d;
+    a2[0] += d * d;
+  }
+  sum = sum_sq = 0.f;
+  for (int64_t j = 0; j < kLanes; ++j) sum += a[j], sum_sq += a2[j];
+}
+
+// Sum of n values in kLanes partial sums (as conv2d_backward_bias takes it).
+inline float lane_sum(const float* p, int64_t n) {
+  float lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += p[i + j];
+  for (; i < n; ++i) lanes[0] += p[i];
+  float s = 0.f;
+  for (float v : lanes) s += v;
+  return s;
+}
+
+// Over one pooled plane of n outputs: sum dz and sum dz (y_at - m), dz = g
+// where the gradient flows (at >= 0), 0 elsewhere.
+inline void pooled_gradient_sums(const float* g, const int32_t* at, const float* y_at, int64_t n, float m, float& s,
+                                 float& t) {
+  float a[kLanes] = {}, b[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const float dz = at[i + j] >= 0 ? g[i + j] : 0.f;
+      a[j] += dz;
+      b[j] += dz * (y_at[i + j] - m);
+    }
+  for (; i < n; ++i) {
+    const float dz = at[i] >= 0 ? g[i] : 0.f;
+    a[0] += dz;
+    b[0] += dz * (y_at[i] - m);
+  }
+  s = t = 0.f;
+  for (int64_t j = 0; j < kLanes; ++j) s += a[j], t += b[j];
+}
+
+// One plane of the batch norm's input gradient, dy = k dz + (y - m) a + b
+// (batch_norm_backward_input's arithmetic), dz being g at the `n_out` places
+// `at` (>= 0) and 0 elsewhere: the plane is written as (y - m) a + b, then the
+// pooled places are rewritten with their k dz. Returns the plane's sum of dy
+// when `want_sum` (the convolution bias's gradient), else 0.
+inline float batch_norm_backward_plane(const float* y, int64_t hw, const float* g, const int32_t* at, int64_t n_out,
+                                       float m, float k, float a, float b, float* dy, bool want_sum) {
+  for (int64_t i = 0; i < hw; ++i) dy[i] = (y[i] - m) * a + b;
+  for (int64_t o = 0; o < n_out; ++o)
+    if (at[o] >= 0) dy[at[o]] = k * g[o] + (y[at[o]] - m) * a + b;
+  return want_sum ? lane_sum(dy, hw) : 0.f;
+}
+
+}  // namespace
+}  // namespace tq::kernels::fused_loops
+
+// The AVX-512 builds (fused_kernels_avx512.cpp); pool_kernels.h says when they run.
+namespace tq::detail {
+void shifted_sums_avx512(const float* p, int64_t n, float shift, float& sum, float& sum_sq);
+void pooled_gradient_sums_avx512(const float* g, const int32_t* at, const float* y_at, int64_t n, float m, float& s,
+                                 float& t);
+float batch_norm_backward_plane_avx512(const float* y, int64_t hw, const float* g, const int32_t* at, int64_t n_out,
+                                       float m, float k, float a, float b, float* dy, bool want_sum);
+void batch_norm_relu_max_pool2x2_plane_avx512(const float* y, int64_t W, int64_t OH, int64_t OW, float a, float b,
+                                              float* out, int32_t* at, float* y_at);
+}  // namespace tq::detail

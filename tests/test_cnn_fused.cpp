@@ -1,0 +1,309 @@
+// Training's fused Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2) (docs/convolution.md §6):
+// the fused kernels against their plain twins, the fused op against the four
+// ops one after another (values, every gradient, running statistics), its
+// gradcheck, and Sequential taking the fused path exactly when it applies.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "autograd/fused_conv_ops.h"
+#include "gradcheck.h"
+#include "tensor/conv_kernels.h"
+#include "tensor/cpu_features.h"
+#include "tensor/norm_kernels.h"
+#include "tensor/pool_kernels.h"
+#include "tinyqat.h"
+
+using namespace tq;
+namespace k = tq::kernels;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// Largest |a - b| / (|b| + floor) over the elements.
+double max_rel_diff(const Tensor& a, const Tensor& b, double floor = 1e-3) {
+  const std::vector<float> x = to_vector(a), y = to_vector(b);
+  REQUIRE(x.size() == y.size());
+  double worst = 0;
+  for (size_t i = 0; i < x.size(); ++i)
+    worst = std::max(worst, std::fabs(static_cast<double>(x[i]) - y[i]) / (std::fabs(static_cast<double>(y[i])) + floor));
+  return worst;
+}
+
+// y with ties: values on a coarse grid, so that windows hold equal maxima.
+Tensor tied(const Shape& s) {
+  Tensor t = randn(s);
+  float* p = t.data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = std::round(p[i] * 2.f) / 2.f;
+  return t;
+}
+
+// The builds of the fused kernels this CPU can run: baseline, and AVX-512 when present.
+std::vector<bool> builds() {
+  if (best_simd_level() == SimdLevel::avx512) return {false, true};
+  return {false};
+}
+
+// Restores the default build when a test ends.
+struct BuildGuard {
+  bool saved = k::fused_kernels_avx512();
+  ~BuildGuard() { k::set_fused_kernels_avx512(saved); }
+};
+
+}  // namespace
+
+TEST_CASE("fused batch-norm + ReLU + 2x2 max-pool forward equals its twin and the three kernels in a row",
+          "[cnn][kernels][fused]") {
+  BuildGuard guard;
+  for (bool wide : builds()) {
+  k::set_fused_kernels_avx512(wide);
+  manual_seed(21);
+  for (const Shape& s : {Shape{2, 3, 8, 8}, Shape{1, 2, 7, 9}, Shape{3, 4, 28, 28}, Shape{2, 5, 14, 14}, Shape{1, 1, 2, 2},
+                         Shape{2, 3, 6, 34}}) {
+    INFO(s.str());
+    const int64_t C = s[1];
+    const Tensor y = tied(s);
+    // Negative scales too: the maximum of relu(y a + b) is then at y's minimum.
+    const Tensor scale = rand_uniform({C}, -1.5, 1.5), shift = rand_uniform({C}, -0.5, 0.5);
+    Tensor out, at, y_at, ref_out, ref_at;
+    k::batch_norm_relu_max_pool2x2_forward(y, scale, shift, out, at, y_at);
+    k::batch_norm_relu_max_pool2x2_forward_reference(y, scale, shift, ref_out, ref_at);
+    REQUIRE(to_vector(out) == to_vector(ref_out));  // the same arithmetic: bit for bit
+    REQUIRE(to_vector(at) == to_vector(ref_at));
+
+    // The unfused kernels: apply, relu, pool.
+    const Tensor r = k::relu(k::batch_norm_apply(y, scale, shift));
+    const k::Pool2dGeometry g = k::pool2d_geometry(s, 2, 2, 2, 2, 0, 0, 1, 1, "test");
+    Tensor pooled, argmax;
+    k::max_pool2d_forward(r, g, pooled, argmax);
+    REQUIRE(to_vector(out) == to_vector(pooled));
+    const std::vector<float> o = to_vector(out), am = to_vector(argmax), ia = to_vector(at), ya = to_vector(y_at);
+    const std::vector<float> yv = to_vector(y);
+    const int64_t hw = s[2] * s[3], ohw = g.OH * g.OW;
+    int64_t open = 0;
+    for (size_t i = 0; i < o.size(); ++i) {
+      if (o[i] > 0.f) {
+        ++open;
+        REQUIRE(ia[i] == am[i]);  // where the gradient flows, the same place
+        REQUIRE(ya[i] == yv[static_cast<size_t>(static_cast<int64_t>(i) / ohw * hw + static_cast<int64_t>(ia[i]))]);
+      } else {
+        REQUIRE(ia[i] == -1.f);  // the ReLU is closed: no gradient
+      }
+    }
+    if (o.size() > 8) REQUIRE(open > 0);
+  }
+  }
+}
+
+TEST_CASE("fused batch-norm + ReLU + 2x2 max-pool backward agrees with its double twin", "[cnn][kernels][fused]") {
+  BuildGuard guard;
+  for (bool wide : builds()) {
+  k::set_fused_kernels_avx512(wide);
+  manual_seed(22);
+  for (const Shape& s : {Shape{2, 3, 8, 8}, Shape{1, 2, 7, 9}, Shape{3, 4, 28, 28}, Shape{2, 5, 14, 14}}) {
+    for (bool affine : {true, false}) {
+      INFO(s.str() << (affine ? " affine" : " no affine"));
+      const int64_t C = s[1];
+      const Tensor y = k::add_scalar(randn(s), 3.f);  // a mean away from 0
+      Tensor mean, var;
+      k::batch_norm_stats(y, mean, var);
+      Tensor invstd = empty({C}), scale = empty({C}), shift = empty({C});
+      const Tensor gamma = affine ? rand_uniform({C}, -1.5, 1.5) : Tensor();
+      for (int64_t c = 0; c < C; ++c) {
+        invstd.data<float>()[c] = 1.f / std::sqrt(var.data<float>()[c] + 1e-5f);
+        scale.data<float>()[c] = (affine ? gamma.data<float>()[c] : 1.f) * invstd.data<float>()[c];
+        shift.data<float>()[c] = 0.1f - mean.data<float>()[c] * scale.data<float>()[c];
+      }
+      Tensor out, at, y_at;
+      k::batch_norm_relu_max_pool2x2_forward(y, scale, shift, out, at, y_at);
+      const Tensor dout = randn(out.shape());
+      Tensor s_dz, s_dzx, bias, r_dz, r_dzx, r_bias;
+      const Tensor dy = k::batch_norm_relu_max_pool2x2_backward(dout, at, y_at, y, mean, invstd, gamma, s_dz, s_dzx, &bias);
+      const Tensor ref = k::batch_norm_relu_max_pool2x2_backward_reference(dout, at, y, mean, invstd, gamma, r_dz, r_dzx,
+                                                                           r_bias);
+      CHECK(max_rel_diff(dy, ref) < 1e-5);
+      CHECK(max_rel_diff(s_dz, r_dz) < 1e-5);
+      CHECK(max_rel_diff(s_dzx, r_dzx) < 1e-5);
+      // The bias gradient is a float sum of up to 2352 terms of size about 1
+      // that cancel (to about 0): its error is some sqrt(M) float epsilons of
+      // the terms' size, so it is compared against that size, not its own.
+      CHECK(max_rel_diff(bias, r_bias, 1.0) < 1e-4);
+      Tensor dy_no_bias = k::batch_norm_relu_max_pool2x2_backward(dout, at, y_at, y, mean, invstd, gamma, s_dz, s_dzx,
+                                                                  nullptr);
+      REQUIRE(to_vector(dy_no_bias) == to_vector(dy));
+    }
+  }
+  }
+}
+
+TEST_CASE("the AVX-512 and the baseline builds of the fused kernels give the same bits", "[cnn][kernels][fused]") {
+  if (best_simd_level() != SimdLevel::avx512) {
+    WARN("no AVX-512 on this CPU: one build only");
+    return;
+  }
+  BuildGuard guard;
+  manual_seed(26);
+  for (const Shape& s : {Shape{2, 3, 28, 28}, Shape{2, 5, 14, 14}, Shape{1, 2, 7, 9}, Shape{1, 2, 66, 70}}) {
+    INFO(s.str());
+    const int64_t C = s[1];
+    const Tensor y = tied(s), scale = rand_uniform({C}, -1.5, 1.5), shift = rand_uniform({C}, -0.5, 0.5);
+    const Tensor gamma = rand_uniform({C}, -1.5, 1.5);
+    Tensor out[2], at[2], y_at[2], mean[2], var[2], dy[2], s_dz[2], s_dzx[2], bias[2];
+    Tensor dout;
+    for (int wide = 0; wide < 2; ++wide) {
+      k::set_fused_kernels_avx512(wide == 1);
+      k::batch_norm_stats(y, mean[wide], var[wide]);
+      k::batch_norm_relu_max_pool2x2_forward(y, scale, shift, out[wide], at[wide], y_at[wide]);
+      if (!dout.defined()) dout = randn(out[0].shape());
+      const Tensor invstd = k::add_scalar(var[0], 1.f);  // any positive values
+      dy[wide] = k::batch_norm_relu_max_pool2x2_backward(dout, at[wide], y_at[wide], y, mean[wide], invstd, gamma,
+                                                         s_dz[wide], s_dzx[wide], &bias[wide]);
+    }
+    for (const auto* t : {&out, &at, &y_at, &mean, &var, &dy, &s_dz, &s_dzx, &bias})
+      REQUIRE(to_vector((*t)[0]) == to_vector((*t)[1]));
+  }
+}
+
+TEST_CASE("batch-norm statistics one image at a time equal batch_norm_stats", "[cnn][kernels][fused]") {
+  manual_seed(23);
+  const Tensor x = k::add_scalar(randn({3, 4, 5, 7}), 100.f);
+  Tensor mean, var, m2, v2;
+  k::batch_norm_stats(x, mean, var);
+  k::BatchNormStats stats(4, 35);
+  for (int64_t n = 0; n < 3; ++n) stats.add(x.data<float>() + n * 4 * 35);
+  stats.finish(m2, v2);
+  REQUIRE(to_vector(m2) == to_vector(mean));
+  REQUIRE(to_vector(v2) == to_vector(var));
+  Tensor rm, rv;
+  k::batch_norm_stats_reference(x, rm, rv);
+  REQUIRE(max_rel_diff(m2, rm) < 1e-6);
+  REQUIRE(max_rel_diff(v2, rv, 1e-2) < 1e-3);
+  REQUIRE_THROWS_WITH(k::BatchNormStats(4, 35).finish(m2, v2), Contains("no image"));
+}
+
+namespace {
+
+struct Block {
+  nn::Conv2d conv;
+  nn::BatchNorm2d bn;
+  Block(int64_t in, int64_t out, bool bias, int64_t stride) : conv(in, out, 3, stride, 1, 1, 1, bias), bn(out) {}
+};
+
+// conv -> bn -> relu -> pool one op at a time, and the fused op, on copies of
+// the same parameters; every output, gradient and running statistic compared.
+void compare_with_unfused(const Shape& xs, int64_t OC, bool bias, int64_t stride) {
+  manual_seed(31);
+  Block a(xs[1], OC, bias, stride), b(xs[1], OC, bias, stride);
+  {
+    NoGradGuard no_grad;
+    k::copy_(b.conv.weight, a.conv.weight);
+    if (bias) k::copy_(b.conv.bias, a.conv.bias);
+    k::copy_(a.bn.weight, rand_uniform({OC}, -1.5, 1.5));
+    k::copy_(b.bn.weight, a.bn.weight);
+    k::copy_(a.bn.bias, randn({OC}));
+    k::copy_(b.bn.bias, a.bn.bias);
+  }
+  const Tensor x0 = randn(xs);
+  for (int step = 0; step < 2; ++step) {
+    Tensor xa = k::clone(x0), xb = k::clone(x0);
+    xa.requires_grad_();
+    xb.requires_grad_();
+    const Tensor ya = max_pool2d(relu(a.bn(a.conv(xa))), {{2, 2}, {2, 2}, {0, 0}, {1, 1}});
+    const Tensor yb = conv2d_batch_norm_relu_max_pool2x2(xb, b.conv.weight, b.conv.bias, b.conv.options(),
+                                                         b.bn.running_mean(), b.bn.running_var(), b.bn.weight,
+                                                         b.bn.bias, b.bn.momentum, b.bn.eps);
+    REQUIRE(std::string(yb.grad_fn()->name()) == "BatchNormReluMaxPool2dBackward");
+    CHECK(max_rel_diff(yb, ya) < 1e-5);
+    const Tensor g = randn(ya.shape());
+    sum(mul(ya, g)).backward();
+    sum(mul(yb, g)).backward();
+    CHECK(max_rel_diff(xb.grad(), xa.grad()) < 1e-4);
+    CHECK(max_rel_diff(b.conv.weight.grad(), a.conv.weight.grad()) < 1e-4);
+    // The conv bias's gradient cancels to about 0 (batch norm removes the
+    // mean): compared against the size of dy's terms.
+    if (bias) CHECK(max_rel_diff(b.conv.bias.grad(), a.conv.bias.grad(), 1.0) < 1e-5);
+    CHECK(max_rel_diff(b.bn.weight.grad(), a.bn.weight.grad()) < 1e-4);
+    CHECK(max_rel_diff(b.bn.bias.grad(), a.bn.bias.grad()) < 1e-4);
+    // The running statistics take the same statistics in the same order.
+    REQUIRE(to_vector(b.bn.running_mean()) == to_vector(a.bn.running_mean()));
+    REQUIRE(to_vector(b.bn.running_var()) == to_vector(a.bn.running_var()));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("the fused conv + batch-norm + ReLU + max-pool op equals the four ops in a row", "[cnn][fused]") {
+  SECTION("the cnn model's first block, small") { compare_with_unfused({3, 1, 10, 10}, 4, true, 1); }
+  SECTION("several input channels, odd sizes, no bias") { compare_with_unfused({2, 3, 9, 7}, 5, false, 1); }
+  SECTION("stride 2") { compare_with_unfused({2, 2, 12, 11}, 3, true, 2); }
+}
+
+TEST_CASE("gradcheck: the fused conv + batch-norm + ReLU + max-pool op", "[cnn][gradcheck][fused]") {
+  manual_seed(24);
+  const Tensor x = randn({2, 2, 6, 5}), w = randn({3, 2, 3, 3}), b = randn({3});
+  const Tensor gamma = rand_uniform({3}, 0.5, 1.5), beta = randn({3});
+  const Conv2dOptions o{{1, 1}, {1, 1}, {1, 1}, 1};
+  tq::testing::GradcheckOptions opt;
+  opt.eps = 1e-3, opt.atol = 3e-3, opt.rtol = 2e-2, opt.skip_nonsmooth = true;
+  const auto f = [&](const tq::testing::Inputs& in) {
+    return conv2d_batch_norm_relu_max_pool2x2(in[0], in[1], in[2], o, Tensor(), Tensor(), gamma, beta);
+  };
+  const auto r = tq::testing::gradcheck(f, {x, w, b}, opt);
+  INFO(r.message);
+  REQUIRE(r.ok);
+  REQUIRE(r.checked > r.skipped);
+  const auto r2 = tq::testing::gradcheck(
+      [&](const tq::testing::Inputs& in) {
+        return conv2d_batch_norm_relu_max_pool2x2(x, w, b, o, Tensor(), Tensor(), in[0], in[1]);
+      },
+      {gamma, beta}, opt);
+  INFO(r2.message);
+  REQUIRE(r2.ok);
+}
+
+TEST_CASE("Sequential fuses Conv2d, BatchNorm2d, ReLU, MaxPool2d(2) in training only", "[cnn][fused]") {
+  manual_seed(25);
+  auto m = models::cnn();
+  const Tensor x = randn({4, 1, 28, 28});
+  const int64_t before = dynamic_cast<nn::BatchNorm2d&>((*m)[1]).num_batches_tracked();
+  (*m)(x);
+  REQUIRE(dynamic_cast<nn::BatchNorm2d&>((*m)[1]).num_batches_tracked() == before + 1);
+  REQUIRE(dynamic_cast<nn::BatchNorm2d&>((*m)[5]).num_batches_tracked() == before + 1);
+
+  // The fused op is in the graph of a training forward...
+  nn::Sequential block;
+  block.push_back("conv", nn::Conv2d(1, 4, 3, 1, 1));
+  block.push_back("bn", nn::BatchNorm2d(4));
+  block.push_back("relu", nn::ReLU());
+  block.push_back("pool", nn::MaxPool2d(2));
+  REQUIRE(std::string(block(x).grad_fn()->name()) == "BatchNormReluMaxPool2dBackward");
+  // ...not in eval (running statistics), nor for another pool.
+  block.eval();
+  REQUIRE(std::string(block(x).grad_fn()->name()) == "MaxPool2DWithIndicesBackward");
+  nn::Sequential other;
+  other.push_back("conv", nn::Conv2d(1, 4, 3, 1, 1));
+  other.push_back("bn", nn::BatchNorm2d(4));
+  other.push_back("relu", nn::ReLU());
+  other.push_back("pool", nn::MaxPool2d(3));
+  REQUIRE(std::string(other(x).grad_fn()->name()) == "MaxPool2DWithIndicesBackward");
+  // A wrong input still gets the layer's own error.
+  block.train();
+  REQUIRE_THROWS_WITH(block(randn({2, 3, 8, 8})), Contains("in_channels=1"));
+}
+
+TEST_CASE("im2col's 3x3 / stride 1 / padding 1 walk equals the general walk", "[cnn][kernels][fused]") {
+  manual_seed(27);
+  for (const Shape& s : {Shape{1, 1, 28, 28}, Shape{1, 3, 14, 14}, Shape{1, 2, 1, 1}, Shape{1, 2, 1, 5}, Shape{1, 2, 4, 1},
+                         Shape{1, 2, 2, 3}, Shape{1, 1, 7, 9}}) {
+    INFO(s.str());
+    const Tensor x = randn(s);
+    const k::Conv2dGeometry g = k::conv2d_geometry(s, {4, s[1], 3, 3}, 1, 1, 1, 1, 1, 1, 1);
+    const size_t n = static_cast<size_t>(g.patch() * g.OH * g.OW);
+    std::vector<float> fast(n, 7.f), general(n, -7.f);  // every entry must be written
+    k::im2col(x.data<float>(), g, fast.data());
+    k::im2col_general(x.data<float>(), g, general.data());
+    REQUIRE(fast == general);
+  }
+}
