@@ -4,6 +4,7 @@
 // them is in model_file.cpp.
 #include "io/model_file.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <tuple>
@@ -363,6 +364,47 @@ void int8_layer_tensors(const nn::Module& m, TensorMap& out) {
 
 // ---- int8 convolution and add (docs/quantized_cnn.md) ----
 
+// A convolution's per-channel weight scales are tensors of the file, not
+// JSON text: a scale printed as a decimal takes ~20 bytes, as F32 it takes 4,
+// and a depthwise layer has one per 9 weights (docs/model_files.md §3). The
+// config then keeps the scheme and range and says "scale": "tensor"; the
+// zero points are a tensor too unless all are 0 (symmetric weights).
+bool scales_as_tensors(const QParams& p) { return is_per_channel(p.scheme) && p.scale.size() > 1; }
+
+json weight_qparams_to_json(const QParams& p) {
+  json j = qparams_to_json(p);
+  if (!scales_as_tensors(p)) return j;
+  j["scale"] = "tensor";
+  j.erase("zero_point");
+  return j;
+}
+
+// The weight qparams of a convolution's config, reading the scales (and zero
+// points) from its tensors when the config says so; checked as any qparams.
+QParams weight_qparams_from(const json& c, const TensorMap& t, int64_t out, const std::string& type) {
+  const std::string what = type + " weight_qparams";
+  const json* j = &c.at("weight_qparams");
+  json filled;
+  if (j->is_object() && j->contains("scale") && (*j)["scale"] == "tensor") {
+    const Tensor& s = need(t, "weight_scale", type);
+    if (s.dtype() != DType::f32 || !(s.shape() == Shape{out}))
+      throw FormatError(fmt::format("{}: weight_scale must be F32 of shape ({}), got {} {}", type, out,
+                                    dtype_name(s.dtype()), s.shape().str()));
+    filled = *j;
+    filled["scale"] = std::vector<float>(s.data<float>(), s.data<float>() + out);
+    std::vector<int32_t> zp(static_cast<size_t>(out), 0);
+    if (t.count("weight_zero_point")) {
+      const Tensor& z = t.at("weight_zero_point");
+      if (z.dtype() != DType::i32 || !(z.shape() == Shape{out}))
+        throw FormatError(fmt::format("{}: weight_zero_point must be I32 of shape ({})", type, out));
+      zp.assign(z.data<int32_t>(), z.data<int32_t>() + out);
+    }
+    filled["zero_point"] = zp;
+    j = &filled;
+  }
+  return qparams_from_json(*j, what);
+}
+
 void encode_quantized_conv(const nn::Module& m, json& c) {
   auto& l = dynamic_cast<const q::QuantizedConv2d&>(m);
   const auto& g = l.geometry;
@@ -370,7 +412,7 @@ void encode_quantized_conv(const nn::Module& m, json& c) {
        {"kernel_size", {l.kernel_h, l.kernel_w}}, {"stride", {g.stride_h, g.stride_w}},
        {"padding", {g.pad_h, g.pad_w}}, {"dilation", {g.dilation_h, g.dilation_w}}, {"groups", g.groups},
        {"bias", l.bias().defined()}, {"activation", q::fused_activation_name(l.activation())}, {"name", l.name},
-       {"weight_qparams", qparams_to_json(l.weight().qparams())},
+       {"weight_qparams", weight_qparams_to_json(l.weight().qparams())},
        {"output_qparams", qparams_to_json(l.output_qparams())}};
   if (l.input_qparams()) c["input_qparams"] = qparams_to_json(*l.input_qparams());
 }
@@ -397,7 +439,7 @@ std::shared_ptr<nn::Module> decode_quantized_conv(const json& c, const TensorMap
     throw FormatError(fmt::format("{}: implausible geometry (in {}, out {}, kernel {}x{}, groups {})", type, in, out,
                                   kh, kw, g.groups));
   const bool bias = c.at("bias").get<bool>();
-  const QParams wq = qparams_from_json(c.at("weight_qparams"), type + " weight_qparams");
+  const QParams wq = weight_qparams_from(c, t, out, type);
   const QParams oq = qparams_from_json(c.at("output_qparams"), type + " output_qparams");
   std::shared_ptr<const QParams> iq;
   if (c.contains("input_qparams"))
@@ -428,11 +470,24 @@ std::shared_ptr<nn::Module> decode_quantized_conv(const json& c, const TensorMap
   }
 }
 
-// The int8 convolution stores its i8 weight (4-D: never int4-packed) and its float bias.
+// The int8 convolution stores its i8 weight (4-D: never int4-packed), its
+// float bias, and per channel its weight scales (F32) and, unless all are 0,
+// zero points (I32).
 void quantized_conv_tensors(const nn::Module& m, TensorMap& out) {
   auto& l = dynamic_cast<const q::QuantizedConv2d&>(m);
   out["weight"] = l.weight().detach();
   if (l.bias().defined()) out["bias"] = l.bias();
+  const QParams& wq = l.weight().qparams();
+  if (!scales_as_tensors(wq)) return;
+  const auto n = static_cast<int64_t>(wq.scale.size());
+  Tensor s = empty({n}, DType::f32);
+  std::copy(wq.scale.begin(), wq.scale.end(), s.data<float>());
+  out["weight_scale"] = s;
+  if (std::any_of(wq.zero_point.begin(), wq.zero_point.end(), [](int32_t z) { return z != 0; })) {
+    Tensor z = empty({n}, DType::i32);
+    std::copy(wq.zero_point.begin(), wq.zero_point.end(), z.data<int32_t>());
+    out["weight_zero_point"] = z;
+  }
 }
 
 void encode_quantized_add(const nn::Module& m, json& c) {
