@@ -20,6 +20,8 @@
 #include <vector>
 
 #include "io/model_file.h"
+#include "quant/layer.h"
+#include "quant/qat_schedule.h"
 #include "report.h"
 #include "tinyqat.h"
 
@@ -193,6 +195,12 @@ std::shared_ptr<nn::Sequential> small_mlp() {
 
 std::shared_ptr<nn::Module> copy_of(const nn::Module& m) {
   return io::build_model(io::model_to_safetensors(m), "test copy");
+}
+
+nn::Module* find_in(nn::Module& model, const std::string& path) {
+  for (auto& [p, m] : model.named_modules())
+    if (p == path) return m;
+  return nullptr;
 }
 
 }  // namespace
@@ -395,4 +403,118 @@ TEST_CASE("report: the run file round-trips and write_report writes the page", "
   }
   CHECK_THROWS_WITH(cli::load_report_run(path), Catch::Contains(path));
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("report: a MobileNetV2 gets a weight panel per convolution (BN folded), an activation panel per conv and add",
+          "[report][cnn]") {
+  manual_seed(11);
+  std::shared_ptr<nn::Module> float_model = models::mobilenet_v2_small_input(4, 0.25);
+  const Tensor x = randn({16, 1, 12, 12});
+  const Tensor labels = randint(0, 4, {16});
+  auto train_steps = [&](nn::Module& m, int steps) {
+    nn::SGD sgd(m.parameters(), {.lr = 0.01, .momentum = 0.9});
+    nn::CrossEntropyLoss loss;
+    m.train();
+    for (int step = 0; step < steps; ++step) {
+      sgd.zero_grad();
+      loss(m(x), labels).backward();
+      sgd.step();
+    }
+  };
+  train_steps(*float_model, 3);  // BatchNorm statistics away from 0 / 1: folding matters
+  float_model->eval();
+  int convs = 0, adds = 0;
+  for (auto& [path, m] : float_model->named_modules()) {
+    convs += dynamic_cast<nn::Conv2d*>(m) != nullptr;
+    adds += dynamic_cast<nn::Add*>(m) != nullptr;
+  }
+  REQUIRE(convs == 52);
+  REQUIRE(adds > 0);
+
+  // QAT: fused in training mode (ConvBn kept), a few steps, BN frozen, converted.
+  auto qat = copy_of(*float_model);
+  qat->train();
+  quant::fuse_known_modules(*qat);
+  qat->qconfig = quant::get_default_qat_qconfig("x86");
+  quant::prepare_qat(*qat);
+  train_steps(*qat, 2);
+  quant::freeze_bn_stats(*qat);
+  train_steps(*qat, 2);
+  qat->eval();
+  auto qat_prepared = copy_of(*qat);
+  quant::convert(*qat);
+  // PTQ: fused in eval mode (BN folded), calibrated, converted.
+  auto ptq = copy_of(*float_model);
+  ptq->eval();
+  quant::fuse_known_modules(*ptq);
+  ptq->qconfig = quant::get_default_qconfig("x86");
+  quant::prepare(*ptq);
+  {
+    NoGradGuard no_grad;
+    (*ptq)(x);
+  }
+  auto ptq_calibrated = copy_of(*ptq);
+  quant::convert(*ptq);
+  auto dyn = copy_of(*float_model);
+  quant::quantize_dynamic(*dyn);
+
+  const cli::ReportModels models{float_model, qat_prepared, qat, ptq_calibrated, ptq, dyn};
+  const cli::ReportData d = cli::gather_report(sample_run(), models, reshape(x, {16, 144}));
+
+  // A weight panel per convolution and the classifier, on the PTQ grid, of
+  // the weights the int8 layer rounded: with BatchNorm folded in, the shown
+  // (largest-scale) channel's largest |weight| fills the grid exactly.
+  REQUIRE(d.weights.size() == static_cast<size_t>(convs + 1));
+  for (auto& w : d.weights) {
+    INFO(w.layer);
+    CHECK(w.grid_from == "PTQ int8");
+    CHECK(w.channel >= 0);
+    quant::QuantLayer* layer = quant::as_quant_layer(find_in(*ptq, w.layer));
+    REQUIRE(layer);
+    const Tensor qw = layer->effective_weight();
+    double total = 0;
+    for (double n : w.histogram.counts) total += n;
+    CHECK(total == Approx(static_cast<double>(qw.numel() / qw.size(0))));
+    CHECK(std::max(-w.weight_min, w.weight_max) == Approx(127.5 * w.scale).epsilon(1e-4));
+  }
+  CHECK(d.weights.front().layer == "features.0.0");
+  CHECK(d.weights.back().layer == "classifier.1");
+  // An activation panel per convolution, residual add and the classifier.
+  REQUIRE(d.activations.size() == static_cast<size_t>(convs + adds + 1));
+  int add_panels = 0;
+  for (auto& a : d.activations) {
+    INFO(a.layer);
+    CHECK(a.ptq);
+    CHECK(a.qat);
+    add_panels += a.layer.ends_with("skip_add");
+  }
+  CHECK(add_panels == adds);
+  // SQNR against the folded float weights: PTQ's 8-bit per-channel weights
+  // give tens of dB (against the unfolded ones they would not). QAT is
+  // measured against its own fine-tuned weights and BatchNorm statistics; its
+  // moving-average weight ranges lag behind four large steps on random data,
+  // so some weights are clipped and its bars are lower (still well above 0).
+  REQUIRE(d.sqnr.size() == 3);
+  CHECK(d.sqnr[0].method == "QAT int8");
+  CHECK(d.sqnr[1].method == "PTQ int8");
+  for (int m = 0; m < 2; ++m) {
+    INFO(d.sqnr[m].method);
+    CHECK(d.sqnr[m].weights.size() == static_cast<size_t>(convs + 1));
+    CHECK(d.sqnr[m].outputs.size() == static_cast<size_t>(convs + adds + 1));
+    for (auto& r : d.sqnr[m].weights) {
+      INFO(r.name);
+      CHECK(r.sqnr_db > (m == 1 ? 30 : 15));
+    }
+  }
+  CHECK(d.sqnr[2].weights.size() == 1);  // dynamic: the classifier alone
+
+  const std::string html = cli::render_report(d);
+  Page page(html);
+  REQUIRE(page.ok());
+  check_charts(page, 2 + (convs + 1) + (convs + adds + 1) + 2);
+  CHECK(svg_number_problems(page) == 0);
+  int weight_charts = 0;
+  for (xmlNodePtr t : page.nodes("//svg:svg/svg:title")) weight_charts += Page::text(t).find(" weights, ") != std::string::npos;
+  CHECK(weight_charts == convs + 1);
+  CHECK(page.nodes("//h:div[@class='wide']").size() == 2);  // the two SQNR charts, scrolled sideways
 }

@@ -37,8 +37,10 @@ nn::Module* find_module(nn::Module& model, const std::string& path) {
 class OutputLogger : public nn::Module {
  public:
   explicit OutputLogger(std::shared_ptr<nn::Module> inner) : inner_(std::move(inner)) {}
-  Tensor forward(const Tensor& x) override {
-    Tensor y = inner_->forward(x);
+  Tensor forward(const Tensor& x) override { return keep(inner_->forward(x)); }
+  // A two-input layer, such as a residual Add.
+  Tensor forward(const Tensor& a, const Tensor& b) override { return keep(inner_->forward(a, b)); }
+  Tensor keep(Tensor y) {
     output = kernels::clone(kernels::to_float(y.detach()));
     return y;
   }

@@ -81,8 +81,12 @@ std::string training_chart(const ReportRun& run, bool accuracy, int id) {
 std::string weight_chart(const WeightPanel& w, int id) {
   const std::string which = w.channel >= 0 ? fmt::format("channel {} of {}", w.channel, w.channels) : "all channels";
   Chart c(kNarrow, kNarrowHeight, fmt::format("{} weights, {}", w.layer, which), "weight value", "weights per bin");
-  c.subtitle(fmt::format("{}scale s = {}, levels q = {}..{}", w.channel >= 0 ? "largest-scale channel; " : "", significant(w.scale),
-                         fixed(w.quant_min, 0), fixed(w.quant_max, 0)));
+  if (w.convolution)  // shorter: the subtitle must fit the narrow chart
+    c.subtitle(fmt::format("BN folded; {}s = {}, q = {}..{}", w.channel >= 0 ? "largest-scale channel; " : "",
+                           significant(w.scale), fixed(w.quant_min, 0), fixed(w.quant_max, 0)));
+  else
+    c.subtitle(fmt::format("{}scale s = {}, levels q = {}..{}", w.channel >= 0 ? "largest-scale channel; " : "",
+                           significant(w.scale), fixed(w.quant_min, 0), fixed(w.quant_max, 0)));
   const double g_lo = w.scale * (w.quant_min - w.zero_point), g_hi = w.scale * (w.quant_max - w.zero_point);
   double lo = std::min({w.histogram.lo, finite(g_lo) ? g_lo : w.histogram.lo, w.weight_min});
   double hi = std::max({w.histogram.hi, finite(g_hi) ? g_hi : w.histogram.hi, w.weight_max});
@@ -165,19 +169,38 @@ std::string activation_chart(const ActivationPanel& a, int id) {
   return c.svg(id);
 }
 
+// The layers of an SQNR chart, in the order they first appear.
+std::vector<std::string> sqnr_layers(const std::vector<SqnrSet>& sets, bool outputs) {
+  std::vector<std::string> layers;
+  for (auto& s : sets)
+    for (auto& r : outputs ? s.outputs : s.weights)
+      if (std::find(layers.begin(), layers.end(), r.name) == layers.end()) layers.push_back(r.name);
+  return layers;
+}
+
+// Up to this many layers an SQNR chart keeps the page's width; a CNN's
+// dozens of convolutions get a wider chart (scrolled sideways) with the
+// layer names written upwards.
+constexpr size_t kLayersAcross = 8;
+
 // 4. Per-layer SQNR bars of every method.
 std::string sqnr_chart(const std::vector<SqnrSet>& sets, bool outputs, int64_t samples, int id) {
-  Chart c(kWide, kWideHeight, outputs ? "SQNR of each layer's output" : "SQNR of each layer's weights", "layer",
+  const std::vector<std::string> layers = sqnr_layers(sets, outputs);
+  const bool many = layers.size() > kLayersAcross;
+  double width = kWide, label_room = 0;
+  if (many) {
+    width = std::max(kWide, 100 + static_cast<double>(layers.size()) * (12.0 * static_cast<double>(sets.size()) + 12));
+    for (auto& l : layers) label_room = std::max(label_room, text_width(l, 12));
+  }
+  Chart c(width, kWideHeight + label_room, outputs ? "SQNR of each layer's output" : "SQNR of each layer's weights", "layer",
           "SQNR (dB), higher is better");
+  if (many) c.vertical_x_labels(label_room);
   c.subtitle(outputs ? fmt::format("against the float computation each one rounds, on {} test images", samples)
                      : "each int8 weight against the float weight it was rounded from");
-  std::vector<std::string> layers;
   double top = 10, bottom = 0;
   for (auto& s : sets)
-    for (auto& r : outputs ? s.outputs : s.weights) {
-      if (std::find(layers.begin(), layers.end(), r.name) == layers.end()) layers.push_back(r.name);
+    for (auto& r : outputs ? s.outputs : s.weights)
       if (finite(r.sqnr_db)) top = std::max(top, r.sqnr_db), bottom = std::min(bottom, r.sqnr_db);
-    }
   const double y_hi = top * 1.18;
   c.x_range(0, std::max<double>(1, static_cast<double>(layers.size())));
   c.y_range(bottom, y_hi);
@@ -197,7 +220,10 @@ std::string sqnr_chart(const std::vector<SqnrSet>& sets, bool outputs, int64_t s
       const double v = finite(r.sqnr_db) ? r.sqnr_db : r.sqnr_db > 0 ? y_hi : bottom;
       c.bar(x0, x1, 0, v, colour);
       const std::string text = finite(r.sqnr_db) ? fixed(r.sqnr_db, 1) : r.sqnr_db > 0 ? "∞" : "−∞";
-      c.label((x0 + x1) / 2, std::max(c.top() + 12, c.py(std::max(0.0, v)) - 5), text, "middle", 11.5);
+      if (many)  // narrow bars: the value reads upwards from the bar's top
+        c.label((x0 + x1) / 2, std::max(c.top() + 30, c.py(std::max(0.0, v)) - 4), text, "start", 10.5, kInk, -90, "normal", 3.5);
+      else
+        c.label((x0 + x1) / 2, std::max(c.top() + 12, c.py(std::max(0.0, v)) - 5), text, "middle", 11.5);
     }
   }
   c.legend(legend, LegendPlace::below);
@@ -217,6 +243,7 @@ p { font-size: 15px; line-height: 1.45; max-width: 1080px; margin: 6px 0 10px 0;
 p.subtitle { color: #555; margin-top: 0; }
 p.note { font-size: 13px; color: #555; }
 div.row { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
+div.wide { overflow-x: auto; margin-bottom: 14px; }
 svg.chart { border: 1px solid #e2e2e2; }
 table { border-collapse: collapse; font-size: 15px; margin: 8px 0; }
 th, td { padding: 6px 14px; border-bottom: 1px solid #ddd; text-align: right; }
@@ -298,8 +325,12 @@ std::string render_report(const ReportData& d) {
         "beyond the thick vermillion lines would be clipped. With per-channel weights every output channel has its own "
         "scale s; shown is the channel with the largest s, the coarsest grid of the layer ({} grid). Symmetric min/max "
         "scaling stretches the grid until the largest |weight| just fits, so every weight's rounding error is at most "
-        "s/2; a few outliers make s large and leave most levels unused.</p>\n",
-        fixed(w0.quant_min, 0), fixed(w0.quant_max, 0), escape(w0.grid_from));
+        "s/2; a few outliers make s large and leave most levels unused.{}</p>\n",
+        fixed(w0.quant_min, 0), fixed(w0.quant_max, 0), escape(w0.grid_from),
+        std::any_of(d.weights.begin(), d.weights.end(), [](const WeightPanel& w) { return w.convolution; })
+            ? " A convolution is shown as its int8 layer rounds it: with the BatchNorm after it folded in; its output "
+              "channel is one filter (in / groups × kH × kW weights, 9 for a depthwise filter)."
+            : "");
     h += "<div class=\"row\">\n";
     for (auto& w : d.weights) h += weight_chart(w, id++) + "\n";
     h += "</div>\n";
@@ -329,11 +360,17 @@ std::string render_report(const ReportData& d) {
          "errors add up from layer to layer; dynamic quantization usually loses least there, as it fits each batch's "
          "own activation range and returns float outputs instead of rounding them to u8. A layer far below the "
          "others is the one to keep in float.</p>\n";
-    h += "<div class=\"row\">\n" + sqnr_chart(d.sqnr, false, d.sqnr_samples, id++) + "\n";
     bool any_outputs = false;
     for (auto& s : d.sqnr) any_outputs |= !s.outputs.empty();
-    if (any_outputs) h += sqnr_chart(d.sqnr, true, d.sqnr_samples, id++) + "\n";
-    h += "</div>\n";
+    // A network with many layers gets one wide chart per row, scrolled sideways.
+    if (sqnr_layers(d.sqnr, false).size() > kLayersAcross || sqnr_layers(d.sqnr, true).size() > kLayersAcross) {
+      h += "<div class=\"wide\">\n" + sqnr_chart(d.sqnr, false, d.sqnr_samples, id++) + "\n</div>\n";
+      if (any_outputs) h += "<div class=\"wide\">\n" + sqnr_chart(d.sqnr, true, d.sqnr_samples, id++) + "\n</div>\n";
+    } else {
+      h += "<div class=\"row\">\n" + sqnr_chart(d.sqnr, false, d.sqnr_samples, id++) + "\n";
+      if (any_outputs) h += sqnr_chart(d.sqnr, true, d.sqnr_samples, id++) + "\n";
+      h += "</div>\n";
+    }
   }
   h += "<p class=\"note\">Drawn by tinyqat (tools/cli/report.cpp); how to read each picture: docs/report.md.</p>\n";
   h += "</body>\n</html>\n";

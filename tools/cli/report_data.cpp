@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -17,6 +18,8 @@
 #include "io/data_loader.h"
 #include "io/model_file.h"
 #include "io/safetensors.h"
+#include "nn/add.h"
+#include "nn/conv.h"
 #include "nn/linear.h"
 #include "quant/dynamic_linear.h"
 #include "quant/fake_quantize.h"
@@ -88,13 +91,16 @@ std::optional<QParams> output_qparams(nn::Module* m) {
   return layer ? layer->qparams(quant::QuantRole::output) : std::nullopt;
 }
 
-WeightPanel weight_panel(const std::string& layer, const nn::Linear& fl, const QParams& qp, const std::string& grid_from) {
+// `weight`: the float weight the layer rounds, output channels first: a
+// Linear's (out, in), a convolution's (out, in / groups, kH, kW) with its
+// BatchNorm folded in.
+WeightPanel weight_panel(const std::string& layer, const Tensor& weight, const QParams& qp, const std::string& grid_from) {
   WeightPanel w;
   w.layer = layer;
   w.grid_from = grid_from;
-  w.channels = fl.weight.size(0);
-  const std::vector<float> all = to_vector(fl.weight);  // (out, in)
-  const int64_t in = fl.weight.size(1);
+  w.channels = weight.size(0);
+  const std::vector<float> all = to_vector(weight);
+  const int64_t in = w.channels > 0 ? weight.numel() / w.channels : 0;  // weights per output channel
   std::vector<float> shown = all;
   size_t pick = 0;
   if (is_per_channel(qp.scheme) && qp.axis == 0 && static_cast<int64_t>(qp.scale.size()) == w.channels) {
@@ -169,15 +175,60 @@ std::shared_ptr<nn::Module> copy_model(const nn::Module& m) {
   return io::build_model(io::model_to_safetensors(m), "report copy of the float model");
 }
 
-// The float model with the parameters of `trained` (same dotted names): the
-// float computation a QAT model fine-tuned into, before any rounding.
+// The float model's name of a QAT model's tensor: the same, except that a
+// QAT convolution holds its BatchNorm as the child `bn`, which in the float
+// model is the convolution's next sibling (fusion takes Conv2d, BatchNorm2d
+// in that order): "features.0.0.bn.running_var" -> "features.0.1.running_var".
+std::string float_name_of(nn::Module& float_model, const std::string& name) {
+  const size_t bn = name.rfind(".bn.");
+  if (bn == std::string::npos) return name;
+  const std::string conv = name.substr(0, bn), rest = name.substr(bn + 4);
+  const size_t dot = conv.rfind('.');
+  const std::string prefix = dot == std::string::npos ? "" : conv.substr(0, dot);
+  const std::string leaf = dot == std::string::npos ? conv : conv.substr(dot + 1);
+  nn::Module* parent = prefix.empty() ? &float_model : find_module(&float_model, prefix);
+  if (!parent) return name;
+  const auto& slots = parent->children();
+  for (size_t i = 0; i + 1 < slots.size(); ++i)
+    if (slots[i]->name == leaf) return (prefix.empty() ? "" : prefix + ".") + slots[i + 1]->name + "." + rest;
+  return name;
+}
+
+// The float model with the parameters (and BatchNorm statistics) of
+// `trained`: the float computation a QAT model fine-tuned into, before any
+// rounding.
 std::shared_ptr<nn::Module> with_parameters_of(const nn::Module& float_model, const nn::Module& trained) {
   auto copy = copy_model(float_model);
-  const auto source = trained.named_parameters();
-  for (auto& [name, p] : copy->named_parameters())
-    for (auto& [other, q] : source)
-      if (other == name && p.shape() == q.shape()) kernels::copy_(p, q.detach());
+  std::map<std::string, Tensor> targets;
+  for (auto& [name, p] : copy->named_parameters()) targets[name] = p;
+  for (auto& [name, b] : copy->named_buffers()) targets[name] = b;
+  auto take = [&](const std::string& name, const Tensor& t) {
+    for (const std::string& target : {name, float_name_of(*copy, name)}) {  // the same name first
+      auto it = targets.find(target);
+      if (it != targets.end() && it->second.shape() == t.shape() && it->second.dtype() == t.dtype()) {
+        kernels::copy_(it->second, t.detach());
+        return;
+      }
+    }
+  };
+  for (auto& [name, p] : trained.named_parameters()) take(name, p);
+  for (auto& [name, b] : trained.named_buffers()) take(name, b);
   return copy;
+}
+
+// A copy of `m` in eval mode with every known run fused: BatchNorm folded
+// into its convolution, as in the int8 layers; null when the model cannot be
+// copied through a model file (a user's own module type).
+std::shared_ptr<nn::Module> fused_copy(const nn::Module& m) {
+  std::shared_ptr<nn::Module> fused;
+  try {
+    fused = copy_model(m);
+  } catch (const std::exception&) {
+    return nullptr;
+  }
+  fused->eval();
+  quant::fuse_known_modules(*fused);
+  return fused;
 }
 
 bool has_fused_layers(nn::Module& m) {
@@ -264,19 +315,37 @@ ReportData gather_report(const ReportRun& run, const ReportModels& models, const
   d.run = run;
   if (!models.float_model) throw std::invalid_argument("gather_report: the float model is required");
   nn::Module& fl = *models.float_model;
-  std::vector<std::pair<std::string, nn::Linear*>> layers;
-  for (auto& [path, m] : fl.named_modules())
-    if (auto* lin = dynamic_cast<nn::Linear*>(m); lin && !path.empty()) layers.push_back({path, lin});
+  // A convolution's weight as its int8 layer rounds it: with the BatchNorm
+  // after it folded in (the float model fused in eval mode).
+  bool convolutions = false;
+  for (auto& [path, m] : fl.named_modules()) convolutions |= dynamic_cast<nn::Conv2d*>(m) != nullptr;
+  const std::shared_ptr<nn::Module> folded = convolutions ? fused_copy(fl) : nullptr;
+  // The quantizable layers in network order, each with the float weight it
+  // rounds (none for an Add; none for a convolution whose folded form is
+  // unknown).
+  std::vector<std::pair<std::string, Tensor>> layers;
+  for (auto& [path, m] : fl.named_modules()) {
+    if (path.empty()) continue;
+    if (auto* lin = dynamic_cast<nn::Linear*>(m)) layers.push_back({path, lin->weight});
+    else if (dynamic_cast<nn::Conv2d*>(m)) {
+      auto* conv = dynamic_cast<nn::Conv2d*>(find_module(folded.get(), path));
+      layers.push_back({path, conv ? conv->weight : Tensor()});
+    } else if (dynamic_cast<nn::Add*>(m)) layers.push_back({path, Tensor()});
+  }
 
-  for (auto& [path, lin] : layers) {
+  for (auto& [path, weight] : layers) {
     // 2. Weights on the grid they are rounded to: PTQ's (the same float
     // weights), else dynamic's, else the calibrated model's observer.
     std::optional<WeightPanel> w;
-    for (auto [model, name] : {std::pair{models.ptq_int8.get(), "PTQ int8"}, std::pair{models.dynamic_int8.get(), "dynamic int8"},
-                               std::pair{models.ptq_calibrated.get(), "PTQ"}})
-      if (!w)
-        if (auto qp = weight_qparams(find_module(model, path))) w = weight_panel(path, *lin, *qp, name);
-    if (w) d.weights.push_back(*w);
+    if (weight.defined())
+      for (auto [model, name] : {std::pair{models.ptq_int8.get(), "PTQ int8"}, std::pair{models.dynamic_int8.get(), "dynamic int8"},
+                                 std::pair{models.ptq_calibrated.get(), "PTQ"}})
+        if (!w)
+          if (auto qp = weight_qparams(find_module(model, path))) w = weight_panel(path, weight, *qp, name);
+    if (w) {
+      w->convolution = weight.dim() == 4;
+      d.weights.push_back(*w);
+    }
     // 3. Activation ranges.
     nn::Module *cal = find_module(models.ptq_calibrated.get(), path), *p8 = find_module(models.ptq_int8.get(), path),
                *qp = find_module(models.qat_prepared.get(), path), *q8 = find_module(models.qat_int8.get(), path);
@@ -290,23 +359,13 @@ ReportData gather_report(const ReportRun& run, const ReportModels& models, const
   // `reference`: the float model whose computation `q` rounds (unfused).
   auto add = [&](const std::string& method, nn::Module& reference, nn::Module* q) {
     if (!q) return;
-    SqnrSet s{method, quant::compare_weights(reference, *q), {}};
-    if (inputs.defined()) {
-      std::shared_ptr<nn::Module> fused;
-      if (has_fused_layers(*q)) {
-        // A model of the user's own module type cannot be copied through a
-        // model file: its output bars are then left out.
-        try {
-          fused = copy_model(reference);
-        } catch (const std::exception&) {
-        }
-        if (fused) {  // eval mode: BatchNorm folded, as in the int8 convolutions
-          fused->eval();
-          quant::fuse_known_modules(*fused);
-        }
-      }
-      if (fused || !has_fused_layers(*q)) s.outputs = quant::compare_model_outputs(fused ? *fused : reference, *q, inputs);
-    }
+    // Fused like the int8 model (eval mode: BatchNorm folded, as in the int8
+    // convolutions). A model of the user's own module type cannot be copied
+    // through a model file: its output bars are then left out.
+    const std::shared_ptr<nn::Module> fused = has_fused_layers(*q) ? fused_copy(reference) : nullptr;
+    SqnrSet s{method, quant::compare_weights(fused ? *fused : reference, *q), {}};
+    if (inputs.defined() && (fused || !has_fused_layers(*q)))
+      s.outputs = quant::compare_model_outputs(fused ? *fused : reference, *q, inputs);
     d.sqnr.push_back(std::move(s));
   };
   // QAT changed its weights while training: it is compared with the float

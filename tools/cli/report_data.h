@@ -88,6 +88,7 @@ struct WeightPanel {
   double weight_min = 0, weight_max = 0;
   double scale = 0;          // of the shown channel
   int32_t zero_point = 0, quant_min = -128, quant_max = 127;
+  bool convolution = false;  // a convolution's filter, its BatchNorm folded in
 };
 
 // The representable range [lo, hi] = s (qmin - z) .. s (qmax - z) a method chose.

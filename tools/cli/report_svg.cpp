@@ -211,8 +211,13 @@ std::string Chart::svg(int id) const {
     const double X = px(t.value);
     s += fmt::format(R"(<line x1="{0}" y1="{1}" x2="{0}" y2="{2}" stroke="#333333" stroke-width="1"/>)" "\n", num(X),
                      num(bottom()), num(bottom() + 5));
-    s += fmt::format(R"(<text class="tick" x="{}" y="{}" font-size="12" text-anchor="middle" fill="#333333">{}</text>)" "\n",
-                     num(X), num(bottom() + 18), escape(t.label));
+    if (vertical_x_labels_)
+      s += fmt::format(R"~(<text class="tick" x="{0}" y="{1}" font-size="12" text-anchor="end" fill="#333333" )~"
+                       R"~(transform="rotate(-90 {0} {1})">{2}</text>)~" "\n",
+                       num(X + 4), num(bottom() + 9), escape(t.label));
+    else
+      s += fmt::format(R"(<text class="tick" x="{}" y="{}" font-size="12" text-anchor="middle" fill="#333333">{}</text>)" "\n",
+                       num(X), num(bottom() + 18), escape(t.label));
   }
   for (auto& t : y_ticks_) {
     const double Y = py(t.value);
@@ -222,7 +227,7 @@ std::string Chart::svg(int id) const {
                      num(left() - 8), num(Y + 4), escape(t.label));
   }
   s += fmt::format(R"(<text class="axis-label" x="{}" y="{}" font-size="13" text-anchor="middle" fill="{}">{}</text>)" "\n",
-                   num((left() + right()) / 2), num(bottom() + 38), kInk, escape(x_label_));
+                   num((left() + right()) / 2), num(height_ - 14), kInk, escape(x_label_));
   const double yl_x = 18, yl_y = (top() + bottom()) / 2;
   s += fmt::format(R"(<text class="axis-label" x="{0}" y="{1}" font-size="13" text-anchor="middle" fill="{2}" )"
                    R"~(transform="rotate(-90 {0} {1})">{3}</text>)~" "\n",

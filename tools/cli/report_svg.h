@@ -5,6 +5,7 @@
 // number, so a chart stays well-formed XML whatever it is given.
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <utility>
 #include <vector>
@@ -70,12 +71,15 @@ class Chart {
   void x_ticks(std::vector<Tick> t, bool grid = false) { x_ticks_ = std::move(t), x_grid_ = grid; }
   void y_ticks(std::vector<Tick> t) { y_ticks_ = std::move(t); }
   void legend(std::vector<LegendEntry> entries, LegendPlace place) { legend_ = std::move(entries), legend_place_ = place; }
+  // x tick labels turned by -90 degrees (reading upwards), for many long
+  // labels; the space below the plot grows by `label_room` pixels for them.
+  void vertical_x_labels(double label_room) { vertical_x_labels_ = true, extra_bottom_ = std::max(0.0, label_room); }
 
   // The plot area in pixels, and data coordinates mapped into it.
   double left() const { return 70; }
   double right() const { return width_ - 18; }
   double top() const { return subtitle_.empty() ? 40 : 58; }
-  double bottom() const { return height_ - 52; }
+  double bottom() const { return height_ - 52 - extra_bottom_; }
   double px(double x) const { return left() + (x - x0_) / (x1_ - x0_) * (right() - left()); }
   double py(double y) const;
   double y_min() const { return y0_; }
@@ -112,7 +116,8 @@ class Chart {
   double width_, height_;
   std::string title_, subtitle_, x_label_, y_label_;
   double x0_ = 0, x1_ = 1, y0_ = 0, y1_ = 1;
-  bool y_log_ = false, x_grid_ = false;
+  bool y_log_ = false, x_grid_ = false, vertical_x_labels_ = false;
+  double extra_bottom_ = 0;
   std::vector<Tick> x_ticks_, y_ticks_;
   std::vector<LegendEntry> legend_;
   LegendPlace legend_place_ = LegendPlace::top_right;
