@@ -411,7 +411,7 @@ double latency_us(nn::Module& model, const io::Dataset& data, int64_t batch, int
   return times[times.size() / 2];
 }
 
-double latency_us_one_thread(nn::Module& model, const io::Dataset& data, int64_t batch) {
+double latency_us_one_thread(nn::Module& model, const io::Dataset& data, int64_t batch, int repeats) {
   struct OneThread {
     nn::Module& model;
     int blas_threads = openblas_get_num_threads();
@@ -428,7 +428,7 @@ double latency_us_one_thread(nn::Module& model, const io::Dataset& data, int64_t
       for (auto& [threads, saved] : int8_threads) *threads = saved;
     }
   } one_thread(model);
-  return latency_us(model, data, batch);
+  return latency_us(model, data, batch, repeats);
 }
 
 int64_t file_bytes(const std::string& path) {

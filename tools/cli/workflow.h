@@ -161,7 +161,7 @@ double latency_us(nn::Module& model, const io::Dataset& data, int64_t batch, int
 // model's int8 layers), their thread settings put back afterwards: the
 // figure to compare methods by, free of the two thread pools' contention
 // for the second core (docs/speed.md §4).
-double latency_us_one_thread(nn::Module& model, const io::Dataset& data, int64_t batch);
+double latency_us_one_thread(nn::Module& model, const io::Dataset& data, int64_t batch, int repeats = 0);
 
 int64_t file_bytes(const std::string& path);
 // An output that must not be written: a device, FIFO, socket, directory or

@@ -49,10 +49,13 @@ int run_pipeline(int argc, char** argv) {
       "arch", "architecture: mlp, cnn or mobilenet_v2", cxxopts::value<std::string>()->default_value("mlp"))(
       "width", "width multiplier of mobilenet_v2", cxxopts::value<double>()->default_value("1.0"))(
       "limit-train", "train on the first N training images only (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
+      "limit-test", "evaluate on the first N test images only (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
       "epochs", "float training epochs", cxxopts::value<int>()->default_value("5"))(
       "qat-epochs", "QAT fine-tuning epochs", cxxopts::value<int>()->default_value("1"))(
       "qat-lr", "QAT learning rate", cxxopts::value<double>()->default_value("0.01"))(
       "seed", "random seed", cxxopts::value<uint64_t>()->default_value("0"))(
+      "latency-repeats", "forward passes per latency sample (0 = chosen by batch size; a MobileNetV2 wants few)",
+      cxxopts::value<int>()->default_value("0"))(
       "report", "also write DIR/report.html: pictures of training, weights, activation ranges, per-layer SQNR",
       cxxopts::value<std::string>());
   add_common(o);
@@ -68,7 +71,9 @@ int run_pipeline(int argc, char** argv) {
   if (arch != "mobilenet_v2" && r.count("width")) throw UsageError(fmt::format("--width is for --arch mobilenet_v2, not {}", arch));
   if (!(r["width"].as<double>() > 0) || r["width"].as<double>() > 4)
     throw UsageError(fmt::format("--width must be in (0, 4], not {}", r["width"].as<double>()));
-  if (r["limit-train"].as<int64_t>() < 0) throw UsageError("--limit-train must not be negative");
+  if (r["latency-repeats"].as<int>() < 0) throw UsageError("--latency-repeats must not be negative");
+  if (r["limit-train"].as<int64_t>() < 0 || r["limit-test"].as<int64_t>() < 0)
+    throw UsageError("--limit-train and --limit-test must not be negative");
   json schedule;
   read_qat_schedule(r, schedule);
   const std::string wd = r["workdir"].as<std::string>();
@@ -76,6 +81,7 @@ int run_pipeline(int argc, char** argv) {
   const std::string report_dir = r.count("report") ? r["report"].as<std::string>() : "";
   FashionMnist data = load_data(r);
   if (const int64_t n = r["limit-train"].as<int64_t>(); n > 0 && n < data.train.size()) data.train = data.train.slice(0, n);
+  if (const int64_t n = r["limit-test"].as<int64_t>(); n > 0 && n < data.test.size()) data.test = data.test.slice(0, n);
   const io::Dataset& test_set = data.test;
   const bool progress = progress_wanted(r.count("progress") > 0);
   const uint64_t seed = r["seed"].as<uint64_t>();
@@ -87,8 +93,9 @@ int run_pipeline(int argc, char** argv) {
   // The row of a finished model: its file's size and one-thread latencies.
   auto add_row = [&](const std::string& method, nn::Module& model, const std::string& path, double accuracy,
                      double agreement, const std::string& agreement_with) {
-    table.push_back({method, accuracy, agreement, agreement_with, file_bytes(path), latency_us_one_thread(model, test_set, 1),
-                     latency_us_one_thread(model, test_set, 64)});
+    const int repeats = r["latency-repeats"].as<int>();
+    table.push_back({method, accuracy, agreement, agreement_with, file_bytes(path),
+                     latency_us_one_thread(model, test_set, 1, repeats), latency_us_one_thread(model, test_set, 64, repeats)});
   };
 
   // 1. Float model.
