@@ -524,7 +524,7 @@ TEST_CASE("cli pipeline --arch mobilenet_v2: every row of the table, int8 on the
   // The largest int8 vs fake-quant difference, in output steps: 52 requantized
   // layers and 12 integer adds in a row let one-step differences grow a
   // little (3 steps over all 10,000 test images in the measured run of
-  // docs/quantized_cnn.md §10; the cnn's 2 convolutions stay within 1).
+  // docs/quantized_cnn.md §11; the cnn's 2 convolutions stay within 1).
   const size_t at = r.out.find("int8 vs fake quant max difference ");
   REQUIRE(at != std::string::npos);
   CHECK(std::stod(r.out.substr(at + 34)) <= 4.0);
