@@ -28,3 +28,29 @@ TEST_CASE("example mobilenet_v2_dynamic: quantizes the classifier and prints bot
   REQUIRE(out.find("largest output difference") != std::string::npos);
   REQUIRE(out.find("latency, 1x3x224x224") != std::string::npos);
 }
+
+TEST_CASE("example mobilenet_v2_static: every layer of the 224x224 model becomes int8", "[examples][cnn]") {
+  int status = -1;
+  const std::string out = tq_test::capture(std::string(TINYQAT_BINARY_DIR) + "/examples/mobilenet_v2_static 2>&1", &status);
+  INFO(out);
+  REQUIRE(status == 0);
+  // The census of module kinds after convert: int8 convolutions (17 of them
+  // depthwise), ten residual adds, the int8 classifier, and no float layer
+  // left that would compute in float.
+  const size_t at = out.find("modules after convert:");
+  REQUIRE(at != std::string::npos);
+  const std::string census = out.substr(at, out.find('\n', at) - at);
+  CHECK(census.find("QuantizedConv2d") != std::string::npos);
+  CHECK(census.find("QuantizedAdd x10,") != std::string::npos);
+  CHECK(census.find("QuantizedLinear x1,") != std::string::npos);
+  for (const char* float_kind : {" Conv2d x", " BatchNorm2d x", " ReLU6 x", " Linear x", " Add x", "Observed"})
+    CHECK(census.find(float_kind) == std::string::npos);
+  // The int8 model stays close to the float one on the images it was calibrated on.
+  const size_t d = out.find("largest output difference on a calibration batch: ");
+  REQUIRE(d != std::string::npos);
+  float diff = 0, scale = 0;
+  REQUIRE(std::sscanf(out.c_str() + d, "largest output difference on a calibration batch: %f (largest |output| %f)", &diff,
+                      &scale) == 2);
+  CHECK(diff < 0.5f * scale);
+  CHECK(out.find("latency, 1x3x224x224") != std::string::npos);
+}
