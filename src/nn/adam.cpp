@@ -142,6 +142,16 @@ void Adam::load_state(const StateDict& s) {
     const bool has_step = s.scalars.count(k + "step") != 0;
     const bool complete = m[i].defined() && v[i].defined() && (!options_.amsgrad || vmax[i].defined()) && has_step;
     const bool none = !m[i].defined() && !v[i].defined() && !vmax[i].defined() && !has_step;
+    // The second moments are running means of squares: a negative one
+    // would make the step's square root NaN.
+    for (const Tensor* sq : {&v[i], &vmax[i]}) {
+      if (!sq->defined()) continue;
+      const float* x = sq->data<float>();
+      for (int64_t k = 0; k < sq->numel(); ++k)
+        if (x[k] < 0)
+          throw std::invalid_argument(fmt::format("{} state: parameter {} has a negative second moment {} at element {}",
+                                                  type_name(), i, x[k], k));
+    }
     if (!complete && !none)
       throw std::invalid_argument(fmt::format("{} state: parameter {} has only part of its state (step, exp_avg, "
                                               "exp_avg_sq{})",

@@ -78,6 +78,11 @@ void LRScheduler::load_state_dict(const StateDict& s) {
     base.push_back(s.scalar(fmt::format("base_lr.{}", g)));
     if (epoch >= 0) last.push_back(s.scalar(fmt::format("last_lr.{}", g)));
   }
+  // Rates the optimizer would refuse at the next step are refused now.
+  for (const std::vector<double>* rates : {&base, &last})
+    for (double r : *rates)
+      if (!std::isfinite(r) || r < 0)
+        throw std::invalid_argument(fmt::format("{} state: a learning rate of {} (rates are finite and >= 0)", type_name(), r));
   last_epoch_ = static_cast<int64_t>(epoch);
   base_lrs_ = std::move(base);
   last_lr_ = std::move(last);

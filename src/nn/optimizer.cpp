@@ -137,7 +137,15 @@ Tensor Optimizer::load_buffer(const StateDict& s, const std::string& key, size_t
   if (t.dtype() != DType::f32 || !(t.shape() == p.shape()))
     throw std::invalid_argument(fmt::format("{} state: '{}' is {} {}, its parameter {} is f32 {}", type_name(), key,
                                             dtype_name(t.dtype()), t.shape().str(), i, p.shape().str()));
-  return kernels::clone(t);
+  // A restored buffer reaches the weights at the next step: a NaN or an
+  // infinity in it would train a model of NaNs without a word.
+  Tensor copy = kernels::clone(t);
+  const float* v = copy.data<float>();
+  for (int64_t k = 0; k < copy.numel(); ++k)
+    if (!std::isfinite(v[k]))
+      throw std::invalid_argument(fmt::format("{} state: '{}' holds {} at element {}; a restored buffer must be finite",
+                                              type_name(), key, v[k], k));
+  return copy;
 }
 
 }  // namespace tq::nn

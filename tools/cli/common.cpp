@@ -378,6 +378,27 @@ void check_settings(const json& cmd, const std::string& checkpoint) {
   boolean("fuse");
   boolean("learnable_scale");
   if (cmd.contains("layer_bits") && !cmd["layer_bits"].is_string()) fail("layer_bits", "must be a string");
+  // The recipe (counted in batches when the run starts: an epoch count of
+  // 2^62 overflowed there) and the QAT schedule.
+  one_of("optimizer", {"sgd", "adam", "adamw"});
+  number("weight_decay", 0, std::numeric_limits<double>::infinity());
+  one_of("lr_schedule", {"constant", "step", "multistep", "cosine"});
+  number("warmup", 0, 1e6);
+  integer("step_size", 1, 1'000'000);
+  number("gamma", 1e-300, 1);
+  number("val", 0, 1e9);
+  number("clip_grad", 0, std::numeric_limits<double>::infinity());
+  boolean("augment");
+  number("freeze_bn_after", -1, 1e6);
+  number("freeze_observers_after", -1, 1e6);
+  number("float_accuracy", 0, 100);
+  if (cmd.contains("milestones")) {
+    const json& m = cmd["milestones"];
+    bool ok = m.is_array() && m.size() <= 1000;
+    for (size_t i = 0; ok && i < m.size(); ++i)
+      ok = m[i].is_number_integer() && m[i].get<int64_t>() >= 1 && m[i].get<int64_t>() <= 1'000'000;
+    if (!ok) fail("milestones", "must be a list of at most 1000 epochs in 1..1000000");
+  }
   if (cmd.contains("hidden")) {
     if (!cmd["hidden"].is_string()) fail("hidden", "must be a string such as \"256,128\"");
     try {
@@ -421,7 +442,7 @@ std::optional<Checkpoint> resume_checkpoint(const cxxopts::ParseResult& r, const
   // The run's model comes from the checkpoint: a --from would be ignored.
   if (r.count("from"))
     throw UsageError(fmt::format("--from is not read with --resume (the checkpoint {} holds the model); leave it out", path));
-  Checkpoint ck = load_checkpoint(path);
+  Checkpoint ck = io::load_checkpoint(path);
   const json given = cmd;
   cmd = json::parse(ck.command_json);
   if (!cmd.is_object() || cmd.value("command", "") != command)
@@ -565,8 +586,8 @@ TrainState run_training(const cxxopts::ParseResult& r, nn::Module& model, const 
 
   TrainState st;
   if (ck) {
-    loader.set_state(ck->loader);
-    restore_optimizer(*optimizer, schedule.get(), augment ? &*augment : nullptr, *ck, r["resume"].as<std::string>());
+    io::restore_checkpoint(*ck, *optimizer, schedule.get(), augment ? &*augment : nullptr, &loader,
+                           r["resume"].as<std::string>());
     st = ck->state;
   }
   topt.epochs = epochs;
@@ -577,7 +598,7 @@ TrainState run_training(const cxxopts::ParseResult& r, nn::Module& model, const 
   topt.validation = split ? &split->validation : nullptr;
   train(model, *optimizer, loader, data.test, topt, st);
   if (!st.interrupted && st.history.empty())
-    throw std::runtime_error("training ran no epoch; nothing to save");  // load_checkpoint rules this out
+    throw std::runtime_error("training ran no epoch; nothing to save");  // io::load_checkpoint rules this out
   return st;
 }
 

@@ -53,12 +53,11 @@ class Progress {
 // Should progress be drawn: --progress, or stderr is a terminal.
 bool progress_wanted(bool flag);
 
-struct EpochStats {
-  double loss = 0;            // mean training loss of the epoch
-  double test_accuracy = 0;   // percent; -1 when a validation set is used (the test set waits for the end)
-  double seconds = 0;
-  double val_accuracy = -1;   // percent on the validation set, -1 without one
-};
+// The per-epoch statistics and the training state live in the library with
+// the checkpoints that store them (io/training_state.h).
+using EpochStats = io::EpochStats;
+using TrainState = io::TrainState;
+using Checkpoint = io::Checkpoint;
 
 struct TrainOptions {
   int epochs = 1;
@@ -91,25 +90,6 @@ struct TrainOptions {
   const io::Dataset* validation = nullptr;
 };
 
-// Where a training run stands: everything besides the model, the optimizer
-// and the loader that a resumed run needs to continue bit for bit.
-struct TrainState {
-  int epoch = 0;             // epochs completed
-  int64_t step_in_epoch = 0;
-  int64_t global_step = 0;
-  double loss_sum = 0;       // of the current epoch
-  std::vector<EpochStats> history;
-  bool interrupted = false;
-  // With a validation set: the best epoch so far (1-based, 0 = none yet),
-  // its accuracy and weights.
-  int best_epoch = 0;
-  double best_val_accuracy = -1;
-  nn::ModelSnapshot best;
-  // The test accuracy of the model training returns (the selected epoch's
-  // with a validation set, else the last epoch's); set when training ends.
-  double test_accuracy = 0;
-};
-
 // Trains `model` with the optimizer + cross-entropy over `loader`'s batches
 // until options.epochs epochs are done, continuing from `state`; after each
 // epoch evaluates on `test` (or on options.validation, see there). A NaN or
@@ -121,28 +101,12 @@ void train(nn::Module& model, nn::Optimizer& optimizer, io::DataLoader& loader, 
 std::vector<EpochStats> train(nn::Module& model, io::DataLoader& loader, const io::Dataset& test,
                               const TrainOptions& options);
 
-// Checkpoints: the model file plus the optimizer's and the schedule's state
-// (io::put_state), the loader's position and RNG, the augmenter's RNG, the
-// global RNG, the training state and the best epoch's weights, written
-// atomically (docs/reliability.md).
+// Saves a checkpoint of the run (io::save_checkpoint) with the options
+// schedule, augmenter and settings, written atomically (docs/reliability.md).
+// A checkpoint is read back, every field checked, by io::load_checkpoint and
+// put into the rebuilt run by io::restore_checkpoint.
 void save_checkpoint(const std::string& path, const nn::Module& model, const nn::Optimizer& optimizer,
                      const io::DataLoader& loader, const TrainState& state, const TrainOptions& options);
-struct Checkpoint {
-  std::shared_ptr<nn::Module> model;
-  std::optional<nn::StateDict> optimizer;     // the optimizer's state
-  std::optional<nn::StateDict> schedule;      // the learning-rate schedule's, if the run had one
-  std::vector<Tensor> momentum;               // older checkpoints: SGD's momentum buffers only
-  std::optional<Generator::State> augment_rng;
-  io::LoaderState loader;
-  Generator::State global_rng;
-  TrainState state;
-  std::string command_json;
-};
-Checkpoint load_checkpoint(const std::string& path);
-// Puts a checkpoint's optimizer state (and the schedule's, when both have
-// one) into an optimizer over the same parameters, and the augmenter's RNG.
-void restore_optimizer(nn::Optimizer& optimizer, nn::LRScheduler* schedule, io::Augmenter* augment,
-                       const Checkpoint& checkpoint, const std::string& path);
 
 // quant::evaluate over every sample of `data`, in order, `batch_size` at a
 // time; 0 picks 1000 rows for a model of flat rows and 200 images for a model
