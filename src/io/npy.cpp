@@ -49,6 +49,9 @@ Shape parse_shape(const std::string& text, const std::string& name) {
     item = item.substr(first, item.find_last_not_of(' ') - first + 1);
     if (item.empty() || item.size() > 12 || item.find_first_not_of("0123456789") != std::string::npos)
       throw FormatError(fmt::format("{}: the .npy shape '{}' has a bad size '{}'", name, text.substr(0, 40), item));
+    if (shape.size() == kMaxDims)
+      throw FormatError(fmt::format("{}: the .npy shape '{}' has more than {} dimensions, the most a tensor has", name,
+                                    text.substr(0, 40), kMaxDims));
     shape.push_back(std::stoll(item));
   }
   return shape;

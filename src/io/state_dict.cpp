@@ -1,6 +1,8 @@
 // state_dict: PyTorch-named parameters and buffers in and out of safetensors.
 #include "io/state_dict.h"
 
+#include "nn/model_snapshot.h"
+
 #include <set>
 #include <stdexcept>
 
@@ -45,11 +47,23 @@ static LoadStateDictResult load_named(nn::Module& model, const StateDict& state,
       throw std::invalid_argument(fmt::format("load_state_dict{}: '{}' has shape {} in the state, but {} in the model",
                                               source, name, it->second.shape().str(), t.shape().str()));
   }
+  // Values are checked by each module after the copy (a fake quant's scale,
+  // BatchNorm's running variance): every module, children first, as the
+  // model-file reader does; one that refuses puts the old values back.
+  const nn::ModelSnapshot before = nn::ModelSnapshot::take(model);
   for (auto& [name, t] : own) {
     auto it = state.find(name);
     if (it != state.end()) kernels::copy_(t, it->second);
   }
-  model.on_state_loaded();
+  auto modules = model.named_modules();
+  for (auto it = modules.rbegin(); it != modules.rend(); ++it) {
+    try {
+      it->second->on_state_loaded();
+    } catch (const std::invalid_argument& e) {
+      before.restore(model);
+      throw std::invalid_argument(fmt::format("load_state_dict{}: module '{}': {}", source, it->first, e.what()));
+    }
+  }
   return r;
 }
 

@@ -1,6 +1,11 @@
 // BatchNorm2d: parameters, buffers and the train / eval switch (docs/batchnorm.md).
 #include "nn/batchnorm.h"
 
+#include "tensor/ops.h"
+
+#include <cmath>
+#include <limits>
+
 #include <fmt/format.h>
 
 namespace tq::nn {
@@ -38,9 +43,36 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
   Tensor out = tq::batch_norm(x, running_mean(), running_var(), weight, bias, use_batch_stats, momentum, eps);
   if (is_training() && track_running_stats) {
     const Tensor n = buffer("num_batches_tracked");
-    if (n.defined()) n.data<int64_t>()[0] += 1;
+    // Saturates rather than overflow (a loaded count may be anything up to the maximum).
+    if (n.defined() && n.data<int64_t>()[0] < std::numeric_limits<int64_t>::max()) n.data<int64_t>()[0] += 1;
   }
   return out;
+}
+
+void BatchNorm2d::on_state_loaded() {
+  if (!track_running_stats) return;
+  for (const char* name : {"running_mean", "running_var"}) {
+    const Tensor t = buffer(name);
+    if (!t.defined() || t.dtype() != DType::f32 || !(t.shape() == Shape{num_features}))
+      throw std::invalid_argument(fmt::format("BatchNorm2d({}): loaded {} must be f32 of shape ({}), got {}", num_features,
+                                              name, num_features,
+                                              t.defined() ? std::string(dtype_name(t.dtype())) + " " + t.shape().str() : "none"));
+    const Tensor c = t.is_contiguous() ? t : kernels::contiguous(t);
+    const float* v = c.data<float>();
+    for (int64_t i = 0; i < num_features; ++i)
+      if (!std::isfinite(v[i]) || (std::string(name) == "running_var" && v[i] < 0))
+        throw std::invalid_argument(fmt::format("BatchNorm2d({}): loaded {}[{}] is {}; running statistics are finite{}",
+                                                num_features, name, i, v[i],
+                                                std::string(name) == "running_var" ? " and variances >= 0" : ""));
+  }
+  const Tensor n = buffer("num_batches_tracked");
+  if (!n.defined() || n.dtype() != DType::i64 || n.numel() != 1)
+    throw std::invalid_argument(fmt::format("BatchNorm2d({}): loaded num_batches_tracked must be one i64 value, got {}",
+                                            num_features,
+                                            n.defined() ? std::string(dtype_name(n.dtype())) + " " + n.shape().str() : "none"));
+  if (n.data<int64_t>()[0] < 0)
+    throw std::invalid_argument(fmt::format("BatchNorm2d({}): loaded num_batches_tracked is {}, a count cannot be negative",
+                                            num_features, n.data<int64_t>()[0]));
 }
 
 std::string BatchNorm2d::extra_repr() const {

@@ -18,6 +18,11 @@ class BatchNorm2d : public Module {
   // x: (N, num_features, H, W) -> the same shape
   Tensor forward(const Tensor& x) override;
   std::string extra_repr() const override;
+  // Checks the running statistics a file or a state_dict restored: (C) f32
+  // running_mean (finite) and running_var (finite, >= 0), a 0-d i64
+  // num_batches_tracked >= 0. A negative or NaN variance would make every
+  // output NaN in eval mode; the count is incremented by every training batch.
+  void on_state_loaded() override;
 
   int64_t num_features;
   double eps, momentum;

@@ -2,6 +2,8 @@
 // .npy (docs/cli.md "run"), for exchanging inputs and outputs with numpy.
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "commands.h"
 #include "common.h"
 #include "io/model_file.h"
@@ -25,6 +27,14 @@ int run_run(int argc, char** argv) {
   quant::set_int8_threads(*model, r["threads"].as<int>());
   model->eval();
   const Tensor x = io::load_npy(input);
+  // A NaN or infinite input gives an answer that means nothing (ReLU turns a
+  // NaN into 0, an int8 layer quantizes it to its lowest code): refused.
+  {
+    const float* v = x.data<float>();
+    for (int64_t i = 0; i < x.numel(); ++i)
+      if (!std::isfinite(v[i]))
+        throw std::runtime_error(fmt::format("{}: element {} of the input is {}; a model input must be finite", input, i, v[i]));
+  }
   Tensor y;
   {
     NoGradGuard no_grad;
