@@ -235,6 +235,12 @@ std::vector<std::pair<int, int>> parse_configs(const std::string& text) {
     configs.emplace_back(check_bits(w, "--configs: weight bits"), check_bits(a, "--configs: activation bits"));
   }
   if (configs.empty()) throw UsageError("--configs is empty: give at least one WxAy, e.g. w4a8");
+  // A trailing comma was skipped silently, a repeated width run twice.
+  if (text.back() == ',') throw UsageError(fmt::format("--configs '{}' ends with a comma", text));
+  for (size_t i = 0; i < configs.size(); ++i)
+    for (size_t k = 0; k < i; ++k)
+      if (configs[k] == configs[i])
+        throw UsageError(fmt::format("--configs '{}' names w{}a{} twice", text, configs[i].first, configs[i].second));
   return configs;
 }
 

@@ -2,6 +2,7 @@
 // docs/low-bit.md): for each WxAy, PTQ, QAT with moving-average fake quant
 // and QAT with learned step sizes (LSQ), all from one float model.
 #include <cstdio>
+#include <cmath>
 #include <filesystem>
 #include <sstream>
 #include <utility>
@@ -64,6 +65,9 @@ int run_lowbit(int argc, char** argv) {
   const std::string layer_bits = r["layer-bits"].as<std::string>();
   const int epochs = r["epochs"].as<int>();
   if (epochs < 1) throw UsageError("--epochs must be at least 1");
+  // Was refused by the optimizer after the data was read: exit 1, "SGD: invalid learning rate".
+  if (const double lr = r["lr"].as<double>(); !(lr >= 0 && std::isfinite(lr)))
+    throw UsageError(fmt::format("--lr {} must be a finite number >= 0", lr));
   // Every QAT run of the table trains with this recipe (docs/cli.md "Training recipes").
   json cmd = {{"command", "lowbit"}, {"epochs", epochs}, {"batch_size", r["batch-size"].as<int64_t>()},
               {"lr", r["lr"].as<double>()}, {"momentum", r["momentum"].as<double>()}, {"seed", r["seed"].as<uint64_t>()}};
@@ -72,7 +76,15 @@ int run_lowbit(int argc, char** argv) {
   read_qat_schedule(r, cmd);
   check_command(cmd);
   const std::vector<std::pair<int, int>> configs = parse_configs(r["configs"].as<std::string>());
-  std::filesystem::create_directories(wd);
+  {
+    // The library's own words ("filesystem error: cannot create directories")
+    // did not say which option named the path.
+    std::error_code ec;
+    std::filesystem::create_directories(wd, ec);
+    if (ec || !std::filesystem::is_directory(wd))
+      throw std::runtime_error(fmt::format("--workdir {}: cannot create the directory ({})", wd,
+                                           ec ? ec.message() : "a file of that name exists"));
+  }
   FashionMnist data = load_data(r);
   apply_limits(cmd, data);
   validation_count(cmd, data.train.size());  // a bad --val stops the command before its first run

@@ -154,7 +154,15 @@ int run_sweep(int argc, char** argv) {
     configs = parse_configs(r["configs"].as<std::string>());
   }
   const std::string wd = r["workdir"].as<std::string>();
-  std::filesystem::create_directories(wd);
+  {
+    // The library's own words ("filesystem error: cannot create directories")
+    // did not say which option named the path.
+    std::error_code ec;
+    std::filesystem::create_directories(wd, ec);
+    if (ec || !std::filesystem::is_directory(wd))
+      throw std::runtime_error(fmt::format("--workdir {}: cannot create the directory ({})", wd,
+                                           ec ? ec.message() : "a file of that name exists"));
+  }
   const std::vector<std::string> common = {"--data", r["data"].as<std::string>(), "--threads",
                                            std::to_string(r["threads"].as<int>())};
 
