@@ -2,17 +2,19 @@
 // the readers take, and broken variants of them (truncated, a flipped header
 // byte, bad JSON). Deterministic: the same files on every run.
 //
-//   make_corpus <corpus dir>     writes <dir>/idx, <dir>/safetensors, <dir>/model
+//   make_corpus <corpus dir>     writes <dir>/idx, <dir>/safetensors, <dir>/model, <dir>/checkpoint
 //
 // Seeds are named "seed-*"; scripts/fuzz.sh runs this before fuzzing, and the
 // files are committed (fuzz/corpus/) so the regression test reads them.
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <cmath>
 #include <iostream>
 #include <limits>
 #include <sstream>
 
+#include "fuzz_entry_points.h"
 #include "io/idx.h"
 #include "io/model_file.h"
 #include "io/safetensors.h"
@@ -191,6 +193,68 @@ void model_seeds(const fs::path& dir) {
   write_bytes(dir / "seed-float-mlp-missing-key", file);
 }
 
+// ---- Checkpoints ----
+
+// A checkpoint of `steps` steps of a tiny run (10 samples, batches of 4: 3
+// steps an epoch) of `model` with the settings `command`.
+void checkpoint_seed(const fs::path& dir, const std::string& name, std::shared_ptr<nn::Module> model,
+                     const nlohmann::json& command, int steps, bool best = false) {
+  fuzzing::TinyRun run = fuzzing::make_tiny_run(std::move(model), command, 10, 4);
+  for (int i = 0; i < steps; ++i) run.step();
+  if (best) {
+    run.state.best_epoch = 1;
+    run.state.best_val_accuracy = 37.5;
+    run.state.best = nn::ModelSnapshot::take(*run.model);
+  }
+  manual_seed(17);  // the global generator's state goes into the file
+  io::save_safetensors((dir / name).string(), run.checkpoint());
+}
+
+std::shared_ptr<nn::Module> qat_mlp(bool lsq) {
+  auto m = mlp();
+  m->qconfig = lsq ? quant::make_lsq_qat_qconfig(8, 8) : quant::get_default_qat_qconfig("x86");
+  quant::prepare_qat(*m);
+  (*m)(batch());
+  return m;
+}
+
+void checkpoint_seeds(const fs::path& dir) {
+  using nlohmann::json;
+  const json sgd = {{"command", "train"}, {"epochs", 3}, {"optimizer", "sgd"}, {"lr", 0.05}, {"momentum", 0.9}, {"seed", 1}};
+  checkpoint_seed(dir, "seed-train-sgd-momentum", mlp(), sgd, 4);
+  checkpoint_seed(dir, "seed-train-sgd-first-epoch", mlp(), sgd, 2);
+  json adam = sgd;
+  adam.update({{"optimizer", "adam"}, {"lr", 0.01}, {"lr_schedule", "cosine"}, {"warmup", 0.5}});
+  checkpoint_seed(dir, "seed-train-adam-cosine-warmup", mlp(), adam, 4);
+  json adamw = sgd;
+  adamw.update({{"optimizer", "adamw"}, {"weight_decay", 0.01}, {"lr_schedule", "step"}, {"step_size", 1},
+                {"gamma", 0.5}, {"augment", true}});
+  checkpoint_seed(dir, "seed-train-adamw-step-augment", mlp(), adamw, 5);
+  json multistep = sgd;
+  multistep.update({{"lr_schedule", "multistep"}, {"milestones", {1, 2}}, {"epochs", 4}});
+  checkpoint_seed(dir, "seed-train-sgd-multistep-best", mlp(), multistep, 7, true);
+  json qat = sgd;
+  qat["command"] = "qat";
+  checkpoint_seed(dir, "seed-qat-sgd", qat_mlp(false), qat, 4);
+  checkpoint_seed(dir, "seed-qat-sgd-best", qat_mlp(false), qat, 4, true);
+  json lsq = adam;
+  lsq["command"] = "qat";
+  checkpoint_seed(dir, "seed-qat-lsq-adam-cosine", qat_mlp(true), lsq, 4);
+  broken_variants(dir, "seed-train-sgd-momentum", 9);  // inside the JSON
+  // Valid files whose description is not: the crash of a finished run, a
+  // generator that never leaves zero, a QAT checkpoint relabelled as a float run.
+  auto edit = [&](const std::string& from, const std::string& to, const std::function<void(json&)>& change) {
+    io::SafetensorsFile f = io::load_safetensors((dir / from).string());
+    json j = json::parse(f.metadata.at("tinyqat_checkpoint"));
+    change(j);
+    f.metadata["tinyqat_checkpoint"] = j.dump();
+    io::save_safetensors((dir / to).string(), f);
+  };
+  edit("seed-train-sgd-momentum", "seed-train-epoch-equals-epochs", [](json& j) { j["epoch"] = 3; });
+  edit("seed-train-sgd-momentum", "seed-train-zero-rng", [](json& j) { j["loader"]["rng"]["s"] = {0, 0, 0, 0}; });
+  edit("seed-qat-sgd", "seed-qat-relabelled-train", [](json& j) { j["command"]["command"] = "train"; });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -199,10 +263,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   const fs::path root = argv[1];
-  for (const char* target : {"idx", "safetensors", "model"}) fs::create_directories(root / target);
+  for (const char* target : {"idx", "safetensors", "model", "checkpoint"}) fs::create_directories(root / target);
   idx_seeds(root / "idx");
   safetensors_seeds(root / "safetensors");
   model_seeds(root / "model");
+  checkpoint_seeds(root / "checkpoint");
   std::cout << "make_corpus: seeds written under " << root.string() << "\n";
   return 0;
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the file readers with libFuzzer + ASan + UBSan (docs/reliability.md).
 #
-#   scripts/fuzz.sh [seconds-per-target] [target ...]     targets: idx safetensors model
+#   scripts/fuzz.sh [seconds-per-target] [target ...]     targets: idx safetensors model checkpoint
 #
 # Builds fuzz/ with clang into build-fuzz/, rewrites the seed files
 # (fuzz/corpus/<target>/seed-*), runs each target for the given time
@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(idx safetensors model)
+[ ${#targets[@]} -gt 0 ] || targets=(idx safetensors model checkpoint)
 jobs=${FUZZ_JOBS:-1}
 merge=${FUZZ_MERGE:-1}
 commit_max_bytes=${FUZZ_COMMIT_MAX_BYTES:-8192}
