@@ -67,6 +67,7 @@ std::string answer(const std::string& target, const std::string& name) {
   try {
     if (target == "idx") io::parse_idx(bytes.data(), bytes.size(), name);
     else if (target == "safetensors") io::parse_safetensors(bytes, name);
+    else if (target == "checkpoint") io::parse_checkpoint(io::parse_safetensors(bytes, name), name);
     else io::build_model(io::parse_safetensors(bytes, name), name);
   } catch (const io::FormatError& e) {
     return e.what();
@@ -92,6 +93,26 @@ TEST_CASE("fuzz corpus: every safetensors input is read or rejected, and what is
 
 TEST_CASE("fuzz corpus: every model input is built or rejected, and a built model runs and saves", "[fuzz][io][errors]") {
   replay_all("model", fuzzing::run_model);
+}
+
+TEST_CASE("fuzz corpus: every checkpoint input is refused, or restores and resumes", "[fuzz][io][errors]") {
+  replay_all("checkpoint", fuzzing::run_checkpoint);
+}
+
+TEST_CASE("fuzz seeds: valid checkpoints of float and QAT runs parse, restore and resume; broken ones are refused",
+          "[fuzz][io][errors]") {
+  for (const char* name : {"seed-train-sgd-momentum", "seed-train-sgd-first-epoch", "seed-train-adam-cosine-warmup",
+                           "seed-train-adamw-step-augment", "seed-train-sgd-multistep-best", "seed-qat-sgd",
+                           "seed-qat-sgd-best", "seed-qat-lsq-adam-cosine"}) {
+    INFO(name);
+    CHECK(answer("checkpoint", name) == "");
+  }
+  check_rejected("checkpoint", "seed-train-sgd-momentum-truncated-half", "header length");
+  check_rejected("checkpoint", "seed-train-sgd-momentum-truncated-by-1", "outside the data area");
+  check_rejected("checkpoint", "seed-train-sgd-momentum-flipped-byte", "not valid JSON");
+  check_rejected("checkpoint", "seed-train-epoch-equals-epochs", "checkpoint field 'epoch' is 3, outside 0..2");
+  check_rejected("checkpoint", "seed-train-zero-rng", "checkpoint field 'loader.rng' is the all-zero generator state");
+  check_rejected("checkpoint", "seed-qat-relabelled-train", "checkpoint field 'command.command' is \"train\"");
 }
 
 TEST_CASE("fuzz seeds: valid IDX files are read, broken ones rejected naming the defect", "[fuzz][io][errors]") {
