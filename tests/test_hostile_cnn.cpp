@@ -49,7 +49,7 @@ TEST_CASE("hostile cnn: BatchNorm running statistics a model file may not hold a
       {"bn.running_var", from_vector({1.f, -1.f}, {2}), "loaded running_var[1] is -1"},
       {"bn.running_var", from_vector({nan, 1.f}, {2}), "loaded running_var[0] is nan"},
       {"bn.running_mean", from_vector({0.f, inf}, {2}), "loaded running_mean[1] is inf"},
-      {"bn.running_var", from_vector({1.f, 1.f, 1.f}, {3}), "running_var must be f32 of shape (2), got f32 (3)"},
+      {"bn.running_var", from_vector({1.f, 1.f, 1.f}, {3}), "running_var must be f32 of shape (2), got f32 (3,)"},
       {"bn.num_batches_tracked", from_vector_i64({-5}, {}), "num_batches_tracked is -5"},
       {"bn.num_batches_tracked", from_vector({3.f}, {}), "num_batches_tracked must be one i64 value, got f32"},
   };
