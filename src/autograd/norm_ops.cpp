@@ -1,10 +1,13 @@
 // batch_norm forward and backward (docs/batchnorm.md eq. 1-4).
 #include "autograd/norm_ops.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include <fmt/format.h>
 
+#include "tensor/communicator.h"
 #include "tensor/norm_kernels.h"
 #include "tensor/ops.h"
 
@@ -15,10 +18,13 @@ namespace k = kernels;
 namespace {
 
 struct BatchNormBackward final : Node {
-  BatchNormBackward(Tensor mean, Tensor invstd, bool training)
-      : mean(std::move(mean)), invstd(std::move(invstd)), training(training) {}
+  BatchNormBackward(Tensor mean, Tensor invstd, bool training, int64_t global_count)
+      : mean(std::move(mean)), invstd(std::move(invstd)), training(training), global_count(global_count) {}
   Tensor mean, invstd;  // (C): the statistics the forward normalised with
   bool training;        // batch statistics (they depend on x) or running ones (constants)
+  // Data parallel (dist::distributed()): the values per channel over all
+  // ranks, whose statistics the forward used; 0 on a single process.
+  int64_t global_count;
   const char* name() const override { return "NativeBatchNormBackward"; }
   void backward(const Tensor& g_in, Tensor* gi) override {
     const Tensor g = k::contiguous(g_in);
@@ -26,7 +32,23 @@ struct BatchNormBackward final : Node {
     const Tensor gamma = num_inputs > 1 ? inputs[1] : Tensor();
     Tensor sum_dy, sum_dy_xhat;
     k::batch_norm_backward_sums(g, x, mean, invstd, sum_dy, sum_dy_xhat);
-    if (x.requires_grad()) gi[0] = k::batch_norm_backward_input(g, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, training);
+    if (x.requires_grad()) {
+      if (global_count > 0) {
+        // eq. 4 over the global batch: the mean of dy and of dy xhat over every
+        // rank's values. gamma's and beta's gradients below stay this rank's
+        // sums: the trainer averages parameter gradients over the ranks.
+        const int64_t C = sum_dy.numel();
+        std::vector<float> sums(static_cast<size_t>(2 * C));
+        std::copy_n(sum_dy.data<float>(), C, sums.begin());
+        std::copy_n(sum_dy_xhat.data<float>(), C, sums.begin() + C);
+        dist::world().allreduce_sum(sums.data(), 2 * C);
+        const Tensor all_dy = from_vector(std::vector<float>(sums.begin(), sums.begin() + C), {C});
+        const Tensor all_dy_xhat = from_vector(std::vector<float>(sums.begin() + C, sums.end()), {C});
+        gi[0] = k::batch_norm_backward_input(g, x, mean, invstd, gamma, all_dy, all_dy_xhat, training, global_count);
+      } else {
+        gi[0] = k::batch_norm_backward_input(g, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, training);
+      }
+    }
     if (num_inputs > 1 && inputs[1].requires_grad()) gi[1] = sum_dy_xhat;  // d gamma = sum dy xhat
     if (num_inputs > 2 && inputs[2].requires_grad()) gi[2] = sum_dy;       // d beta = sum dy
   }
@@ -37,6 +59,36 @@ void check_channel_vector(const Tensor& t, int64_t C, const char* what) {
     throw std::invalid_argument(fmt::format("batch_norm: {} of shape {} does not match the input's {} channels "
                                             "(expected ({},))",
                                             what, t.shape().str(), C, C));
+}
+
+// Data parallel: the batch's mean and biased variance over every rank's values
+// (docs/distributed.md "BatchNorm"), from each rank's own (eq. 1) merged in
+// double: with M_r values, mean m_r and variance v_r on rank r,
+//   M = sum M_r,  mean = sum M_r m_r / M,  var = (sum M_r v_r + sum M_r m_r^2) / M - mean^2.
+// Returns M.
+int64_t all_reduce_stats(Tensor& mean, Tensor& var, int64_t local_count) {
+  const int64_t C = mean.numel();
+  std::vector<double> s(static_cast<size_t>(3 * C + 1));
+  const double m_r = static_cast<double>(local_count);
+  for (int64_t c = 0; c < C; ++c) {
+    if (local_count == 0) break;  // an empty shard adds nothing
+    const double m = mean.data<float>()[c], v = var.data<float>()[c];
+    s[static_cast<size_t>(c)] = m_r * m;
+    s[static_cast<size_t>(C + c)] = m_r * v;
+    s[static_cast<size_t>(2 * C + c)] = m_r * m * m;
+  }
+  s[static_cast<size_t>(3 * C)] = m_r;
+  dist::world().allreduce_sum(s.data(), 3 * C + 1);
+  const double M = s[static_cast<size_t>(3 * C)];
+  mean = empty({C});
+  var = empty({C});
+  for (int64_t c = 0; c < C; ++c) {
+    const double m = M > 0 ? s[static_cast<size_t>(c)] / M : 0;
+    const double v = M > 0 ? (s[static_cast<size_t>(C + c)] + s[static_cast<size_t>(2 * C + c)]) / M - m * m : 0;
+    mean.data<float>()[c] = static_cast<float>(m);
+    var.data<float>()[c] = static_cast<float>(std::max(0.0, v));
+  }
+  return static_cast<int64_t>(std::llround(M));
 }
 
 }  // namespace
@@ -74,14 +126,21 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& running_mean, const Tensor& 
     throw std::invalid_argument("batch_norm: running_mean and running_var must both be given or both be absent");
 
   Tensor mean, invstd = empty({C});
+  int64_t global_count = 0;  // data parallel: M over every rank
   if (training) {
-    if (M <= 1)
+    const bool synced = dist::distributed();
+    Tensor var;
+    if (synced) {
+      k::batch_norm_stats(x, mean, var);
+      global_count = all_reduce_stats(mean, var, M);
+    }
+    const int64_t count = synced ? global_count : M;
+    if (count <= 1)
       throw std::invalid_argument(fmt::format("batch_norm: training needs more than 1 value per channel, got input of "
                                               "shape {} (batch {})",
                                               x.shape().str(), N));
-    Tensor var;
-    k::batch_norm_stats(x, mean, var);
-    invstd = batch_norm_training_invstd(mean, var, M, running_mean, running_var, momentum, eps);
+    if (!synced) k::batch_norm_stats(x, mean, var);
+    invstd = batch_norm_training_invstd(mean, var, count, running_mean, running_var, momentum, eps);
   } else {
     if (!running_mean.defined())
       throw std::invalid_argument("batch_norm: evaluation needs running_mean and running_var (track_running_stats)");
@@ -99,10 +158,10 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& running_mean, const Tensor& 
   }
   Tensor out = k::batch_norm_apply(x, scale, shift);
   if (any_requires_grad(x, weight, bias)) {
-    if (weight.defined() && bias.defined()) record<BatchNormBackward>(out, {x, weight, bias}, mean, invstd, training);
-    else if (weight.defined()) record<BatchNormBackward>(out, {x, weight}, mean, invstd, training);
-    else if (bias.defined()) record<BatchNormBackward>(out, {x, Tensor(), bias}, mean, invstd, training);
-    else record<BatchNormBackward>(out, {x}, mean, invstd, training);
+    if (weight.defined() && bias.defined()) record<BatchNormBackward>(out, {x, weight, bias}, mean, invstd, training, global_count);
+    else if (weight.defined()) record<BatchNormBackward>(out, {x, weight}, mean, invstd, training, global_count);
+    else if (bias.defined()) record<BatchNormBackward>(out, {x, Tensor(), bias}, mean, invstd, training, global_count);
+    else record<BatchNormBackward>(out, {x}, mean, invstd, training, global_count);
   }
   return out;
 }

@@ -1,5 +1,7 @@
 #include "quant/histogram_observer.h"
 
+#include "tensor/communicator.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -222,6 +224,10 @@ void HistogramObserver::observe(const Tensor& x) {
     lo = std::min(lo, p[i]);
     hi = std::max(hi, p[i]);
   }
+  // Data parallel: the ranks agree on the global batch's range first, so that
+  // they re-grid alike, then add up their counts over that grid (below): every
+  // rank holds the histogram of the global batch (docs/distributed.md).
+  all_reduce_range(&lo, &hi, 1);
 
   if (!has_data()) {  // the first batch sets the range
     std::fill_n(histogram_.data<float>(), bins_, 0.f);
@@ -234,6 +240,7 @@ void HistogramObserver::observe(const Tensor& x) {
   // PyTorch adds the batch's histogram to the re-gridded one.
   std::vector<float> counts(static_cast<size_t>(bins_), 0.f);
   count_into(p, n, min_val(), max_val(), counts.data());
+  if (dist::distributed()) dist::world().allreduce_sum(counts.data(), bins_);
   float* hist = histogram_.data<float>();
   for (int k = 0; k < bins_; ++k) hist[k] = counts[static_cast<size_t>(k)] + hist[k];
 }

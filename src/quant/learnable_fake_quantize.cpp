@@ -1,5 +1,7 @@
 #include "quant/learnable_fake_quantize.h"
 
+#include "tensor/communicator.h"
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -353,7 +355,14 @@ void LearnableFakeQuantize::init_lsq(const Tensor& x_in) {
         minimum[k] = std::min(minimum[k], v);
         maximum[k] = std::max(maximum[k], v);
       }
-  const double count = static_cast<double>(l.outer * l.inner);
+  double count = static_cast<double>(l.outer * l.inner);
+  if (dist::distributed()) {  // eq. 8 over the global batch (docs/distributed.md)
+    abs_sum.push_back(count);
+    dist::world().allreduce_sum(abs_sum.data(), static_cast<int64_t>(abs_sum.size()));
+    count = abs_sum.back();
+    abs_sum.pop_back();
+    all_reduce_range(minimum.data(), maximum.data(), minimum.size());
+  }
   for (int64_t c = 0; c < l.channels; ++c) {
     const double mean_abs = abs_sum[static_cast<size_t>(c)] / count;
     const float s = std::max(static_cast<float>(2.0 * mean_abs / std::sqrt(static_cast<double>(spec_.quant_max))),

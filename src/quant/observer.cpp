@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "quant/quant_kernels.h"
+#include "tensor/communicator.h"
 #include "tensor/ops.h"
 
 namespace tq::quant {
@@ -55,6 +56,14 @@ void check_loaded_range(const ObserverBase& o, const Tensor& lo, const Tensor& h
 
 }  // namespace
 
+void all_reduce_range(float* lo, float* hi, size_t n) {
+  if (!dist::distributed()) return;
+  std::vector<float> v(2 * n);  // max of -lo is -(min of lo): one collective for both
+  for (size_t i = 0; i < n; ++i) v[i] = -lo[i], v[n + i] = hi[i];
+  dist::world().allreduce(v.data(), static_cast<int64_t>(2 * n), dist::ReduceOp::max);
+  for (size_t i = 0; i < n; ++i) lo[i] = -v[i], hi[i] = v[n + i];
+}
+
 QParamsSource::QParamsSource(QuantSpec spec) : spec_(spec) { validate(spec_, "observer"); }
 
 Tensor ObserverBase::forward(const Tensor& x) {
@@ -77,11 +86,16 @@ MinMaxObserver::MinMaxObserver(QuantSpec spec) : ObserverBase(spec) {
 }
 
 void MinMaxObserver::observe(const Tensor& x) {
-  if (x.numel() == 0) return;
-  const Tensor v = observed_values(x);
+  // Data parallel, every rank takes part in the collective, even with nothing to add.
+  if (x.numel() == 0 && !dist::distributed()) return;
   float lo = kInf, hi = -kInf;
-  fold_min_max(v.data<float>(), v.numel(), lo, hi);
-  if (lo > hi) throw std::invalid_argument(fmt::format("{}: the observed tensor holds only NaN", owner));
+  if (x.numel() > 0) {
+    const Tensor v = observed_values(x);
+    fold_min_max(v.data<float>(), v.numel(), lo, hi);
+    if (lo > hi) throw std::invalid_argument(fmt::format("{}: the observed tensor holds only NaN", owner));
+  }
+  all_reduce_range(&lo, &hi, 1);  // the global batch's range (docs/distributed.md)
+  if (lo > hi) return;            // no rank saw a value
   update(lo, hi);
 }
 
@@ -192,6 +206,7 @@ void PerChannelMinMaxObserver::observe(const Tensor& x) {
   for (int64_t c = 0; c < channels; ++c)
     if (lo[c] > hi[c])
       throw std::invalid_argument(fmt::format("{}: channel {} holds only NaN", owner, c));
+  all_reduce_range(lo, hi, static_cast<size_t>(channels));  // the global batch's ranges (docs/distributed.md)
   update(batch_min_, batch_max_);
 }
 

@@ -48,6 +48,12 @@ class ObserverBase : public QParamsSource {
   [[noreturn]] void throw_no_data() const;
 };
 
+// Data parallel (dist::distributed()): lo[i] <- the minimum of lo[i] over the
+// ranks, hi[i] <- the maximum, so that every rank's observer updates with the
+// global batch's range and holds the same qparams (docs/distributed.md). A
+// single process: nothing.
+void all_reduce_range(float* lo, float* hi, size_t n);
+
 class MinMaxObserver : public ObserverBase {
  public:
   explicit MinMaxObserver(QuantSpec spec = activation_spec());

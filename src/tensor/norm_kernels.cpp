@@ -154,13 +154,14 @@ void batch_norm_backward_sums(const Tensor& dy, const Tensor& x, const Tensor& m
 }
 
 Tensor batch_norm_backward_input(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd,
-                                 const Tensor& gamma, const Tensor& sum_dy, const Tensor& sum_dy_xhat, bool training) {
+                                 const Tensor& gamma, const Tensor& sum_dy, const Tensor& sum_dy_xhat, bool training,
+                                 int64_t count) {
   const Layout l = layout_of(x, "batch_norm_backward");
   Tensor dx = empty(x.shape());
   const float* gp = dy.data<float>();
   const float* xp = x.data<float>();
   float* dp = dx.data<float>();
-  const float inv_m = 1.f / static_cast<float>(l.N * l.plane);
+  const float inv_m = 1.f / static_cast<float>(count > 0 ? count : l.N * l.plane);
   for (int64_t c = 0; c < l.C; ++c) {
     const float is = invstd.data<float>()[c];
     const float k = (gamma.defined() ? gamma.data<float>()[c] : 1.f) * is;  // gamma invstd

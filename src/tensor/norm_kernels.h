@@ -44,9 +44,12 @@ void batch_norm_backward_sums(const Tensor& dy, const Tensor& x, const Tensor& m
                               Tensor& sum_dy, Tensor& sum_dy_xhat);
 // The input gradient of eq. 4 (training: the statistics depend on x), or with
 // `training` false dx = dy gamma invstd (eval: running statistics are constants).
-// gamma may be undefined (affine=False: gamma = 1).
+// gamma may be undefined (affine=False: gamma = 1). `count` is the M the sums
+// were taken over: 0 means this x's N * H * W; data-parallel BatchNorm passes
+// the global batch's, with sums all-reduced over the ranks.
 Tensor batch_norm_backward_input(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd,
-                                 const Tensor& gamma, const Tensor& sum_dy, const Tensor& sum_dy_xhat, bool training);
+                                 const Tensor& gamma, const Tensor& sum_dy, const Tensor& sum_dy_xhat, bool training,
+                                 int64_t count = 0);
 // Eq. 4 in double with two passes, straight from the definition.
 Tensor batch_norm_backward_input_reference(const Tensor& dy, const Tensor& x, const Tensor& mean,
                                            const Tensor& invstd, const Tensor& gamma, bool training);
