@@ -41,6 +41,9 @@ DataLoader::DataLoader(Tensor images, Tensor labels, const DataLoaderOptions& op
         labels_.defined() ? std::string(dtype_name(labels_.dtype())) + " " + labels_.shape().str() : "undefined"));
   if (options_.batch_size < 1)
     throw std::invalid_argument(fmt::format("DataLoader: batch_size must be positive, got {}", options_.batch_size));
+  if (options_.world_size < 1 || options_.rank < 0 || options_.rank >= options_.world_size)
+    throw std::invalid_argument(fmt::format("DataLoader: rank {} of world_size {} (ranks are 0..world_size - 1)",
+                                            options_.rank, options_.world_size));
   if (!(options_.std > 0))
     throw std::invalid_argument(fmt::format("DataLoader: std must be positive, got {}", options_.std));
   if (options_.as_images && images_.dim() != 3 && images_.dim() != 4)
@@ -66,8 +69,9 @@ Shape DataLoader::batch_shape(int64_t b) const {
 }
 
 int64_t DataLoader::num_batches() const {
-  const int64_t full = num_samples_ / options_.batch_size;
-  return options_.drop_last || num_samples_ % options_.batch_size == 0 ? full : full + 1;
+  const int64_t global = options_.batch_size * options_.world_size, rest = num_samples_ % global;
+  const int64_t full = num_samples_ / global;
+  return options_.drop_last || rest == 0 || rest < options_.world_size ? full : full + 1;
 }
 
 void DataLoader::shuffle_epoch() {
@@ -87,8 +91,12 @@ bool DataLoader::next(Batch& out) {
     next_epoch();
     return false;
   }
-  const int64_t first = next_batch_ * options_.batch_size;
-  const int64_t b = std::min(options_.batch_size, num_samples_ - first);
+  // This step's global batch [start, start + n) of the permutation, and this rank's share of it.
+  const int64_t global = options_.batch_size * options_.world_size, start = next_batch_ * global;
+  const int64_t n = std::min(global, num_samples_ - start), r = options_.rank, R = options_.world_size;
+  const int64_t first = n == global ? start + r * options_.batch_size : start + n * r / R;
+  const int64_t b = n == global ? options_.batch_size : start + n * (r + 1) / R - first;
+  out.global_size = n;
   out.images = exclusive_or_new(out.images, batch_shape(b), DType::f32);
   out.labels = exclusive_or_new(out.labels, Shape{b}, DType::i64);
 
@@ -122,7 +130,8 @@ void DataLoader::reset() {
 }
 
 LoaderState DataLoader::state() const {
-  return {epoch_, next_batch_, epoch_rng_, num_samples_, options_.batch_size, options_.shuffle, options_.drop_last};
+  return {epoch_, next_batch_, epoch_rng_, num_samples_, options_.batch_size, options_.shuffle, options_.drop_last,
+          options_.world_size};
 }
 
 void DataLoader::set_state(const LoaderState& s) {
@@ -133,6 +142,11 @@ void DataLoader::set_state(const LoaderState& s) {
         "this loader has {} samples, batch_size {}, shuffle {}, drop_last {}",
         s.num_samples, s.batch_size, s.shuffle, s.drop_last, num_samples_, options_.batch_size, options_.shuffle,
         options_.drop_last));
+  if (s.world_size != options_.world_size)
+    throw std::invalid_argument(fmt::format(
+        "DataLoader::set_state: the state was saved by a run of {} rank(s), this run has {}: resume on {} rank(s) "
+        "(mpirun -np {}), since the shards and the global batch depend on the number of ranks",
+        s.world_size, options_.world_size, s.world_size, s.world_size));
   if (s.next_batch < 0 || s.next_batch > num_batches())
     throw std::invalid_argument(fmt::format("DataLoader::set_state: next_batch {} is outside 0..{}", s.next_batch,
                                             num_batches()));

@@ -29,6 +29,9 @@ namespace tq::io {
 struct Batch {
   Tensor images;  // f32 (B, H*W), or (B, 1, H, W) with as_images: (x / 255 - mean) / std
   Tensor labels;  // i64 (B)
+  // Data parallel: the samples of this step over every rank (this batch is
+  // one rank's shard of them); a single process: size().
+  int64_t global_size = 0;
   int64_t size() const { return labels.defined() ? labels.size(0) : 0; }
 };
 
@@ -43,6 +46,15 @@ struct DataLoaderOptions {
   // NCHW image, (B, 1, H, W) for (N, H, W) data or (B, C, H, W) for
   // (N, C, H, W) data, for a convolutional network.
   bool as_images = false;
+  // Data parallel (docs/distributed.md "Sharding"): world_size ranks, each
+  // with a loader of the same seed, draw the same permutation; a step's
+  // global batch is world_size * batch_size consecutive samples of it, and
+  // rank `rank` takes its batch_size of them. The last, smaller global batch
+  // is cut evenly (n * r / world_size ..); when it holds fewer samples than
+  // ranks (some would get none) or with drop_last, it is dropped. batch_size
+  // is per rank; num_batches() counts global batches, the same on every rank.
+  int rank = 0;
+  int world_size = 1;
 };
 
 // Everything needed to resume exactly: restoring it into a loader over the
@@ -56,6 +68,7 @@ struct LoaderState {
   int64_t batch_size = 0;
   bool shuffle = true;
   bool drop_last = false;
+  int world_size = 1;  // a data-parallel run resumes on as many ranks
 };
 
 class DataLoader {
