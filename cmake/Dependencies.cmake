@@ -41,6 +41,15 @@ if(TINYQAT_BUILD_TESTS)
   endif()
 endif()
 
+# Data-parallel training (docs/distributed.md): the command line links the MPI
+# communicator (tinyqat_dist); the library itself never needs MPI.
+if(TINYQAT_BUILD_TOOLS)
+  find_package(MPI COMPONENTS CXX QUIET)
+  if(NOT MPI_CXX_FOUND)
+    tinyqat_missing("MPI (Open MPI: mpi.h, libmpi, mpirun)" "libopenmpi-dev openmpi-bin")
+  endif()
+endif()
+
 find_package(nlohmann_json 3 QUIET)
 if(NOT nlohmann_json_FOUND)
   tinyqat_missing("nlohmann-json" "nlohmann-json3-dev")

@@ -9,7 +9,7 @@ set -euo pipefail
 packages=(build-essential cmake pkg-config libopenblas-dev catch2 libfmt-dev
           libcxxopts-dev nlohmann-json3-dev zlib1g-dev libbenchmark-dev
           dataset-fashion-mnist libxml2-dev python3-numpy
-          libonnx-dev libprotobuf-dev python3-onnx nodejs)
+          libonnx-dev libprotobuf-dev python3-onnx nodejs libopenmpi-dev openmpi-bin)
 # Extras for the scripts that need more than the default build:
 #   clang  scripts/clang-build.sh;  fuzz  scripts/fuzz.sh (libFuzzer's runtime too);
 #   torch  bench/pytorch_*.py (the PyTorch figures beside tinyqat's)

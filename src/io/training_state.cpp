@@ -195,7 +195,8 @@ SafetensorsFile checkpoint_to_safetensors(const nn::Module& model, const nn::Opt
       {"epoch", st.epoch}, {"step_in_epoch", st.step_in_epoch}, {"global_step", st.global_step}, {"loss_sum", st.loss_sum},
       {"history", history}, {"parameters", optimizer.params().size()},
       {"loader", {{"epoch", ls.epoch}, {"next_batch", ls.next_batch}, {"rng", rng_json(ls.rng)}, {"num_samples", ls.num_samples},
-                  {"batch_size", ls.batch_size}, {"shuffle", ls.shuffle}, {"drop_last", ls.drop_last}}},
+                  {"batch_size", ls.batch_size}, {"shuffle", ls.shuffle}, {"drop_last", ls.drop_last},
+                  {"world_size", ls.world_size}}},
       {"global_rng", rng_json(default_generator().state())}, {"command", json::parse(command_json)}};
   if (!st.best.empty()) {
     ck["best"] = {{"epoch", st.best_epoch}, {"val_accuracy", st.best_val_accuracy}};
@@ -297,8 +298,15 @@ Checkpoint parse_checkpoint(const SafetensorsFile& file, const std::string& name
                                       c.loader.batch_size));
   c.loader.shuffle = r.boolean(r.at(l, "shuffle", "loader.shuffle"), "loader.shuffle");
   c.loader.drop_last = r.boolean(r.at(l, "drop_last", "loader.drop_last"), "loader.drop_last");
-  const int64_t batches = c.loader.drop_last ? c.loader.num_samples / c.loader.batch_size
-                                             : (c.loader.num_samples + c.loader.batch_size - 1) / c.loader.batch_size;
+  // Data parallel: the ranks of the run that wrote it (absent before data
+  // parallelism: one process). A resume needs as many.
+  c.loader.world_size = l.contains("world_size")
+                            ? static_cast<int>(r.integer(l.at("world_size"), "loader.world_size", 1, 1'000'000))
+                            : 1;
+  // Global batches per epoch, counted as DataLoader::num_batches counts them.
+  const int64_t global = c.loader.batch_size * c.loader.world_size, rest = c.loader.num_samples % global;
+  const int64_t batches = c.loader.num_samples / global +
+                          (c.loader.drop_last || rest == 0 || rest < c.loader.world_size ? 0 : 1);
   if (batches < 1)
     throw r.bad("loader", fmt::format("has {} samples in batches of {} with drop_last: no batch", c.loader.num_samples,
                                       c.loader.batch_size));

@@ -31,6 +31,7 @@
 #include "nn/conv.h"
 #include "quant/qat_schedule.h"
 #include "quant/quantized_conv.h"
+#include "tensor/communicator.h"
 
 namespace tq::cli {
 
@@ -98,6 +99,7 @@ void apply_threads(const cxxopts::ParseResult& r) {
 }
 
 void finish(const cxxopts::ParseResult& r, const json& j, const std::string& summary) {
+  if (dist::world().rank() != 0) return;  // data parallel: rank 0 speaks for the run
   if (r.count("json")) std::cout << j.dump() << "\n";
   else std::cout << summary;
 }
@@ -562,8 +564,10 @@ TrainState run_training(const cxxopts::ParseResult& r, nn::Module& model, const 
   if (const int64_t count = validation_count(cmd, data.train.size()); count > 0)
     split = io::split_validation(data.train, count, seed);
   const io::Dataset& train_set = split ? split->train : data.train;
+  // Data parallel: --batch-size is per rank; every rank shuffles alike and takes its shard.
   const io::DataLoaderOptions lopt{.batch_size = cmd["batch_size"].get<int64_t>(), .seed = seed,
-                                   .as_images = takes_images(model)};
+                                   .as_images = takes_images(model), .rank = dist::world().rank(),
+                                   .world_size = dist::world().size()};
   io::DataLoader loader(train_set, lopt);
   std::unique_ptr<nn::Optimizer> optimizer = make_optimizer(model, cmd);
 

@@ -9,13 +9,16 @@
 // naming the file. One line on stderr either way.
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
 #include <cxxopts.hpp>
+#include <fmt/format.h>
 
 #include "commands/commands.h"
 #include "common.h"
+#include "dist/mpi.h"
 
 namespace {
 
@@ -56,8 +59,28 @@ void usage(std::FILE* f) {
 
 }  // namespace
 
+namespace {
+
+// Under mpirun (docs/distributed.md) an error ends the whole job: the other
+// ranks would otherwise wait in their next collective until it times out.
+int fail(const std::string& cmd, const char* what, int status) {
+  if (tq::dist::distributed()) tq::dist::abort_job(status, fmt::format("tinyqat {}: {}", cmd, what));
+  std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), what);
+  return status;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   tq::tune_allocator_for_training();
+  // Started by mpirun: MPI up and the ranks in dist::world(); else a single process, no MPI.
+  std::optional<tq::dist::MpiSession> mpi;
+  try {
+    mpi.emplace(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tinyqat: %s\n", e.what());
+    return 2;
+  }
   if (argc < 2) {
     usage(stderr);
     return 2;
@@ -76,19 +99,15 @@ int main(int argc, char** argv) {
   try {
     return it->second(argc - 1, argv + 1);
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), e.what());
-    return 2;
+    return fail(cmd, e.what(), 2);
   } catch (const tq::cli::OutputPathError& e) {
-    std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), e.what());
-    return 2;
+    return fail(cmd, e.what(), 2);
   } catch (const cxxopts::exceptions::exception& e) {
-    std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), e.what());
-    return 2;
+    return fail(cmd, e.what(), 2);
   } catch (const std::exception& e) {
     // Everything but a mistake in the command line, whatever its type (a
     // bad file, a model that does not fit the data): exit 1. The commands
     // put the file's name in front of what a library call says about it.
-    std::fprintf(stderr, "tinyqat %s: %s\n", cmd.c_str(), e.what());
-    return 1;
+    return fail(cmd, e.what(), 1);
   }
 }

@@ -23,11 +23,13 @@
 #include "quant/calibrate.h"
 #include "nn/activation.h"
 #include "nn/clip_grad.h"
+#include "nn/data_parallel.h"
 #include "nn/linear.h"
 #include "quant/dynamic_linear.h"
 #include "quant/layer.h"
 #include "quant/qat_linear.h"
 #include "quant/quantized_linear.h"
+#include "tensor/communicator.h"
 #include "tensor/ops.h"
 
 namespace tq::cli {
@@ -98,15 +100,36 @@ void Progress::finish() {
 
 // ---- Training and evaluation ----
 
+double accuracy(nn::Module& model, const io::Dataset& data) {
+  dist::Communicator& comm = dist::world();
+  const int64_t n = data.size(), R = comm.size(), r = comm.rank();
+  if (R == 1 || n < R) return evaluate(model, data).accuracy;
+  // Data parallel: each rank evaluates its slice, the correct counts are summed.
+  const int64_t begin = n * r / R, end = n * (r + 1) / R;
+  const quant::Evaluation e = evaluate(model, data.slice(begin, end));
+  int64_t correct = std::llround(e.accuracy * static_cast<double>(end - begin) / 100.0);
+  comm.allreduce_sum(&correct, 1);
+  return 100.0 * static_cast<double>(correct) / static_cast<double>(n);
+}
+
 void train(nn::Module& model, nn::Optimizer& optimizer, io::DataLoader& loader, const io::Dataset& test,
            const TrainOptions& o, TrainState& st) {
   io::Batch batch;
   int64_t steps_this_run = 0;
   const std::vector<Tensor>& params = optimizer.params();
+  // Data parallel (docs/distributed.md): rank 0's weights everywhere, then
+  // every step's gradients averaged over the ranks; rank 0 alone writes.
+  dist::Communicator& comm = dist::world();
+  const bool parallel = comm.size() > 1, writer = comm.rank() == 0;
+  if (parallel && loader.options().world_size != comm.size())
+    throw std::logic_error(fmt::format("train: the loader is sharded over {} rank(s), the run has {}",
+                                       loader.options().world_size, comm.size()));
+  if (parallel) nn::broadcast_state(model, comm);
+  nn::GradientReducer reducer(params, o.bucket_bytes);
   while (st.epoch < o.epochs) {
     model.train();
     const double t0 = now_seconds();
-    Progress bar(fmt::format("{} {}/{}", o.label, st.epoch + 1, o.epochs), loader.num_batches(), o.progress);
+    Progress bar(fmt::format("{} {}/{}", o.label, st.epoch + 1, o.epochs), loader.num_batches(), o.progress && writer);
     bar.advance(st.step_in_epoch);
     while (loader.next(batch)) {
       // A diverging run shows up as a loss that is not finite, or earlier,
@@ -125,8 +148,16 @@ void train(nn::Module& model, nn::Optimizer& optimizer, io::DataLoader& loader, 
         optimizer.zero_grad();
         Tensor loss = cross_entropy(model(batch.images), batch.labels);
         l = loss.item();
+        // This rank's part of the global batch's mean loss (1 on a single process).
+        const double share = parallel ? static_cast<double>(batch.size()) / static_cast<double>(batch.global_size) : 1.0;
+        if (parallel) {  // the global batch's loss, the same on every rank, so all stop together
+          double lg = l * share;
+          comm.allreduce_sum(&lg, 1);
+          l = lg;
+        }
         if (!std::isfinite(l)) throw diverged(fmt::format("the loss became {}", std::isnan(l) ? "nan" : l > 0 ? "inf" : "-inf"));
         loss.backward();
+        if (parallel) reducer.reduce(share, comm);
         if (o.clip_grad > 0) nn::clip_grad_norm_(params, o.clip_grad, {.error_if_nonfinite = true});
         optimizer.step();
         if (o.schedule) o.schedule->step();
@@ -140,7 +171,7 @@ void train(nn::Module& model, nn::Optimizer& optimizer, io::DataLoader& loader, 
       ++st.global_step;
       ++steps_this_run;
       bar.advance(1, fmt::format("loss {:.4f}", st.loss_sum / static_cast<double>(st.step_in_epoch)));
-      if (o.checkpoint_every > 0 && st.global_step % o.checkpoint_every == 0)
+      if (o.checkpoint_every > 0 && st.global_step % o.checkpoint_every == 0 && writer)
         save_checkpoint(o.checkpoint_path, model, optimizer, loader, st, o);
       if (o.stop_after > 0 && steps_this_run >= o.stop_after) {
         bar.finish();
@@ -154,14 +185,14 @@ void train(nn::Module& model, nn::Optimizer& optimizer, io::DataLoader& loader, 
     s.seconds = now_seconds() - t0;
     if (o.validation) {
       s.test_accuracy = -1;  // the test set is touched once, at the end
-      s.val_accuracy = evaluate(model, *o.validation).accuracy;
+      s.val_accuracy = accuracy(model, *o.validation);
       if (s.val_accuracy > st.best_val_accuracy) {
         st.best_val_accuracy = s.val_accuracy;
         st.best_epoch = st.epoch + 1;
         st.best = nn::ModelSnapshot::take(model);
       }
     } else {
-      s.test_accuracy = evaluate(model, test).accuracy;
+      s.test_accuracy = accuracy(model, test);
     }
     st.history.push_back(s);
     ++st.epoch;
@@ -170,7 +201,7 @@ void train(nn::Module& model, nn::Optimizer& optimizer, io::DataLoader& loader, 
   }
   if (o.validation && !st.best.empty()) st.best.restore(model);
   model.eval();
-  st.test_accuracy = o.validation ? evaluate(model, test).accuracy : st.history.empty() ? 0 : st.history.back().test_accuracy;
+  st.test_accuracy = o.validation ? accuracy(model, test) : st.history.empty() ? 0 : st.history.back().test_accuracy;
 }
 
 std::vector<EpochStats> train(nn::Module& model, io::DataLoader& loader, const io::Dataset& test, const TrainOptions& o) {

@@ -88,8 +88,21 @@ struct TrainOptions {
   // weights kept and restored at the end, and the test set evaluated once,
   // then, on the selected model.
   const io::Dataset* validation = nullptr;
+  // Data parallel (more than one rank in dist::world()): the size of the
+  // gradient buckets all-reduced after backward (docs/distributed.md).
+  int64_t bucket_bytes = int64_t{1} << 20;
 };
 
+// The accuracy (percent) of `model` on `data`: evaluate() on a single
+// process; data parallel, each rank evaluates its slice and the counts are
+// summed, so every rank gets the same figure.
+double accuracy(nn::Module& model, const io::Dataset& data);
+
+// Data parallel when dist::world() has more than one rank: the loader must be
+// sharded over them (DataLoaderOptions::rank, world_size); rank 0's model is
+// broadcast at the start, gradients are averaged every step, the reported
+// loss is the global batch's and only rank 0 draws progress and writes
+// checkpoints (docs/distributed.md).
 // Trains `model` with the optimizer + cross-entropy over `loader`'s batches
 // until options.epochs epochs are done, continuing from `state`; after each
 // epoch evaluates on `test` (or on options.validation, see there). A NaN or

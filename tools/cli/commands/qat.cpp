@@ -9,6 +9,7 @@
 #include "quant/evaluate.h"
 #include "quant/passes.h"
 #include "quant/recipe.h"
+#include "tensor/communicator.h"
 #include "tensor/random.h"
 
 namespace tq::cli {
@@ -89,7 +90,9 @@ int run_qat(int argc, char** argv) {
   quant::set_int8_threads(*model, r["threads"].as<int>());
   const quant::Evaluation int8 = evaluate(*model, data.test);
   const double step = output_step(*model);
-  io::save_model(*model, out, {{"accuracy", fmt::format("{:.2f}", int8.accuracy)}});
+  if (dist::world().rank() == 0)  // data parallel: every rank holds the same int8 model, rank 0 writes it
+    io::save_model(*model, out, {{"accuracy", fmt::format("{:.2f}", int8.accuracy)}});
+  dist::world().barrier();
   const double agree = quant::agreement(fq, int8), steps = quant::max_step_difference(fq, int8, step);
   json j = {{"float_accuracy", float_acc}, {"fake_quant_accuracy", fq.accuracy}, {"accuracy", int8.accuracy},
             {"agreement", agree}, {"max_step_diff", steps}, {"model_bytes", file_bytes(out)},

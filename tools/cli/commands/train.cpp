@@ -8,6 +8,7 @@
 #include "io/model_file.h"
 #include "models/cnn.h"
 #include "models/mobilenet_v2.h"
+#include "tensor/communicator.h"
 #include "tensor/random.h"
 
 namespace tq::cli {
@@ -81,7 +82,9 @@ int run_train(int argc, char** argv) {
   if (st.interrupted) return report_interrupted(r, st, topt);
   const auto& stats = st.history;
   const double secs = seconds_since(t0);
-  io::save_model(*model, out, {{"accuracy", fmt::format("{:.2f}", st.test_accuracy)}});
+  if (dist::world().rank() == 0)  // data parallel: every rank holds the same model, rank 0 writes it
+    io::save_model(*model, out, {{"accuracy", fmt::format("{:.2f}", st.test_accuracy)}});
+  dist::world().barrier();  // the file is there before any rank reports
   json j = {{"accuracy", st.test_accuracy}, {"seconds", secs}, {"model_bytes", file_bytes(out)}, {"model", out}};
   json epochs_j = json::array();
   std::string summary;
