@@ -62,7 +62,7 @@ void check_channel_vector(const Tensor& t, int64_t C, const char* what) {
 }
 
 // Data parallel: the batch's mean and biased variance over every rank's values
-// (docs/distributed.md "BatchNorm"), from each rank's own (eq. 1) merged in
+// (docs/distributed.md eq. 2), from each rank's own (eq. 1 of docs/batchnorm.md) merged in
 // double: with M_r values, mean m_r and variance v_r on rank r,
 //   M = sum M_r,  mean = sum M_r m_r / M,  var = (sum M_r v_r + sum M_r m_r^2) / M - mean^2.
 // Returns M.

@@ -125,7 +125,7 @@ void train(nn::Module& model, nn::Optimizer& optimizer, io::DataLoader& loader, 
     throw std::logic_error(fmt::format("train: the loader is sharded over {} rank(s), the run has {}",
                                        loader.options().world_size, comm.size()));
   if (parallel) nn::broadcast_state(model, comm);
-  nn::GradientReducer reducer(params, o.bucket_bytes);
+  nn::GradientReducer reducer(parallel ? params : std::vector<Tensor>{}, o.bucket_bytes);  // buffers only when used
   while (st.epoch < o.epochs) {
     model.train();
     const double t0 = now_seconds();

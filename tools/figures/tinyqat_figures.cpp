@@ -22,7 +22,9 @@
 
 #include "tensor/conv_kernels.h"
 #include "tensor/int8_gemm.h"
+#include "nn/data_parallel.h"
 #include "quant/conv_bn_fold.h"
+#include "tensor/communicator.h"
 #include "report_svg.h"
 #include "tinyqat.h"
 
@@ -716,6 +718,157 @@ int mobilenet() {
   return 0;
 }
 
+// ---- docs/distributed.md: the collectives of one data-parallel step ----
+// A communicator that says it has 2 ranks and records every collective it is
+// asked for (leaving the data as it is): what one rank of a real run calls,
+// in order, counted by the library's own code paths.
+struct Recorded {
+  std::string phase, what;
+  int64_t values, bytes;
+};
+class Recorder final : public dist::Communicator {
+ public:
+  std::string phase;
+  std::vector<Recorded> calls;
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  void allreduce(float*, int64_t n, dist::ReduceOp op) override { add(op, "f32", n, 4); }
+  void allreduce(double*, int64_t n, dist::ReduceOp op) override { add(op, "f64", n, 8); }
+  void allreduce(int64_t*, int64_t n, dist::ReduceOp op) override { add(op, "i64", n, 8); }
+  void broadcast(void*, int64_t bytes, int) override { calls.push_back({phase, "broadcast", bytes, bytes}); }
+  void barrier() override { calls.push_back({phase, "barrier", 0, 0}); }
+  std::string describe() const override { return "recorder"; }
+
+ private:
+  void add(dist::ReduceOp op, const char* type, int64_t n, int64_t size) {
+    const char* o = op == dist::ReduceOp::sum ? "sum" : op == dist::ReduceOp::min ? "min" : "max";
+    calls.push_back({phase, std::string("all-reduce ") + o + " " + type, n, n * size});
+  }
+};
+
+// One training step of `model` on 4 samples under the recorder, as cli::train
+// does it: forward, the loss all-reduced, backward, the gradient buckets.
+std::vector<Recorded> record_step(nn::Module& model, bool images) {
+  auto rec = std::make_shared<Recorder>();
+  dist::WorldScope scope(rec);
+  manual_seed(1);
+  const Tensor x = images ? randn({4, 1, 28, 28}) : randn({4, 784});
+  const Tensor y = randint(0, 10, {4});
+  nn::GradientReducer reducer(model.parameters());
+  model.train();
+  rec->phase = "forward";
+  Tensor loss = cross_entropy(model(x), y);
+  rec->phase = "loss";
+  double l = loss.item() * 0.5;
+  rec->allreduce_sum(&l, 1);
+  rec->phase = "backward";
+  loss.backward();
+  rec->phase = "gradients";
+  reducer.reduce(0.5);
+  return rec->calls;
+}
+
+int dataparallel() {
+  struct Run {
+    const char* name;
+    std::vector<Recorded> calls;
+  };
+  std::vector<Run> runs;
+  {
+    manual_seed(0);
+    auto mlp = nn::make_mlp({784, 256, 128, 10});
+    runs.push_back({"mlp train", record_step(*mlp, false)});
+  }
+  {
+    manual_seed(0);
+    auto cnn = models::cnn();
+    runs.push_back({"cnn train", record_step(*cnn, true)});
+  }
+  manual_seed(0);
+  auto qat = models::cnn();
+  qat->train();
+  quant::fuse_known_modules(*qat);
+  qat->qconfig = quant::get_default_qat_qconfig("x86");
+  quant::prepare_qat(*qat);
+  runs.push_back({"cnn qat", record_step(*qat, true)});
+
+  std::printf("collectives of one data-parallel step (per rank; 1 MiB gradient buckets)\n");
+  for (const Run& r : runs) {
+    std::printf("%s:\n", r.name);
+    std::map<std::string, std::pair<int64_t, int64_t>> per_phase;  // calls, bytes
+    for (const char* phase : {"forward", "loss", "backward", "gradients"}) {
+      int64_t calls = 0, bytes = 0;
+      for (const Recorded& c : r.calls)
+        if (c.phase == phase) ++calls, bytes += c.bytes;
+      std::printf("  %-9s %3lld collectives %9lld bytes\n", phase, static_cast<long long>(calls),
+                  static_cast<long long>(bytes));
+    }
+  }
+
+  // The picture: the QAT CNN's step, two ranks, the collectives between them.
+  const std::vector<Recorded>& calls = runs.back().calls;
+  // Consecutive calls of one phase and kind drawn as one arrow with a count.
+  struct Group {
+    std::string phase, what;
+    int count;
+    int64_t bytes;
+  };
+  std::vector<Group> groups;
+  for (const Recorded& c : calls) {
+    if (!groups.empty() && groups.back().phase == c.phase && groups.back().what == c.what) {
+      ++groups.back().count;
+      groups.back().bytes += c.bytes;
+    } else {
+      groups.push_back({c.phase, c.what, 1, c.bytes});
+    }
+  }
+  const double w = 900, lane0 = 70, lane1 = 250, top = 40;
+  const double h = lane1 + 110;
+  Picture pic(w, h, "One data-parallel QAT step of the CNN: the collectives between two ranks");
+  pic.text(w / 2, 22, "One data-parallel QAT step (CNN, 2 ranks): every collective, in order", 15, "middle", svg::kInk,
+           "bold");
+  auto lane = [&](double y, const std::string& name) {
+    pic.text(12, y + 5, name, 13, "start", svg::kInk, "bold");
+    pic.line(80, y, w - 20, y, "#999999", 1);
+  };
+  lane(lane0, "rank 0");
+  lane(lane1, "rank 1");
+  // Phases as bands along the time axis, widths by the number of groups.
+  const std::vector<std::pair<std::string, std::string>> phases = {
+      {"forward", svg::kSky}, {"loss", svg::kOrange}, {"backward", svg::kPurple}, {"gradients", svg::kGreen}};
+  double x = 90;
+  const double unit = (w - 110 - 4 * 30) / static_cast<double>(groups.size() + 4);
+  for (const auto& [phase, colour] : phases) {
+    std::vector<const Group*> mine;
+    for (const Group& g : groups)
+      if (g.phase == phase) mine.push_back(&g);
+    const double band = unit * static_cast<double>(mine.size() + 1);
+    for (double y : {lane0, lane1}) pic.rect(x, y - 14, band, 28, colour, "#333333", 4);
+    const std::string label = phase == "gradients" ? "gradient buckets" : phase;
+    pic.text(x + band / 2, lane0 - 20, label, 12);
+    pic.text(x + band / 2, lane1 + 30, label, 12);
+    for (size_t i = 0; i < mine.size(); ++i) {
+      const double cx = x + unit * (static_cast<double>(i) + 1);
+      pic.line(cx, lane0 + 16, cx, lane1 - 18, "#333333", 1.2, true);
+      pic.line(cx, lane1 - 16, cx, lane0 + 18, "#333333", 1.2, true);
+      const Group& g = *mine[i];
+      const std::string what = g.what.substr(g.what.find(' ') + 1);  // "sum f32"
+      const double ty = (lane0 + lane1) / 2 + ((i % 2) ? 22 : -10);
+      pic.text(cx + 3, ty, (g.count > 1 ? std::to_string(g.count) + "x " : "") + what, 10, "start");
+      pic.text(cx + 3, ty + 12, std::to_string(g.bytes) + " B", 10, "start", "#555555");
+    }
+    x += band + 30;
+  }
+  pic.text(w / 2, h - 34,
+           "forward: BatchNorm's batch statistics and each observer's range over the global batch; loss: its mean",
+           11, "middle", "#444444");
+  pic.text(w / 2, h - 18,
+           "backward: BatchNorm's sums of dy and dy*xhat; then the gradients, flattened into buckets and averaged",
+           11, "middle", "#444444");
+  save("data_parallel_step.svg", pic.str());
+  return 0;
+}
+
 // ---- docs/int8_kernel.md §3: which AVX2 path eq. 9 allows ----
 int paths() {
   struct Case {
@@ -756,12 +909,13 @@ int main(int argc, char** argv) {
   const std::map<std::string, int (*)()> sections = {
       {"strides", strides}, {"graph", graph},         {"sgd", sgd},   {"adam", adam},
       {"staircase", staircase}, {"lsq", lsq},         {"im2col", im2col}, {"batchnorm", batchnorm},
-      {"bnfold", bnfold},   {"grid", grid}, {"mobilenet", mobilenet},           {"paths", paths}};
+      {"bnfold", bnfold},   {"grid", grid}, {"mobilenet", mobilenet},           {"paths", paths},
+      {"dataparallel", dataparallel}};
   if (argc == 3 && std::string(argv[1]) == "--svg") {
     g_svg_dir = argv[2];
     if (!std::freopen("/dev/null", "w", stdout)) return 1;  // the pictures only
     try {
-      for (const char* name : {"strides", "graph", "staircase", "lsq", "im2col", "bnfold", "grid"})
+      for (const char* name : {"strides", "graph", "staircase", "lsq", "im2col", "bnfold", "grid", "dataparallel"})
         if (sections.at(name)() != 0) return 1;
     } catch (const std::exception& ex) {
       std::fprintf(stderr, "tinyqat-figures --svg: %s\n", ex.what());
