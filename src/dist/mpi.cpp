@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include <fmt/format.h>
@@ -34,35 +36,77 @@ int my_rank() {
   return r;
 }
 
-// Waits for `req`, polling; after `timeout` seconds ends the job naming `what`.
-// The first moments spin (a collective between ranks on one machine takes
-// microseconds), then the rank sleeps between polls so that a long wait (a
-// slower rank, a loaded machine) does not burn the core another rank needs.
-void wait(MPI_Request& req, double timeout, const std::string& what) {
-  using clock = std::chrono::steady_clock;
-  const auto start = clock::now();
-  int done = 0;
-  for (int64_t polls = 0;; ++polls) {
-    MPI_Test(&req, &done, MPI_STATUS_IGNORE);
-    if (done) return;
-    if (polls < 2000) continue;
-    const double waited = std::chrono::duration<double>(clock::now() - start).count();
-    if (waited > timeout)
-      abort_job(3, fmt::format("{} timed out after {:g} s: another rank died, hangs or stopped calling collectives; "
-                               "ending the job (TINYQAT_COLLECTIVE_TIMEOUT sets the limit in seconds)",
-                               what, timeout));
-    if (waited > 0.002) std::this_thread::sleep_for(std::chrono::microseconds(waited > 0.1 ? 1000 : 20));
+// The deadline of the collective in progress, watched by a thread of its own
+// (below). The collectives themselves are MPI's blocking ones: on a loaded
+// machine a nonblocking collective polled with MPI_Test progresses only while
+// both ranks happen to poll, and an epoch took 5 times longer.
+struct Watch {
+  std::mutex m;
+  std::condition_variable cv;
+  bool armed = false, stop = false;
+  std::chrono::steady_clock::time_point deadline;
+  std::string what;
+  double timeout = 0;
+  std::thread thread;
+};
+
+Watch& watch() {
+  static Watch w;
+  return w;
+}
+
+// Runs beside the main thread: when a collective outlives its deadline, it
+// prints which one and ends this process at once. (MPI_Abort may be called
+// only from the thread that talks to MPI; ending the process instead makes
+// mpirun end every rank, which is what MPI_Abort would do.)
+void watchdog() {
+  Watch& w = watch();
+  std::unique_lock lock(w.m);
+  while (!w.stop) {
+    if (!w.armed) {
+      w.cv.wait(lock);
+      continue;
+    }
+    if (w.cv.wait_until(lock, w.deadline) == std::cv_status::timeout && w.armed && std::chrono::steady_clock::now() >= w.deadline) {
+      std::fprintf(stderr,
+                   "tinyqat: rank %d: %s timed out after %g s: another rank died, hangs or stopped calling "
+                   "collectives; ending the job (TINYQAT_COLLECTIVE_TIMEOUT sets the limit in seconds)\n",
+                   my_rank(), w.what.c_str(), w.timeout);
+      std::fflush(stderr);
+      std::_Exit(3);
+    }
   }
 }
+
+// Arms the watchdog for the scope of one collective.
+class Deadline {
+ public:
+  Deadline(double timeout, std::string what) {
+    Watch& w = watch();
+    {
+      std::lock_guard lock(w.m);
+      w.armed = true;
+      w.timeout = timeout;
+      w.what = std::move(what);
+      w.deadline = std::chrono::steady_clock::now() +
+                   std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeout));
+    }
+    w.cv.notify_one();
+  }
+  ~Deadline() {
+    Watch& w = watch();
+    std::lock_guard lock(w.m);
+    w.armed = false;
+  }
+};
 
 template <class T>
 void allreduce_impl(T* data, int64_t n, ReduceOp op, MPI_Datatype type, double timeout, const char* tname) {
   // MPI counts are int: a large buffer goes in pieces.
   for (int64_t at = 0; at < n; at += INT_MAX / 2) {
     const int count = static_cast<int>(std::min<int64_t>(n - at, INT_MAX / 2));
-    MPI_Request req;
-    MPI_Iallreduce(MPI_IN_PLACE, data + at, count, type, to_mpi(op), MPI_COMM_WORLD, &req);
-    wait(req, timeout, fmt::format("all-reduce ({}) of {} {} values", op_name(op), n, tname));
+    Deadline d(timeout, fmt::format("all-reduce ({}) of {} {} values", op_name(op), n, tname));
+    MPI_Allreduce(MPI_IN_PLACE, data + at, count, type, to_mpi(op), MPI_COMM_WORLD);
   }
 }
 
@@ -114,6 +158,19 @@ MpiCommunicator::MpiCommunicator(double timeout_seconds) : timeout_(timeout_seco
   if (!(timeout_ > 0)) throw std::invalid_argument(fmt::format("MpiCommunicator: timeout {} s must be positive", timeout_));
   MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
+  if (!watch().thread.joinable()) watch().thread = std::thread(watchdog);
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  Watch& w = watch();
+  if (!w.thread.joinable()) return;
+  {
+    std::lock_guard lock(w.m);
+    w.stop = true;
+  }
+  w.cv.notify_one();
+  w.thread.join();
+  w.stop = false;
 }
 
 void MpiCommunicator::allreduce(float* data, int64_t n, ReduceOp op) {
@@ -130,16 +187,14 @@ void MpiCommunicator::broadcast(void* data, int64_t bytes, int root) {
   auto* p = static_cast<char*>(data);
   for (int64_t at = 0; at < bytes; at += INT_MAX / 2) {
     const int count = static_cast<int>(std::min<int64_t>(bytes - at, INT_MAX / 2));
-    MPI_Request req;
-    MPI_Ibcast(p + at, count, MPI_BYTE, root, MPI_COMM_WORLD, &req);
-    wait(req, timeout_, fmt::format("broadcast of {} bytes from rank {}", bytes, root));
+    Deadline d(timeout_, fmt::format("broadcast of {} bytes from rank {}", bytes, root));
+    MPI_Bcast(p + at, count, MPI_BYTE, root, MPI_COMM_WORLD);
   }
 }
 
 void MpiCommunicator::barrier() {
-  MPI_Request req;
-  MPI_Ibarrier(MPI_COMM_WORLD, &req);
-  wait(req, timeout_, "barrier");
+  Deadline d(timeout_, "barrier");
+  MPI_Barrier(MPI_COMM_WORLD);
 }
 
 std::string MpiCommunicator::describe() const { return fmt::format("MPI, {} ranks", size_); }

@@ -7,10 +7,10 @@
 //     ...                                    // else: nothing, a single process
 //   }
 //
-// Every collective is nonblocking underneath (MPI_Iallreduce, MPI_Ibcast,
-// MPI_Ibarrier) and polled against a deadline: when a rank died or stopped
-// calling collectives, the ranks still waiting print which collective timed
-// out and end the job with MPI_Abort instead of waiting for ever.
+// Every collective runs under a deadline kept by a watchdog thread: when a
+// rank died or stopped calling collectives, the ranks still waiting print
+// which collective timed out and end, and mpirun ends the job, instead of
+// waiting for ever.
 #pragma once
 
 #include <memory>
@@ -52,6 +52,7 @@ class MpiCommunicator final : public Communicator {
  public:
   // MPI must be initialised. timeout_seconds: see collective_timeout_from_env().
   explicit MpiCommunicator(double timeout_seconds);
+  ~MpiCommunicator() override;
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   void allreduce(float* data, int64_t n, ReduceOp op) override;
