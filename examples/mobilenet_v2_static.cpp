@@ -59,8 +59,20 @@ int main(int argc, char** argv) {
   if (argc > 1) {
     io::load_state_dict_file(*model, argv[1]);
     std::printf("loaded pretrained weights from %s\n", argv[1]);
-  } else {
-    std::printf("no weights file given: torchvision's initialisation, seed 0\n");
+  }
+  // Eight random images in batches of two: the observers see each layer's range.
+  Generator g(1);
+  std::vector<Tensor> calibration;
+  for (int i = 0; i < 4; ++i) calibration.push_back(randn({2, 3, 224, 224}, g));
+  if (argc <= 1) {
+    // An untrained model's BatchNorms hold mean 0 and variance 1, which its
+    // activations are far from: deep layers would output almost nothing and
+    // every scale would sit at its floor. Training-mode passes (no gradient)
+    // move the running statistics to what these images give.
+    std::printf("no weights file given: torchvision's initialisation, seed 0, BatchNorm statistics from the images\n");
+    NoGradGuard no_grad;
+    model->train();
+    for (int i = 0; i < 24; ++i) (*model)(calibration[static_cast<size_t>(i) % calibration.size()]);
   }
   model->eval();
 
@@ -68,11 +80,6 @@ int main(int argc, char** argv) {
   auto quantized = models::mobilenet_v2();
   io::load_state_dict(*quantized, io::state_dict(*model));
   quantized->eval();
-
-  // Eight random images in batches of two: the observers see each layer's range.
-  Generator g(1);
-  std::vector<Tensor> calibration;
-  for (int i = 0; i < 4; ++i) calibration.push_back(randn({2, 3, 224, 224}, g));
   quant::QuantizeOptions options;
   options.qconfig = quant::get_default_qconfig("x86");
   quant::quantize_static(
@@ -92,7 +99,7 @@ int main(int argc, char** argv) {
   {
     NoGradGuard no_grad;
     y_float = (*model)(calibration[0]);
-    y_int8 = (*quantized)(calibration[0]);
+    y_int8 = kernels::to_float((*quantized)(calibration[0]));  // u8 logits with their scale -> float
   }
   const float diff = kernels::max_all(kernels::abs(kernels::sub(y_float, y_int8)));
   const float scale = kernels::max_all(kernels::abs(y_float));
