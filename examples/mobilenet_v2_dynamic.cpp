@@ -13,35 +13,14 @@
 // With a file (torchvision's state_dict saved as safetensors, PyTorch's key
 // names) the pretrained weights are loaded; without one the model is
 // initialised from seed 0, as torchvision initialises it.
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <typeindex>
 
+#include "measure.h"
 #include "tinyqat.h"
 
 using namespace tq;
-
-// Bytes of every parameter and buffer: what a saved state_dict holds.
-static int64_t state_bytes(const nn::Module& m) {
-  int64_t n = 0;
-  for (auto& [name, t] : io::state_dict(m)) n += t.numel() * static_cast<int64_t>(dtype_size(t.dtype()));
-  return n;
-}
-
-// The median of a few timed runs, in milliseconds.
-static double latency_ms(nn::Module& m, const Tensor& x) {
-  NoGradGuard no_grad;
-  std::vector<double> times;
-  for (int i = 0; i < 7; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    m(x);
-    times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
 
 int main(int argc, char** argv) {
   manual_seed(0);
@@ -76,7 +55,7 @@ int main(int argc, char** argv) {
   std::printf("state size: float %lld bytes, dynamic int8 %lld bytes (PyTorch 1.13's saved files: 14,258,573 and "
               "10,419,401)\n",
               static_cast<long long>(state_bytes(*model)), static_cast<long long>(state_bytes(*quantized)));
-  std::printf("latency, 1x3x224x224: float %.2f ms, dynamic int8 %.2f ms (median of 7)\n", latency_ms(*model, x),
-              latency_ms(*quantized, x));
+  std::printf("latency, 1x3x224x224: float %.2f ms, dynamic int8 %.2f ms (median of 7)\n", latency_ms(*model, x, 7),
+              latency_ms(*quantized, x, 7));
   return 0;
 }

@@ -22,36 +22,15 @@
 // inputs it was calibrated for.
 //
 // Run: ./build/examples/mobilenet_v2_static [state_dict.safetensors]
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <map>
 #include <string>
 
+#include "measure.h"
 #include "tinyqat.h"
 
 using namespace tq;
-
-// Bytes of every parameter and buffer: what a saved state_dict holds.
-static int64_t state_bytes(const nn::Module& m) {
-  int64_t n = 0;
-  for (auto& [name, t] : io::state_dict(m)) n += t.numel() * static_cast<int64_t>(dtype_size(t.dtype()));
-  return n;
-}
-
-// The median of five timed runs, in milliseconds.
-static double latency_ms(nn::Module& m, const Tensor& x) {
-  NoGradGuard no_grad;
-  std::vector<double> times;
-  for (int i = 0; i < 5; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    m(x);
-    times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
 
 int main(int argc, char** argv) {
   manual_seed(0);
@@ -111,7 +90,7 @@ int main(int argc, char** argv) {
   std::printf("state size: float %lld bytes, int8 %lld bytes\n", static_cast<long long>(state_bytes(*model)),
               static_cast<long long>(state_bytes(*quantized)));
   const Tensor x = randn({1, 3, 224, 224}, g);
-  std::printf("latency, 1x3x224x224, one thread: float %.2f ms, int8 %.2f ms (median of 5)\n", latency_ms(*model, x),
-              latency_ms(*quantized, x));
+  std::printf("latency, 1x3x224x224, one thread: float %.2f ms, int8 %.2f ms (median of 5)\n", latency_ms(*model, x, 5),
+              latency_ms(*quantized, x, 5));
   return 0;
 }
