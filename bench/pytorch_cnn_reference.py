@@ -36,6 +36,9 @@ import time
 import numpy as np
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pytorch_reference import calibrate_inner as _calibrate_inner  # noqa: E402
 import torch.nn as nn
 import torchvision
 
@@ -151,16 +154,8 @@ def int8_models():
 
 
 def calibrate_inner(fn, seconds=4e-3):
-    fn()
-    inner = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        dt = time.perf_counter() - t0
-        if dt >= seconds or inner >= 1 << 20:
-            return inner
-        inner = max(inner + 1, int(inner * seconds / max(dt, 1e-9) * 1.1))
+    """pytorch_reference.py's inner-loop calibration, with a 4 ms target."""
+    return _calibrate_inner(fn, seconds)
 
 
 def pair(a, b, repeats):
