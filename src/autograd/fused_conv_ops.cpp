@@ -7,11 +7,14 @@
 // but its GEMMs.
 #include "autograd/fused_conv_ops.h"
 
+#include <algorithm>
 #include <memory>
+#include <vector>
 
 #include <fmt/format.h>
 
 #include "autograd/norm_ops.h"
+#include "tensor/communicator.h"
 #include "tensor/conv_kernels.h"
 #include "tensor/norm_kernels.h"
 #include "tensor/ops.h"
@@ -61,20 +64,42 @@ struct FusedConv2dBackward final : Node {
 };
 
 struct BatchNormReluMaxPoolBackward final : Node {
-  BatchNormReluMaxPoolBackward(Tensor mean, Tensor invstd, Tensor at, Tensor y_at, std::shared_ptr<SharedBiasGrad> bias)
+  BatchNormReluMaxPoolBackward(Tensor mean, Tensor invstd, Tensor at, Tensor y_at, std::shared_ptr<SharedBiasGrad> bias,
+                               int64_t global_count)
       : mean(std::move(mean)), invstd(std::move(invstd)), at(std::move(at)), y_at(std::move(y_at)),
-        bias_grad(std::move(bias)) {}
+        bias_grad(std::move(bias)), global_count(global_count) {}
   Tensor mean, invstd;  // (C): the batch statistics of y
   Tensor at, y_at;      // (N, C, OH, OW): where each maximum came from (-1: ReLU closed), and y there
   std::shared_ptr<SharedBiasGrad> bias_grad;  // null when the convolution has no bias needing a gradient
+  // Data parallel: the values per channel over every rank (the statistics'
+  // count); 0 on a single process.
+  int64_t global_count;
   const char* name() const override { return "BatchNormReluMaxPool2dBackward"; }
   void backward(const Tensor& g_in, Tensor* gi) override {
     const Tensor g = k::contiguous(g_in);
     const Tensor& y = inputs[0];
     const Tensor gamma = inputs[1];
     Tensor sum_dz, sum_dz_xhat, bias_sum;
-    Tensor dy = k::batch_norm_relu_max_pool2x2_backward(g, at, y_at, y, mean, invstd, gamma, sum_dz, sum_dz_xhat,
-                                                        bias_grad ? &bias_sum : nullptr);
+    Tensor dy;
+    if (global_count > 0) {
+      // As batch_norm's backward: eq. 4 takes the sums over the global batch
+      // (all-reduced between the two passes); gamma's and beta's gradients
+      // below stay this rank's sums, averaged with the other parameters'.
+      k::batch_norm_relu_max_pool2x2_backward_sums(g, at, y_at, y, mean, invstd, sum_dz, sum_dz_xhat);
+      const int64_t C = sum_dz.numel();
+      std::vector<float> sums(static_cast<size_t>(2 * C));
+      std::copy_n(sum_dz.data<float>(), C, sums.begin());
+      std::copy_n(sum_dz_xhat.data<float>(), C, sums.begin() + C);
+      dist::world().allreduce_sum(sums.data(), 2 * C);
+      const Tensor all_dz = empty({C}), all_dz_xhat = empty({C});
+      std::copy_n(sums.begin(), C, all_dz.data<float>());
+      std::copy_n(sums.begin() + C, C, all_dz_xhat.data<float>());
+      dy = k::batch_norm_relu_max_pool2x2_backward_input(g, at, y, mean, invstd, gamma, all_dz, all_dz_xhat,
+                                                         global_count, bias_grad ? &bias_sum : nullptr);
+    } else {
+      dy = k::batch_norm_relu_max_pool2x2_backward(g, at, y_at, y, mean, invstd, gamma, sum_dz, sum_dz_xhat,
+                                                   bias_grad ? &bias_sum : nullptr);
+    }
     if (bias_grad) bias_grad->sum = bias_sum;
     if (y.requires_grad()) gi[0] = std::move(dy);
     if (inputs[1].defined() && inputs[1].requires_grad()) gi[1] = sum_dz_xhat;  // d gamma = sum dz xhat
@@ -130,7 +155,10 @@ Tensor conv2d_batch_norm_relu_max_pool2x2(const Tensor& x_in, const Tensor& weig
   Tensor y = k::conv2d_forward(x, w, b, g, [&](int64_t, const float* y_n) { stats.add(y_n); });
   Tensor mean, var;
   stats.finish(mean, var);
-  const Tensor invstd = batch_norm_training_invstd(mean, var, M, running_mean, running_var, momentum, eps);
+  // Data parallel (docs/distributed.md §4): the statistics of the global batch.
+  const int64_t global_count = dist::distributed() ? batch_norm_all_reduce_stats(mean, var, M) : 0;
+  const Tensor invstd = batch_norm_training_invstd(mean, var, global_count > 0 ? global_count : M, running_mean,
+                                                   running_var, momentum, eps);
   // y = x scale + shift with scale = gamma invstd, shift = beta - mean scale, as batch_norm computes them.
   Tensor scale = empty({g.OC}), shift = empty({g.OC});
   for (int64_t c = 0; c < g.OC; ++c) {
@@ -151,7 +179,7 @@ Tensor conv2d_batch_norm_relu_max_pool2x2(const Tensor& x_in, const Tensor& weig
   }
   if (needs_grad(y) || needs_grad(bn_weight) || needs_grad(bn_bias))
     record<BatchNormReluMaxPoolBackward>(out, {y, bn_weight, bn_bias}, std::move(mean), invstd, std::move(at),
-                                         std::move(y_at), std::move(bias_grad));
+                                         std::move(y_at), std::move(bias_grad), global_count);
   return out;
 }
 

@@ -61,12 +61,14 @@ void check_channel_vector(const Tensor& t, int64_t C, const char* what) {
                                             what, t.shape().str(), C, C));
 }
 
+}  // namespace
+
 // Data parallel: the batch's mean and biased variance over every rank's values
 // (docs/distributed.md eq. 2), from each rank's own (eq. 1 of docs/batchnorm.md) merged in
 // double: with M_r values, mean m_r and variance v_r on rank r,
 //   M = sum M_r,  mean = sum M_r m_r / M,  var = (sum M_r v_r + sum M_r m_r^2) / M - mean^2.
 // Returns M.
-int64_t all_reduce_stats(Tensor& mean, Tensor& var, int64_t local_count) {
+int64_t batch_norm_all_reduce_stats(Tensor& mean, Tensor& var, int64_t local_count) {
   const int64_t C = mean.numel();
   std::vector<double> s(static_cast<size_t>(3 * C + 1));
   const double m_r = static_cast<double>(local_count);
@@ -90,8 +92,6 @@ int64_t all_reduce_stats(Tensor& mean, Tensor& var, int64_t local_count) {
   }
   return static_cast<int64_t>(std::llround(M));
 }
-
-}  // namespace
 
 Tensor batch_norm_training_invstd(const Tensor& mean, const Tensor& var, int64_t M, const Tensor& running_mean,
                                   const Tensor& running_var, double momentum, double eps) {
@@ -132,7 +132,7 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& running_mean, const Tensor& 
     Tensor var;
     if (synced) {
       k::batch_norm_stats(x, mean, var);
-      global_count = all_reduce_stats(mean, var, M);
+      global_count = batch_norm_all_reduce_stats(mean, var, M);
     }
     const int64_t count = synced ? global_count : M;
     if (count <= 1)

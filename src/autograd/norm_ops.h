@@ -22,4 +22,10 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
 Tensor batch_norm_training_invstd(const Tensor& mean, const Tensor& var, int64_t M, const Tensor& running_mean,
                                   const Tensor& running_var, double momentum, double eps);
 
+// Data parallel (docs/distributed.md eq. 2): mean and var (C), this rank's
+// statistics over local_count values per channel, <- those of every rank's
+// values together (an all-reduce over dist::world(), which every rank must
+// call); returns their count, the global M.
+int64_t batch_norm_all_reduce_stats(Tensor& mean, Tensor& var, int64_t local_count);
+
 }  // namespace tq

@@ -11,7 +11,6 @@
 #include "nn/conv.h"
 #include "nn/linear.h"
 #include "nn/pooling.h"
-#include "tensor/communicator.h"
 
 namespace tq::nn {
 
@@ -30,9 +29,7 @@ bool fused_conv_bn_relu_pool(Module* const m[4], const Tensor& x, Tensor& out) {
   BatchNorm2d* bn = exactly<BatchNorm2d>(*m[1]);
   MaxPool2d* pool = exactly<MaxPool2d>(*m[3]);
   if (!conv || !bn || !exactly<ReLU>(*m[2]) || !pool || !bn->is_training()) return false;
-  // Data parallel, the batch statistics are the global batch's (batch_norm
-  // all-reduces them); the fused op takes this rank's alone.
-  if (dist::distributed()) return false;
+  // (Data parallel, the fused op all-reduces its statistics as batch_norm does.)
   if (bn->num_features != conv->out_channels) return false;
   if (pool->kernel_size.h != 2 || pool->kernel_size.w != 2 || pool->stride.h != 2 || pool->stride.w != 2 ||
       pool->padding.h != 0 || pool->padding.w != 0 || pool->dilation.h != 1 || pool->dilation.w != 1)

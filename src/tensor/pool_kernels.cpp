@@ -512,9 +512,9 @@ void batch_norm_relu_max_pool2x2_forward_reference(const Tensor& y, const Tensor
         }
 }
 
-Tensor batch_norm_relu_max_pool2x2_backward(const Tensor& dout, const Tensor& at, const Tensor& y_at, const Tensor& y,
-                                            const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
-                                            Tensor& sum_dz, Tensor& sum_dz_xhat, Tensor* bias_sum) {
+void batch_norm_relu_max_pool2x2_backward_sums(const Tensor& dout, const Tensor& at, const Tensor& y_at, const Tensor& y,
+                                               const Tensor& mean, const Tensor& invstd, Tensor& sum_dz,
+                                               Tensor& sum_dz_xhat) {
   check_input(y, "batch_norm_relu_max_pool2x2_backward");
   const Pool2dGeometry g = pool_2x2_of(y);
   for (const Tensor* t : {&dout, &at, &y_at})
@@ -526,12 +526,10 @@ Tensor batch_norm_relu_max_pool2x2_backward(const Tensor& dout, const Tensor& at
     throw std::invalid_argument("batch_norm_relu_max_pool2x2_backward: dout and y_at must be f32, at i32");
   check_channel_vector(mean, g.C, "mean");
   check_channel_vector(invstd, g.C, "invstd");
-  if (gamma.defined()) check_channel_vector(gamma, g.C, "gamma");
-  const int64_t hw = g.H * g.W, ohw = g.OH * g.OW;
+  const int64_t ohw = g.OH * g.OW;
   const float* gp = dout.data<float>();
   const int32_t* ip = at.data<int32_t>();
   const float* vp = y_at.data<float>();
-  const float* yp = y.data<float>();
   const float* mp = mean.data<float>();
   const float* sp = invstd.data<float>();
 
@@ -557,13 +555,42 @@ Tensor batch_norm_relu_max_pool2x2_backward(const Tensor& dout, const Tensor& at
     sum_dz.data<float>()[c] = static_cast<float>(s[c]);
     sum_dz_xhat.data<float>()[c] = static_cast<float>(t[c] * sp[c]);
   }
+}
+
+Tensor batch_norm_relu_max_pool2x2_backward_input(const Tensor& dout, const Tensor& at, const Tensor& y,
+                                                  const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
+                                                  const Tensor& sum_dz, const Tensor& sum_dz_xhat, int64_t count,
+                                                  Tensor* bias_sum) {
+  check_input(y, "batch_norm_relu_max_pool2x2_backward");
+  const Pool2dGeometry g = pool_2x2_of(y);
+  for (const Tensor* t : {&dout, &at})
+    if (!t->defined() || !t->is_contiguous() || !(t->shape() == g.output_shape()))
+      throw std::invalid_argument(fmt::format("batch_norm_relu_max_pool2x2_backward: dout and at must be contiguous of "
+                                              "shape {}",
+                                              g.output_shape().str()));
+  if (dout.dtype() != DType::f32 || at.dtype() != DType::i32)
+    throw std::invalid_argument("batch_norm_relu_max_pool2x2_backward: dout must be f32, at i32");
+  check_channel_vector(mean, g.C, "mean");
+  check_channel_vector(invstd, g.C, "invstd");
+  check_channel_vector(sum_dz, g.C, "sum_dz");
+  check_channel_vector(sum_dz_xhat, g.C, "sum_dz_xhat");
+  if (gamma.defined()) check_channel_vector(gamma, g.C, "gamma");
+  if (count <= 0)
+    throw std::invalid_argument(fmt::format("batch_norm_relu_max_pool2x2_backward: count {} must be positive", count));
+  const int64_t hw = g.H * g.W, ohw = g.OH * g.OW;
+  const float* gp = dout.data<float>();
+  const int32_t* ip = at.data<int32_t>();
+  const float* yp = y.data<float>();
+  const float* mp = mean.data<float>();
+  const float* sp = invstd.data<float>();
+  const bool wide = fused_kernels_avx512();
 
   // Pass 2, over y: dy = k dz + (y - m) a + b (batch_norm_backward_input's
   // arithmetic), where dz is 0 except at `at`, so the plane is written as
   // (y - m) a + b and the pooled places are then rewritten with their dz.
   Tensor dy = empty(y.shape());
   float* dp = dy.data<float>();
-  const float inv_m = 1.f / static_cast<float>(g.N * hw);
+  const float inv_m = 1.f / static_cast<float>(count);
   std::vector<double> bias(bias_sum ? static_cast<size_t>(g.C) : 0, 0.0);
   for (int64_t plane = 0; plane < g.N * g.C; ++plane) {
     const int64_t c = plane % g.C;
@@ -584,6 +611,14 @@ Tensor batch_norm_relu_max_pool2x2_backward(const Tensor& dout, const Tensor& at
     for (int64_t c = 0; c < g.C; ++c) bias_sum->data<float>()[c] = static_cast<float>(bias[c]);
   }
   return dy;
+}
+
+Tensor batch_norm_relu_max_pool2x2_backward(const Tensor& dout, const Tensor& at, const Tensor& y_at, const Tensor& y,
+                                            const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
+                                            Tensor& sum_dz, Tensor& sum_dz_xhat, Tensor* bias_sum) {
+  batch_norm_relu_max_pool2x2_backward_sums(dout, at, y_at, y, mean, invstd, sum_dz, sum_dz_xhat);
+  return batch_norm_relu_max_pool2x2_backward_input(dout, at, y, mean, invstd, gamma, sum_dz, sum_dz_xhat,
+                                                    y.size(0) * y.size(2) * y.size(3), bias_sum);
 }
 
 Tensor batch_norm_relu_max_pool2x2_backward_reference(const Tensor& dout, const Tensor& at, const Tensor& y,

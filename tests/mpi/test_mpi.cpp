@@ -16,6 +16,7 @@
 #include "tinyqat.h"
 #include "nn/data_parallel.h"
 #include "quant/histogram_observer.h"
+#include "autograd/fused_conv_ops.h"
 
 using namespace tq;
 
@@ -251,6 +252,71 @@ TEST_CASE("mpi: BatchNorm uses the global batch's statistics, forward and backwa
     const double g = (global_loss(xp) - global_loss(xm)) / (2 * kEps);
     if (comm().rank() == 0) CHECK(std::fabs(g - dx[static_cast<size_t>(k)]) < 2e-2 * std::max(1.0, std::fabs(g)));
   }
+}
+
+TEST_CASE("mpi: the fused conv + BatchNorm + ReLU + max-pool op takes the global batch's statistics", "[mpi][fused]") {
+  // The op on 2 ranks, each with its shard, against one process with the
+  // whole batch: forward, the input and weight gradients, the BatchNorm
+  // parameters' and the convolution bias's gradients (summed over the ranks,
+  // as the gradient all-reduce does), and the running statistics.
+  const int64_t C = 3, OC = 4, n = 2 * comm().size();
+  manual_seed(21);
+  const Tensor x_all = randn({n, C, 6, 6}) * 2.f + 0.5f, w_all = randn({n, OC, 3, 3});
+  const Tensor weight0 = randn({OC, C, 3, 3}) * 0.3f, bias0 = randn({OC}), gamma0 = rand_uniform({OC}, 0.5, 1.5),
+               beta0 = randn({OC});
+  const auto [lo, hi] = shard(n);
+  auto part = [&](const Tensor& t) { return kernels::contiguous(tq::slice(t, 0, lo, hi)); };
+  const Conv2dOptions opt{.padding = {1, 1}};
+  struct Run {
+    Tensor x, weight, bias, gamma, beta, rm = zeros({4}), rv = ones({4}), y;
+  };
+  auto run = [&](const Tensor& x_in, const Tensor& w_out) {
+    Run r{kernels::clone(x_in).requires_grad_(), kernels::clone(weight0).requires_grad_(),
+          kernels::clone(bias0).requires_grad_(), kernels::clone(gamma0).requires_grad_(),
+          kernels::clone(beta0).requires_grad_(), zeros({4}), ones({4}), Tensor()};
+    r.y = conv2d_batch_norm_relu_max_pool2x2(r.x, r.weight, r.bias, opt, r.rm, r.rv, r.gamma, r.beta);
+    REQUIRE(std::string(r.y.grad_fn()->name()) == "BatchNormReluMaxPool2dBackward");
+    tq::sum(r.y * w_out).backward();
+    return r;
+  };
+  Run dp = run(part(x_all), part(w_all));
+  const Run ref = alone([&] { return run(x_all, w_all); });
+  auto summed = [&](const Tensor& g) {
+    std::vector<float> v = to_vector(g);
+    comm().allreduce_sum(v.data(), static_cast<int64_t>(v.size()));
+    return v;
+  };
+  constexpr double kTol = 5e-5;  // float sums in another order
+  CHECK(max_abs_diff(to_vector(dp.y), to_vector(part(ref.y.detach()))) < kTol);
+  CHECK(max_abs_diff(to_vector(dp.x.grad()), to_vector(part(ref.x.grad()))) < kTol);
+  CHECK(max_abs_diff(summed(dp.weight.grad()), to_vector(ref.weight.grad())) < 1e-4);
+  CHECK(max_abs_diff(summed(dp.bias.grad()), to_vector(ref.bias.grad())) < 1e-4);
+  CHECK(max_abs_diff(summed(dp.gamma.grad()), to_vector(ref.gamma.grad())) < 1e-4);
+  CHECK(max_abs_diff(summed(dp.beta.grad()), to_vector(ref.beta.grad())) < 1e-4);
+  CHECK(max_abs_diff(to_vector(dp.rm), to_vector(ref.rm)) < kTol);
+  CHECK(max_abs_diff(to_vector(dp.rv), to_vector(ref.rv)) < kTol);  // unbiased with the global M
+  CHECK(same_everywhere(to_vector(dp.rv)));
+  // The shard's own statistics would give another output: the test can tell.
+  const Run own = alone([&] { return run(part(x_all), part(w_all)); });
+  CHECK(max_abs_diff(to_vector(own.y), to_vector(dp.y)) > 1e-3);
+
+  // nn::Sequential takes the fused op on every rank in training.
+  manual_seed(22);
+  auto m = tiny_cnn();
+  m->train();
+  const Tensor out = (*m)(part(randn({n, 1, 8, 8})));
+  const auto* producer = out.grad_fn().get();  // fc1's; its input is the block's output (via flatten)
+  REQUIRE(producer != nullptr);
+  bool fused = false;
+  std::vector<const Node*> todo{producer};
+  while (!todo.empty() && !fused) {
+    const Node* node = todo.back();
+    todo.pop_back();
+    fused = std::string(node->name()) == "BatchNormReluMaxPool2dBackward";
+    for (int i = 0; i < node->num_inputs; ++i)
+      if (node->inputs[i].defined() && node->inputs[i].grad_fn()) todo.push_back(node->inputs[i].grad_fn().get());
+  }
+  CHECK(fused);
 }
 
 TEST_CASE("mpi: 2 ranks x batch B train the model one process trains with batch 2B", "[mpi][equivalence]") {
