@@ -4,6 +4,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <climits>
 #include <cstdio>
@@ -36,17 +37,29 @@ int my_rank() {
   return r;
 }
 
-// The deadline of the collective in progress, watched by a thread of its own
-// (below). The collectives themselves are MPI's blocking ones: on a loaded
-// machine a nonblocking collective polled with MPI_Test progresses only while
-// both ranks happen to poll, and an epoch took 5 times longer.
+// The collective in progress, watched by a thread of its own (below). The
+// collectives themselves are MPI's blocking ones: on a loaded machine a
+// nonblocking collective polled with MPI_Test progresses only while both
+// ranks happen to poll, and an epoch took 5 times longer.
+//
+// Entering and leaving a collective only stores a few atomics (no lock, no
+// wake-up, no string): a step of a small model calls several collectives a
+// millisecond, and waking the watchdog each time put a third thread on the
+// two ranks' cores. The watchdog instead looks a few times per timeout
+// whether the same collective is still in progress.
 struct Watch {
-  std::mutex m;
+  std::mutex m;  // for stop and cv only
   std::condition_variable cv;
-  bool armed = false, stop = false;
-  std::chrono::steady_clock::time_point deadline;
-  std::string what;
-  double timeout = 0;
+  bool stop = false;
+  // Odd while a collective runs; incremented when one starts and when it ends.
+  std::atomic<uint64_t> seq{0};
+  std::atomic<int64_t> started_ns{0};  // steady_clock, of the one running
+  // What it is, for the message: "all-reduce (sum) of <n> <type> values",
+  // "broadcast of <n> bytes from rank <root>", "barrier".
+  std::atomic<int> kind{0}, op{0}, root{0};
+  std::atomic<int64_t> count{0};
+  std::atomic<const char*> type{""};
+  std::atomic<double> timeout{1};  // seconds, of the one running (its communicator's)
   std::thread thread;
 };
 
@@ -55,7 +68,26 @@ Watch& watch() {
   return w;
 }
 
-// Runs beside the main thread: when a collective outlives its deadline, it
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+enum Kind { kAllreduce, kBroadcast, kBarrier };
+
+std::string describe_collective(const Watch& w) {
+  switch (w.kind.load(std::memory_order_relaxed)) {
+    case kAllreduce:
+      return fmt::format("all-reduce ({}) of {} {} values", op_name(static_cast<ReduceOp>(w.op.load(std::memory_order_relaxed))),
+                         w.count.load(std::memory_order_relaxed), w.type.load(std::memory_order_relaxed));
+    case kBroadcast:
+      return fmt::format("broadcast of {} bytes from rank {}", w.count.load(std::memory_order_relaxed),
+                         w.root.load(std::memory_order_relaxed));
+    default:
+      return "barrier";
+  }
+}
+
+// Runs beside the main thread: when one collective outlives the timeout, it
 // prints which one and ends this process at once. (MPI_Abort may be called
 // only from the thread that talks to MPI; ending the process instead makes
 // mpirun end every rank, which is what MPI_Abort would do.)
@@ -63,41 +95,42 @@ void watchdog() {
   Watch& w = watch();
   std::unique_lock lock(w.m);
   while (!w.stop) {
-    if (!w.armed) {
-      w.cv.wait(lock);
-      continue;
-    }
-    if (w.cv.wait_until(lock, w.deadline) == std::cv_status::timeout && w.armed && std::chrono::steady_clock::now() >= w.deadline) {
-      std::fprintf(stderr,
-                   "tinyqat: rank %d: %s timed out after %g s: another rank died, hangs or stopped calling "
-                   "collectives; ending the job (TINYQAT_COLLECTIVE_TIMEOUT sets the limit in seconds)\n",
-                   my_rank(), w.what.c_str(), w.timeout);
-      std::fflush(stderr);
-      std::_Exit(3);
-    }
+    w.cv.wait_for(lock, std::chrono::duration<double>(std::clamp(w.timeout.load() / 8, 0.01, 1.0)));
+    if (w.stop) break;
+    const uint64_t seq = w.seq.load(std::memory_order_acquire);
+    if (seq % 2 == 0) continue;
+    const double running = 1e-9 * static_cast<double>(now_ns() - w.started_ns.load(std::memory_order_relaxed));
+    const std::string what = describe_collective(w);
+    // Still the same collective (not one that ended and another that began)?
+    const double timeout = w.timeout.load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);  // the loads above happen before the check below
+    if (running < timeout || w.seq.load(std::memory_order_acquire) != seq) continue;
+    std::fprintf(stderr,
+                 "tinyqat: rank %d: %s timed out after %g s: another rank died, hangs or stopped calling "
+                 "collectives; ending the job (TINYQAT_COLLECTIVE_TIMEOUT sets the limit in seconds)\n",
+                 my_rank(), what.c_str(), timeout);
+    std::fflush(stderr);
+    std::_Exit(3);
   }
 }
 
-// Arms the watchdog for the scope of one collective.
+// Marks one collective as running for its scope.
 class Deadline {
  public:
-  Deadline(double timeout, std::string what) {
+  Deadline(double timeout, Kind kind, ReduceOp op, int64_t count, const char* type, int root = 0) {
     Watch& w = watch();
-    {
-      std::lock_guard lock(w.m);
-      w.armed = true;
-      w.timeout = timeout;
-      w.what = std::move(what);
-      w.deadline = std::chrono::steady_clock::now() +
-                   std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeout));
-    }
-    w.cv.notify_one();
+    w.timeout.store(timeout, std::memory_order_relaxed);
+    w.kind.store(kind, std::memory_order_relaxed);
+    w.op.store(static_cast<int>(op), std::memory_order_relaxed);
+    w.count.store(count, std::memory_order_relaxed);
+    w.type.store(type, std::memory_order_relaxed);
+    w.root.store(root, std::memory_order_relaxed);
+    w.started_ns.store(now_ns(), std::memory_order_relaxed);
+    w.seq.fetch_add(1, std::memory_order_acq_rel);  // odd: running
   }
-  ~Deadline() {
-    Watch& w = watch();
-    std::lock_guard lock(w.m);
-    w.armed = false;
-  }
+  ~Deadline() { watch().seq.fetch_add(1, std::memory_order_acq_rel); }
+  Deadline(const Deadline&) = delete;
+  Deadline& operator=(const Deadline&) = delete;
 };
 
 template <class T>
@@ -105,7 +138,7 @@ void allreduce_impl(T* data, int64_t n, ReduceOp op, MPI_Datatype type, double t
   // MPI counts are int: a large buffer goes in pieces.
   for (int64_t at = 0; at < n; at += INT_MAX / 2) {
     const int count = static_cast<int>(std::min<int64_t>(n - at, INT_MAX / 2));
-    Deadline d(timeout, fmt::format("all-reduce ({}) of {} {} values", op_name(op), n, tname));
+    Deadline d(timeout, kAllreduce, op, n, tname);
     MPI_Allreduce(MPI_IN_PLACE, data + at, count, type, to_mpi(op), MPI_COMM_WORLD);
   }
 }
@@ -187,13 +220,13 @@ void MpiCommunicator::broadcast(void* data, int64_t bytes, int root) {
   auto* p = static_cast<char*>(data);
   for (int64_t at = 0; at < bytes; at += INT_MAX / 2) {
     const int count = static_cast<int>(std::min<int64_t>(bytes - at, INT_MAX / 2));
-    Deadline d(timeout_, fmt::format("broadcast of {} bytes from rank {}", bytes, root));
+    Deadline d(timeout_, kBroadcast, ReduceOp::sum, bytes, "", root);
     MPI_Bcast(p + at, count, MPI_BYTE, root, MPI_COMM_WORLD);
   }
 }
 
 void MpiCommunicator::barrier() {
-  Deadline d(timeout_, "barrier");
+  Deadline d(timeout_, kBarrier, ReduceOp::sum, 0, "");
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
