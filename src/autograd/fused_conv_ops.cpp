@@ -82,9 +82,10 @@ struct BatchNormReluMaxPoolBackward final : Node {
     Tensor sum_dz, sum_dz_xhat, bias_sum;
     Tensor dy;
     if (global_count > 0) {
-      // As batch_norm's backward: eq. 4 takes the sums over the global batch
-      // (all-reduced between the two passes); gamma's and beta's gradients
-      // below stay this rank's sums, averaged with the other parameters'.
+      // As batch_norm's backward: eq. 4 of docs/batchnorm.md takes the sums
+      // over the global batch (all-reduced between the two passes); gamma's
+      // and beta's gradients below stay this rank's sums, averaged with the
+      // other parameters'.
       k::batch_norm_relu_max_pool2x2_backward_sums(g, at, y_at, y, mean, invstd, sum_dz, sum_dz_xhat);
       const int64_t C = sum_dz.numel();
       std::vector<float> sums(static_cast<size_t>(2 * C));

@@ -75,11 +75,11 @@ void batch_norm_relu_max_pool2x2_forward_reference(const Tensor& y, const Tensor
 Tensor batch_norm_relu_max_pool2x2_backward(const Tensor& dout, const Tensor& at, const Tensor& y_at, const Tensor& y,
                                             const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
                                             Tensor& sum_dz, Tensor& sum_dz_xhat, Tensor* bias_sum);
-// The same in its two passes, for data parallelism (docs/distributed.md §4),
-// where the sums are all-reduced between them: _sums fills sum_dz and
-// sum_dz_xhat (pass 1, over the pooled tensors); _input returns dy from the
-// sums of `count` values per channel (pass 2, over y: eq. 4 with M = count,
-// the global batch's when the sums are the global ones).
+// The same in its two passes, for data parallelism, where the sums are
+// all-reduced between them: _sums fills sum_dz and sum_dz_xhat (pass 1, over
+// the pooled tensors); _input returns dy from the sums of `count` values per
+// channel (pass 2, over y: eq. 4 of docs/batchnorm.md with M = count, the
+// global batch's when the sums are the global ones).
 void batch_norm_relu_max_pool2x2_backward_sums(const Tensor& dout, const Tensor& at, const Tensor& y_at, const Tensor& y,
                                                const Tensor& mean, const Tensor& invstd, Tensor& sum_dz,
                                                Tensor& sum_dz_xhat);
