@@ -55,6 +55,17 @@ std::vector<FixedPointMultiplier> random_multipliers(std::mt19937& rng, size_t n
   return v;
 }
 
+// The value tap (iy, ix) of a convolution reads from channel c of image n:
+// the input there, or the zero point z_x (real 0) where it falls in the
+// padding. x is NCHW or NHWC of (N, C, H, W) = (any, C, H, W).
+enum class Layout { nchw, nhwc };
+int32_t tap_value(const std::vector<uint8_t>& x, Layout layout, int64_t C, int64_t H, int64_t W, int64_t n, int64_t c,
+                  int64_t iy, int64_t ix, int32_t zx) {
+  if (iy < 0 || iy >= H || ix < 0 || ix >= W) return zx;
+  const int64_t at = layout == Layout::nchw ? ((n * C + c) * H + iy) * W + ix : ((n * H + iy) * W + ix) * C + c;
+  return x[static_cast<size_t>(at)];
+}
+
 }  // namespace
 
 TEST_CASE("im2col on u8 pads with the input zero point, not 0", "[int8_conv]") {
@@ -144,10 +155,9 @@ TEST_CASE("int8 convolution: im2col + GEMM equals the direct reference bit for b
               for (int64_t c = 0; c < g.c; ++c)
                 for (int64_t kh = 0; kh < g.kh; ++kh)
                   for (int64_t kw = 0; kw < g.kw; ++kw) {
-                    const int64_t iy = oy * g.stride - g.pad + kh * g.dilation;
-                    const int64_t ix = ox * g.stride - g.pad + kw * g.dilation;
-                    const bool inside = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
-                    const int64_t xv = inside ? x_nchw[static_cast<size_t>(((n * g.c + c) * g.h + iy) * g.w + ix)] : zx;
+                    const int64_t xv = tap_value(x_nchw, Layout::nchw, g.c, g.h, g.w, n, c,
+                                                 oy * g.stride - g.pad + kh * g.dilation,
+                                                 ox * g.stride - g.pad + kw * g.dilation, zx);
                     acc += (xv - zx) * w_oihw[static_cast<size_t>(((o * g.c + c) * g.kh + kh) * g.kw + kw)];
                   }
               const int32_t expected =
@@ -217,10 +227,8 @@ TEST_CASE("int8 depthwise 3x3: every SIMD kernel equals the reference bit for bi
           int32_t acc = with_bias ? bias[static_cast<size_t>(c)] : 0;
           for (int64_t kh = 0; kh < 3; ++kh)
             for (int64_t kw = 0; kw < 3; ++kw) {
-              const int64_t iy = oy * stride - pad + kh, ix = ox * stride - pad + kw;
-              const int32_t xv = (iy >= 0 && iy < h && ix >= 0 && ix < w)
-                                     ? x[static_cast<size_t>(((batch - 1) * h * w + iy * w + ix) * channels + c)]
-                                     : zx;
+              const int32_t xv = tap_value(x, Layout::nhwc, channels, h, w, batch - 1, c, oy * stride - pad + kh,
+                                           ox * stride - pad + kw, zx);
               acc += (xv - zx) * w_c133[static_cast<size_t>(c * 9 + kh * 3 + kw)];
             }
           const size_t at = static_cast<size_t>((((batch - 1) * s.out_h() + oy) * s.out_w() + ox) * channels + c);
@@ -515,4 +523,32 @@ TEST_CASE("int8 convolution with kernel rows padded to 4 equals the direct refer
       }
     }
   }
+}
+
+TEST_CASE("NCHW <-> NHWC transposes equal their plain twins byte for byte on edge shapes", "[int8_conv]") {
+  // 16 x 16 blocks in registers, the edges in the plain loop: planes and
+  // channel counts below, at and around multiples of 16 (7x7x64 is the
+  // classifier input of the cnn).
+  std::mt19937 rng(14);
+  int64_t checked = 0;
+  for (int64_t c : {1, 3, 15, 16, 17, 32, 33, 64})
+    for (auto [h, w] : {std::pair<int64_t, int64_t>{1, 1}, {4, 4}, {3, 5}, {7, 7}, {4, 8}, {5, 7}, {6, 11}})
+      for (int64_t n : {1, 2}) {
+        const auto x = random_u8(rng, static_cast<size_t>(n * c * h * w));
+        std::vector<uint8_t> fast(x.size(), 1), ref(x.size(), 2);
+        tq::nhwc_to_nchw_u8(x.data(), n, h, w, c, fast.data());
+        tq::nhwc_to_nchw_u8_reference(x.data(), n, h, w, c, ref.data());
+        INFO("n=" << n << " h=" << h << " w=" << w << " c=" << c);
+        REQUIRE(fast == ref);
+        // The definition: x[n][y][x][c] lands at [n][c][y][x].
+        CHECK(ref[static_cast<size_t>(((n - 1) * c + c - 1) * h * w + h * w - 1)] == x.back());
+        tq::nchw_to_nhwc_u8(x.data(), n, c, h, w, fast.data());
+        tq::nchw_to_nhwc_u8_reference(x.data(), n, c, h, w, ref.data());
+        REQUIRE(fast == ref);
+        std::vector<uint8_t> back(x.size());
+        tq::nhwc_to_nchw_u8(fast.data(), n, h, w, c, back.data());
+        REQUIRE(back == x);
+        ++checked;
+      }
+  CHECK(checked == 8 * 7 * 2);
 }

@@ -86,9 +86,9 @@ void Pool2dShapeU8::validate(const char* who) const {
 // Layout helpers.
 
 namespace {
-// y (cols x rows) = transpose of x (rows x cols), bytes, in blocks of 32 x 32
-// so that both sides stay in cache lines that are reused.
-void transpose_bytes(const uint8_t* x, int64_t rows, int64_t cols, uint8_t* y) {
+// y (cols x rows) = transpose of x (rows x cols), bytes: the plain loop, in
+// blocks of 32 x 32 so that both sides stay in cache lines that are reused.
+void transpose_bytes_reference(const uint8_t* x, int64_t rows, int64_t cols, uint8_t* y) {
   if (rows == 1 || cols == 1) {
     std::copy(x, x + rows * cols, y);
     return;
@@ -103,6 +103,45 @@ void transpose_bytes(const uint8_t* x, int64_t rows, int64_t cols, uint8_t* y) {
     }
   }
 }
+
+// The same bytes, 16 x 16 blocks at a time in SSE2 registers (the
+// transpose of the 7x7x64 activations before a classifier was a byte loop
+// costing several times the classifier itself). Each round interleaves the
+// bytes of register k with those of register k + 8: it rotates the 8 bits of
+// a byte's address (4 bits of row, 4 bits of column) by one place, so four
+// rounds swap row and column. The edges past the last whole block take the
+// plain loop.
+void transpose_bytes(const uint8_t* x, int64_t rows, int64_t cols, uint8_t* y) {
+#if defined(__SSE2__)
+  if (rows < 16 || cols < 16) {
+    transpose_bytes_reference(x, rows, cols, y);
+    return;
+  }
+  const int64_t rows16 = rows / 16 * 16, cols16 = cols / 16 * 16;
+  for (int64_t r0 = 0; r0 < rows16; r0 += 16)
+    for (int64_t c0 = 0; c0 < cols16; c0 += 16) {
+      __m128i v[16];
+      for (int i = 0; i < 16; ++i) v[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + (r0 + i) * cols + c0));
+      for (int round = 0; round < 4; ++round) {
+        __m128i t[16];
+        for (int k = 0; k < 8; ++k) {
+          t[2 * k] = _mm_unpacklo_epi8(v[k], v[k + 8]);
+          t[2 * k + 1] = _mm_unpackhi_epi8(v[k], v[k + 8]);
+        }
+        for (int i = 0; i < 16; ++i) v[i] = t[i];
+      }
+      for (int j = 0; j < 16; ++j) _mm_storeu_si128(reinterpret_cast<__m128i*>(y + (c0 + j) * rows + r0), v[j]);
+    }
+  // The right edge (columns past cols16, every row), then the bottom edge
+  // (rows past rows16, the columns of whole blocks).
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = cols16; c < cols; ++c) y[c * rows + r] = x[r * cols + c];
+  for (int64_t c = 0; c < cols16; ++c)
+    for (int64_t r = rows16; r < rows; ++r) y[c * rows + r] = x[r * cols + c];
+#else
+  transpose_bytes_reference(x, rows, cols, y);
+#endif
+}
 }  // namespace
 
 void nchw_to_nhwc_u8(const uint8_t* x, int64_t N, int64_t C, int64_t H, int64_t W, uint8_t* y) {
@@ -115,6 +154,16 @@ void nhwc_to_nchw_u8(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t 
   // x: (N, H, W, C), y: (N, C, H, W): per image, (HW, C) -> (C, HW)
   const int64_t plane = H * W;
   for (int64_t n = 0; n < N; ++n) transpose_bytes(x + n * C * plane, plane, C, y + n * C * plane);
+}
+
+void nchw_to_nhwc_u8_reference(const uint8_t* x, int64_t N, int64_t C, int64_t H, int64_t W, uint8_t* y) {
+  const int64_t plane = H * W;
+  for (int64_t n = 0; n < N; ++n) transpose_bytes_reference(x + n * C * plane, C, plane, y + n * C * plane);
+}
+
+void nhwc_to_nchw_u8_reference(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t C, uint8_t* y) {
+  const int64_t plane = H * W;
+  for (int64_t n = 0; n < N; ++n) transpose_bytes_reference(x + n * C * plane, plane, C, y + n * C * plane);
 }
 
 void conv_weight_to_ohwi(const int8_t* w_oihw, int64_t OC, int64_t C, int64_t KH, int64_t KW, int8_t* w_ohwi) {

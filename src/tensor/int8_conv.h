@@ -75,9 +75,13 @@ struct Pool2dShapeU8 {
 // ---------------------------------------------------------------------------
 // Layout helpers.
 
-// (N, C, H, W) -> (N, H, W, C) and back, any element of one byte.
+// (N, C, H, W) -> (N, H, W, C) and back, any element of one byte: 16 x 16
+// blocks in SSE2 registers; the _reference twins are the plain loops (the
+// same bytes).
 void nchw_to_nhwc_u8(const uint8_t* x, int64_t N, int64_t C, int64_t H, int64_t W, uint8_t* y);
 void nhwc_to_nchw_u8(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t C, uint8_t* y);
+void nchw_to_nhwc_u8_reference(const uint8_t* x, int64_t N, int64_t C, int64_t H, int64_t W, uint8_t* y);
+void nhwc_to_nchw_u8_reference(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t C, uint8_t* y);
 
 // A convolution weight (OC, C, KH, KW) (PyTorch's layout) reordered to
 // (OC, KH, KW, C): row oc is then the GEMM row matching im2col's column order.
