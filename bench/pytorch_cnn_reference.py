@@ -17,12 +17,14 @@ engine, 50 steps with BN statistics frozen after half and observers after
 80%, convert), and the inference of the float and the int8 model at batch
 64 and 1 on test images, the two alternating sample after sample. With
 --tinyqat PATH (the bench_cnn_int8 program) the same is measured side by
-side in one run: PyTorch, then tinyqat, then PyTorch again (its figures are
-the mean of its two runs, which bracket tinyqat's), and the table of
-ratios is printed.
+side in one run, alternating: PyTorch, tinyqat, PyTorch, tinyqat, ...,
+PyTorch (--rounds tinyqat runs, default 3). Each tinyqat run is compared
+with the mean of the two PyTorch runs that bracket it, and the table gives
+the medians over the rounds: on a shared machine the load changes from
+minute to minute, and only runs that close together see the same load.
 
     OPENBLAS_NUM_THREADS=1 /usr/bin/python3 bench/pytorch_cnn_reference.py --int8 \
-        --tinyqat build/bench/bench_cnn_int8
+        --tinyqat build/bench/bench_cnn_int8 [--rounds 3]
 
 Needs Debian's python3-torch and python3-torchvision; the tests never run it.
 """
@@ -196,6 +198,7 @@ def measure_int8(model, q, test_x, repeats):
 def main_int8(argv):
     repeats = 21
     tinyqat = argv[argv.index("--tinyqat") + 1] if "--tinyqat" in argv else None
+    rounds = int(argv[argv.index("--rounds") + 1]) if "--rounds" in argv else 3
     print("torch", torch.__version__, "threads", torch.get_num_threads(), "engines",
           torch.backends.quantized.supported_engines, "using onednn")
     print("load average", os.getloadavg())
@@ -206,31 +209,43 @@ def main_int8(argv):
         i8 = (q(test_x[:2000]).argmax(1) == test_y[:2000]).float().mean().item() * 100
     print("accuracy on 2000 test images: float %.2f%%, int8 %.2f%%" % (fl, i8))
     runs = [measure_int8(model, q, test_x, repeats)]
-    tq_out = None
-    if tinyqat:
+    tq_runs = []
+    for r in range(rounds if tinyqat else 0):
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
         res = subprocess.run([tinyqat, "--json", "--repeats", str(repeats)], env=env, check=True,
                              capture_output=True, text=True)
-        tq_out = json.loads(res.stdout)
+        tq_runs.append(json.loads(res.stdout))
         runs.append(measure_int8(model, q, test_x, repeats))
+        print("round %d of %d done, load average %s" % (r + 1, rounds, os.getloadavg()))
     print("load average", os.getloadavg())
+    m = statistics.median
 
-    def mean(batch, side, i):
-        return sum(r[batch][side][i] for r in runs) / len(runs)
+    def pytorch(batch, side, i):
+        return m([r[batch][side][i] for r in runs])
+
+    def bracketed(batch, i):
+        """PyTorch int8 around each tinyqat run: the mean of the runs just before and after it."""
+        return [(runs[k][batch]["int8"][i] + runs[k + 1][batch]["int8"][i]) / 2 for k in range(len(tq_runs))]
     print("\n| batch | PyTorch float | PyTorch int8 | PyTorch int8 speed-up |%s" %
-          (" tinyqat float | tinyqat int8 | tinyqat int8 speed-up | tinyqat int8 vs PyTorch int8 |" if tq_out else ""))
-    print("|---|---|---|---|%s" % ("---|---|---|---|" if tq_out else ""))
+          (" tinyqat float | tinyqat int8 | tinyqat int8 speed-up | tinyqat int8 vs PyTorch int8 |" if tq_runs else ""))
+    print("|---|---|---|---|%s" % ("---|---|---|---|" if tq_runs else ""))
     for batch in (64, 1):
-        pf, pi = mean(batch, "float", 0), mean(batch, "int8", 0)
-        pfc, pic = mean(batch, "float", 1), mean(batch, "int8", 1)
+        pf, pi = pytorch(batch, "float", 0), pytorch(batch, "int8", 0)
+        pfc, pic = pytorch(batch, "float", 1), pytorch(batch, "int8", 1)
         row = "| %d | %.1f us (CPU %.1f) | %.1f us (CPU %.1f) | %.2fx (CPU %.2fx) |" % (
-            batch, pf * 1e6, pfc * 1e6, pi * 1e6, pic * 1e6, mean(batch, "ratio", 0), mean(batch, "ratio", 1))
-        if tq_out:
-            t = tq_out["batch_%d" % batch]
-            tf, ti = t["float"], t["int8"]
+            batch, pf * 1e6, pfc * 1e6, pi * 1e6, pic * 1e6, pytorch(batch, "ratio", 0), pytorch(batch, "ratio", 1))
+        if tq_runs:
+            t = [o["batch_%d" % batch] for o in tq_runs]
+            ti = [x["int8"]["median_s"] for x in t]
+            tic = [x["int8"]["cpu_median_s"] for x in t]
+            vs = [p / x for p, x in zip(bracketed(batch, 0), ti)]
+            vs_cpu = [p / x for p, x in zip(bracketed(batch, 1), tic)]
             row += " %.1f us (CPU %.1f) | %.1f us (CPU %.1f) | %.2fx (CPU %.2fx) | %.2fx (CPU %.2fx) |" % (
-                tf["median_s"] * 1e6, tf["cpu_median_s"] * 1e6, ti["median_s"] * 1e6, ti["cpu_median_s"] * 1e6,
-                t["float_over_int8"], t["float_over_int8_cpu"], pi / ti["median_s"], pic / ti["cpu_median_s"])
+                m([x["float"]["median_s"] for x in t]) * 1e6, m([x["float"]["cpu_median_s"] for x in t]) * 1e6,
+                m(ti) * 1e6, m(tic) * 1e6, m([x["float_over_int8"] for x in t]),
+                m([x["float_over_int8_cpu"] for x in t]), m(vs), m(vs_cpu))
+            row += " rounds: %s wall; %s CPU" % (", ".join("%.2fx" % v for v in vs),
+                                                 ", ".join("%.2fx" % v for v in vs_cpu))
         print(row)
 
 
