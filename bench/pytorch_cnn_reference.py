@@ -22,6 +22,8 @@ PyTorch (--rounds tinyqat runs, default 3). Each tinyqat run is compared
 with the mean of the two PyTorch runs that bracket it, and the table gives
 the medians over the rounds: on a shared machine the load changes from
 minute to minute, and only runs that close together see the same load.
+Beside the medians, each round compares the fastest samples (wall clock)
+of the two sides: the sample least disturbed by other jobs.
 
     OPENBLAS_NUM_THREADS=1 /usr/bin/python3 bench/pytorch_cnn_reference.py --int8 \
         --tinyqat build/bench/bench_cnn_int8 [--rounds 3]
@@ -162,8 +164,8 @@ def calibrate_inner(fn, seconds=4e-3):
 
 def pair(a, b, repeats):
     """Alternating samples of a and b, as bench_util.h's measure_pair: medians
-    (s per call) of a and b, wall and thread CPU, and the medians of the
-    per-pair ratios a / b."""
+    (s per call) of a and b, wall and thread CPU, the fastest sample (wall),
+    and the medians of the per-pair ratios a / b."""
     ia, ib = calibrate_inner(a), calibrate_inner(b)
     wa, wb, ca, cb, rw, rc = [], [], [], [], [], []
     for r in range(repeats + 3):
@@ -183,7 +185,7 @@ def pair(a, b, repeats):
         rw.append(wa[-1] / wb[-1])
         rc.append(ca[-1] / cb[-1])
     m = statistics.median
-    return {"float": (m(wa), m(ca)), "int8": (m(wb), m(cb)), "ratio": (m(rw), m(rc))}
+    return {"float": (m(wa), m(ca), min(wa)), "int8": (m(wb), m(cb), min(wb)), "ratio": (m(rw), m(rc))}
 
 
 def measure_int8(model, q, test_x, repeats):
@@ -226,6 +228,10 @@ def main_int8(argv):
     def bracketed(batch, i):
         """PyTorch int8 around each tinyqat run: the mean of the runs just before and after it."""
         return [(runs[k][batch]["int8"][i] + runs[k + 1][batch]["int8"][i]) / 2 for k in range(len(tq_runs))]
+
+    def fastest(batch):
+        """The fastest PyTorch int8 sample (wall) of the runs around each tinyqat run."""
+        return [min(runs[k][batch]["int8"][2], runs[k + 1][batch]["int8"][2]) for k in range(len(tq_runs))]
     print("\n| batch | PyTorch float | PyTorch int8 | PyTorch int8 speed-up |%s" %
           (" tinyqat float | tinyqat int8 | tinyqat int8 speed-up | tinyqat int8 vs PyTorch int8 |" if tq_runs else ""))
     print("|---|---|---|---|%s" % ("---|---|---|---|" if tq_runs else ""))
@@ -244,8 +250,10 @@ def main_int8(argv):
                 m([x["float"]["median_s"] for x in t]) * 1e6, m([x["float"]["cpu_median_s"] for x in t]) * 1e6,
                 m(ti) * 1e6, m(tic) * 1e6, m([x["float_over_int8"] for x in t]),
                 m([x["float_over_int8_cpu"] for x in t]), m(vs), m(vs_cpu))
-            row += " rounds: %s wall; %s CPU" % (", ".join("%.2fx" % v for v in vs),
-                                                 ", ".join("%.2fx" % v for v in vs_cpu))
+            best = [p / x["int8"]["min_s"] for p, x in zip(fastest(batch), t)]
+            row += " rounds: %s wall; %s CPU; fastest samples %s (median %.2fx)" % (
+                ", ".join("%.2fx" % v for v in vs), ", ".join("%.2fx" % v for v in vs_cpu),
+                ", ".join("%.2fx" % v for v in best), m(best))
         print(row)
 
 

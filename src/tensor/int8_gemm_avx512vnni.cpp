@@ -155,21 +155,28 @@ void zmm_tile(const Int8GemmProblem& P, int64_t m, int64_t p, const BlockEpilogu
   for (int j = 0; j < NP; ++j) panel[j] = W.panels() + (p + j) * W.k_groups() * kGroupBytes;
   __m512i acc[MR][NP];
   accumulate<MR, NP>(P, m, panel, acc);
+  // The clamp constants and the output pointers in registers, set once per
+  // tile: the byte stores below may alias P, so the compiler would otherwise
+  // reload and broadcast them for every row (a third of the epilogue's
+  // instructions where K is small, as in a first layer).
+  const __m512i zy = _mm512_set1_epi32(P.zy);
+  const __m512i y_lo = _mm512_set1_epi32(P.y_min - P.zy), y_hi = _mm512_set1_epi32(P.y_max - P.zy);
+  const bool float_output = P.float_output;
+  const int64_t ldy = P.ldy;
+  uint8_t* const y_u8 = float_output ? nullptr : P.Y_u8 + m * ldy + p * kPanel;
   for (int j = 0; j < NP; ++j) {
     const int64_t valid = e[j][0].valid + e[j][1].valid;
     const __mmask16 store = first_lanes(valid);
+    const bool vector_epilogue = !z[j].scalar;
     for (int i = 0; i < MR; ++i) {
       const __m256i lo = _mm512_castsi512_si256(acc[i][j]), hi = _mm512_extracti64x4_epi64(acc[i][j], 1);
-      if (P.float_output) {
+      if (float_output) {
         const __m512 y = _mm512_insertf32x8(_mm512_castps256_ps512(dequantize8(e[j][0], lo)), dequantize8(e[j][1], hi), 1);
-        _mm512_mask_storeu_ps(P.Y_f32 + (m + i) * P.ldy + (p + j) * kPanel, store, y);
-      } else if (!z[j].scalar) {
-        const __m512i zy = _mm512_set1_epi32(P.zy);
-        const __m512i y_lo = _mm512_set1_epi32(P.y_min - P.zy), y_hi = _mm512_set1_epi32(P.y_max - P.zy);
-        _mm_mask_storeu_epi8(P.Y_u8 + (m + i) * P.ldy + (p + j) * kPanel, store,
-                             requantize_zmm16(z[j], acc[i][j], zy, y_lo, y_hi));
+        _mm512_mask_storeu_ps(P.Y_f32 + (m + i) * ldy + (p + j) * kPanel, store, y);
+      } else if (vector_epilogue) {
+        _mm_mask_storeu_epi8(y_u8 + i * ldy + j * kPanel, store, requantize_zmm16(z[j], acc[i][j], zy, y_lo, y_hi));
       } else {
-        _mm_mask_storeu_epi8(P.Y_u8 + (m + i) * P.ldy + (p + j) * kPanel, store, requantize_row16(P, e[j], lo, hi));
+        _mm_mask_storeu_epi8(y_u8 + i * ldy + j * kPanel, store, requantize_row16(P, e[j], lo, hi));
       }
     }
   }
