@@ -166,12 +166,22 @@ int main(int argc, char** argv) {
   nn::SGD opt(model->parameters(), {.lr = 0.01, .momentum = 0.9});
   nn::GradientReducer reducer(R > 1 ? opt.params() : std::vector<Tensor>{});
   double w[kPhases] = {}, c[kPhases] = {};
+  // Each step's wall time per phase and in all: on a loaded machine the
+  // low percentiles are the steps nothing else interrupted.
+  std::vector<double> per_step[kPhases + 1];
+  double this_step[kPhases] = {};
   auto enter = [&](Phase p, double& w0, double& c0) {
     const double w1 = wall(), c1 = thread_cpu();
     w[g_phase] += w1 - w0;
     c[g_phase] += c1 - c0;
+    this_step[g_phase] += w1 - w0;
     w0 = w1, c0 = c1;
     g_phase = p;
+  };
+  auto end_step = [&] {
+    double total = 0;
+    for (int p = 0; p < kOther; ++p) per_step[p].push_back(this_step[p]), total += this_step[p], this_step[p] = 0;
+    per_step[kPhases].push_back(total);
   };
   model->train();
   io::Batch b;
@@ -198,6 +208,7 @@ int main(int argc, char** argv) {
     enter(kStep, w0, c0);
     opt.step();
     enter(kLoad, w0, c0);
+    end_step();  // (a step's load phase is counted with the step after it)
     loss_sum += l;
     ++steps;
   }
@@ -233,7 +244,15 @@ int main(int argc, char** argv) {
 
   // Gather every rank's figures on rank 0: K values per rank.
   std::vector<double> mine;
-  for (int p = 0; p < kPhases; ++p) mine.insert(mine.end(), {w[p], c[p], timed->seconds[p], timed->cpu[p], static_cast<double>(timed->calls[p])});
+  auto percentile = [](std::vector<double> v, double q) {
+    if (v.empty()) return 0.0;
+    std::sort(v.begin(), v.end());
+    return v[static_cast<size_t>(q * static_cast<double>(v.size() - 1))];
+  };
+  for (int p = 0; p < kPhases; ++p)
+    mine.insert(mine.end(), {w[p], c[p], timed->seconds[p], timed->cpu[p], static_cast<double>(timed->calls[p]),
+                             percentile(per_step[p], 0.1), percentile(per_step[p], 0.5)});
+  mine.insert(mine.end(), {percentile(per_step[kPhases], 0.1), percentile(per_step[kPhases], 0.5)});
   mine.insert(mine.end(), {epoch_wall, epoch_cpu, epoch_proc, eval_wall, t_mpi - t_start, t_data - t_mpi, t_model - t_data,
                            reducer.allreduce_seconds()});
   const auto K = static_cast<int64_t>(mine.size());
@@ -256,21 +275,22 @@ int main(int argc, char** argv) {
                 100.0 * static_cast<double>(correct) / static_cast<double>(n), static_cast<long long>(n));
     for (int q = 0; q < R; ++q) {
       const double* f = all.data() + q * K;
-      const double* e = f + 5 * kPhases;
+      const double* e = f + 7 * kPhases + 2;
       std::printf("rank %d: epoch %.3f s wall, %.3f s CPU (main thread), %.3f s CPU (process: +%.3f s other threads)\n", q,
                   e[0], e[1], e[2], e[2] - e[1]);
-      std::printf("  per step (ms)   wall    CPU   in collectives: wall   CPU (calls)\n");
+      std::printf("  per step (ms)   wall    CPU   in collectives: wall   CPU (calls)   wall p10  median\n");
       double sw = 0, sc = 0, cw = 0, cc = 0;
       for (int p = 0; p < kOther; ++p) {
         const double s = static_cast<double>(std::max<int64_t>(steps, 1));
-        const double* x = f + 5 * p;
-        std::printf("  %-10s %9.3f %6.3f   %20.3f %6.3f (%g)\n", kPhaseNames[p], 1e3 * x[0] / s, 1e3 * x[1] / s,
-                    1e3 * x[2] / s, 1e3 * x[3] / s, x[4] / s);
+        const double* x = f + 7 * p;
+        std::printf("  %-10s %9.3f %6.3f   %20.3f %6.3f (%g) %10.3f %7.3f\n", kPhaseNames[p], 1e3 * x[0] / s,
+                    1e3 * x[1] / s, 1e3 * x[2] / s, 1e3 * x[3] / s, x[4] / s, 1e3 * x[5], 1e3 * x[6]);
         sw += x[0], sc += x[1], cw += x[2], cc += x[3];
       }
       const double s = static_cast<double>(std::max<int64_t>(steps, 1));
       std::printf("  %-10s %9.3f %6.3f   %20.3f %6.3f\n", "total", 1e3 * sw / s, 1e3 * sc / s, 1e3 * cw / s, 1e3 * cc / s);
-      std::printf("  CPU outside collectives %.3f ms per step\n", 1e3 * (sc - cc) / s);
+      std::printf("  CPU outside collectives %.3f ms per step; a whole step's wall time: p10 %.3f ms, median %.3f ms\n",
+                  1e3 * (sc - cc) / s, 1e3 * f[7 * kPhases], 1e3 * f[7 * kPhases + 1]);
       std::printf("  start-up: MPI %.3f s, data set %.3f s, model + broadcast %.3f s; evaluation %.3f s\n", e[4], e[5],
                   e[6], e[3]);
     }
