@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -305,5 +306,66 @@ TEST_CASE("im2col's 3x3 / stride 1 / padding 1 walk equals the general walk", "[
     k::im2col(x.data<float>(), g, fast.data());
     k::im2col_general(x.data<float>(), g, general.data());
     REQUIRE(fast == general);
+  }
+}
+
+TEST_CASE("col2im_assign's 3x3 / stride 1 / padding 1 walks equal zeroing + col2im's general walk",
+          "[cnn][kernels][fused]") {
+  BuildGuard guard;
+  manual_seed(28);
+  for (bool wide : builds()) {
+    k::set_fused_kernels_avx512(wide);
+    for (const Shape& s : {Shape{1, 1, 28, 28}, Shape{1, 3, 14, 14}, Shape{1, 2, 1, 1}, Shape{1, 2, 1, 5},
+                           Shape{1, 2, 4, 1}, Shape{1, 2, 2, 3}, Shape{1, 1, 7, 9}, Shape{1, 2, 5, 17},
+                           Shape{1, 1, 3, 33}}) {
+      INFO(s.str() << (wide ? " AVX-512" : " baseline"));
+      const k::Conv2dGeometry g = k::conv2d_geometry(s, {4, s[1], 3, 3}, 1, 1, 1, 1, 1, 1, 1);
+      Tensor col = randn({g.patch(), g.OH * g.OW});
+      col.data<float>()[0] = -0.f;  // a negative zero must come out as col2im makes it
+      std::vector<float> fast(static_cast<size_t>(s.numel()), 7.f);  // every entry must be written
+      std::vector<float> general(fast.size(), 0.f);
+      k::col2im_assign(col.data<float>(), g, fast.data());
+      k::col2im(col.data<float>(), g, general.data());
+      REQUIRE(std::memcmp(fast.data(), general.data(), sizeof(float) * fast.size()) == 0);
+    }
+    // Any other geometry: zeroing + col2im itself.
+    const k::Conv2dGeometry g = k::conv2d_geometry({1, 2, 7, 6}, {3, 2, 3, 3}, 2, 1, 1, 0, 1, 1, 1);
+    const Tensor col = randn({g.patch(), g.OH * g.OW});
+    std::vector<float> fast(2 * 7 * 6, 7.f), general(fast.size(), 0.f);
+    k::col2im_assign(col.data<float>(), g, fast.data());
+    k::col2im(col.data<float>(), g, general.data());
+    REQUIRE(fast == general);
+  }
+}
+
+TEST_CASE("the fused op sends gradients to exactly the inputs that ask, equal to the ops in a row", "[cnn][fused]") {
+  manual_seed(29);
+  const Tensor x0 = randn({2, 2, 6, 6}), w0 = randn({3, 2, 3, 3}), b0 = randn({3});
+  const Tensor gamma0 = rand_uniform({3}, 0.5, 1.5), beta0 = randn({3});
+  const Conv2dOptions o{{1, 1}, {1, 1}, {1, 1}, 1};
+  // Which of x, w, b, gamma, beta require a gradient, as bits.
+  for (int mask : {1, 2, 4, 8, 16, 1 | 8, 2 | 4, 31}) {
+    INFO("mask " << mask);
+    Tensor in[2][5];
+    for (int side = 0; side < 2; ++side) {
+      const Tensor* src[5] = {&x0, &w0, &b0, &gamma0, &beta0};
+      for (int i = 0; i < 5; ++i) {
+        in[side][i] = k::clone(*src[i]);
+        if (mask & (1 << i)) in[side][i].requires_grad_();
+      }
+    }
+    const Tensor fused = conv2d_batch_norm_relu_max_pool2x2(in[0][0], in[0][1], in[0][2], o, Tensor(), Tensor(),
+                                                            in[0][3], in[0][4]);
+    const Tensor plain = max_pool2d(relu(batch_norm(conv2d(in[1][0], in[1][1], in[1][2], o), Tensor(), Tensor(),
+                                                    in[1][3], in[1][4], true, 0.1, 1e-5)),
+                                    {{2, 2}, {2, 2}, {0, 0}, {1, 1}});
+    const Tensor g = randn(plain.shape());
+    sum(mul(fused, g)).backward();
+    sum(mul(plain, g)).backward();
+    for (int i = 0; i < 5; ++i) {
+      INFO("input " << i);
+      REQUIRE(in[0][i].grad().defined() == ((mask & (1 << i)) != 0));
+      if (in[0][i].grad().defined()) CHECK(max_rel_diff(in[0][i].grad(), in[1][i].grad(), 1.0) < 1e-4);
+    }
   }
 }

@@ -4,10 +4,12 @@
 // multiplier), 1x1, odd sizes and batch 1.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <vector>
 
 #include "golden_reader.h"
 #include "tensor/conv_kernels.h"
@@ -74,6 +76,50 @@ TEST_CASE("conv2d fast kernels (im2col + sgemm, col2im, depthwise) agree with th
       require_close(dw, k::mul_scalar(dw_ref, 2.f), "accumulated weight gradient");
     }
   }
+}
+
+TEST_CASE("conv2d_backward_images: both gradients image by image equal the separate kernels", "[cnn][kernels]") {
+  manual_seed(13);
+  for (const ConvCase& cc : kConvCases) {
+    INFO(cc.name);
+    const Tensor x = randn({cc.N, cc.C, cc.H, cc.W});
+    const Tensor w = randn({cc.OC, cc.C / cc.groups, cc.KH, cc.KW});
+    const auto g = k::conv2d_geometry(x.shape(), w.shape(), cc.sh, cc.sw, cc.ph, cc.pw, cc.dh, cc.dw, cc.groups);
+    const Tensor dy = randn(g.output_shape());
+    const int64_t image = g.OC * g.OH * g.OW;
+    std::vector<int64_t> asked;
+    // Each image's gradient from a buffer of its own, filled on request and
+    // spoilt after use: the kernel must take it when it asks, not later.
+    std::vector<float> buffer(static_cast<size_t>(image));
+    const k::ImageGradient dy_of = [&](int64_t n) {
+      asked.push_back(n);
+      if (n > 0) std::fill(buffer.begin(), buffer.end(), std::numeric_limits<float>::quiet_NaN());
+      std::copy_n(dy.data<float>() + n * image, image, buffer.data());
+      return buffer.data();
+    };
+    const Tensor dx = empty(x.shape()), dw = full(w.shape(), 5.f);
+    k::conv2d_backward_images(dy_of, x, w, g, dx, dw, true);
+    std::vector<int64_t> in_order(static_cast<size_t>(cc.N));
+    for (int64_t n = 0; n < cc.N; ++n) in_order[static_cast<size_t>(n)] = n;
+    REQUIRE(asked == in_order);
+    REQUIRE(to_vector(dx) == to_vector(k::conv2d_backward_input(dy, w, g)));
+    const Tensor dw_alone = full(w.shape(), 5.f);
+    k::conv2d_backward_weight(dy, x, g, dw_alone, true);
+    REQUIRE(to_vector(dw) == to_vector(dw_alone));
+    require_close(k::add_scalar(dw, -5.f), k::conv2d_backward_weight_reference(dy, x, g), "weight gradient", 1e-5);
+    // Neither gradient: every image is still asked for.
+    asked.clear();
+    k::conv2d_backward_images(dy_of, x, w, g, Tensor(), Tensor(), false);
+    REQUIRE(asked == in_order);
+  }
+  const Tensor x = randn({1, 2, 5, 5}), w = randn({3, 2, 3, 3});
+  const auto g = k::conv2d_geometry(x.shape(), w.shape(), 1, 1, 1, 1, 1, 1, 1);
+  const Tensor dy = randn(g.output_shape());
+  const k::ImageGradient dy_of = [&](int64_t) { return dy.data<float>(); };
+  REQUIRE_THROWS_WITH(k::conv2d_backward_images(dy_of, x, w, g, empty({1, 2, 5, 4}), Tensor(), false),
+                      Catch::Matchers::Contains("dx of shape"));
+  REQUIRE_THROWS_WITH(k::conv2d_backward_images(dy_of, x, w, g, Tensor(), empty({3, 2, 3}), false),
+                      Catch::Matchers::Contains("dw of shape"));
 }
 
 TEST_CASE("im2col and col2im are adjoint: <col2im(c), x> = <c, im2col(x)>", "[cnn][kernels]") {

@@ -18,18 +18,9 @@ struct Conv2dBackward final : Node {
   const char* name() const override { return "ConvolutionBackward"; }
   void backward(const Tensor& g_in, Tensor* gi) override {
     const Tensor g = k::contiguous(g_in);
-    const Tensor& x = inputs[0];
-    const Tensor& w = inputs[1];
-    if (x.requires_grad()) gi[0] = k::conv2d_backward_input(g, w, geometry);  // eq. 3
-    if (w.requires_grad()) {  // eq. 4, added straight into a leaf's .grad
-      const LeafGrad leaf = leaf_grad_for_accumulation(w);
-      if (leaf.buffer.defined()) {
-        k::conv2d_backward_weight(g, x, geometry, leaf.buffer, !leaf.fresh);
-      } else {
-        gi[1] = empty(w.shape());
-        k::conv2d_backward_weight(g, x, geometry, gi[1], false);
-      }
-    }
+    const float* gp = g.data<float>();
+    const int64_t image = geometry.OC * geometry.OH * geometry.OW;
+    conv2d_input_weight_backward(*this, [&](int64_t n) { return gp + n * image; }, geometry, gi);  // eq. 3-4
     if (num_inputs > 2 && inputs[2].requires_grad()) {  // db = sum of dy over n, oh, ow
       const LeafGrad leaf = leaf_grad_for_accumulation(inputs[2]);
       if (leaf.buffer.defined()) {
@@ -48,6 +39,25 @@ Tensor float_contiguous(const Tensor& t, const char* what) {
 }
 
 }  // namespace
+
+void conv2d_input_weight_backward(const Node& node, const k::ImageGradient& dy_of, const k::Conv2dGeometry& geometry,
+                                  Tensor* gi) {
+  const Tensor& x = node.inputs[0];
+  const Tensor& w = node.inputs[1];
+  if (x.requires_grad()) gi[0] = empty(x.shape());
+  Tensor dw;
+  bool accumulate = false;
+  if (w.requires_grad()) {  // eq. 4, added straight into a leaf's .grad
+    const LeafGrad leaf = leaf_grad_for_accumulation(w);
+    if (leaf.buffer.defined()) {
+      dw = leaf.buffer;
+      accumulate = !leaf.fresh;
+    } else {
+      dw = gi[1] = empty(w.shape());
+    }
+  }
+  k::conv2d_backward_images(dy_of, x, w, geometry, gi[0], dw, accumulate);
+}
 
 Tensor conv2d(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in, const Conv2dOptions& o) {
   const Tensor x = float_contiguous(x_in, "the input");

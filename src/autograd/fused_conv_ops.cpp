@@ -1,10 +1,11 @@
 // Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2, 2) fused for training
-// (docs/convolution.md §6). Two nodes: the convolution's (inputs x, weight,
-// bias) and the tail's (inputs y, gamma, beta), y being the convolution's
-// output. The tail's backward produces dy and, in the same pass, the sum of
-// dy that is the convolution bias's gradient; it hands that sum to the
-// convolution's node, which runs next, so that no pass over dy is left to it
-// but its GEMMs.
+// (docs/convolution.md §6). One node, inputs x, weight, bias, gamma, beta
+// (any but x and weight may be undefined). Its backward takes the batch
+// norm's sums over the pooled tensors first (the gradients of gamma and
+// beta), then, image by image, writes dy_n, the convolution's output
+// gradient, adds up its planes (the gradient of the convolution's bias) and
+// runs the convolution's GEMMs on it while it is in cache: dy is never a
+// full-size tensor in memory.
 #include "autograd/fused_conv_ops.h"
 
 #include <algorithm>
@@ -26,85 +27,55 @@ namespace k = kernels;
 
 namespace {
 
-// Filled by the tail's backward, read by the convolution's (which runs after it).
-struct SharedBiasGrad {
-  Tensor sum;
-};
+bool needs_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
 
-struct FusedConv2dBackward final : Node {
-  FusedConv2dBackward(const k::Conv2dGeometry& g, std::shared_ptr<SharedBiasGrad> bias)
-      : geometry(g), bias_grad(std::move(bias)) {}
+struct ConvBatchNormReluMaxPoolBackward final : Node {
+  ConvBatchNormReluMaxPoolBackward(const k::Conv2dGeometry& g, Tensor y, Tensor mean, Tensor invstd, Tensor at,
+                                   Tensor y_at, int64_t global_count)
+      : geometry(g), y(std::move(y)), mean(std::move(mean)), invstd(std::move(invstd)), at(std::move(at)),
+        y_at(std::move(y_at)), global_count(global_count) {}
   k::Conv2dGeometry geometry;
-  std::shared_ptr<SharedBiasGrad> bias_grad;
-  const char* name() const override { return "ConvolutionBackward"; }
-  void backward(const Tensor& g_in, Tensor* gi) override {
-    const Tensor g = k::contiguous(g_in);
-    const Tensor& x = inputs[0];
-    const Tensor& w = inputs[1];
-    if (x.requires_grad()) gi[0] = k::conv2d_backward_input(g, w, geometry);
-    if (w.requires_grad()) {
-      const LeafGrad leaf = leaf_grad_for_accumulation(w);
-      if (leaf.buffer.defined()) {
-        k::conv2d_backward_weight(g, x, geometry, leaf.buffer, !leaf.fresh);
-      } else {
-        gi[1] = empty(w.shape());
-        k::conv2d_backward_weight(g, x, geometry, gi[1], false);
-      }
-    }
-    if (num_inputs > 2 && inputs[2].requires_grad()) {
-      if (bias_grad && bias_grad->sum.defined()) {
-        gi[2] = bias_grad->sum;  // taken by the tail's backward while dy was in cache
-        bias_grad->sum = Tensor();
-      } else {
-        gi[2] = empty(inputs[2].shape());
-        k::conv2d_backward_bias(g, gi[2], false);
-      }
-    }
-  }
-};
-
-struct BatchNormReluMaxPoolBackward final : Node {
-  BatchNormReluMaxPoolBackward(Tensor mean, Tensor invstd, Tensor at, Tensor y_at, std::shared_ptr<SharedBiasGrad> bias,
-                               int64_t global_count)
-      : mean(std::move(mean)), invstd(std::move(invstd)), at(std::move(at)), y_at(std::move(y_at)),
-        bias_grad(std::move(bias)), global_count(global_count) {}
+  Tensor y;             // (N, C, H, W): the convolution's output
   Tensor mean, invstd;  // (C): the batch statistics of y
   Tensor at, y_at;      // (N, C, OH, OW): where each maximum came from (-1: ReLU closed), and y there
-  std::shared_ptr<SharedBiasGrad> bias_grad;  // null when the convolution has no bias needing a gradient
   // Data parallel: the values per channel over every rank (the statistics'
   // count); 0 on a single process.
   int64_t global_count;
+  // Named after the batch norm + ReLU + pool tail, whose output is the op's.
   const char* name() const override { return "BatchNormReluMaxPool2dBackward"; }
   void backward(const Tensor& g_in, Tensor* gi) override {
-    const Tensor g = k::contiguous(g_in);
-    const Tensor& y = inputs[0];
-    const Tensor gamma = inputs[1];
-    Tensor sum_dz, sum_dz_xhat, bias_sum;
-    Tensor dy;
+    k::BatchNormReluMaxPool2x2Backward tail(k::contiguous(g_in), at, y_at, y, mean, invstd, inputs[3]);
     if (global_count > 0) {
       // As batch_norm's backward: eq. 4 of docs/batchnorm.md takes the sums
-      // over the global batch (all-reduced between the two passes); gamma's
-      // and beta's gradients below stay this rank's sums, averaged with the
-      // other parameters'.
-      k::batch_norm_relu_max_pool2x2_backward_sums(g, at, y_at, y, mean, invstd, sum_dz, sum_dz_xhat);
-      const int64_t C = sum_dz.numel();
+      // over the global batch, all-reduced between the two passes.
+      const int64_t C = tail.sum_dz().numel();
       std::vector<float> sums(static_cast<size_t>(2 * C));
-      std::copy_n(sum_dz.data<float>(), C, sums.begin());
-      std::copy_n(sum_dz_xhat.data<float>(), C, sums.begin() + C);
+      std::copy_n(tail.sum_dz().data<float>(), C, sums.begin());
+      std::copy_n(tail.sum_dz_xhat().data<float>(), C, sums.begin() + C);
       dist::world().allreduce_sum(sums.data(), 2 * C);
       const Tensor all_dz = empty({C}), all_dz_xhat = empty({C});
       std::copy_n(sums.begin(), C, all_dz.data<float>());
       std::copy_n(sums.begin() + C, C, all_dz_xhat.data<float>());
-      dy = k::batch_norm_relu_max_pool2x2_backward_input(g, at, y, mean, invstd, gamma, all_dz, all_dz_xhat,
-                                                         global_count, bias_grad ? &bias_sum : nullptr);
-    } else {
-      dy = k::batch_norm_relu_max_pool2x2_backward(g, at, y_at, y, mean, invstd, gamma, sum_dz, sum_dz_xhat,
-                                                   bias_grad ? &bias_sum : nullptr);
+      tail.use_global_sums(all_dz, all_dz_xhat, global_count);
     }
-    if (bias_grad) bias_grad->sum = bias_sum;
-    if (y.requires_grad()) gi[0] = std::move(dy);
-    if (inputs[1].defined() && inputs[1].requires_grad()) gi[1] = sum_dz_xhat;  // d gamma = sum dz xhat
-    if (inputs[2].defined() && inputs[2].requires_grad()) gi[2] = sum_dz;       // d beta = sum dz
+    if (needs_grad(inputs[3])) gi[3] = tail.sum_dz_xhat();  // d gamma = sum dz xhat
+    if (needs_grad(inputs[4])) gi[4] = tail.sum_dz();       // d beta = sum dz
+    const bool bias_grad = needs_grad(inputs[2]);
+    if (!needs_grad(inputs[0]) && !needs_grad(inputs[1]) && !bias_grad) return;
+    thread_local std::vector<float> dy_n;  // only grows: no allocation after the first step
+    dy_n.resize(static_cast<size_t>(tail.image_numel()));
+    std::vector<double> bias(bias_grad ? static_cast<size_t>(geometry.OC) : 0, 0.0);
+    conv2d_input_weight_backward(
+        *this,
+        [&](int64_t n) {
+          tail.image(n, dy_n.data(), bias_grad ? bias.data() : nullptr);
+          return dy_n.data();
+        },
+        geometry, gi);
+    if (bias_grad) {  // db = sum of dy over n, oh, ow
+      gi[2] = empty({geometry.OC});
+      for (int64_t c = 0; c < geometry.OC; ++c) gi[2].data<float>()[c] = static_cast<float>(bias[c]);
+    }
   }
 };
 
@@ -120,8 +91,6 @@ void check_channels(const Tensor& t, int64_t C, const char* what) {
                                             "match the convolution's {} output channels",
                                             what, t.shape().str(), C));
 }
-
-bool needs_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
 
 }  // namespace
 
@@ -172,15 +141,9 @@ Tensor conv2d_batch_norm_relu_max_pool2x2(const Tensor& x_in, const Tensor& weig
   k::batch_norm_relu_max_pool2x2_forward(y, scale, shift, out, at, y_at);
 
   if (!grad_mode_enabled()) return out;
-  std::shared_ptr<SharedBiasGrad> bias_grad;
-  if (needs_grad(x) || needs_grad(w) || needs_grad(b)) {
-    if (needs_grad(b)) bias_grad = std::make_shared<SharedBiasGrad>();
-    if (b.defined()) record<FusedConv2dBackward>(y, {x, w, b}, g, bias_grad);
-    else record<FusedConv2dBackward>(y, {x, w}, g, bias_grad);
-  }
-  if (needs_grad(y) || needs_grad(bn_weight) || needs_grad(bn_bias))
-    record<BatchNormReluMaxPoolBackward>(out, {y, bn_weight, bn_bias}, std::move(mean), invstd, std::move(at),
-                                         std::move(y_at), std::move(bias_grad), global_count);
+  if (needs_grad(x) || needs_grad(w) || needs_grad(b) || needs_grad(bn_weight) || needs_grad(bn_bias))
+    record<ConvBatchNormReluMaxPoolBackward>(out, {x, w, b, bn_weight, bn_bias}, g, std::move(y), std::move(mean),
+                                             invstd, std::move(at), std::move(y_at), global_count);
   return out;
 }
 

@@ -5,9 +5,10 @@
 // convolution's output:
 //   forward:  the GEMM of each image, its batch-norm sums taken while it is
 //             still in cache, then one pass normalise + ReLU + pool;
-//   backward: a pass over the pooled tensors (the batch-norm sums), one pass
-//             writing the convolution's output gradient (and its bias
-//             gradient), then the convolution's GEMMs.
+//   backward: a pass over the pooled tensors (the batch-norm sums), then
+//             image by image: the convolution's output gradient written
+//             (and added up: its bias gradient) and, while it is in cache,
+//             the convolution's GEMMs and col2im on it.
 // nn::Sequential hands its Conv2d, BatchNorm2d, ReLU, MaxPool2d(2) children
 // to it in training; the modules themselves stay as they are.
 #pragma once

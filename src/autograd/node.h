@@ -17,7 +17,7 @@ namespace tq {
 
 class Node {
  public:
-  static constexpr int kMaxInputs = 3;
+  static constexpr int kMaxInputs = 5;  // the fused conv + batch-norm op has five
 
   // Releases the inputs without recursing down a long chain of nodes
   // (engine.cpp), so dropping a 100000-op graph cannot overflow the stack.

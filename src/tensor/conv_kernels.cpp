@@ -11,6 +11,9 @@
 
 #include <fmt/format.h>
 
+#include "tensor/fused_loops.h"
+#include "tensor/pool_kernels.h"
+
 namespace tq::kernels {
 
 namespace {
@@ -204,7 +207,43 @@ void im2col_3x3_s1_p1(const float* x, const Conv2dGeometry& g, float* col) {
   }
 }
 
+// col2im_assign for the 3x3 / stride 1 / padding 1 convolution: dx (ih, iw)
+// gathers col (kh, kw) at (oh, ow) = (ih + 1 - kh, iw + 1 - kw) for the taps
+// inside the image, in the order (kh, kw) = (0, 0), (0, 1), ..., (2, 2) in
+// which col2im's walk adds them, starting from 0 as col2im does after dx is
+// zeroed: the same bits, in one write of each row.
+void col2im_assign_3x3_s1_p1(const float* col, const Conv2dGeometry& g, float* dx) {
+  const int64_t H = g.H, W = g.W, hw = H * W;
+  for (int64_t c = 0; c < g.in_per_group(); ++c) {
+    const float* cc = col + c * 9 * hw;
+    for (int64_t ih = 0; ih < H; ++ih) {
+      float* __restrict d = dx + c * hw + ih * W;
+      for (int64_t iw = 0; iw < W; ++iw) d[iw] = 0.f;
+      for (int64_t kh = 0; kh < 3; ++kh) {
+        const int64_t oh = ih + 1 - kh;
+        if (oh < 0 || oh >= H) continue;
+        const float* __restrict r0 = cc + kh * 3 * hw + oh * W;  // tap (kh, 0): ow = iw + 1
+        const float* __restrict r1 = r0 + hw;                    // tap (kh, 1): ow = iw
+        const float* __restrict r2 = r1 + hw;                    // tap (kh, 2): ow = iw - 1
+        for (int64_t iw = 0; iw + 1 < W; ++iw) d[iw] += r0[iw + 1];
+        for (int64_t iw = 0; iw < W; ++iw) d[iw] += r1[iw];
+        for (int64_t iw = 1; iw < W; ++iw) d[iw] += r2[iw - 1];
+      }
+    }
+  }
+}
+
 }  // namespace
+
+void col2im_assign(const float* col, const Conv2dGeometry& g, float* dx) {
+  if (is_3x3_stride_1_pad_1(g)) {
+    if (fused_kernels_avx512()) detail::col2im_assign_3x3_s1_p1_avx512(col, g.in_per_group(), g.H, g.W, dx);
+    else col2im_assign_3x3_s1_p1(col, g, dx);
+    return;
+  }
+  std::memset(dx, 0, sizeof(float) * g.in_per_group() * g.H * g.W);
+  col2im(col, g, dx);
+}
 
 void im2col(const float* x, const Conv2dGeometry& g, float* col) {
   if (is_3x3_stride_1_pad_1(g)) {
@@ -317,70 +356,83 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
   return y;
 }
 
-Tensor conv2d_backward_input(const Tensor& dy, const Tensor& weight, const Conv2dGeometry& g) {
-  check_f32_contiguous(dy, "dy");
-  check_f32_contiguous(weight, "weight");
-  // Zeroed image by image just before col2im adds into it (in cache then),
-  // or written whole by the GEMM of a 1x1 convolution.
-  Tensor dx = empty({g.N, g.C, g.H, g.W});
-  const float* dyp = dy.data<float>();
-  const float* wp = weight.data<float>();
-  float* dxp = dx.data<float>();
-  const int64_t ohw = g.OH * g.OW, hw = g.H * g.W;
-  if (g.is_depthwise()) {
-    std::memset(dxp, 0, sizeof(float) * dx.numel());
-    for (int64_t n = 0; n < g.N; ++n)
-      for (int64_t c = 0; c < g.C; ++c)
-        depthwise_plane_backward_input(dyp + (n * g.OC + c) * ohw, wp + c * g.KH * g.KW, dxp + (n * g.C + c) * hw, g);
-    return dx;
+void conv2d_backward_images(const ImageGradient& dy_of, const Tensor& x, const Tensor& weight,
+                            const Conv2dGeometry& g, const Tensor& dx, const Tensor& dw, bool accumulate) {
+  const bool want_dx = dx.defined(), want_dw = dw.defined();
+  if (want_dx) {
+    check_f32_contiguous(weight, "weight");
+    check_f32_contiguous(dx, "dx");
+    if (!(dx.shape() == Shape{g.N, g.C, g.H, g.W}))
+      throw std::invalid_argument(fmt::format("conv2d kernel: dx of shape {} is not the input's ({}, {}, {}, {})",
+                                              dx.shape().str(), g.N, g.C, g.H, g.W));
   }
+  if (want_dw) {
+    check_f32_contiguous(x, "x");
+    check_f32_contiguous(dw, "dw");
+    if (dw.numel() != g.OC * g.in_per_group() * g.KH * g.KW)
+      throw std::invalid_argument(fmt::format("conv2d kernel: dw of shape {} is not the weight's ({}, {}, {}, {})",
+                                              dw.shape().str(), g.OC, g.in_per_group(), g.KH, g.KW));
+    if (!accumulate) std::memset(dw.data<float>(), 0, sizeof(float) * dw.numel());
+  }
+  const float* wp = want_dx ? weight.data<float>() : nullptr;
+  const float* xp = want_dw ? x.data<float>() : nullptr;
+  float* dxp = want_dx ? dx.data<float>() : nullptr;
+  float* dwp = want_dw ? dw.data<float>() : nullptr;
+  const int64_t ohw = g.OH * g.OW, hw = g.H * g.W;
   const int64_t ocg = g.out_per_group(), cg = g.in_per_group(), k = g.patch();
-  const bool direct = g.is_pointwise();
-  float* dcol = direct ? nullptr : workspace(static_cast<size_t>(k * ohw));
-  for (int64_t n = 0; n < g.N; ++n)
+  const bool depthwise = g.is_depthwise(), direct = g.is_pointwise();
+  // One buffer serves both GEMMs of an image in turn: first the columns of
+  // x_n for dW, then dcol for dx (every geometry but 1x1 / depthwise).
+  float* col = depthwise || direct || !(want_dx || want_dw) ? nullptr : workspace(static_cast<size_t>(k * ohw));
+  for (int64_t n = 0; n < g.N; ++n) {
+    const float* dyn = dy_of(n);
+    if (depthwise) {
+      for (int64_t c = 0; c < g.C; ++c) {
+        const float* dyc = dyn + c * ohw;
+        if (want_dw) depthwise_plane_backward_weight(dyc, xp + (n * g.C + c) * hw, dwp + c * g.KH * g.KW, g);
+        if (want_dx) {
+          float* dxc = dxp + (n * g.C + c) * hw;
+          std::memset(dxc, 0, sizeof(float) * hw);
+          depthwise_plane_backward_input(dyc, wp + c * g.KH * g.KW, dxc, g);
+        }
+      }
+      continue;
+    }
     for (int64_t gr = 0; gr < g.groups; ++gr) {
-      float* dxg = dxp + (n * g.C + gr * cg) * hw;
-      // dcol (k, ohw) = W_g^T (k, ocg) @ dy_n,g (ocg, ohw)   (eq. 3); a 1x1 conv writes dx itself.
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, ohw, ocg, 1.f, wp + gr * ocg * k, k,
-                  dyp + (n * g.OC + gr * ocg) * ohw, ohw, 0.f, direct ? dxg : dcol, ohw);
-      if (!direct) {
-        std::memset(dxg, 0, sizeof(float) * cg * hw);
-        col2im(dcol, g, dxg);
+      const float* dyg = dyn + gr * ocg * ohw;
+      if (want_dw) {
+        const float* xg = xp + (n * g.C + gr * cg) * hw;
+        if (col) im2col(xg, g, col);
+        // dW_g (ocg, k) += dy_n,g (ocg, ohw) @ col^T (ohw, k)   (eq. 4)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ocg, k, ohw, 1.f, dyg, ohw, col ? col : xg, ohw, 1.f,
+                    dwp + gr * ocg * k, k);
+      }
+      if (want_dx) {
+        float* dxg = dxp + (n * g.C + gr * cg) * hw;
+        // dcol (k, ohw) = W_g^T (k, ocg) @ dy_n,g (ocg, ohw)   (eq. 3); a 1x1 conv writes dx itself.
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, ohw, ocg, 1.f, wp + gr * ocg * k, k, dyg, ohw, 0.f,
+                    col ? col : dxg, ohw);
+        if (col) col2im_assign(col, g, dxg);
       }
     }
+  }
+}
+
+Tensor conv2d_backward_input(const Tensor& dy, const Tensor& weight, const Conv2dGeometry& g) {
+  check_f32_contiguous(dy, "dy");
+  Tensor dx = empty({g.N, g.C, g.H, g.W});
+  const float* dyp = dy.data<float>();
+  const int64_t image = g.OC * g.OH * g.OW;
+  conv2d_backward_images([&](int64_t n) { return dyp + n * image; }, Tensor(), weight, g, dx, Tensor(), false);
   return dx;
 }
 
 void conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Conv2dGeometry& g, const Tensor& dw,
                             bool accumulate) {
   check_f32_contiguous(dy, "dy");
-  check_f32_contiguous(x, "x");
-  check_f32_contiguous(dw, "dw");
   const float* dyp = dy.data<float>();
-  const float* xp = x.data<float>();
-  float* dwp = dw.data<float>();
-  const int64_t ohw = g.OH * g.OW, hw = g.H * g.W;
-  if (!accumulate) std::memset(dwp, 0, sizeof(float) * dw.numel());
-  if (g.is_depthwise()) {
-    for (int64_t n = 0; n < g.N; ++n)
-      for (int64_t c = 0; c < g.C; ++c)
-        depthwise_plane_backward_weight(dyp + (n * g.OC + c) * ohw, xp + (n * g.C + c) * hw, dwp + c * g.KH * g.KW, g);
-    return;
-  }
-  const int64_t ocg = g.out_per_group(), cg = g.in_per_group(), k = g.patch();
-  float* col = g.is_pointwise() ? nullptr : workspace(static_cast<size_t>(k * ohw));
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t gr = 0; gr < g.groups; ++gr) {
-      const float* xg = xp + (n * g.C + gr * cg) * hw;
-      const float* b = xg;
-      if (col) {
-        im2col(xg, g, col);
-        b = col;
-      }
-      // dW_g (ocg, k) += dy_n,g (ocg, ohw) @ col^T (ohw, k)   (eq. 4)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ocg, k, ohw, 1.f, dyp + (n * g.OC + gr * ocg) * ohw, ohw, b,
-                  ohw, 1.f, dwp + gr * ocg * k, k);
-    }
+  const int64_t image = g.OC * g.OH * g.OW;
+  conv2d_backward_images([&](int64_t n) { return dyp + n * image; }, x, Tensor(), g, Tensor(), dw, accumulate);
 }
 
 void conv2d_backward_bias(const Tensor& dy, const Tensor& db, bool accumulate) {

@@ -59,6 +59,12 @@ void im2col(const float* x, const Conv2dGeometry& g, float* col);
 void im2col_general(const float* x, const Conv2dGeometry& g, float* col);
 // The adjoint: dx (C/g, H, W) += the entries of col back where im2col read them.
 void col2im(const float* col, const Conv2dGeometry& g, float* dx);
+// dx (C/g, H, W) = the same adjoint, overwriting dx: zeroing dx, then col2im.
+// The 3x3 / stride 1 / padding 1 case takes a faster walk: each row of dx is
+// written once, the sum of its (up to) nine taps added in the order col2im
+// adds them, so the same bits (the tests compare them); an AVX-512 build of
+// it runs when fused_kernels_avx512() (pool_kernels.h) is on.
+void col2im_assign(const float* col, const Conv2dGeometry& g, float* dx);
 
 // ---- Fast kernels (all tensors contiguous f32) ----
 // x: (N, C, H, W), weight: (OC, C/g, KH, KW), bias: (OC) or undefined -> y: (N, OC, OH, OW)
@@ -68,6 +74,19 @@ void col2im(const float* col, const Conv2dGeometry& g, float* dx);
 using ImageCallback = std::function<void(int64_t n, const float* y_n)>;
 Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dGeometry& g,
                       const ImageCallback& after_image = {});
+// Both gradients, one image at a time: dy_of(n) returns image n's output
+// gradient (OC, OH, OW), contiguous and valid until the next call; it is
+// called once for every n = 0, 1, ..., N - 1 in order, even when neither
+// gradient is wanted, and its values are used while they are in cache.
+//   dx (N, C, H, W), when defined, is overwritten with W^T dy col2im'd (eq. 3);
+//     `weight` is read only then;
+//   dw (OC, C/g, KH, KW), when defined, = (accumulate ? dw : 0) + sum_n dy_n (x) col_n
+//     (eq. 4); `x` is read only then.
+// conv2d_backward_input and conv2d_backward_weight below are this function
+// on a dy tensor with one of the two gradients.
+using ImageGradient = std::function<const float*(int64_t n)>;
+void conv2d_backward_images(const ImageGradient& dy_of, const Tensor& x, const Tensor& weight,
+                            const Conv2dGeometry& g, const Tensor& dx, const Tensor& dw, bool accumulate);
 // dy: (N, OC, OH, OW), weight -> dx: (N, C, H, W)
 Tensor conv2d_backward_input(const Tensor& dy, const Tensor& weight, const Conv2dGeometry& g);
 // dw (OC, C/g, KH, KW) = (accumulate ? dw : 0) + sum_n dy_n (x) col_n

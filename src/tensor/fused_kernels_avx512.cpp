@@ -150,4 +150,32 @@ void batch_norm_relu_max_pool2x2_plane_avx512(const float* y, int64_t W, int64_t
   }
 }
 
+// conv_kernels.cpp's col2im_assign_3x3_s1_p1 sixteen columns at a time: the
+// taps outside the image are loaded as +0, which leaves every sum as it is
+// (a sum that starts at +0 is never -0), so the same bits.
+void col2im_assign_3x3_s1_p1_avx512(const float* col, int64_t channels, int64_t H, int64_t W, float* dx) {
+  const int64_t hw = H * W;
+  for (int64_t c = 0; c < channels; ++c) {
+    const float* cc = col + c * 9 * hw;
+    for (int64_t ih = 0; ih < H; ++ih) {
+      float* d = dx + c * hw + ih * W;
+      for (int64_t w0 = 0; w0 < W; w0 += 16) {
+        const __mmask16 all = first_lanes(W - w0);
+        const __mmask16 left = first_lanes(W - 1 - w0);                       // tap kw = 0: iw + 1 < W
+        const __mmask16 right = w0 == 0 ? __mmask16(all & ~__mmask16(1)) : all;  // tap kw = 2: iw >= 1
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t kh = 0; kh < 3; ++kh) {
+          const int64_t oh = ih + 1 - kh;
+          if (oh < 0 || oh >= H) continue;
+          const float* r0 = cc + kh * 3 * hw + oh * W + w0;
+          acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(left, r0 + 1));
+          acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(all, r0 + hw));
+          acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(right, r0 + 2 * hw - 1));
+        }
+        _mm512_mask_storeu_ps(d + w0, all, acc);
+      }
+    }
+  }
+}
+
 }  // namespace tq::detail

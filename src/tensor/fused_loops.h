@@ -92,4 +92,7 @@ float batch_norm_backward_plane_avx512(const float* y, int64_t hw, const float* 
                                        float m, float k, float a, float b, float* dy, bool want_sum);
 void batch_norm_relu_max_pool2x2_plane_avx512(const float* y, int64_t W, int64_t OH, int64_t OW, float a, float b,
                                               float* out, int32_t* at, float* y_at);
+// col2im_assign of a 3x3 / stride 1 / padding 1 convolution (conv_kernels.h):
+// `channels` planes (H, W) of dx from their nine rows of col each.
+void col2im_assign_3x3_s1_p1_avx512(const float* col, int64_t channels, int64_t H, int64_t W, float* dx);
 }  // namespace tq::detail

@@ -512,9 +512,11 @@ void batch_norm_relu_max_pool2x2_forward_reference(const Tensor& y, const Tensor
         }
 }
 
-void batch_norm_relu_max_pool2x2_backward_sums(const Tensor& dout, const Tensor& at, const Tensor& y_at, const Tensor& y,
-                                               const Tensor& mean, const Tensor& invstd, Tensor& sum_dz,
-                                               Tensor& sum_dz_xhat) {
+BatchNormReluMaxPool2x2Backward::BatchNormReluMaxPool2x2Backward(const Tensor& dout, const Tensor& at,
+                                                                 const Tensor& y_at, const Tensor& y,
+                                                                 const Tensor& mean, const Tensor& invstd,
+                                                                 const Tensor& gamma)
+    : dout_(dout), at_(at), y_(y), mean_(mean), invstd_(invstd), gamma_(gamma) {
   check_input(y, "batch_norm_relu_max_pool2x2_backward");
   const Pool2dGeometry g = pool_2x2_of(y);
   for (const Tensor* t : {&dout, &at, &y_at})
@@ -526,99 +528,89 @@ void batch_norm_relu_max_pool2x2_backward_sums(const Tensor& dout, const Tensor&
     throw std::invalid_argument("batch_norm_relu_max_pool2x2_backward: dout and y_at must be f32, at i32");
   check_channel_vector(mean, g.C, "mean");
   check_channel_vector(invstd, g.C, "invstd");
-  const int64_t ohw = g.OH * g.OW;
+  if (gamma.defined()) check_channel_vector(gamma, g.C, "gamma");
+  N_ = g.N, C_ = g.C, hw_ = g.H * g.W, ohw_ = g.OH * g.OW;
+  wide_ = fused_kernels_avx512();
   const float* gp = dout.data<float>();
   const int32_t* ip = at.data<int32_t>();
   const float* vp = y_at.data<float>();
   const float* mp = mean.data<float>();
   const float* sp = invstd.data<float>();
 
-  const bool wide = fused_kernels_avx512();
-  // Pass 1, over the pooled tensors only (a quarter of y): dz is dout where
-  // at >= 0, so sum dz and sum dz (y - mean) need y at those places, y_at.
+  // Over the pooled tensors only (a quarter of y): dz is dout where at >= 0,
+  // so sum dz and sum dz (y - mean) need y at those places, y_at.
   std::vector<double> s(static_cast<size_t>(g.C), 0.0), t(static_cast<size_t>(g.C), 0.0);
   for (int64_t plane = 0; plane < g.N * g.C; ++plane) {
     const int64_t c = plane % g.C;
     const float m = mp[c];
-    const float* gr = gp + plane * ohw;
-    const int32_t* ir = ip + plane * ohw;
-    const float* vr = vp + plane * ohw;
+    const float* gr = gp + plane * ohw_;
+    const int32_t* ir = ip + plane * ohw_;
+    const float* vr = vp + plane * ohw_;
     float sa, sb;
-    if (wide) detail::pooled_gradient_sums_avx512(gr, ir, vr, ohw, m, sa, sb);
-    else fused_loops::pooled_gradient_sums(gr, ir, vr, ohw, m, sa, sb);
+    if (wide_) detail::pooled_gradient_sums_avx512(gr, ir, vr, ohw_, m, sa, sb);
+    else fused_loops::pooled_gradient_sums(gr, ir, vr, ohw_, m, sa, sb);
     s[c] += sa;
     t[c] += sb;
   }
-  sum_dz = empty({g.C});
-  sum_dz_xhat = empty({g.C});
+  sum_dz_ = empty({g.C});
+  sum_dz_xhat_ = empty({g.C});
   for (int64_t c = 0; c < g.C; ++c) {
-    sum_dz.data<float>()[c] = static_cast<float>(s[c]);
-    sum_dz_xhat.data<float>()[c] = static_cast<float>(t[c] * sp[c]);
+    sum_dz_.data<float>()[c] = static_cast<float>(s[c]);
+    sum_dz_xhat_.data<float>()[c] = static_cast<float>(t[c] * sp[c]);
   }
+  norm_dz_ = sum_dz_, norm_dz_xhat_ = sum_dz_xhat_, count_ = N_ * hw_;
 }
 
-Tensor batch_norm_relu_max_pool2x2_backward_input(const Tensor& dout, const Tensor& at, const Tensor& y,
-                                                  const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
-                                                  const Tensor& sum_dz, const Tensor& sum_dz_xhat, int64_t count,
-                                                  Tensor* bias_sum) {
-  check_input(y, "batch_norm_relu_max_pool2x2_backward");
-  const Pool2dGeometry g = pool_2x2_of(y);
-  for (const Tensor* t : {&dout, &at})
-    if (!t->defined() || !t->is_contiguous() || !(t->shape() == g.output_shape()))
-      throw std::invalid_argument(fmt::format("batch_norm_relu_max_pool2x2_backward: dout and at must be contiguous of "
-                                              "shape {}",
-                                              g.output_shape().str()));
-  if (dout.dtype() != DType::f32 || at.dtype() != DType::i32)
-    throw std::invalid_argument("batch_norm_relu_max_pool2x2_backward: dout must be f32, at i32");
-  check_channel_vector(mean, g.C, "mean");
-  check_channel_vector(invstd, g.C, "invstd");
-  check_channel_vector(sum_dz, g.C, "sum_dz");
-  check_channel_vector(sum_dz_xhat, g.C, "sum_dz_xhat");
-  if (gamma.defined()) check_channel_vector(gamma, g.C, "gamma");
+void BatchNormReluMaxPool2x2Backward::use_global_sums(const Tensor& sum_dz, const Tensor& sum_dz_xhat, int64_t count) {
+  check_channel_vector(sum_dz, C_, "sum_dz");
+  check_channel_vector(sum_dz_xhat, C_, "sum_dz_xhat");
   if (count <= 0)
     throw std::invalid_argument(fmt::format("batch_norm_relu_max_pool2x2_backward: count {} must be positive", count));
-  const int64_t hw = g.H * g.W, ohw = g.OH * g.OW;
-  const float* gp = dout.data<float>();
-  const int32_t* ip = at.data<int32_t>();
-  const float* yp = y.data<float>();
-  const float* mp = mean.data<float>();
-  const float* sp = invstd.data<float>();
-  const bool wide = fused_kernels_avx512();
+  norm_dz_ = sum_dz, norm_dz_xhat_ = sum_dz_xhat, count_ = count;
+}
 
-  // Pass 2, over y: dy = k dz + (y - m) a + b (batch_norm_backward_input's
-  // arithmetic), where dz is 0 except at `at`, so the plane is written as
-  // (y - m) a + b and the pooled places are then rewritten with their dz.
-  Tensor dy = empty(y.shape());
-  float* dp = dy.data<float>();
-  const float inv_m = 1.f / static_cast<float>(count);
-  std::vector<double> bias(bias_sum ? static_cast<size_t>(g.C) : 0, 0.0);
-  for (int64_t plane = 0; plane < g.N * g.C; ++plane) {
-    const int64_t c = plane % g.C;
+void BatchNormReluMaxPool2x2Backward::image(int64_t n, float* dy_n, double* bias_sums) const {
+  // dy = k dz + (y - m) a + b (batch_norm_backward_input's arithmetic), where
+  // dz is 0 except at `at`, so each plane is written as (y - m) a + b and the
+  // pooled places are then rewritten with their dz.
+  if (n < 0 || n >= N_)
+    throw std::out_of_range(fmt::format("batch_norm_relu_max_pool2x2_backward: image {} of {}", n, N_));
+  const float inv_m = 1.f / static_cast<float>(count_);
+  const float* sp = invstd_.data<float>();
+  const float* mp = mean_.data<float>();
+  for (int64_t c = 0; c < C_; ++c) {
+    const int64_t plane = n * C_ + c;
     const float is = sp[c], m = mp[c];
-    const float k = (gamma.defined() ? gamma.data<float>()[c] : 1.f) * is;
-    const float a = -k * is * sum_dz_xhat.data<float>()[c] * inv_m;
-    const float b = -k * sum_dz.data<float>()[c] * inv_m;
-    const float* p = yp + plane * hw;
-    float* d = dp + plane * hw;
-    const float* gr = gp + plane * ohw;
-    const int32_t* ir = ip + plane * ohw;
-    const float sum = wide ? detail::batch_norm_backward_plane_avx512(p, hw, gr, ir, ohw, m, k, a, b, d, bias_sum != nullptr)
-                               : fused_loops::batch_norm_backward_plane(p, hw, gr, ir, ohw, m, k, a, b, d, bias_sum);
-    if (bias_sum) bias[c] += sum;
+    const float k = (gamma_.defined() ? gamma_.data<float>()[c] : 1.f) * is;
+    const float a = -k * is * norm_dz_xhat_.data<float>()[c] * inv_m;
+    const float b = -k * norm_dz_.data<float>()[c] * inv_m;
+    const float* p = y_.data<float>() + plane * hw_;
+    float* d = dy_n + c * hw_;
+    const float* gr = dout_.data<float>() + plane * ohw_;
+    const int32_t* ir = at_.data<int32_t>() + plane * ohw_;
+    const bool want = bias_sums != nullptr;
+    const float sum = wide_ ? detail::batch_norm_backward_plane_avx512(p, hw_, gr, ir, ohw_, m, k, a, b, d, want)
+                            : fused_loops::batch_norm_backward_plane(p, hw_, gr, ir, ohw_, m, k, a, b, d, want);
+    if (want) bias_sums[c] += sum;
   }
-  if (bias_sum) {
-    *bias_sum = empty({g.C});
-    for (int64_t c = 0; c < g.C; ++c) bias_sum->data<float>()[c] = static_cast<float>(bias[c]);
-  }
-  return dy;
 }
 
 Tensor batch_norm_relu_max_pool2x2_backward(const Tensor& dout, const Tensor& at, const Tensor& y_at, const Tensor& y,
                                             const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
                                             Tensor& sum_dz, Tensor& sum_dz_xhat, Tensor* bias_sum) {
-  batch_norm_relu_max_pool2x2_backward_sums(dout, at, y_at, y, mean, invstd, sum_dz, sum_dz_xhat);
-  return batch_norm_relu_max_pool2x2_backward_input(dout, at, y, mean, invstd, gamma, sum_dz, sum_dz_xhat,
-                                                    y.size(0) * y.size(2) * y.size(3), bias_sum);
+  const BatchNormReluMaxPool2x2Backward pass(dout, at, y_at, y, mean, invstd, gamma);
+  sum_dz = pass.sum_dz();
+  sum_dz_xhat = pass.sum_dz_xhat();
+  Tensor dy = empty(y.shape());
+  std::vector<double> bias(bias_sum ? static_cast<size_t>(y.size(1)) : 0, 0.0);
+  for (int64_t n = 0; n < pass.images(); ++n)
+    pass.image(n, dy.data<float>() + n * pass.image_numel(), bias_sum ? bias.data() : nullptr);
+  if (bias_sum) {
+    const int64_t C = y.size(1);
+    *bias_sum = empty({C});
+    for (int64_t c = 0; c < C; ++c) bias_sum->data<float>()[c] = static_cast<float>(bias[static_cast<size_t>(c)]);
+  }
+  return dy;
 }
 
 Tensor batch_norm_relu_max_pool2x2_backward_reference(const Tensor& dout, const Tensor& at, const Tensor& y,

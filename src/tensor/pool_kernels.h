@@ -75,18 +75,35 @@ void batch_norm_relu_max_pool2x2_forward_reference(const Tensor& y, const Tensor
 Tensor batch_norm_relu_max_pool2x2_backward(const Tensor& dout, const Tensor& at, const Tensor& y_at, const Tensor& y,
                                             const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
                                             Tensor& sum_dz, Tensor& sum_dz_xhat, Tensor* bias_sum);
-// The same in its two passes, for data parallelism, where the sums are
-// all-reduced between them: _sums fills sum_dz and sum_dz_xhat (pass 1, over
-// the pooled tensors); _input returns dy from the sums of `count` values per
-// channel (pass 2, over y: eq. 4 of docs/batchnorm.md with M = count, the
-// global batch's when the sums are the global ones).
-void batch_norm_relu_max_pool2x2_backward_sums(const Tensor& dout, const Tensor& at, const Tensor& y_at, const Tensor& y,
-                                               const Tensor& mean, const Tensor& invstd, Tensor& sum_dz,
-                                               Tensor& sum_dz_xhat);
-Tensor batch_norm_relu_max_pool2x2_backward_input(const Tensor& dout, const Tensor& at, const Tensor& y,
-                                                  const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
-                                                  const Tensor& sum_dz, const Tensor& sum_dz_xhat, int64_t count,
-                                                  Tensor* bias_sum);
+// The same backward in two steps, for a caller that uses dy one image at a
+// time while it is in cache (the fused convolution's backward): the
+// constructor takes the sums over the pooled tensors (sum_dz, sum_dz_xhat);
+// image(n, ...) then writes image n's dy (C, H, W). The function above is
+// the constructor and image() for every n, so both give the same bits.
+class BatchNormReluMaxPool2x2Backward {
+ public:
+  BatchNormReluMaxPool2x2Backward(const Tensor& dout, const Tensor& at, const Tensor& y_at, const Tensor& y,
+                                  const Tensor& mean, const Tensor& invstd, const Tensor& gamma);
+  const Tensor& sum_dz() const { return sum_dz_; }
+  const Tensor& sum_dz_xhat() const { return sum_dz_xhat_; }
+  // Data parallelism: dy then takes these sums, over `count` values per
+  // channel of every rank (eq. 4 of docs/batchnorm.md with M = count), in
+  // place of this rank's; sum_dz() and sum_dz_xhat() stay this rank's (the
+  // gradients of beta and gamma, averaged with the other parameters').
+  void use_global_sums(const Tensor& sum_dz, const Tensor& sum_dz_xhat, int64_t count);
+  int64_t images() const { return N_; }
+  int64_t image_numel() const { return C_ * hw_; }
+  // dy_n: image_numel() floats. bias_sums, when not null: C doubles, each
+  // plane's sum of dy added to its channel's (images taken in order n = 0, 1, ...
+  // give the bias_sum of the function above).
+  void image(int64_t n, float* dy_n, double* bias_sums) const;
+
+ private:
+  Tensor dout_, at_, y_, mean_, invstd_, gamma_, sum_dz_, sum_dz_xhat_;
+  Tensor norm_dz_, norm_dz_xhat_;  // the sums dy is made from: sum_dz_ and sum_dz_xhat_, or the global ones
+  int64_t N_ = 0, C_ = 0, hw_ = 0, ohw_ = 0, count_ = 0;
+  bool wide_ = false;
+};
 // Twin: dz spelled out as a full tensor, every sum and eq. 4 in double.
 Tensor batch_norm_relu_max_pool2x2_backward_reference(const Tensor& dout, const Tensor& at, const Tensor& y,
                                                       const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
