@@ -17,6 +17,9 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "../fuzz/fuzz_entry_points.h"
 
@@ -81,6 +84,19 @@ void check_rejected(const std::string& target, const std::string& name, const st
   CHECK_THAT(message, Catch::StartsWith(name + ": ") && Catch::Contains(says));
 }
 
+// The seeds of `target`: each of `valid` is read without complaint, each of
+// `broken` is refused with a message that starts with its name and says what
+// is wrong (the second of the pair, a part of the message).
+void check_seeds(const std::string& target, const std::vector<std::string>& valid,
+                 const std::vector<std::pair<std::string, std::string>>& broken) {
+  REQUIRE(!valid.empty());
+  for (const std::string& name : valid) {
+    INFO(target << "/" << name);
+    CHECK(answer(target, name) == "");
+  }
+  for (const auto& [name, says] : broken) check_rejected(target, name, says);
+}
+
 }  // namespace
 
 TEST_CASE("fuzz corpus: every IDX input is read or rejected, plain and gzip-wrapped alike", "[fuzz][io][errors]") {
@@ -101,61 +117,53 @@ TEST_CASE("fuzz corpus: every checkpoint input is refused, or restores and resum
 
 TEST_CASE("fuzz seeds: valid checkpoints of float and QAT runs parse, restore and resume; broken ones are refused",
           "[fuzz][io][errors]") {
-  for (const char* name : {"seed-train-sgd-momentum", "seed-train-sgd-first-epoch", "seed-train-adam-cosine-warmup",
-                           "seed-train-adamw-step-augment", "seed-train-sgd-multistep-best", "seed-qat-sgd",
-                           "seed-qat-sgd-best", "seed-qat-lsq-adam-cosine"}) {
-    INFO(name);
-    CHECK(answer("checkpoint", name) == "");
-  }
-  check_rejected("checkpoint", "seed-train-sgd-momentum-truncated-half", "header length");
-  check_rejected("checkpoint", "seed-train-sgd-momentum-truncated-by-1", "outside the data area");
-  check_rejected("checkpoint", "seed-train-sgd-momentum-flipped-byte", "not valid JSON");
-  check_rejected("checkpoint", "seed-train-epoch-equals-epochs", "checkpoint field 'epoch' is 3, outside 0..2");
-  check_rejected("checkpoint", "seed-train-zero-rng", "checkpoint field 'loader.rng' is the all-zero generator state");
-  check_rejected("checkpoint", "seed-qat-relabelled-train", "checkpoint field 'command.command' is \"train\"");
+  check_seeds("checkpoint",
+              {"seed-train-sgd-momentum", "seed-train-sgd-first-epoch", "seed-train-adam-cosine-warmup",
+               "seed-train-adamw-step-augment", "seed-train-sgd-multistep-best", "seed-qat-sgd", "seed-qat-sgd-best",
+               "seed-qat-lsq-adam-cosine"},
+              {{"seed-train-sgd-momentum-truncated-half", "header length"},
+               {"seed-train-sgd-momentum-truncated-by-1", "outside the data area"},
+               {"seed-train-sgd-momentum-flipped-byte", "not valid JSON"},
+               {"seed-train-epoch-equals-epochs", "checkpoint field 'epoch' is 3, outside 0..2"},
+               {"seed-train-zero-rng", "checkpoint field 'loader.rng' is the all-zero generator state"},
+               {"seed-qat-relabelled-train", "checkpoint field 'command.command' is \"train\""}});
 }
 
 TEST_CASE("fuzz seeds: valid IDX files are read, broken ones rejected naming the defect", "[fuzz][io][errors]") {
-  for (const char* name : {"seed-images-u8-2x3x4", "seed-images-u8-2x3x4.gz", "seed-labels-u8-5", "seed-labels-u8-5.gz",
-                           "seed-i8-2x2", "seed-i32-3", "seed-f32-2x2x1x2"}) {
-    INFO(name);
-    CHECK(answer("idx", name) == "");
-  }
-  check_rejected("idx", "seed-images-u8-2x3x4-truncated-half", "truncated");
-  check_rejected("idx", "seed-images-u8-2x3x4-truncated-by-1", "truncated");
-  check_rejected("idx", "seed-images-u8-2x3x4-flipped-byte", "unknown IDX data type");
-  check_rejected("idx", "seed-images-u8-2x3x4.gz-truncated-half", "truncated gzip stream");
-  check_rejected("idx", "seed-images-u8-2x3x4.gz-truncated-by-1", "truncated gzip stream");
-  check_rejected("idx", "seed-images-u8-2x3x4.gz-flipped-byte", "bad magic number");  // inflated, wrong, before the CRC check
-  check_rejected("idx", "seed-labels-declares-100", "truncated");
-  check_rejected("idx", "seed-labels-trailing", "trailing data");
-  check_rejected("idx", "seed-i16-2", "not supported");
-  check_rejected("idx", "seed-f64-1", "not supported");
+  check_seeds("idx",
+              {"seed-images-u8-2x3x4", "seed-images-u8-2x3x4.gz", "seed-labels-u8-5", "seed-labels-u8-5.gz", "seed-i8-2x2",
+               "seed-i32-3", "seed-f32-2x2x1x2"},
+              {{"seed-images-u8-2x3x4-truncated-half", "truncated"},
+               {"seed-images-u8-2x3x4-truncated-by-1", "truncated"},
+               {"seed-images-u8-2x3x4-flipped-byte", "unknown IDX data type"},
+               {"seed-images-u8-2x3x4.gz-truncated-half", "truncated gzip stream"},
+               {"seed-images-u8-2x3x4.gz-truncated-by-1", "truncated gzip stream"},
+               {"seed-images-u8-2x3x4.gz-flipped-byte", "bad magic number"},  // inflated, wrong, before the CRC check
+               {"seed-labels-declares-100", "truncated"},
+               {"seed-labels-trailing", "trailing data"},
+               {"seed-i16-2", "not supported"},
+               {"seed-f64-1", "not supported"}});
 }
 
 TEST_CASE("fuzz seeds: valid safetensors files are read, broken ones rejected naming the defect", "[fuzz][io][errors]") {
-  CHECK(answer("safetensors", "seed-tensors") == "");
-  CHECK(answer("safetensors", "seed-empty") == "");
-  check_rejected("safetensors", "seed-tensors-truncated-half", "header length");
-  check_rejected("safetensors", "seed-tensors-truncated-by-1", "outside the data area");
-  check_rejected("safetensors", "seed-tensors-flipped-byte", "header length");
-  check_rejected("safetensors", "seed-tensors-bad-json", "not valid JSON");
-  check_rejected("safetensors", "seed-overlap", "overlap");
-  check_rejected("safetensors", "seed-past-end", "outside the data area");
-  check_rejected("safetensors", "seed-negative-dim", "negative dimension");
+  check_seeds("safetensors", {"seed-tensors", "seed-empty"},
+              {{"seed-tensors-truncated-half", "header length"},
+               {"seed-tensors-truncated-by-1", "outside the data area"},
+               {"seed-tensors-flipped-byte", "header length"},
+               {"seed-tensors-bad-json", "not valid JSON"},
+               {"seed-overlap", "overlap"},
+               {"seed-past-end", "outside the data area"},
+               {"seed-negative-dim", "negative dimension"}});
 }
 
 TEST_CASE("fuzz seeds: float, QAT, observed, static and dynamic int8 model files build, broken ones do not", "[fuzz][io][errors]") {
-  for (const char* name : {"seed-float-mlp", "seed-qat-x86", "seed-observed-minmax", "seed-observed-histogram",
-                           "seed-static-int8-minmax", "seed-static-int8-histogram", "seed-static-int8-qnnpack",
-                           "seed-dynamic-int8"}) {
-    INFO(name);
-    CHECK(answer("model", name) == "");
-  }
-  check_rejected("model", "seed-static-int8-minmax-truncated-half", "header length");
-  check_rejected("model", "seed-static-int8-minmax-truncated-by-1", "outside the data area");
-  check_rejected("model", "seed-static-int8-minmax-flipped-byte", "not valid JSON");
-  check_rejected("model", "seed-float-mlp-missing-key", "in_features");
+  check_seeds("model",
+              {"seed-float-mlp", "seed-qat-x86", "seed-observed-minmax", "seed-observed-histogram", "seed-static-int8-minmax",
+               "seed-static-int8-histogram", "seed-static-int8-qnnpack", "seed-dynamic-int8"},
+              {{"seed-static-int8-minmax-truncated-half", "header length"},
+               {"seed-static-int8-minmax-truncated-by-1", "outside the data area"},
+               {"seed-static-int8-minmax-flipped-byte", "not valid JSON"},
+               {"seed-float-mlp-missing-key", "in_features"}});
 }
 
 // Found by fuzz/fuzz_model: a calibrated model file whose observer holds
