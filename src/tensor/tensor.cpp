@@ -1,8 +1,10 @@
 // Storage allocation, tensor accessors, creation functions and PyTorch-style
 // printing (docs/tensor.md §1, §7).
 #include "tensor/tensor.h"
+#include "tensor/memory_limit.h"
 
 #include <algorithm>
+#include <atomic>
 #include <malloc.h>
 
 #include <cmath>
@@ -38,6 +40,16 @@ void tune_allocator_for_training() {
 
 // ---- Storage ----
 
+namespace {
+std::atomic<size_t> g_tensor_bytes{0}, g_tensor_peak{0}, g_tensor_limit{0}, g_tensor_allocated{0};
+}  // namespace
+
+void set_tensor_memory_limit(size_t bytes) { g_tensor_limit.store(bytes); }
+size_t tensor_memory_limit() { return g_tensor_limit.load(); }
+size_t tensor_memory_in_use() { return g_tensor_bytes.load(); }
+size_t tensor_memory_peak() { return g_tensor_peak.load(); }
+size_t tensor_memory_allocated() { return g_tensor_allocated.load(); }
+
 Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
   // 64-byte alignment: a cache line, and what AVX2 / AVX-512 loads like.
   // Plain malloc with 63 spare bytes, aligned by hand, rather than
@@ -46,15 +58,32 @@ Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
   // (PTRDIFF_MAX: no object may be larger, and the padding must not wrap.)
   if (nbytes > static_cast<size_t>(PTRDIFF_MAX) - kAlignment)
     throw AllocationError(fmt::format("cannot allocate {} bytes for a tensor: more than any object can have", nbytes));
+  constexpr double kGiB = 1ull << 30;
+  const size_t held = g_tensor_bytes.fetch_add(nbytes) + nbytes;
+  if (const size_t limit = g_tensor_limit.load(); limit > 0 && held > limit) {
+    g_tensor_bytes.fetch_sub(nbytes);
+    throw AllocationError(fmt::format("cannot allocate {} bytes ({:.1f} GiB) for a tensor: the tensors would hold {:.1f} GiB, "
+                                      "more than the limit of {:.1f} GiB",
+                                      nbytes, static_cast<double>(nbytes) / kGiB, static_cast<double>(held) / kGiB,
+                                      static_cast<double>(limit) / kGiB));
+  }
   raw_ = std::malloc((nbytes ? nbytes : 1) + kAlignment - 1);
-  if (!raw_)
+  if (!raw_) {
+    g_tensor_bytes.fetch_sub(nbytes);
     throw AllocationError(fmt::format("cannot allocate {} bytes ({:.1f} GiB) for a tensor: out of memory", nbytes,
-                                      static_cast<double>(nbytes) / (1ull << 30)));
+                                      static_cast<double>(nbytes) / kGiB));
+  }
+  g_tensor_allocated.fetch_add(nbytes);
+  for (size_t peak = g_tensor_peak.load(); held > peak && !g_tensor_peak.compare_exchange_weak(peak, held);) {
+  }
   const auto address = reinterpret_cast<uintptr_t>(raw_);
   data_ = reinterpret_cast<void*>((address + kAlignment - 1) / kAlignment * kAlignment);
 }
 
-Storage::~Storage() { std::free(raw_); }
+Storage::~Storage() {
+  std::free(raw_);
+  g_tensor_bytes.fetch_sub(nbytes_);
+}
 
 const char* qscheme_name(QScheme s) {
   switch (s) {

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cmath>
+#include <cerrno>
 #include <cstdlib>
 #include <filesystem>
 #include <limits>
@@ -17,7 +18,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "autograd/node.h"
 #include "io/data_loader.h"
+#include "tensor/memory_limit.h"
 #include "io/model_file.h"
 #include "io/safetensors.h"
 #include "io/data_split.h"
@@ -32,6 +35,7 @@
 #include "quant/qat_schedule.h"
 #include "quant/quantized_conv.h"
 #include "tensor/communicator.h"
+#include "tensor/tensor.h"
 
 namespace tq::cli {
 
@@ -95,6 +99,7 @@ void check_outputs(const cxxopts::ParseResult& r) {
 void apply_threads(const cxxopts::ParseResult& r) {
   const int t = r["threads"].as<int>();
   if (t < 0) throw UsageError("--threads must be 0 (all cores) or positive");
+  if (t > kMaxThreads) throw UsageError(fmt::format("--threads {} is more than the limit of {} (kMaxThreads)", t, kMaxThreads));
   if (t > 0) openblas_set_num_threads(t);
 }
 
@@ -137,6 +142,9 @@ void check_model_fits(nn::Module& model, const io::Dataset& data, const std::str
   quant::Evaluation ev;
   try {
     ev = evaluate(model, data.slice(0, 1), 1);
+  } catch (const std::bad_alloc&) {
+    for (auto& [o, on] : observers) o->enabled = on;
+    throw;  // out of memory: not a property of the file (main.cpp names what the memory grows with)
   } catch (const std::exception& e) {
     for (auto& [o, on] : observers) o->enabled = on;
     throw std::runtime_error(fmt::format("{}: the model cannot take this data's samples: {}", path, e.what()));
@@ -147,6 +155,65 @@ void check_model_fits(nn::Module& model, const io::Dataset& data, const std::str
                                          ev.classes, data.num_classes));
 }
 
+// ---- Memory ----
+
+namespace {
+
+std::string g_memory_grows_with;
+int g_memory_status = 2;
+std::string g_memory_limit_source = "no limit";
+
+// MemAvailable of /proc/meminfo in bytes, 0 when it cannot be read.
+size_t memory_available() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (!f) return 0;
+  char line[256];
+  unsigned long long kib = 0;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+  std::fclose(f);
+  return static_cast<size_t>(kib) * 1024;
+}
+
+}  // namespace
+
+void set_memory_limit() {
+  size_t limit = 0;
+  if (const char* env = std::getenv("TINYQAT_MEMORY_LIMIT"); env && *env) {
+    char* end = nullptr;
+    errno = 0;
+    const double v = std::strtod(env, &end);
+    double unit = 1;
+    if (*end == 'K' || *end == 'k') unit = 1024, ++end;
+    else if (*end == 'M' || *end == 'm') unit = 1024.0 * 1024, ++end;
+    else if (*end == 'G' || *end == 'g') unit = 1024.0 * 1024 * 1024, ++end;
+    if (end == env || *end || errno || !(v >= 0) || v * unit > 1e18)
+      throw UsageError(fmt::format("TINYQAT_MEMORY_LIMIT '{}': expected bytes, e.g. 4G, 512M or 0 (no limit)", env));
+    limit = static_cast<size_t>(v * unit);
+    g_memory_limit_source = limit ? "TINYQAT_MEMORY_LIMIT" : "no limit";
+  } else if (const size_t avail = memory_available(); avail > 0) {
+    // What the machine has free now, shared by the ranks of a data-parallel run.
+    limit = avail / static_cast<size_t>(std::max(1, dist::world().size()));
+    g_memory_limit_source = "the memory available when the command started";
+  }
+  set_tensor_memory_limit(limit);
+}
+
+void memory_grows_with(std::string what, int status) {
+  g_memory_grows_with = std::move(what);
+  g_memory_status = status;
+}
+
+std::pair<std::string, int> out_of_memory(const std::bad_alloc& e) {
+  constexpr double kGiB = 1ull << 30;
+  std::string msg = dynamic_cast<const AllocationError*>(&e) ? e.what() : "out of memory (std::bad_alloc)";
+  if (!g_memory_grows_with.empty())
+    msg += fmt::format("; the memory needed grows with {}: make it smaller", g_memory_grows_with);
+  if (const size_t limit = tensor_memory_limit(); limit > 0)
+    msg += fmt::format(" (tensor memory limit {:.1f} GiB: {})", static_cast<double>(limit) / kGiB, g_memory_limit_source);
+  return {msg, g_memory_grows_with.empty() ? 1 : g_memory_status};
+}
+
 // ---- Architectures ----
 
 void check_arch_name(const std::string& arch) {
@@ -154,12 +221,31 @@ void check_arch_name(const std::string& arch) {
     throw UsageError(fmt::format("--arch must be mlp, cnn or mobilenet_v2, not '{}'", arch));
 }
 
+std::string mlp_size_problem(const std::vector<int64_t>& hidden, int64_t in_features, int64_t classes) {
+  if (hidden.size() > kMaxMlpLayers)
+    return fmt::format("asks for {} hidden layers, more than the limit of {} (kMaxMlpLayers)", hidden.size(), kMaxMlpLayers);
+  int64_t weights = 0, in = in_features;
+  for (size_t i = 0; i <= hidden.size(); ++i) {
+    const int64_t out = i < hidden.size() ? hidden[i] : classes;
+    weights += in * out + out;  // each factor is at most 8192 (parse_hidden) or the data's size
+    in = out;
+  }
+  if (weights > kMaxMlpWeights)
+    return fmt::format("makes an MLP of {} weights, more than the limit of {} (kMaxMlpWeights, 1 GiB of float32; "
+                       "training holds 3-4 times that)",
+                       weights, kMaxMlpWeights);
+  return "";
+}
+
 std::shared_ptr<nn::Module> make_model(const std::string& arch, double width, const std::string& hidden,
                                        int64_t in_features, int64_t classes) {
   check_arch_name(arch);
   if (arch == "cnn") return models::cnn(classes);
   if (arch == "mobilenet_v2") return models::mobilenet_v2_small_input(classes, width, 1);
-  return make_mlp(in_features, parse_hidden(hidden), classes);
+  const std::vector<int64_t> sizes = parse_hidden(hidden);
+  if (const std::string problem = mlp_size_problem(sizes, in_features, classes); !problem.empty())
+    throw UsageError(fmt::format("--hidden {} {}", hidden, problem));
+  return make_mlp(in_features, sizes, classes);
 }
 
 std::string arch_of(const nn::Module& model) {
@@ -409,11 +495,13 @@ void check_settings(const json& cmd, const std::string& checkpoint) {
   }
   if (cmd.contains("hidden")) {
     if (!cmd["hidden"].is_string()) fail("hidden", "must be a string such as \"256,128\"");
+    std::vector<int64_t> sizes;
     try {
-      parse_hidden(cmd["hidden"].get<std::string>());
+      sizes = parse_hidden(cmd["hidden"].get<std::string>());
     } catch (const std::invalid_argument& e) {
       fail("hidden", "must be layer sizes in 1..8192 separated by commas, e.g. 256,128");
     }
+    if (const std::string problem = mlp_size_problem(sizes); !problem.empty()) fail("hidden", problem);
   }
 }
 
@@ -555,6 +643,69 @@ int64_t validation_count(const json& cmd, int64_t n) {
   return count;
 }
 
+void check_training_memory(nn::Module& model, const io::Dataset& data, int64_t batch_size, const std::string& option) {
+  const size_t limit = tensor_memory_limit();
+  if (limit == 0 || data.size() == 0) return;
+  // One sample through the model in eval mode, without autograd, observers
+  // off: nothing changes. What it allocates, layer after layer, is what a
+  // training step keeps of each sample for the backward pass, at least.
+  std::vector<std::pair<quant::ObserverBase*, bool>> observers;
+  for (auto& [name, m] : model.named_modules())
+    if (auto* o = dynamic_cast<quant::ObserverBase*>(m)) observers.emplace_back(o, o->enabled);
+  std::vector<std::pair<nn::Module*, bool>> modes;  // each module's own, parents first (a frozen BatchNorm stays frozen)
+  for (auto& [name, m] : model.named_modules()) modes.emplace_back(m, m->is_training());
+  struct Restore {
+    std::vector<std::pair<nn::Module*, bool>>& modes;
+    std::vector<std::pair<quant::ObserverBase*, bool>>& observers;
+    ~Restore() {
+      for (auto& [m, on] : modes) m->train(on);
+      for (auto& [o, on] : observers) o->enabled = on;
+    }
+  } restore{modes, observers};
+  for (auto& [o, on] : observers) o->enabled = false;
+  model.eval();
+  io::DataLoader loader(data.slice(0, 1), {.batch_size = 1, .shuffle = false, .as_images = takes_images(model)});
+  io::Batch one;
+  loader.next(one);
+  size_t per_sample = 0;
+  try {
+    NoGradGuard no_grad;
+    const size_t before = tensor_memory_allocated();
+    (void)model(one.images);
+    per_sample = tensor_memory_allocated() - before;
+  } catch (const std::bad_alloc&) {
+    throw;
+  } catch (const std::exception&) {
+    // A model that cannot run in eval mode yet (a model prepared for QAT whose
+    // fake quants have seen no training batch): qat and lowbit measure the
+    // float model before they prepare it; here the tensor memory limit alone
+    // stands guard.
+    return;
+  }
+  const double need = static_cast<double>(per_sample) * static_cast<double>(batch_size);
+  const double room = static_cast<double>(limit) - static_cast<double>(std::min(limit, tensor_memory_in_use()));
+  if (need > room) {
+    constexpr double kGiB = 1ull << 30;
+    throw UsageError(fmt::format(
+        "{} {}: a training step keeps at least {:.1f} GiB of activations ({:.0f} KiB a sample, measured), more than the "
+        "{:.1f} GiB of tensor memory left ({}); use at most {}",
+        option, batch_size, need / kGiB, static_cast<double>(per_sample) / 1024, room / kGiB, g_memory_limit_source,
+        std::max<int64_t>(1, static_cast<int64_t>(room / static_cast<double>(std::max<size_t>(per_sample, 1))))));
+  }
+}
+
+void check_batch_fits(const json& cmd, int64_t n) {
+  // A batch larger than the training set is not a batch of that size: the
+  // one batch of an epoch would be the whole set (and a batch of 60000
+  // images through the cnn asked for 5.6 GiB at once, after the data was read).
+  const int64_t val = validation_count(cmd, n), batch_size = cmd["batch_size"].get<int64_t>();
+  const int64_t ranks = dist::world().size(), per_rank = (n - val) / ranks;
+  if (batch_size > per_rank)
+    throw UsageError(fmt::format("--batch-size {} is more than the {} training samples{}{}; use at most {}", batch_size,
+                                 per_rank, val > 0 ? fmt::format(" left beside the {} of --val", val) : "",
+                                 ranks > 1 ? " of each rank" : "", per_rank));
+}
+
 TrainState run_training(const cxxopts::ParseResult& r, nn::Module& model, const FashionMnist& data, const json& cmd,
                         const std::optional<Checkpoint>& ck, TrainOptions& topt) {
   const uint64_t seed = cmd["seed"].get<uint64_t>();
@@ -564,8 +715,11 @@ TrainState run_training(const cxxopts::ParseResult& r, nn::Module& model, const 
   if (const int64_t count = validation_count(cmd, data.train.size()); count > 0)
     split = io::split_validation(data.train, count, seed);
   const io::Dataset& train_set = split ? split->train : data.train;
+  check_batch_fits(cmd, data.train.size());
+  const int64_t batch_size = cmd["batch_size"].get<int64_t>();
+  check_training_memory(model, train_set, batch_size);
   // Data parallel: --batch-size is per rank; every rank shuffles alike and takes its shard.
-  const io::DataLoaderOptions lopt{.batch_size = cmd["batch_size"].get<int64_t>(), .seed = seed,
+  const io::DataLoaderOptions lopt{.batch_size = batch_size, .seed = seed,
                                    .as_images = takes_images(model), .rank = dist::world().rank(),
                                    .world_size = dist::world().size()};
   io::DataLoader loader(train_set, lopt);

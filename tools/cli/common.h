@@ -65,10 +65,36 @@ std::shared_ptr<nn::Module> load_float(const std::string& path, const char* comm
 // output is not one score per class, is an error naming `path` (exit 1)
 // before any work is done with it.
 void check_model_fits(nn::Module& model, const io::Dataset& data, const std::string& path);
+// ---- Memory: a failed allocation names the option behind it ----
+
+// Sets the tensor memory limit (tq::set_tensor_memory_limit) to
+// TINYQAT_MEMORY_LIMIT (bytes, or with a K, M or G suffix; 0 = none), or else
+// to the memory available when the command starts (MemAvailable), shared by
+// the ranks of a data-parallel run. A bad value is a UsageError.
+void set_memory_limit();
+// What the memory of the command's work grows with, named when an allocation
+// fails: options ("--batch-size 60000 (--arch cnn)"), a mistake in the command
+// line (exit 2); or a file (`status` 1).
+void memory_grows_with(std::string what, int status = 2);
+// The one-line message and the exit status for a failed allocation `e`.
+std::pair<std::string, int> out_of_memory(const std::bad_alloc& e);
+// --threads above this is refused (--threads 100000 made OpenBLAS and the int8
+// kernels ask for that many threads: the process ran out of memory and hung).
+inline constexpr int kMaxThreads = 256;
+// --latency-repeats above this is refused: seven samples of 2e9 forward
+// passes each never ended.
+inline constexpr int kMaxLatencyRepeats = 100'000;
+
 // ---- Architectures (train, qat, ptq, pipeline) ----
 
 // "mlp", "cnn" or "mobilenet_v2", else a UsageError naming --arch.
 void check_arch_name(const std::string& arch);
+// What is wrong with an MLP in -> hidden... -> classes of more than
+// kMaxMlpWeights weights (1 GiB of float32: training holds three or four
+// times that) or more than kMaxMlpLayers hidden layers; "" when nothing is.
+inline constexpr int64_t kMaxMlpWeights = int64_t{1} << 28;
+inline constexpr size_t kMaxMlpLayers = 64;
+std::string mlp_size_problem(const std::vector<int64_t>& hidden, int64_t in_features = 784, int64_t classes = 10);
 // The float network `arch` names, freshly initialised from the global
 // generator: the MLP (hidden sizes as "256,128"), models::cnn, or the
 // small-input MobileNetV2 of width multiplier `width`.
@@ -153,6 +179,20 @@ std::optional<Checkpoint> resume_checkpoint(const cxxopts::ParseResult& r, const
 // The number of training samples `cmd`'s "val" holds out of `n` (0 without
 // one); a UsageError naming --val when that leaves no sample on either side.
 int64_t validation_count(const json& cmd, int64_t n);
+// The batch size of `cmd` against the `n` training samples (less the
+// validation set, per rank): a larger one is a UsageError naming --batch-size
+// and the most there can be. run_training checks it too; the commands call it
+// as soon as the data is read, before the model is loaded or evaluated.
+void check_batch_fits(const json& cmd, int64_t n);
+// Measures what one sample of `data` allocates on its way through `model`
+// (eval mode, no autograd, observers off: nothing changes) and refuses, with a
+// UsageError naming `option` and the most that fits, a batch whose training
+// step would keep more than the tensor memory limit allows. run_training
+// calls it before the first step (it measures nothing when the model cannot
+// run in eval mode yet: a model prepared for QAT, measured by qat and lowbit
+// as the float model before they prepare it).
+void check_training_memory(nn::Module& model, const io::Dataset& data, int64_t batch_size,
+                           const std::string& option = "--batch-size");
 TrainState run_training(const cxxopts::ParseResult& r, nn::Module& model, const FashionMnist& data, const json& cmd,
                         const std::optional<Checkpoint>& ck, TrainOptions& topt);
 

@@ -97,6 +97,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+    // A tensor beyond the memory there is fails at its allocation (rather
+    // than the kernel killing the process when it touches the pages), and the
+    // message names the options it grows with.
+    tq::cli::set_memory_limit();
     return it->second(argc - 1, argv + 1);
   } catch (const UsageError& e) {
     return fail(cmd, e.what(), 2);
@@ -104,6 +108,9 @@ int main(int argc, char** argv) {
     return fail(cmd, e.what(), 2);
   } catch (const cxxopts::exceptions::exception& e) {
     return fail(cmd, e.what(), 2);
+  } catch (const std::bad_alloc& e) {
+    const auto [message, status] = tq::cli::out_of_memory(e);
+    return fail(cmd, message.c_str(), status);
   } catch (const std::exception& e) {
     // Everything but a mistake in the command line, whatever its type (a
     // bad file, a model that does not fit the data): exit 1. The commands

@@ -38,6 +38,8 @@ int run_bench(int argc, char** argv) {
   auto r = parse(o, argc, argv);
   bench::SuiteOptions options{.threads = r["threads"].as<int>(), .quick = r.count("quick") > 0};
   if (options.threads < 1) throw UsageError("--threads must be at least 1");
+  if (options.threads > kMaxThreads)
+    throw UsageError(fmt::format("--threads {} is more than the limit of {} (kMaxThreads)", options.threads, kMaxThreads));
   const std::string only = r["only"].as<std::string>();
   if (only.empty() || only.find_first_not_of("abcd") != std::string::npos)
     throw UsageError(fmt::format("--only '{}': use letters among a, b, c, d", only));

@@ -49,6 +49,7 @@ int run_compare(int argc, char** argv) {
   }
   const io::Dataset test_set = io::load_fashion_mnist(r["data"].as<std::string>(), io::Split::test);
   const int64_t n = std::min<int64_t>(r["samples"].as<int64_t>(), test_set.size());
+  memory_grows_with(fmt::format("--samples {} (run as one batch)", n));
   check_model_fits(*fl, test_set, float_path);
   check_model_fits(*qm, test_set, quantized_path);
   io::DataLoader loader(test_set.slice(0, n), {.batch_size = n, .shuffle = false, .as_images = takes_images(*fl)});
@@ -58,6 +59,8 @@ int run_compare(int argc, char** argv) {
   try {
     weights = quant::compare_weights(*fl, *qm);
     outputs = quant::compare_model_outputs(*fl, *qm, b.images);
+  } catch (const std::bad_alloc&) {
+    throw;  // out of memory, not a mismatch: main.cpp names --samples
   } catch (const std::exception& e) {
     throw std::runtime_error(fmt::format("--float {} and --quantized {} do not match: {}", float_path, quantized_path, e.what()));
   }

@@ -22,6 +22,7 @@ int run_dynamic(int argc, char** argv) {
   const io::Dataset test_set = io::load_fashion_mnist(r["data"].as<std::string>(), io::Split::test);
   const auto t0 = std::chrono::steady_clock::now();
   auto model = load_float(from, "dynamic");
+  memory_grows_with(fmt::format("the model of --from {}", from), 1);
   check_model_fits(*model, test_set, from);
   const quant::Evaluation fl = evaluate(*model, test_set);
   quant::quantize_dynamic(*model, {}, DType::i8, !r.count("per-tensor"));

@@ -23,10 +23,14 @@ int run_eval(int argc, char** argv) {
   const int repeats = r["latency-repeats"].as<int>();
   if (limit < 0) throw UsageError("--limit-test must not be negative");
   if (repeats < 0) throw UsageError("--latency-repeats must not be negative");
+  if (repeats > kMaxLatencyRepeats)
+    throw UsageError(fmt::format("--latency-repeats {} is more than the limit of {} (kMaxLatencyRepeats)", repeats,
+                                 kMaxLatencyRepeats));
   auto model = io::load_model(path);
   quant::set_int8_threads(*model, r["threads"].as<int>());
   io::Dataset test_set = io::load_fashion_mnist(r["data"].as<std::string>(), io::Split::test);
   if (limit > 0 && limit < test_set.size()) test_set = test_set.slice(0, limit);
+  memory_grows_with(fmt::format("--batch-size {} (the model of --model {})", r["batch-size"].as<int64_t>(), path));
   check_model_fits(*model, test_set, path);
   const quant::Evaluation ev = evaluate(*model, test_set, r["batch-size"].as<int64_t>());
   const double l1 = latency_us(*model, test_set, 1, repeats), l256 = latency_us(*model, test_set, 256, repeats);

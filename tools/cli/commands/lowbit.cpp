@@ -87,12 +87,14 @@ int run_lowbit(int argc, char** argv) {
   }
   FashionMnist data = load_data(r);
   apply_limits(cmd, data);
-  validation_count(cmd, data.train.size());  // a bad --val stops the command before its first run
+  check_batch_fits(cmd, data.train.size());  // a bad --val or --batch-size stops the command before its first run
   const io::Dataset& test_set = data.test;
   const int threads = r["threads"].as<int>();
   const uint64_t seed = r["seed"].as<uint64_t>();
   auto float_model = load_float(from, "lowbit");
+  memory_grows_with(fmt::format("--batch-size {} (the model of --from {})", cmd["batch_size"].get<int64_t>(), from));
   check_model_fits(*float_model, test_set, from);
+  check_training_memory(*float_model, data.train, cmd["batch_size"].get<int64_t>());
   const double float_acc = evaluate(*float_model, test_set).accuracy;
   const int64_t float_bytes = file_bytes(from);
 

@@ -72,17 +72,28 @@ int run_pipeline(int argc, char** argv) {
   if (!(r["width"].as<double>() > 0) || r["width"].as<double>() > 4)
     throw UsageError(fmt::format("--width must be in (0, 4], not {}", r["width"].as<double>()));
   if (r["latency-repeats"].as<int>() < 0) throw UsageError("--latency-repeats must not be negative");
+  if (r["latency-repeats"].as<int>() > kMaxLatencyRepeats)
+    throw UsageError(fmt::format("--latency-repeats {} is more than the limit of {} (kMaxLatencyRepeats)",
+                                 r["latency-repeats"].as<int>(), kMaxLatencyRepeats));
   if (r["limit-train"].as<int64_t>() < 0 || r["limit-test"].as<int64_t>() < 0)
     throw UsageError("--limit-train and --limit-test must not be negative");
   json schedule;
   read_qat_schedule(r, schedule);
   const std::string wd = r["workdir"].as<std::string>();
-  std::filesystem::create_directories(wd);
+  {
+    std::error_code ec;  // the library's "filesystem error" did not name the option
+    std::filesystem::create_directories(wd, ec);
+    if (ec || !std::filesystem::is_directory(wd))
+      throw std::runtime_error(fmt::format("--workdir {}: cannot create the directory ({})", wd,
+                                           ec ? ec.message() : "a file of that name exists"));
+  }
   const std::string report_dir = r.count("report") ? r["report"].as<std::string>() : "";
   FashionMnist data = load_data(r);
   if (const int64_t n = r["limit-train"].as<int64_t>(); n > 0 && n < data.train.size()) data.train = data.train.slice(0, n);
   if (const int64_t n = r["limit-test"].as<int64_t>(); n > 0 && n < data.test.size()) data.test = data.test.slice(0, n);
   const io::Dataset& test_set = data.test;
+  memory_grows_with(arch == "mobilenet_v2" ? fmt::format("--width {} (--arch mobilenet_v2)", r["width"].as<double>())
+                                           : fmt::format("--arch {}", arch));
   const bool progress = progress_wanted(r.count("progress") > 0);
   const uint64_t seed = r["seed"].as<uint64_t>();
   const int threads = r["threads"].as<int>();

@@ -31,6 +31,7 @@ int run_ptq(int argc, char** argv) {
   const std::string from = require(r, "from"), out = require(r, "out");
   const int64_t batches = r["calibration-batches"].as<int64_t>();
   if (batches < 1) throw UsageError("--calibration-batches must be at least 1");
+  if (r["batch-size"].as<int64_t>() < 1) throw UsageError("--batch-size must be at least 1");
   const std::string backend = r["qconfig"].as<std::string>();
   if (backend != "x86" && backend != "fbgemm" && backend != "qnnpack")
     throw UsageError(fmt::format("--qconfig '{}': use x86, fbgemm or qnnpack", backend));
@@ -42,6 +43,18 @@ int run_ptq(int argc, char** argv) {
   if (r["limit-test"].as<int64_t>() < 0) throw UsageError("--limit-test must not be negative");
   FashionMnist data = load_data(r);
   if (const int64_t n = r["limit-test"].as<int64_t>(); n > 0 && n < data.test.size()) data.test = data.test.slice(0, n);
+  // A batch larger than the training set, or more batches than it holds,
+  // were cut short without a word (and a batch of 1048576 images through the
+  // cnn asked for 5.6 GiB at once).
+  const int64_t batch_size = r["batch-size"].as<int64_t>(), n_train = data.train.size();
+  if (batch_size > n_train)
+    throw UsageError(fmt::format("--batch-size {} is more than the {} training samples; use at most {}", batch_size,
+                                 n_train, n_train));
+  if (const int64_t most = (n_train + batch_size - 1) / batch_size; batches > most)
+    throw UsageError(fmt::format("--calibration-batches {} is more than the {} batches of {} that the {} training "
+                                 "samples make; use at most {}",
+                                 batches, most, batch_size, n_train, most));
+  memory_grows_with(fmt::format("--batch-size {} (the model of --from {})", batch_size, from));
 
   const auto t0 = std::chrono::steady_clock::now();
   auto model = load_float(from, "ptq");
@@ -51,7 +64,7 @@ int run_ptq(int argc, char** argv) {
   quant::quantize_static(
       *model,
       [&](nn::Module& m) {
-        calibrate(m, data.train, batches, {.batch_size = r["batch-size"].as<int64_t>(), .seed = r["seed"].as<uint64_t>()},
+        calibrate(m, data.train, batches, {.batch_size = batch_size, .seed = r["seed"].as<uint64_t>()},
                   progress_wanted(r.count("progress") > 0));
       },
       {.fuse = !r.count("no-fuse"),

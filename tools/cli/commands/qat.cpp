@@ -56,16 +56,22 @@ int run_qat(int argc, char** argv) {
                                      : quant::get_default_qat_qconfig(cmd["qconfig"].get<std::string>());
   FashionMnist data = load_data(r);
   apply_limits(cmd, data);
+  check_batch_fits(cmd, data.train.size());
 
   const auto t0 = std::chrono::steady_clock::now();
   std::shared_ptr<nn::Module> model;
   if (ck) {
     model = ck->model;  // already prepared for QAT, with its observers' state
+    memory_grows_with(fmt::format("--batch-size {} (of the run in --resume {})", cmd["batch_size"].get<int64_t>(),
+                                  r["resume"].as<std::string>()));
     default_generator().set_state(ck->global_rng);
   } else {
     model = load_float(require(r, "from"), "qat");
     check_model_fits(*model, data.test, r["from"].as<std::string>());
     check_model_arch(r, *model, require(r, "from"));
+    memory_grows_with(fmt::format("--batch-size {} (the model of --from {})", cmd["batch_size"].get<int64_t>(),
+                                  r["from"].as<std::string>()));
+    check_training_memory(*model, data.train, cmd["batch_size"].get<int64_t>());
     cmd["float_accuracy"] = evaluate(*model, data.test).accuracy;
   }
   TrainOptions topt = checkpoint_options(r, out, cmd);

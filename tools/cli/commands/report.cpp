@@ -21,6 +21,7 @@ int run_report(int argc, char** argv) {
   const std::string out = r.count("out") ? r["out"].as<std::string>() : wd;
   if (r["samples"].as<int64_t>() < 1) throw UsageError("--samples must be at least 1");
   const io::Dataset test_set = io::load_fashion_mnist(r["data"].as<std::string>(), io::Split::test);
+  memory_grows_with(fmt::format("--samples {} (run as one batch)", r["samples"].as<int64_t>()));
   const std::string page = write_report_from_workdir(wd, out, test_set, r["samples"].as<int64_t>());
   finish(r, json{{"report", page}}, fmt::format("report: {}\n", page));
   return 0;

@@ -27,6 +27,7 @@ int run_run(int argc, char** argv) {
   quant::set_int8_threads(*model, r["threads"].as<int>());
   model->eval();
   const Tensor x = io::load_npy(input);
+  memory_grows_with(fmt::format("the input {} of shape {} (the model of --model {})", input, x.shape().str(), model_path), 1);
   // A NaN or infinite input gives an answer that means nothing (ReLU turns a
   // NaN into 0, an int8 layer quantizes it to its lowest code): refused.
   {

@@ -66,6 +66,12 @@ int run_train(int argc, char** argv) {
   if (batch_size < 1) throw UsageError("--batch-size must be at least 1");
   FashionMnist data = load_data(r);
   apply_limits(cmd, data);
+  check_batch_fits(cmd, data.train.size());
+  const std::string arch_now = cmd["arch"].get<std::string>();
+  memory_grows_with(fmt::format("--batch-size {}{}", batch_size,
+                                arch_now == "mlp"            ? fmt::format(" and --hidden {}", cmd["hidden"].get<std::string>())
+                                : arch_now == "mobilenet_v2" ? fmt::format(" and --width {}", cmd["width"].get<double>())
+                                                             : std::string(" (--arch cnn)")));
 
   const auto t0 = std::chrono::steady_clock::now();
   std::shared_ptr<nn::Module> model;
