@@ -126,6 +126,17 @@ TEST_CASE("cli export and import: bad arguments and files are refused with one l
   expect_one_line_error(tinyqat("export --model " + model), 2, "--out");
   expect_one_line_error(tinyqat("export --model " + model + " --out " + temp_path("x.onnx") + " --input-shape 7,a"), 2,
                         "--input-shape: 'a'");
+  // A shape the first layer (Linear 784 -> ...) cannot take: refused before
+  // anything is written, naming the option; the flattened image is taken.
+  const std::string x_onnx = temp_path("shape.onnx");
+  fs::remove(x_onnx);
+  expect_one_line_error(tinyqat("export --model " + model + " --out " + x_onnx + " --input-shape 100000,100000"), 2,
+                        "--input-shape: the input shape (100000, 100000) does not fit the first Linear layer's 784");
+  expect_one_line_error(tinyqat("export --model " + model + " --out " + x_onnx + " --input-shape 785"), 2,
+                        "--input-shape");
+  CHECK_FALSE(fs::exists(x_onnx));
+  CHECK(tinyqat("export --model " + model + " --out " + x_onnx + " --input-shape 1,28,28").status == 0);
+  CHECK(tinyqat("export --model " + model + " --out " + x_onnx + " --input-shape 3,784").status == 0);
   expect_one_line_error(tinyqat("import --onnx " + kFixture), 2, "--out");
   // An output that is the input.
   expect_one_line_error(tinyqat("import --onnx " + kFixture + " --out " + kFixture), 2, "is also --onnx");

@@ -411,3 +411,18 @@ TEST_CASE("onnx runtime: models::cnn and a small MobileNetV2, float and int8, ag
     check(*model, "mobilenet_int8", true);
   }
 }
+
+TEST_CASE("onnx export: an input shape the first convolution cannot take is refused naming both", "[onnx][cnn][errors]") {
+  manual_seed(0);
+  auto model = models::cnn();
+  model->eval();
+  onnx_io::ExportOptions options;
+  options.input_shape = {3, 28, 28};
+  CHECK_THROWS_WITH(onnx_io::to_onnx(*model, options),
+                    Catch::Contains("input shape (3, 28, 28)") && Catch::Contains("takes (1, H, W)"));
+  options.input_shape = {784};
+  CHECK_THROWS_WITH(onnx_io::to_onnx(*model, options), Catch::Contains("takes (1, H, W)"));
+  options.input_shape = {1, 28, 28};
+  const ::onnx::ModelProto proto = onnx_io::to_onnx(*model, options);
+  CHECK(proto.graph().input(0).type().tensor_type().shape().dim(2).dim_value() == 28);
+}

@@ -444,6 +444,29 @@ std::vector<int64_t> first_input_shape(const nn::Module& model) {
   return {-1};
 }
 
+}  // namespace
+
+void check_input_shape(const nn::Module& model, const std::vector<int64_t>& shape) {
+  const std::vector<int64_t> first = first_input_shape(model);
+  const auto str = [](const std::vector<int64_t>& v) { return fmt::format("({})", fmt::join(v, ", ")); };
+  if (first.size() == 1 && first[0] > 0) {  // a Linear of F inputs
+    const int64_t F = first[0];
+    int64_t product = 1;  // stops growing past F: no overflow
+    for (int64_t d : shape) product = d > 0 && product <= F ? product * d : F + 1;
+    if (!shape.empty() && shape.back() != F && product != F)
+      throw std::invalid_argument(fmt::format("the input shape {} does not fit the first Linear layer's {} inputs "
+                                              "(its last dimension, or the product of all, must be {})",
+                                              str(shape), F, F));
+  } else if (first.size() == 3 && first[0] > 0) {  // a Conv2d of C channels
+    if (shape.size() != 3 || shape[0] != first[0])
+      throw std::invalid_argument(fmt::format("the input shape {} does not fit the first convolution: it takes "
+                                              "({}, H, W)",
+                                              str(shape), first[0]));
+  }
+}
+
+namespace {
+
 // A float tensor (N, dims...); a dim < 0 is symbolic.
 void set_float_io(::onnx::ValueInfoProto& v, const std::string& name, const std::vector<int64_t>& dims) {
   v.set_name(name);
@@ -629,6 +652,7 @@ std::map<std::string, ExportFunction>& onnx_exporters() {
   g.fresh(options.input_name);
   g.fresh(options.output_name);
 
+  if (!options.input_shape.empty()) check_input_shape(model, options.input_shape);
   set_float_io(*graph->add_input(), options.input_name,
                options.input_shape.empty() ? first_input_shape(model) : options.input_shape);
 

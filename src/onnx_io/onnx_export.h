@@ -57,6 +57,12 @@ struct ExportOptions {
 // std::invalid_argument naming what is wrong.
 std::vector<int64_t> parse_shape(const std::string& text);
 
+// Throws std::invalid_argument when `shape` (after N) cannot be the input of
+// `model`'s first layer: a Linear of F inputs takes a last dimension of F or
+// dimensions whose product is F (flattened first); a Conv2d of C channels
+// takes (C, H, W). A first layer of another kind accepts any shape.
+void check_input_shape(const nn::Module& model, const std::vector<int64_t>& shape);
+
 // Builds the ONNX model of `model` (in eval mode). Throws
 // std::invalid_argument naming the module path and type that cannot be
 // exported (a QAT model must be converted first).

@@ -34,6 +34,13 @@ int run_export(int argc, char** argv) {
   }
   auto model = io::load_model(model_path);
   model->eval();
+  if (!options.input_shape.empty()) {
+    try {
+      onnx_io::check_input_shape(*model, options.input_shape);
+    } catch (const std::invalid_argument& e) {
+      throw UsageError(fmt::format("--input-shape: {}", e.what()));
+    }
+  }
   const ::onnx::ModelProto proto = onnx_io::to_onnx(*model, options);
   onnx_io::save_onnx(proto, out);
   std::map<std::string, int> ops;
