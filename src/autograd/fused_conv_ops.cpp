@@ -48,14 +48,7 @@ struct ConvBatchNormReluMaxPoolBackward final : Node {
     if (global_count > 0) {
       // As batch_norm's backward: eq. 4 of docs/batchnorm.md takes the sums
       // over the global batch, all-reduced between the two passes.
-      const int64_t C = tail.sum_dz().numel();
-      std::vector<float> sums(static_cast<size_t>(2 * C));
-      std::copy_n(tail.sum_dz().data<float>(), C, sums.begin());
-      std::copy_n(tail.sum_dz_xhat().data<float>(), C, sums.begin() + C);
-      dist::world().allreduce_sum(sums.data(), 2 * C);
-      const Tensor all_dz = empty({C}), all_dz_xhat = empty({C});
-      std::copy_n(sums.begin(), C, all_dz.data<float>());
-      std::copy_n(sums.begin() + C, C, all_dz_xhat.data<float>());
+      const auto [all_dz, all_dz_xhat] = batch_norm_all_reduce_sums(tail.sum_dz(), tail.sum_dz_xhat());
       tail.use_global_sums(all_dz, all_dz_xhat, global_count);
     }
     if (needs_grad(inputs[3])) gi[3] = tail.sum_dz_xhat();  // d gamma = sum dz xhat

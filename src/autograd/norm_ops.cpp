@@ -37,13 +37,7 @@ struct BatchNormBackward final : Node {
         // eq. 4 over the global batch: the mean of dy and of dy xhat over every
         // rank's values. gamma's and beta's gradients below stay this rank's
         // sums: the trainer averages parameter gradients over the ranks.
-        const int64_t C = sum_dy.numel();
-        std::vector<float> sums(static_cast<size_t>(2 * C));
-        std::copy_n(sum_dy.data<float>(), C, sums.begin());
-        std::copy_n(sum_dy_xhat.data<float>(), C, sums.begin() + C);
-        dist::world().allreduce_sum(sums.data(), 2 * C);
-        const Tensor all_dy = from_vector(std::vector<float>(sums.begin(), sums.begin() + C), {C});
-        const Tensor all_dy_xhat = from_vector(std::vector<float>(sums.begin() + C, sums.end()), {C});
+        const auto [all_dy, all_dy_xhat] = batch_norm_all_reduce_sums(sum_dy, sum_dy_xhat);
         gi[0] = k::batch_norm_backward_input(g, x, mean, invstd, gamma, all_dy, all_dy_xhat, training, global_count);
       } else {
         gi[0] = k::batch_norm_backward_input(g, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, training);
@@ -68,6 +62,16 @@ void check_channel_vector(const Tensor& t, int64_t C, const char* what) {
 // double: with M_r values, mean m_r and variance v_r on rank r,
 //   M = sum M_r,  mean = sum M_r m_r / M,  var = (sum M_r v_r + sum M_r m_r^2) / M - mean^2.
 // Returns M.
+std::pair<Tensor, Tensor> batch_norm_all_reduce_sums(const Tensor& a, const Tensor& b) {
+  const int64_t C = a.numel();
+  std::vector<float> sums(static_cast<size_t>(2 * C));
+  std::copy_n(a.data<float>(), C, sums.begin());
+  std::copy_n(b.data<float>(), C, sums.begin() + C);
+  dist::world().allreduce_sum(sums.data(), 2 * C);
+  return {from_vector(std::vector<float>(sums.begin(), sums.begin() + C), {C}),
+          from_vector(std::vector<float>(sums.begin() + C, sums.end()), {C})};
+}
+
 int64_t batch_norm_all_reduce_stats(Tensor& mean, Tensor& var, int64_t local_count) {
   const int64_t C = mean.numel();
   std::vector<double> s(static_cast<size_t>(3 * C + 1));

@@ -2,6 +2,8 @@
 // torch.nn.functional.batch_norm semantics over (N, C, ...) tensors.
 #pragma once
 
+#include <utility>
+
 #include "autograd/node.h"
 
 namespace tq {
@@ -27,5 +29,9 @@ Tensor batch_norm_training_invstd(const Tensor& mean, const Tensor& var, int64_t
 // values together (an all-reduce over dist::world(), which every rank must
 // call); returns their count, the global M.
 int64_t batch_norm_all_reduce_stats(Tensor& mean, Tensor& var, int64_t local_count);
+
+// Data parallel, the backward's half: two per-channel sums (C) of this rank
+// -> their sums over every rank, in one all-reduce (every rank must call it).
+std::pair<Tensor, Tensor> batch_norm_all_reduce_sums(const Tensor& a, const Tensor& b);
 
 }  // namespace tq
