@@ -67,17 +67,31 @@ inline void pooled_gradient_sums(const float* g, const int32_t* at, const float*
   for (int64_t j = 0; j < kLanes; ++j) s += a[j], t += b[j];
 }
 
-// One plane of the batch norm's input gradient, dy = k dz + (y - m) a + b
-// (batch_norm_backward_input's arithmetic), dz being g at the `n_out` places
-// `at` (>= 0) and 0 elsewhere: the plane is written as (y - m) a + b, then the
-// pooled places are rewritten with their k dz. Returns the plane's sum of dy
-// when `want_sum` (the convolution bias's gradient), else 0.
-inline float batch_norm_backward_plane(const float* y, int64_t hw, const float* g, const int32_t* at, int64_t n_out,
-                                       float m, float k, float a, float b, float* dy, bool want_sum) {
-  for (int64_t i = 0; i < hw; ++i) dy[i] = (y[i] - m) * a + b;
-  for (int64_t o = 0; o < n_out; ++o)
-    if (at[o] >= 0) dy[at[o]] = k * g[o] + (y[at[o]] - m) * a + b;
-  return want_sum ? lane_sum(dy, hw) : 0.f;
+// One plane (H, W) of the batch norm's input gradient, dy = k dz + (y - m) a + b
+// (batch_norm_backward_input's arithmetic), dz being g at the place `at`
+// names in each of the (OH, OW) windows (-1: none) and 0 elsewhere. Written
+// row by row in one pass: a place inside a window takes the k dz term when it
+// is the window's `at` (a select, not a branch: about half the windows are
+// closed, so a branch would be mispredicted half the time). Returns the
+// plane's sum of dy when `want_sum` (the convolution bias's gradient), else 0.
+inline float batch_norm_backward_plane(const float* y, int64_t H, int64_t W, int64_t OH, int64_t OW, const float* g,
+                                       const int32_t* at, float m, float k, float a, float b, float* dy,
+                                       bool want_sum) {
+  for (int64_t r = 0; r < H; ++r) {
+    const float* yr = y + r * W;
+    float* d = dy + r * W;
+    int64_t c = 0;
+    if (r < 2 * OH) {
+      const int64_t o = (r / 2) * OW, place = r * W;
+      for (; c < 2 * OW; ++c) {
+        const float t = (yr[c] - m) * a;
+        const float hit = k * g[o + c / 2] + t + b, miss = t + b;
+        d[c] = at[o + c / 2] == place + c ? hit : miss;
+      }
+    }
+    for (; c < W; ++c) d[c] = (yr[c] - m) * a + b;
+  }
+  return want_sum ? lane_sum(dy, H * W) : 0.f;
 }
 
 }  // namespace
@@ -88,8 +102,8 @@ namespace tq::detail {
 void shifted_sums_avx512(const float* p, int64_t n, float shift, float& sum, float& sum_sq);
 void pooled_gradient_sums_avx512(const float* g, const int32_t* at, const float* y_at, int64_t n, float m, float& s,
                                  float& t);
-float batch_norm_backward_plane_avx512(const float* y, int64_t hw, const float* g, const int32_t* at, int64_t n_out,
-                                       float m, float k, float a, float b, float* dy, bool want_sum);
+float batch_norm_backward_plane_avx512(const float* y, int64_t H, int64_t W, int64_t OH, int64_t OW, const float* g,
+                                       const int32_t* at, float m, float k, float a, float b, float* dy, bool want_sum);
 void batch_norm_relu_max_pool2x2_plane_avx512(const float* y, int64_t W, int64_t OH, int64_t OW, float a, float b,
                                               float* out, int32_t* at, float* y_at);
 // col2im_assign of a 3x3 / stride 1 / padding 1 convolution (conv_kernels.h):

@@ -529,7 +529,7 @@ BatchNormReluMaxPool2x2Backward::BatchNormReluMaxPool2x2Backward(const Tensor& d
   check_channel_vector(mean, g.C, "mean");
   check_channel_vector(invstd, g.C, "invstd");
   if (gamma.defined()) check_channel_vector(gamma, g.C, "gamma");
-  N_ = g.N, C_ = g.C, hw_ = g.H * g.W, ohw_ = g.OH * g.OW;
+  N_ = g.N, C_ = g.C, H_ = g.H, W_ = g.W, OH_ = g.OH, OW_ = g.OW, hw_ = g.H * g.W, ohw_ = g.OH * g.OW;
   wide_ = fused_kernels_avx512();
   const float* gp = dout.data<float>();
   const int32_t* ip = at.data<int32_t>();
@@ -589,8 +589,8 @@ void BatchNormReluMaxPool2x2Backward::image(int64_t n, float* dy_n, double* bias
     const float* gr = dout_.data<float>() + plane * ohw_;
     const int32_t* ir = at_.data<int32_t>() + plane * ohw_;
     const bool want = bias_sums != nullptr;
-    const float sum = wide_ ? detail::batch_norm_backward_plane_avx512(p, hw_, gr, ir, ohw_, m, k, a, b, d, want)
-                            : fused_loops::batch_norm_backward_plane(p, hw_, gr, ir, ohw_, m, k, a, b, d, want);
+    const float sum = wide_ ? detail::batch_norm_backward_plane_avx512(p, H_, W_, OH_, OW_, gr, ir, m, k, a, b, d, want)
+                            : fused_loops::batch_norm_backward_plane(p, H_, W_, OH_, OW_, gr, ir, m, k, a, b, d, want);
     if (want) bias_sums[c] += sum;
   }
 }

@@ -101,7 +101,7 @@ class BatchNormReluMaxPool2x2Backward {
  private:
   Tensor dout_, at_, y_, mean_, invstd_, gamma_, sum_dz_, sum_dz_xhat_;
   Tensor norm_dz_, norm_dz_xhat_;  // the sums dy is made from: sum_dz_ and sum_dz_xhat_, or the global ones
-  int64_t N_ = 0, C_ = 0, hw_ = 0, ohw_ = 0, count_ = 0;
+  int64_t N_ = 0, C_ = 0, H_ = 0, W_ = 0, OH_ = 0, OW_ = 0, hw_ = 0, ohw_ = 0, count_ = 0;
   bool wide_ = false;
 };
 // Twin: dz spelled out as a full tensor, every sum and eq. 4 in double.
