@@ -17,7 +17,9 @@
 # enough for headers of thousands of tensors, now that every reader is linear
 # in its input; FUZZ_MERGE=0 leaves the committed corpus as it is;
 # FUZZ_COMMIT_MAX_BYTES (default 8192) keeps larger inputs out of it (they
-# stay in build-fuzz/work/).
+# stay in build-fuzz/work/); FUZZ_LEN_CONTROL (libFuzzer's -len_control,
+# default 100) set to 0 lets inputs grow to FUZZ_MAX_LEN at once instead of
+# slowly (by default libFuzzer grows them only as coverage stops growing).
 # Needs clang and libclang-rt-14-dev (apt-get install clang libclang-rt-14-dev);
 # not part of scripts/test.sh.
 set -euo pipefail
@@ -31,6 +33,7 @@ jobs=${FUZZ_JOBS:-1}
 merge=${FUZZ_MERGE:-1}
 commit_max_bytes=${FUZZ_COMMIT_MAX_BYTES:-8192}
 max_len=${FUZZ_MAX_LEN:-1048576}
+len_control=${FUZZ_LEN_CONTROL:-100}
 
 bash scripts/setup.sh fuzz  # clang and libFuzzer's runtime
 command -v clang++ >/dev/null || { echo "fuzz.sh: clang++ not found: apt-get install clang libclang-rt-14-dev" >&2; exit 2; }
@@ -51,7 +54,7 @@ run_target() {
   local start rc=0
   start=$(date +%s)
   ./build-fuzz/fuzz_"$t" "$work" "fuzz/corpus/$t" "$regressions" \
-    -max_total_time="$seconds" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=2048 \
+    -max_total_time="$seconds" -max_len="$max_len" -len_control="$len_control" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=2048 \
     -artifact_prefix="$regressions/" -print_final_stats=1 >"build-fuzz/logs/$t.log" 2>&1 || rc=$?
   echo "$rc $(($(date +%s) - start))" >"build-fuzz/logs/$t.result"
 }

@@ -451,6 +451,20 @@ TEST_CASE("cli: --out and --checkpoint are refused before any work when they wou
     CHECK(fs::is_fifo(fifo));
     CHECK(fs::is_character_file("/dev/null"));
   }
+  // The other inputs: run's --input array, and the data set's files.
+  write_bytes(precious, bytes);
+  expect_one_line_error(tinyqat("run --model " + temp_path("m.st") + " --input " + precious + " --out " + precious), 2,
+                        "--out " + precious + " is also --input");
+  CHECK(read_bytes(precious) == bytes);
+  const fs::path data = scratch_dir() / "data_as_output";
+  fs::create_directories(data);
+  for (const char* file : {"train-images-idx3-ubyte", "t10k-labels-idx1-ubyte.gz"}) {
+    const std::string idx = (data / file).string();
+    write_bytes(idx, bytes);
+    expect_one_line_error(tinyqat("train --epochs 1 --data " + data.string() + " --out " + idx), 2,
+                          std::string("is the data set's ") + file);
+    CHECK(read_bytes(idx) == bytes);
+  }
   // A checkpoint directory that does not exist is reported as --checkpoint.
   expect_one_line_error(tinyqat("train --epochs 1 --hidden 8 --checkpoint-every 5 --checkpoint /nonexistent/dir/c --out " +
                                 temp_path("c.st")),

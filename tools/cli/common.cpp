@@ -82,7 +82,7 @@ void check_outputs(const cxxopts::ParseResult& r) {
   else if (r.count("out") && r.count("checkpoint-every") && r["checkpoint-every"].as<int64_t>() > 0)
     outputs.emplace_back("--checkpoint (default <out>.ckpt)", r["out"].as<std::string>() + ".ckpt");
   for (const auto& [option, path] : outputs) check_output_path(path, option);
-  for (const char* input : {"from", "float", "model", "quantized", "resume", "onnx"}) {
+  for (const char* input : {"from", "float", "model", "quantized", "resume", "onnx", "input"}) {
     if (!r.count(input)) continue;
     const std::string in = r[input].as<std::string>();
     for (const auto& [option, path] : outputs)
@@ -91,6 +91,24 @@ void check_outputs(const cxxopts::ParseResult& r) {
       if (same_file(path, in) && !(std::string(input) == "resume" && option.starts_with("--checkpoint")))
         throw UsageError(fmt::format("{} {} is also --{}: the run would overwrite its own input; write elsewhere",
                                      option, path, input));
+  }
+  // The data set's files are inputs too (read as they are or gzipped), in
+  // the commands that have --data.
+  std::string data_dir;
+  try {
+    if (!outputs.empty()) data_dir = r["data"].as<std::string>();
+  } catch (const cxxopts::exceptions::exception&) {
+  }
+  if (!data_dir.empty()) {
+    const std::filesystem::path dir(data_dir);
+    for (const char* name : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                             "t10k-labels-idx1-ubyte"})
+      for (const std::string& file : {std::string(name), std::string(name) + ".gz"})
+        for (const auto& [option, path] : outputs)
+          if (same_file(path, (dir / file).string()))
+            throw UsageError(fmt::format("{} {} is the data set's {} (--data {}): the run would overwrite its own "
+                                         "input; write elsewhere",
+                                         option, path, file, dir.string()));
   }
   if (outputs.size() == 2 && same_file(outputs[0].second, outputs[1].second))
     throw UsageError(fmt::format("--checkpoint and --out name the same file {}", outputs[0].second));
