@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -12,6 +13,7 @@
 #include <onnx/onnx_pb.h>
 
 #include "golden_reader.h"
+#include "io/model_limits.h"
 #include "onnx_io/onnx_export.h"
 #include "onnx_io/onnx_import.h"
 #include "onnx_io/runtime_check.h"
@@ -105,6 +107,103 @@ TEST_CASE("onnx import: unsupported operators, branches and bad files are refuse
   std::ofstream(bad) << "not a model";
   CHECK_THROWS_WITH(onnx_io::import_onnx(bad), Catch::Contains("not an ONNX model"));
   CHECK_THROWS_WITH(onnx_io::import_onnx(temp_dir() + "/missing.onnx"), Catch::Contains("cannot open"));
+}
+
+TEST_CASE("onnx import: hostile constants, attributes and graph sizes are refused naming the file and the field",
+          "[onnx][errors]") {
+  ::onnx::ModelProto base;
+  {
+    std::ifstream f(kFixture, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    REQUIRE(base.ParseFromString(ss.str()));
+  }
+  auto refused = [](const ::onnx::ModelProto& m, const std::string& text) {
+    INFO(text);
+    CHECK_THROWS_WITH(onnx_io::import_onnx(m, "'hostile.onnx'"),
+                      Catch::Contains("ONNX import of 'hostile.onnx': ") && Catch::Contains(text));
+  };
+  auto weight = [](::onnx::ModelProto& m) { return m.mutable_graph()->mutable_initializer(0); };  // fc1.weight
+  {  // dimensions whose product is far beyond the data: refused before anything is allocated
+    auto m = base;
+    weight(m)->clear_dims();
+    weight(m)->add_dims(int64_t{1} << 31);
+    weight(m)->add_dims(int64_t{1} << 31);
+    refused(m, "constant 'fc1.weight' holds 100352 bytes for 4611686018427387904 floats");
+    weight(m)->add_dims(int64_t{1} << 31);  // the product overflows 64 bits
+    refused(m, "constant 'fc1.weight' has more elements than any file can hold");
+  }
+  {
+    auto m = base;
+    for (int i = 0; i < 5; ++i) weight(m)->add_dims(1);
+    refused(m, "constant 'fc1.weight' has 7 dimensions; a tensor has at most 6");
+  }
+  {  // a weight that is not a number
+    auto m = base;
+    std::string raw = weight(m)->raw_data();
+    const float nan = std::nanf("");
+    std::memcpy(raw.data() + 3 * sizeof(float), &nan, sizeof nan);
+    weight(m)->set_raw_data(raw);
+    refused(m, "constant 'fc1.weight' holds nan at element 3; weights must be finite");
+  }
+  {  // one name, two constants: which one is meant is not known
+    auto m = base;
+    *m.mutable_graph()->add_initializer() = m.graph().initializer(0);
+    refused(m, "constant 'fc1.weight' is defined twice");
+  }
+  {  // an attribute given twice, or not finite
+    auto m = base;
+    auto* gemm = m.mutable_graph()->mutable_node(0);
+    REQUIRE(gemm->op_type() == "Gemm");
+    auto* alpha = gemm->add_attribute();
+    alpha->set_name("alpha");
+    alpha->set_type(::onnx::AttributeProto::FLOAT);
+    alpha->set_f(2.f);
+    refused(m, "node '/fc1/Gemm' (Gemm): attribute alpha is given twice");
+    gemm->mutable_attribute()->RemoveLast();
+    for (auto& a : *gemm->mutable_attribute())
+      if (a.name() == "alpha") a.set_f(INFINITY);
+    refused(m, "node '/fc1/Gemm' (Gemm): attribute alpha = inf is not finite");
+  }
+  {  // more nodes than a model may have modules
+    auto m = one_node_model("Identity");
+    auto* g = m.mutable_graph();
+    std::string last = "y";
+    for (size_t i = 0; i < io::kMaxModules; ++i) {
+      auto* n = g->add_node();
+      n->set_op_type("Identity");
+      n->add_input(last);
+      last = fmt::format("v{}", i);
+      n->add_output(last);
+    }
+    g->mutable_output(0)->set_name(last);
+    refused(m, "the graph has 200001 nodes, more than the limit of 200000 (io::kMaxModules)");
+  }
+}
+
+TEST_CASE("onnx import: a long chain of unnamed and same-named nodes gets PyTorch-like unique names", "[onnx]") {
+  // The importer's naming and branch search look at each node a bounded
+  // number of times (they were quadratic: 100,000 nodes took minutes).
+  auto m = one_node_model("Relu");
+  auto* g = m.mutable_graph();
+  std::string last = "y";
+  for (int i = 0; i < 3000; ++i) {
+    auto* n = g->add_node();
+    n->set_op_type("Relu");
+    if (i % 2 == 0) n->set_name("/act/Relu");  // every other node names module "act"
+    n->add_input(last);
+    last = fmt::format("v{}", i);
+    n->add_output(last);
+  }
+  g->mutable_output(0)->set_name(last);
+  auto model = onnx_io::import_onnx(m);
+  REQUIRE(model->size() == 3001);
+  CHECK(model->children()[0]->name == "act");
+  CHECK(model->children()[1]->name == "act_1");  // "/act/Relu" again
+  CHECK(model->children()[2]->name == "relu1");  // no name: "relu" + 1 + children named relu*
+  CHECK(model->children()[3]->name == "act_2");
+  CHECK(model->children()[4]->name == "relu2");
+  CHECK(model->children()[3000]->name == "relu1500");
 }
 
 TEST_CASE("onnx import: Clip(0, 6) is ReLU6, other bounds are refused", "[onnx]") {

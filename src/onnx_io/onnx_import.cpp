@@ -4,13 +4,16 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 #include <stdexcept>
+#include <unordered_map>
 
 #include <fmt/format.h>
 #include <onnx/onnx_pb.h>
 
+#include "io/model_limits.h"
 #include "models/mobilenet_v2.h"
 #include "nn/activation.h"
 #include "nn/batchnorm.h"
@@ -25,12 +28,30 @@ namespace {
 
 using ::onnx::TensorProto;
 
+// The file being imported ("'path'"), while import_onnx runs: the layer
+// importers below say "model", and their errors name the file instead.
+thread_local const std::string* g_importing = nullptr;
+
 [[noreturn]] void fail(const std::string& what, const std::string& msg) {
-  throw std::invalid_argument(fmt::format("ONNX import of {}: {}", what, msg));
+  throw std::invalid_argument(
+      fmt::format("ONNX import of {}: {}", what == "model" && g_importing ? *g_importing : what, msg));
 }
 
 std::string node_label(const ::onnx::NodeProto& n) {
   return fmt::format("node '{}' ({})", n.name().empty() ? (n.output_size() ? n.output(0) : "?") : n.name(), n.op_type());
+}
+
+// The number of elements `t`'s dims describe: each dimension non-negative,
+// the product without overflow (a file may claim 2^31 x 2^31 x ...).
+int64_t element_count(const TensorProto& t, const std::string& what) {
+  int64_t count = 1;
+  for (int64_t d : t.dims()) {
+    if (d < 0) fail(what, fmt::format("constant '{}' has a negative dimension", t.name()));
+    if (d != 0 && count > std::numeric_limits<int64_t>::max() / d)
+      fail(what, fmt::format("constant '{}' has more elements than any file can hold (dimensions overflow)", t.name()));
+    count *= d;
+  }
+  return count;
 }
 
 // A float tensor from an initializer or a Constant's value.
@@ -40,23 +61,27 @@ Tensor float_tensor(const TensorProto& t, const std::string& what) {
                            static_cast<int>(t.data_type())));
   if (t.data_location() == TensorProto::EXTERNAL)
     fail(what, fmt::format("constant '{}' is stored in an external file; save the model with its weights inside", t.name()));
+  if (t.dims_size() > static_cast<int>(kMaxDims))
+    fail(what, fmt::format("constant '{}' has {} dimensions; a tensor has at most {}", t.name(), t.dims_size(), kMaxDims));
   Shape shape;
-  int64_t count = 1;
-  for (int64_t d : t.dims()) {
-    if (d < 0) fail(what, fmt::format("constant '{}' has a negative dimension", t.name()));
-    shape.push_back(d);
-    count *= d;
+  for (int64_t d : t.dims()) shape.push_back(d);
+  const int64_t count = element_count(t, what);
+  // The count is checked against what the file holds before anything is allocated.
+  if (t.has_raw_data()) {
+    if (t.raw_data().size() / sizeof(float) != static_cast<uint64_t>(count) || t.raw_data().size() % sizeof(float) != 0)
+      fail(what, fmt::format("constant '{}' holds {} bytes for {} floats", t.name(), t.raw_data().size(), count));
+  } else if (t.float_data_size() != count) {
+    fail(what, fmt::format("constant '{}' holds {} floats for {} elements", t.name(), t.float_data_size(), count));
   }
   std::vector<float> v(static_cast<size_t>(count));
-  if (t.has_raw_data()) {
-    if (t.raw_data().size() != v.size() * sizeof(float))
-      fail(what, fmt::format("constant '{}' holds {} bytes for {} floats", t.name(), t.raw_data().size(), count));
-    std::memcpy(v.data(), t.raw_data().data(), t.raw_data().size());
-  } else {
-    if (t.float_data_size() != count)
-      fail(what, fmt::format("constant '{}' holds {} floats for {} elements", t.name(), t.float_data_size(), count));
+  if (t.has_raw_data()) std::memcpy(v.data(), t.raw_data().data(), t.raw_data().size());
+  else
     for (int64_t i = 0; i < count; ++i) v[static_cast<size_t>(i)] = t.float_data(static_cast<int>(i));
-  }
+  // A weight that is not a number is refused here, where it is read, rather
+  // than giving NaN outputs (or int8 codes of -128 after quantization) later.
+  for (size_t i = 0; i < v.size(); ++i)
+    if (!std::isfinite(v[i]))
+      fail(what, fmt::format("constant '{}' holds {} at element {}; weights must be finite", t.name(), v[i], i));
   return from_vector(v, shape);
 }
 
@@ -64,25 +89,28 @@ Tensor float_tensor(const TensorProto& t, const std::string& what) {
 std::vector<int64_t> int64_values(const TensorProto& t, const std::string& what) {
   if (t.data_location() == TensorProto::EXTERNAL)
     fail(what, fmt::format("constant '{}' is stored in an external file; save the model with its weights inside", t.name()));
-  int64_t count = 1;
-  for (int64_t d : t.dims()) count *= d;
-  std::vector<int64_t> v(static_cast<size_t>(std::max<int64_t>(count, 0)));
+  const int64_t count = element_count(t, what);
   if (t.has_raw_data()) {
-    if (t.raw_data().size() != v.size() * sizeof(int64_t))
+    if (t.raw_data().size() / sizeof(int64_t) != static_cast<uint64_t>(count) || t.raw_data().size() % sizeof(int64_t) != 0)
       fail(what, fmt::format("constant '{}' holds {} bytes for {} int64 values", t.name(), t.raw_data().size(), count));
-    std::memcpy(v.data(), t.raw_data().data(), t.raw_data().size());
-  } else {
-    if (t.int64_data_size() != count)
-      fail(what, fmt::format("constant '{}' holds {} int64 values for {} elements", t.name(), t.int64_data_size(), count));
-    for (int64_t i = 0; i < count; ++i) v[static_cast<size_t>(i)] = t.int64_data(static_cast<int>(i));
+  } else if (t.int64_data_size() != count) {
+    fail(what, fmt::format("constant '{}' holds {} int64 values for {} elements", t.name(), t.int64_data_size(), count));
   }
+  std::vector<int64_t> v(static_cast<size_t>(count));
+  if (t.has_raw_data()) std::memcpy(v.data(), t.raw_data().data(), t.raw_data().size());
+  else
+    for (int64_t i = 0; i < count; ++i) v[static_cast<size_t>(i)] = t.int64_data(static_cast<int>(i));
   return v;
 }
 
 const ::onnx::AttributeProto* attribute(const ::onnx::NodeProto& n, const std::string& name) {
+  const ::onnx::AttributeProto* found = nullptr;
   for (const auto& a : n.attribute())
-    if (a.name() == name) return &a;
-  return nullptr;
+    if (a.name() == name) {
+      if (found) fail("model", fmt::format("{}: attribute {} is given twice", node_label(n), name));
+      found = &a;
+    }
+  return found;
 }
 int64_t int_attr(const ::onnx::NodeProto& n, const std::string& name, int64_t fallback) {
   const auto* a = attribute(n, name);
@@ -95,6 +123,8 @@ std::vector<int64_t> ints_attr(const ::onnx::NodeProto& n, const std::string& na
 }
 float float_attr(const ::onnx::NodeProto& n, const std::string& name, float fallback) {
   const auto* a = attribute(n, name);
+  if (a && !std::isfinite(a->f()))
+    fail("model", fmt::format("{}: attribute {} = {} is not finite", node_label(n), name, a->f()));
   return a ? a->f() : fallback;
 }
 
@@ -120,11 +150,29 @@ std::string module_of_node(const std::string& name) {
   return m;
 }
 
+// What the naming below has already counted, per Sequential being filled,
+// so that naming stays linear in the number of nodes: children are only ever
+// added during an import, so a count can go on from where it stopped.
+struct NameCounts {
+  struct Prefix {
+    size_t seen = 0;  // children looked at so far
+    int count = 0;    // of them, those whose name starts with the prefix
+  };
+  std::map<std::pair<const nn::Module*, std::string>, Prefix> prefixes;
+  std::map<std::pair<const nn::Module*, std::string>, int> next_suffix;  // no free "name_i" below it
+};
+thread_local NameCounts* g_names = nullptr;  // set by import_onnx for the import it runs
+
 std::string unique_child(const nn::Module& model, std::string name) {
   if (!model.find_slot(name)) return name;
-  for (int i = 1;; ++i) {
+  int from = 1;
+  if (g_names) from = g_names->next_suffix[{&model, name}];
+  for (int i = std::max(from, 1);; ++i) {
     const std::string n = fmt::format("{}_{}", name, i);
-    if (!model.find_slot(n)) return n;
+    if (!model.find_slot(n)) {
+      if (g_names) g_names->next_suffix[{&model, name}] = i;
+      return n;
+    }
   }
 }
 
@@ -410,10 +458,13 @@ std::string ImportContext::child_name(const std::string& fallback) const {
   }
   const std::string m = module_of_node(node.name());
   if (!m.empty()) return m;
-  int count = 1;
-  for (const auto& s : model.children())
-    if (s->name.rfind(fallback, 0) == 0) ++count;
-  return fmt::format("{}{}", fallback, count);
+  // 1 + the children whose name starts with `fallback`.
+  const auto& children = model.children();
+  NameCounts::Prefix scratch;
+  NameCounts::Prefix& p = g_names ? g_names->prefixes[{&model, fallback}] : scratch;
+  for (; p.seen < children.size(); ++p.seen)
+    if (children[p.seen]->name.rfind(fallback, 0) == 0) ++p.count;
+  return fmt::format("{}{}", fallback, p.count + 1);
 }
 
 std::map<std::string, ImportFunction>& onnx_importers() {
@@ -471,8 +522,11 @@ namespace {
 // `model`; returns the name of its result. A value that two nodes take (x
 // below) opens a residual sum: the nodes up to the Add that takes x again
 // are its branch, imported on their own, and the sum becomes one module.
-std::string import_chain(const std::vector<const ::onnx::NodeProto*>& nodes, size_t begin, size_t end, std::string current,
-                         const std::map<std::string, Tensor>& constants,
+// `takers` lists, for each value, the nodes that take it, in order (each node once).
+using Takers = std::unordered_map<std::string, std::vector<size_t>>;
+
+std::string import_chain(const std::vector<const ::onnx::NodeProto*>& nodes, const Takers& takers_of, size_t begin,
+                         size_t end, std::string current, const std::map<std::string, Tensor>& constants,
                          const std::map<std::string, std::vector<int64_t>>& int_constants, nn::Sequential& model,
                          const std::string& what) {
   auto& table = onnx_importers();
@@ -480,19 +534,18 @@ std::string import_chain(const std::vector<const ::onnx::NodeProto*>& nodes, siz
     const auto& n = *nodes[i];
     int takers = 0;
     size_t add = end;
-    for (size_t j = i; j < end; ++j)
-      for (const auto& in : nodes[j]->input())
-        if (in == current) {
-          ++takers;
-          if (j > i && add == end && nodes[j]->op_type() == "Add" && nodes[j]->input_size() == 2) add = j;
-          break;
-        }
+    if (const auto found = takers_of.find(current); found != takers_of.end())
+      for (const size_t j : found->second) {
+        if (j < i || j >= end) continue;
+        ++takers;
+        if (j > i && add == end && nodes[j]->op_type() == "Add" && nodes[j]->input_size() == 2) add = j;
+      }
     if (takers > 1 && add != end) {
       // x -> nodes[i, add) -> y; Add(x, y) or Add(y, x).
       const auto& sum = *nodes[add];
       const std::string other = sum.input(0) == current ? sum.input(1) : sum.input(0);
       auto body = std::make_shared<nn::Sequential>();
-      if (import_chain(nodes, i, add, current, constants, int_constants, *body, what) != other)
+      if (import_chain(nodes, takers_of, i, add, current, constants, int_constants, *body, what) != other)
         fail(what, fmt::format("{}: its second input '{}' is not the end of the branch from '{}'", node_label(sum), other,
                                current));
       // Named as the block: "/features.2.skip_add/Add" -> "features_2", "/layer1/Add" -> "layer1".
@@ -521,8 +574,7 @@ std::string import_chain(const std::vector<const ::onnx::NodeProto*>& nodes, siz
       for (const auto& [k, _] : table) known += (known.empty() ? "" : ", ") + k;
       fail(what, fmt::format("{}: operator {} is not supported (supported: {})", node_label(n), n.op_type(), known));
     }
-    const std::vector<const ::onnx::NodeProto*> rest(nodes.begin() + static_cast<std::ptrdiff_t>(i) + 1,
-                                                   nodes.begin() + static_cast<std::ptrdiff_t>(end));
+    const std::span<const ::onnx::NodeProto* const> rest(nodes.data() + i + 1, end - i - 1);
     ImportContext ctx{n, constants, int_constants, rest, model};
     const int consumed = it->second(ctx);
     i += static_cast<size_t>(consumed);
@@ -534,13 +586,24 @@ std::string import_chain(const std::vector<const ::onnx::NodeProto*>& nodes, siz
 }  // namespace
 
 std::shared_ptr<nn::Sequential> import_onnx(const ::onnx::ModelProto& proto, const std::string& what) {
+  g_importing = &what;
+  struct Reset {
+    ~Reset() { g_names = nullptr, g_importing = nullptr; }
+  } reset;
   const auto& graph = proto.graph();
   for (const auto& op : proto.opset_import())
     if (!op.domain().empty() && op.domain() != "ai.onnx")
       fail(what, fmt::format("operators of domain '{}' are not supported", op.domain()));
+  // Every step below is linear in the graph; the limit keeps the model it
+  // makes within what a model file may hold.
+  if (static_cast<size_t>(graph.node_size()) > io::kMaxModules)
+    fail(what, fmt::format("the graph has {} nodes, more than the limit of {} (io::kMaxModules)", graph.node_size(),
+                           io::kMaxModules));
   std::map<std::string, Tensor> constants;
   std::map<std::string, std::vector<int64_t>> int_constants;
   auto add_constant = [&](const TensorProto& t, const std::string& name) {
+    if (constants.count(name) || int_constants.count(name))
+      fail(what, fmt::format("constant '{}' is defined twice", name));
     if (t.data_type() == TensorProto::INT64)
       int_constants[name] = int64_values(t, what);
     else
@@ -566,8 +629,16 @@ std::shared_ptr<nn::Sequential> import_onnx(const ::onnx::ModelProto& proto, con
   if (current.empty()) fail(what, "the graph has no input");
   if (graph.output_size() != 1) fail(what, "the graph must have exactly one output");
 
+  Takers takers;
+  for (size_t j = 0; j < nodes.size(); ++j)
+    for (const auto& in : nodes[j]->input()) {
+      auto& list = takers[in];
+      if (list.empty() || list.back() != j) list.push_back(j);
+    }
+  NameCounts names;
+  g_names = &names;
   auto model = std::make_shared<nn::Sequential>();
-  current = import_chain(nodes, 0, nodes.size(), current, constants, int_constants, *model, what);
+  current = import_chain(nodes, takers, 0, nodes.size(), current, constants, int_constants, *model, what);
   if (current != graph.output(0).name())
     fail(what, fmt::format("the chain ends in '{}', not in the graph output '{}'", current, graph.output(0).name()));
   if (model->size() == 0) fail(what, "the graph holds no layer");

@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -37,7 +38,7 @@ struct ImportContext {
   const std::map<std::string, Tensor>& constants;
   // The graph's int64 constants (Pad's pads) by name.
   const std::map<std::string, std::vector<int64_t>>& int_constants;
-  const std::vector<const ::onnx::NodeProto*>& rest;  // the nodes after `node`, in order
+  std::span<const ::onnx::NodeProto* const> rest;  // the nodes after `node`, in order
   nn::Sequential& model;
   // A PyTorch-like child name for this node: the module prefix of its first
   // constant input ("fc1.weight" -> "fc1"), else of its node name
