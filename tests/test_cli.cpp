@@ -465,6 +465,33 @@ TEST_CASE("cli: --out and --checkpoint are refused before any work when they wou
                           std::string("is the data set's ") + file);
     CHECK(read_bytes(idx) == bytes);
   }
+  // The files a command writes into --workdir (pipeline, sweep, lowbit) and
+  // report's --out directory follow the same rules, checked before any work.
+  {
+    const fs::path wd = scratch_dir() / "workdir_rules";
+    fs::remove_all(wd);
+    fs::create_directories(wd);
+    write_bytes(precious, bytes);
+    fs::create_symlink(precious, wd / "float.safetensors");
+    expect_one_line_error(tinyqat("pipeline --epochs 1 --workdir " + wd.string() + nodata), 2,
+                          "--workdir's file " + (wd / "float.safetensors").string() + ": is a symbolic link");
+    fs::remove(wd / "float.safetensors");
+    REQUIRE(::mkfifo((wd / "sweep_stdout.json").c_str(), 0600) == 0);
+    expect_one_line_error(tinyqat("sweep --seeds 0 --workdir " + wd.string() + nodata), 2, "is not a regular file");
+    CHECK(fs::is_fifo(wd / "sweep_stdout.json"));
+    const std::string own = (wd / "w8a8_ptq.safetensors").string();
+    write_bytes(own, bytes);
+    expect_one_line_error(tinyqat("lowbit --configs w8a8 --from " + own + " --workdir " + wd.string() + nodata), 2,
+                          "is also --from");
+    CHECK(read_bytes(own) == bytes);
+    expect_one_line_error(tinyqat("report --workdir " + wd.string() + " --out " + own + nodata), 2,
+                          "--out " + own + ": is not a directory");
+    fs::create_symlink(precious, wd / "report.html");
+    expect_one_line_error(tinyqat("report --workdir " + wd.string() + " --out " + wd.string() + nodata), 2,
+                          "report.html: is a symbolic link");
+    CHECK(read_bytes(precious) == bytes);
+    fs::remove_all(wd);
+  }
   // A checkpoint directory that does not exist is reported as --checkpoint.
   expect_one_line_error(tinyqat("train --epochs 1 --hidden 8 --checkpoint-every 5 --checkpoint /nonexistent/dir/c --out " +
                                 temp_path("c.st")),
@@ -549,6 +576,13 @@ TEST_CASE("cli pipeline --arch mobilenet_v2: every row of the table, int8 on the
   for (const char* layer : {"features.0.0 weights", "features.1.conv.0.0 weights", "features.17.conv.2 weights",
                             "features.18.0 weights", "classifier.1 weights", "features.3.skip_add output"})
     CHECK_THAT(page, Contains(layer));
+  // tinyqat report draws it again from the workdir, into a directory that exists (--out names a directory).
+  const std::string again = temp_path("mbv2_report_again");
+  fs::create_directories(again);
+  const Run rr = tinyqat("report --samples 20 --threads 1 --workdir " + wd + " --out " + again);
+  INFO("stderr: " << rr.err);
+  REQUIRE(rr.status == 0);
+  CHECK_THAT(read_bytes(again + "/report.html"), Contains("features.18.0 weights"));
 }
 
 TEST_CASE("cli qat, ptq, compare and run on the cnn: --arch, the QAT schedule, image batches", "[cli][cnn]") {

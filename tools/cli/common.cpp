@@ -52,14 +52,14 @@ void add_common(cxxopts::Options& o) {
       "h,help", "show this help");
 }
 
-cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv) {
+cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv, const char* out_directory_file) {
   auto r = o.parse(argc, argv);
   if (r.count("help")) {
     std::cout << o.help() << "\n";
     std::exit(0);
   }
   if (!r.unmatched().empty()) throw UsageError(fmt::format("unexpected argument '{}'", r.unmatched()[0]));
-  check_outputs(r);
+  check_outputs(r, out_directory_file);
   return r;
 }
 
@@ -73,45 +73,82 @@ bool same_file(const std::string& a, const std::string& b) {
 
 }  // namespace
 
-void check_outputs(const cxxopts::ParseResult& r) {
+namespace {
+
+// `path`, an output of the run named by `option`, must not be one of the
+// files the run reads: its input options, and the data set's files.
+// (`resuming_checkpoint`: the checkpoint of a resumed run may be the file it
+// resumes from, the same run replaced atomically by its later state.)
+void check_not_an_input(const cxxopts::ParseResult& r, const std::string& option, const std::string& path,
+                        bool resuming_checkpoint) {
+  for (const char* input : {"from", "float", "model", "quantized", "resume", "onnx", "input"}) {
+    if (!r.count(input)) continue;
+    if (same_file(path, r[input].as<std::string>()) && !(std::string(input) == "resume" && resuming_checkpoint))
+      throw UsageError(fmt::format("{} {} is also --{}: the run would overwrite its own input; write elsewhere", option,
+                                   path, input));
+  }
+  // The data set's files, read as they are or gzipped, in the commands that have --data.
+  std::string data_dir;
+  try {
+    data_dir = r["data"].as<std::string>();
+  } catch (const cxxopts::exceptions::exception&) {
+    return;
+  }
+  const std::filesystem::path dir(data_dir);
+  for (const char* name : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                           "t10k-labels-idx1-ubyte"})
+    for (const std::string& file : {std::string(name), std::string(name) + ".gz"})
+      if (same_file(path, (dir / file).string()))
+        throw UsageError(fmt::format("{} {} is the data set's {} (--data {}): the run would overwrite its own input; "
+                                     "write elsewhere",
+                                     option, path, file, dir.string()));
+}
+
+}  // namespace
+
+void check_outputs(const cxxopts::ParseResult& r, const char* out_directory_file) {
   // The files a run writes, and the files it reads: no output may be a
   // device, FIFO, directory or symlink, nor one of the inputs.
   std::vector<std::pair<std::string, std::string>> outputs;  // option, path
-  if (r.count("out")) outputs.emplace_back("--out", r["out"].as<std::string>());
+  if (r.count("out")) {
+    const std::string out = r["out"].as<std::string>();
+    if (!out_directory_file) {
+      outputs.emplace_back("--out", out);
+    } else {  // --out names a directory (made if missing) that gets this file
+      std::error_code ec;
+      if (std::filesystem::exists(out, ec) && !std::filesystem::is_directory(out, ec))
+        throw OutputPathError(fmt::format("--out {}: is not a directory", out));
+      if (std::filesystem::is_directory(out, ec))
+        outputs.emplace_back("--out", (std::filesystem::path(out) / out_directory_file).string());
+    }
+  }
   if (r.count("checkpoint")) outputs.emplace_back("--checkpoint", r["checkpoint"].as<std::string>());
   else if (r.count("out") && r.count("checkpoint-every") && r["checkpoint-every"].as<int64_t>() > 0)
     outputs.emplace_back("--checkpoint (default <out>.ckpt)", r["out"].as<std::string>() + ".ckpt");
   for (const auto& [option, path] : outputs) check_output_path(path, option);
-  for (const char* input : {"from", "float", "model", "quantized", "resume", "onnx", "input"}) {
-    if (!r.count(input)) continue;
-    const std::string in = r[input].as<std::string>();
-    for (const auto& [option, path] : outputs)
-      // A resumed run may go on writing the checkpoint it was resumed from:
-      // the same run, replaced atomically by its later state.
-      if (same_file(path, in) && !(std::string(input) == "resume" && option.starts_with("--checkpoint")))
-        throw UsageError(fmt::format("{} {} is also --{}: the run would overwrite its own input; write elsewhere",
-                                     option, path, input));
-  }
-  // The data set's files are inputs too (read as they are or gzipped), in
-  // the commands that have --data.
-  std::string data_dir;
-  try {
-    if (!outputs.empty()) data_dir = r["data"].as<std::string>();
-  } catch (const cxxopts::exceptions::exception&) {
-  }
-  if (!data_dir.empty()) {
-    const std::filesystem::path dir(data_dir);
-    for (const char* name : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                             "t10k-labels-idx1-ubyte"})
-      for (const std::string& file : {std::string(name), std::string(name) + ".gz"})
-        for (const auto& [option, path] : outputs)
-          if (same_file(path, (dir / file).string()))
-            throw UsageError(fmt::format("{} {} is the data set's {} (--data {}): the run would overwrite its own "
-                                         "input; write elsewhere",
-                                         option, path, file, dir.string()));
-  }
+  for (const auto& [option, path] : outputs) check_not_an_input(r, option, path, option.starts_with("--checkpoint"));
   if (outputs.size() == 2 && same_file(outputs[0].second, outputs[1].second))
     throw UsageError(fmt::format("--checkpoint and --out name the same file {}", outputs[0].second));
+}
+
+std::string prepare_workdir(const cxxopts::ParseResult& r, const std::vector<std::string>& files) {
+  const std::string wd = r["workdir"].as<std::string>();
+  {
+    // The library's own words ("filesystem error: cannot create directories")
+    // did not say which option named the path.
+    std::error_code ec;
+    std::filesystem::create_directories(wd, ec);
+    if (ec || !std::filesystem::is_directory(wd))
+      throw std::runtime_error(fmt::format("--workdir {}: cannot create the directory ({})", wd,
+                                           ec ? ec.message() : "a file of that name exists"));
+  }
+  // What the run will write there follows the rules of --out, checked now.
+  for (const std::string& name : files) {
+    const std::string path = (std::filesystem::path(wd) / name).string();
+    check_output_path(path, "--workdir's file");
+    check_not_an_input(r, "--workdir's file", path, false);
+  }
+  return wd;
 }
 
 void apply_threads(const cxxopts::ParseResult& r) {

@@ -37,13 +37,19 @@ double seconds_since(std::chrono::steady_clock::time_point t0);
 // --data, --threads, --json, --progress, --help.
 void add_common(cxxopts::Options& o);
 // Parses; --help prints the help and exits 0; a stray argument is a UsageError.
-cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv);
+// `out_directory_file`: --out names a directory that the command writes
+// this file into (report), rather than the file itself.
+cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv, const char* out_directory_file = nullptr);
 // The outputs (--out, --checkpoint) of a parsed command line against its
-// inputs (--from, --float, --model, --quantized, --resume, --onnx): each output must
+// inputs (--from, --float, --model, --quantized, --resume, --onnx, --input): each output must
 // be a regular file or a new path, never a device, FIFO, directory or
 // symlink, and never one of the inputs; else a UsageError (or
 // OutputPathError) naming the option. parse() calls it, before any work.
-void check_outputs(const cxxopts::ParseResult& r);
+// The inputs include run's --input and the data set's files in --data.
+void check_outputs(const cxxopts::ParseResult& r, const char* out_directory_file = nullptr);
+// Makes --workdir (an error names the option) and checks the `files` the
+// command will write in it by the rules of --out, before any work; returns it.
+std::string prepare_workdir(const cxxopts::ParseResult& r, const std::vector<std::string>& files);
 // --threads for OpenBLAS (0 = all cores).
 void apply_threads(const cxxopts::ParseResult& r);
 // With --json prints `j` on one line, else `summary`.

@@ -61,7 +61,7 @@ int run_lowbit(int argc, char** argv) {
   add_qat_schedule(o);
   auto r = parse(o, argc, argv);
   apply_threads(r);
-  const std::string from = require(r, "from"), wd = r["workdir"].as<std::string>();
+  const std::string from = require(r, "from");
   const std::string layer_bits = r["layer-bits"].as<std::string>();
   const int epochs = r["epochs"].as<int>();
   if (epochs < 1) throw UsageError("--epochs must be at least 1");
@@ -76,15 +76,10 @@ int run_lowbit(int argc, char** argv) {
   read_qat_schedule(r, cmd);
   check_command(cmd);
   const std::vector<std::pair<int, int>> configs = parse_configs(r["configs"].as<std::string>());
-  {
-    // The library's own words ("filesystem error: cannot create directories")
-    // did not say which option named the path.
-    std::error_code ec;
-    std::filesystem::create_directories(wd, ec);
-    if (ec || !std::filesystem::is_directory(wd))
-      throw std::runtime_error(fmt::format("--workdir {}: cannot create the directory ({})", wd,
-                                           ec ? ec.message() : "a file of that name exists"));
-  }
+  std::vector<std::string> files;
+  for (auto [w, a] : configs)
+    for (const char* method : {"ptq", "qat", "lsq"}) files.push_back(fmt::format("w{}a{}_{}.safetensors", w, a, method));
+  const std::string wd = prepare_workdir(r, files);
   FashionMnist data = load_data(r);
   apply_limits(cmd, data);
   check_batch_fits(cmd, data.train.size());  // a bad --val or --batch-size stops the command before its first run

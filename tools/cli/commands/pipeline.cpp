@@ -79,15 +79,13 @@ int run_pipeline(int argc, char** argv) {
     throw UsageError("--limit-train and --limit-test must not be negative");
   json schedule;
   read_qat_schedule(r, schedule);
-  const std::string wd = r["workdir"].as<std::string>();
-  {
-    std::error_code ec;  // the library's "filesystem error" did not name the option
-    std::filesystem::create_directories(wd, ec);
-    if (ec || !std::filesystem::is_directory(wd))
-      throw std::runtime_error(fmt::format("--workdir {}: cannot create the directory ({})", wd,
-                                           ec ? ec.message() : "a file of that name exists"));
-  }
   const std::string report_dir = r.count("report") ? r["report"].as<std::string>() : "";
+  std::vector<std::string> files = {"float.safetensors", "qat_int8.safetensors", "ptq_int8.safetensors",
+                                    "dynamic_int8.safetensors"};
+  if (!report_dir.empty()) files.insert(files.end(), {kQatPreparedFile, kPtqCalibratedFile, kReportRunFile});
+  const std::string wd = prepare_workdir(r, files);
+  if (std::error_code ec; !report_dir.empty() && std::filesystem::is_directory(report_dir, ec))
+    check_output_path((std::filesystem::path(report_dir) / kReportFile).string(), "--report's file");
   FashionMnist data = load_data(r);
   if (const int64_t n = r["limit-train"].as<int64_t>(); n > 0 && n < data.train.size()) data.train = data.train.slice(0, n);
   if (const int64_t n = r["limit-test"].as<int64_t>(); n > 0 && n < data.test.size()) data.test = data.test.slice(0, n);

@@ -15,7 +15,7 @@ int run_report(int argc, char** argv) {
       "out", "directory for report.html (default: the workdir)", cxxopts::value<std::string>())(
       "samples", "test images for the output SQNR", cxxopts::value<int64_t>()->default_value("1000"));
   add_common(o);
-  auto r = parse(o, argc, argv);
+  auto r = parse(o, argc, argv, kReportFile);  // --out is a directory
   apply_threads(r);
   const std::string wd = r["workdir"].as<std::string>();
   const std::string out = r.count("out") ? r["out"].as<std::string>() : wd;

@@ -153,16 +153,13 @@ int run_sweep(int argc, char** argv) {
     if (!qat) throw UsageError("--configs needs --qat");
     configs = parse_configs(r["configs"].as<std::string>());
   }
-  const std::string wd = r["workdir"].as<std::string>();
-  {
-    // The library's own words ("filesystem error: cannot create directories")
-    // did not say which option named the path.
-    std::error_code ec;
-    std::filesystem::create_directories(wd, ec);
-    if (ec || !std::filesystem::is_directory(wd))
-      throw std::runtime_error(fmt::format("--workdir {}: cannot create the directory ({})", wd,
-                                           ec ? ec.message() : "a file of that name exists"));
+  std::vector<std::string> files = {"sweep_stdout.json", "sweep_stderr.txt"};
+  for (const uint64_t seed : seeds) {
+    files.push_back(fmt::format("float_seed{}.safetensors", seed));
+    if (qat && configs.empty()) files.push_back(fmt::format("qat_seed{}.safetensors", seed));
+    for (auto [w, a] : configs) files.push_back(fmt::format("w{}a{}_seed{}.safetensors", w, a, seed));
   }
+  const std::string wd = prepare_workdir(r, files);
   const std::vector<std::string> common = {"--data", r["data"].as<std::string>(), "--threads",
                                            std::to_string(r["threads"].as<int>())};
 
