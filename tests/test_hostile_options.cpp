@@ -131,6 +131,7 @@ TEST_CASE("hostile options: sizes beyond the data or the memory are refused, nam
   refused("eval --model x.st --latency-repeats 2000000000" + nodata, 2,
           "--latency-repeats 2000000000 is more than the limit of 100000");
   refused("eval --model x.st" + nodata, 2, "TINYQAT_MEMORY_LIMIT 'lots': expected bytes", "TINYQAT_MEMORY_LIMIT=lots");
+  refused("eval --model x.st" + nodata, 2, "TINYQAT_MEMORY_LIMIT '1.5': expected bytes", "TINYQAT_MEMORY_LIMIT=1.5");  // not a whole number of bytes
   refused("pipeline --workdir /dev/null/x" + nodata, 1, "--workdir /dev/null/x: cannot create the directory");
 
   // A training step that does not fit the memory: measured on one sample
@@ -147,7 +148,7 @@ TEST_CASE("hostile options: sizes beyond the data or the memory are refused, nam
           "the memory needed grows with --batch-size 5000 (the model of --model " + dir + "/cnn.st): make it smaller",
           "TINYQAT_MEMORY_LIMIT=200M");
   CHECK(err().find("cannot allocate") != std::string::npos);
-  CHECK(err().find("tensor memory limit 0.2 GiB: TINYQAT_MEMORY_LIMIT") != std::string::npos);
+  CHECK(err().find("tensor memory limit 200.0 MiB: TINYQAT_MEMORY_LIMIT") != std::string::npos);
   refused("ptq --from " + dir + "/cnn.st --batch-size 5000 --calibration-batches 1" + out, 2,
           "the memory needed grows with --batch-size 5000", "TINYQAT_MEMORY_LIMIT=200M");
   CHECK(!std::filesystem::exists(dir + "/m.st"));

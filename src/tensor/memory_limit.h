@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 
 namespace tq {
 
@@ -19,5 +20,7 @@ size_t tensor_memory_limit();
 size_t tensor_memory_in_use();
 size_t tensor_memory_peak();
 size_t tensor_memory_allocated();
+// A byte count for a message: "512 bytes", "44.9 MiB", "3.2 GiB".
+std::string human_bytes(size_t bytes);
 
 }  // namespace tq

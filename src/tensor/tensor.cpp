@@ -50,6 +50,14 @@ size_t tensor_memory_in_use() { return g_tensor_bytes.load(); }
 size_t tensor_memory_peak() { return g_tensor_peak.load(); }
 size_t tensor_memory_allocated() { return g_tensor_allocated.load(); }
 
+std::string human_bytes(size_t bytes) {
+  const double b = static_cast<double>(bytes);
+  if (bytes < 1024) return fmt::format("{} bytes", bytes);
+  if (b < 1024.0 * 1024) return fmt::format("{:.1f} KiB", b / 1024);
+  if (b < 1024.0 * 1024 * 1024) return fmt::format("{:.1f} MiB", b / (1024.0 * 1024));
+  return fmt::format("{:.1f} GiB", b / (1024.0 * 1024 * 1024));
+}
+
 Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
   // 64-byte alignment: a cache line, and what AVX2 / AVX-512 loads like.
   // Plain malloc with 63 spare bytes, aligned by hand, rather than
@@ -58,20 +66,18 @@ Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
   // (PTRDIFF_MAX: no object may be larger, and the padding must not wrap.)
   if (nbytes > static_cast<size_t>(PTRDIFF_MAX) - kAlignment)
     throw AllocationError(fmt::format("cannot allocate {} bytes for a tensor: more than any object can have", nbytes));
-  constexpr double kGiB = 1ull << 30;
   const size_t held = g_tensor_bytes.fetch_add(nbytes) + nbytes;
   if (const size_t limit = g_tensor_limit.load(); limit > 0 && held > limit) {
     g_tensor_bytes.fetch_sub(nbytes);
-    throw AllocationError(fmt::format("cannot allocate {} bytes ({:.1f} GiB) for a tensor: the tensors would hold {:.1f} GiB, "
-                                      "more than the limit of {:.1f} GiB",
-                                      nbytes, static_cast<double>(nbytes) / kGiB, static_cast<double>(held) / kGiB,
-                                      static_cast<double>(limit) / kGiB));
+    throw AllocationError(fmt::format("cannot allocate {} bytes ({}) for a tensor: the tensors would hold {}, "
+                                      "more than the limit of {}",
+                                      nbytes, human_bytes(nbytes), human_bytes(held), human_bytes(limit)));
   }
   raw_ = std::malloc((nbytes ? nbytes : 1) + kAlignment - 1);
   if (!raw_) {
     g_tensor_bytes.fetch_sub(nbytes);
-    throw AllocationError(fmt::format("cannot allocate {} bytes ({:.1f} GiB) for a tensor: out of memory", nbytes,
-                                      static_cast<double>(nbytes) / kGiB));
+    throw AllocationError(fmt::format("cannot allocate {} bytes ({}) for a tensor: out of memory", nbytes,
+                                      human_bytes(nbytes)));
   }
   g_tensor_allocated.fetch_add(nbytes);
   for (size_t peak = g_tensor_peak.load(); held > peak && !g_tensor_peak.compare_exchange_weak(peak, held);) {

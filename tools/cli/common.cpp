@@ -242,7 +242,8 @@ void set_memory_limit() {
     if (*end == 'K' || *end == 'k') unit = 1024, ++end;
     else if (*end == 'M' || *end == 'm') unit = 1024.0 * 1024, ++end;
     else if (*end == 'G' || *end == 'g') unit = 1024.0 * 1024 * 1024, ++end;
-    if (end == env || *end || errno || !(v >= 0) || v * unit > 1e18)
+    // A whole number of bytes (1.5G is, 1.5 is not).
+    if (end == env || *end || errno || !(v >= 0) || v * unit > 1e18 || v * unit != std::floor(v * unit))
       throw UsageError(fmt::format("TINYQAT_MEMORY_LIMIT '{}': expected bytes, e.g. 4G, 512M or 0 (no limit)", env));
     limit = static_cast<size_t>(v * unit);
     g_memory_limit_source = limit ? "TINYQAT_MEMORY_LIMIT" : "no limit";
@@ -260,12 +261,11 @@ void memory_grows_with(std::string what, int status) {
 }
 
 std::pair<std::string, int> out_of_memory(const std::bad_alloc& e) {
-  constexpr double kGiB = 1ull << 30;
   std::string msg = dynamic_cast<const AllocationError*>(&e) ? e.what() : "out of memory (std::bad_alloc)";
   if (!g_memory_grows_with.empty())
     msg += fmt::format("; the memory needed grows with {}: make it smaller", g_memory_grows_with);
   if (const size_t limit = tensor_memory_limit(); limit > 0)
-    msg += fmt::format(" (tensor memory limit {:.1f} GiB: {})", static_cast<double>(limit) / kGiB, g_memory_limit_source);
+    msg += fmt::format(" (tensor memory limit {}: {})", human_bytes(limit), g_memory_limit_source);
   return {msg, g_memory_grows_with.empty() ? 1 : g_memory_status};
 }
 
