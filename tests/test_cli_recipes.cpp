@@ -182,6 +182,10 @@ TEST_CASE("sweep: a recipe over seeds, mean and sd per row, the same numbers as 
   // Bad input.
   CHECK(run("sweep --seeds 4-2 --workdir " + dir.path, dir) == 2);
   CHECK(run("sweep --seeds x --workdir " + dir.path, dir) == 2);
+  CHECK(run("sweep --seeds 0-999,1000-1999 --workdir " + dir.path, dir) == 2);  // each range allowed, the total not
+  CHECK(read_all(dir / "stderr.txt").find("names 2000 seeds, more than 1000") != std::string::npos);
+  CHECK(run("sweep --seeds 0-3,2 --workdir " + dir.path, dir) == 2);
+  CHECK(read_all(dir / "stderr.txt").find("names seed 2 twice") != std::string::npos);
   CHECK(run("sweep --train \"--seed 3\" --workdir " + dir.path, dir) == 2);
   CHECK(read_all(dir / "stderr.txt").find("--seed is set by the sweep") != std::string::npos);
   CHECK(run("sweep --configs w4a4 --workdir " + dir.path, dir) == 2);

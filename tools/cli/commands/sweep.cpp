@@ -53,6 +53,14 @@ std::vector<uint64_t> parse_seeds(const std::string& text) {
     for (uint64_t s = a; s <= b; ++s) seeds.push_back(s);
   }
   if (seeds.empty()) throw UsageError(fmt::format("--seeds '{}' names no seed", text));
+  // Several ranges add up: the total has the ranges' limit; a seed named
+  // twice would run twice into the same files and count twice in the mean.
+  if (seeds.size() > 1000)
+    throw UsageError(fmt::format("--seeds '{}' names {} seeds, more than 1000", text, seeds.size()));
+  std::vector<uint64_t> sorted = seeds;
+  std::sort(sorted.begin(), sorted.end());
+  if (const auto twice = std::adjacent_find(sorted.begin(), sorted.end()); twice != sorted.end())
+    throw UsageError(fmt::format("--seeds '{}' names seed {} twice", text, *twice));
   return seeds;
 }
 
