@@ -7,6 +7,7 @@
 //
 //   OPENBLAS_NUM_THREADS=1 ./build/bench/bench_cnn
 //   OPENBLAS_NUM_THREADS=1 ./build/bench/bench_cnn --loop 200   # only 200 train steps, for a profiler
+//   OPENBLAS_NUM_THREADS=1 ./build/bench/bench_cnn --loop-mobilenet 100   # only MobileNetV2 forwards
 #include <cblas.h>
 
 #include <cstdio>
@@ -65,6 +66,14 @@ int main(int argc, char** argv) {
   };
   if (const long loop = bench::flag_value(argc, argv, "--loop", 0); loop > 0) {
     for (long i = 0; i < loop; ++i) step();
+    return 0;
+  }
+  if (const long loop = bench::flag_value(argc, argv, "--loop-mobilenet", 0); loop > 0) {
+    auto mobilenet = models::mobilenet_v2();
+    mobilenet->eval();
+    const Tensor image = randn({1, 3, 224, 224});
+    NoGradGuard no_grad;
+    for (long i = 0; i < loop; ++i) (*mobilenet)(image);
     return 0;
   }
 

@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
   const float scale = kernels::max_all(kernels::abs(y_float));
   const Tensor a_float = kernels::argmax(y_float, 1), a_int8 = kernels::argmax(y_int8, 1);
   int same = 0;
-  for (int64_t i = 0; i < a_float.numel(); ++i) same += a_float.data<int64_t>()[i] == a_int8.data<int64_t>()[i];
+  for (int64_t i = 0, i_end = a_float.numel(); i < i_end; ++i) same += a_float.data<int64_t>()[i] == a_int8.data<int64_t>()[i];
   std::printf("largest output difference on a calibration batch: %.4g (largest |output| %.4g); top-1 equal on %d of %lld\n",
               diff, scale, same, static_cast<long long>(a_float.numel()));
   std::printf("state size: float %lld bytes, int8 %lld bytes\n", static_cast<long long>(state_bytes(*model)),

@@ -95,7 +95,7 @@ PixelStats pixel_mean_std(const Tensor& images) {
   const uint8_t* p = c.data<uint8_t>();
   // Integer sums are exact: 255^2 * 2^31 fits in 64 bits.
   uint64_t sum = 0, sum_sq = 0;
-  for (int64_t i = 0; i < c.numel(); ++i) {
+  for (int64_t i = 0, i_end = c.numel(); i < i_end; ++i) {
     sum += p[i];
     sum_sq += uint64_t{p[i]} * p[i];
   }

@@ -338,7 +338,7 @@ Tensor read_data(Decoder& in, const RawSource& raw, const IdxHeader& h, const st
 
   if (idx_type_size(h.type) == 4) {  // big-endian on disk
     uint32_t* w = reinterpret_cast<uint32_t*>(p);
-    for (int64_t i = 0; i < t.numel(); ++i) w[i] = __builtin_bswap32(w[i]);
+    for (int64_t i = 0, i_end = t.numel(); i < i_end; ++i) w[i] = __builtin_bswap32(w[i]);
   }
   return t;
 }

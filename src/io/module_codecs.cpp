@@ -317,7 +317,7 @@ Tensor quantized_weight(const TensorMap& t, const QParams& wq, int64_t in, int64
   if (w.dtype() != DType::i8) throw FormatError(fmt::format("{}: weight must be I8, got {}", type, dtype_name(w.dtype())));
   if (is_per_channel(wq.scheme) && (wq.axis != 0 || static_cast<int64_t>(wq.scale.size()) != out))
     throw FormatError(fmt::format("{}: {} weight scales for {} output channels (axis {})", type, wq.scale.size(), out, wq.axis));
-  for (int64_t i = 0; i < w.numel(); ++i) {
+  for (int64_t i = 0, i_end = w.numel(); i < i_end; ++i) {
     const int v = w.data<int8_t>()[i];
     if (v < wq.quant_min || v > wq.quant_max)
       throw FormatError(fmt::format("{}: weight value {} lies outside its range [{}, {}]", type, v, wq.quant_min, wq.quant_max));
@@ -451,7 +451,7 @@ std::shared_ptr<nn::Module> decode_quantized_conv(const json& c, const TensorMap
                                   in / g.groups, kh, kw));
   if (is_per_channel(wq.scheme) && (wq.axis != 0 || static_cast<int64_t>(wq.scale.size()) != out))
     throw FormatError(fmt::format("{}: {} weight scales for {} output channels (axis {})", type, wq.scale.size(), out, wq.axis));
-  for (int64_t i = 0; i < w.numel(); ++i) {
+  for (int64_t i = 0, i_end = w.numel(); i < i_end; ++i) {
     const int v = w.data<int8_t>()[i];
     if (v < wq.quant_min || v > wq.quant_max)
       throw FormatError(fmt::format("{}: weight value {} lies outside its range [{}, {}]", type, v, wq.quant_min, wq.quant_max));

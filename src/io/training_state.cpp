@@ -142,7 +142,7 @@ void check_state_tensors(const nn::StateDict& s, const std::string& prefix, cons
     if (t.dtype() != DType::f32) continue;  // load_state_dict names a wrong dtype
     const Tensor v = kernels::contiguous(t);
     const float* p = v.data<float>();
-    for (int64_t i = 0; i < v.numel(); ++i)
+    for (int64_t i = 0, i_end = v.numel(); i < i_end; ++i)
       if (!std::isfinite(p[i]))
         throw r.bad(prefix + "." + key, fmt::format("holds {} at element {}; optimizer state must be finite", p[i], i));
   }

@@ -147,7 +147,7 @@ void Adam::load_state(const StateDict& s) {
     for (const Tensor* sq : {&v[i], &vmax[i]}) {
       if (!sq->defined()) continue;
       const float* x = sq->data<float>();
-      for (int64_t k = 0; k < sq->numel(); ++k)
+      for (int64_t k = 0, k_end = sq->numel(); k < k_end; ++k)
         if (x[k] < 0)
           throw std::invalid_argument(fmt::format("{} state: parameter {} has a negative second moment {} at element {}",
                                                   type_name(), i, x[k], k));

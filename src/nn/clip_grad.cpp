@@ -76,7 +76,7 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, const
   if (coef < 1.0f)
     for (const Tensor& g : grads) {
       float* x = g.data<float>();
-      for (int64_t j = 0; j < g.numel(); ++j) x[j] *= coef;
+      for (int64_t j = 0, j_end = g.numel(); j < j_end; ++j) x[j] *= coef;
     }
   return total;
 }

@@ -141,7 +141,7 @@ Tensor Optimizer::load_buffer(const StateDict& s, const std::string& key, size_t
   // infinity in it would train a model of NaNs without a word.
   Tensor copy = kernels::clone(t);
   const float* v = copy.data<float>();
-  for (int64_t k = 0; k < copy.numel(); ++k)
+  for (int64_t k = 0, k_end = copy.numel(); k < k_end; ++k)
     if (!std::isfinite(v[k]))
       throw std::invalid_argument(fmt::format("{} state: '{}' holds {} at element {}; a restored buffer must be finite",
                                               type_name(), key, v[k], k));

@@ -71,7 +71,7 @@ void SGD::set_momentum_buffers(std::vector<Tensor> buffers) {
                                               dtype_name(b.dtype()), b.shape().str(), params_[i].shape().str()));
     buffers[i] = kernels::contiguous(b);
     const float* p = buffers[i].data<float>();
-    for (int64_t j = 0; j < buffers[i].numel(); ++j)
+    for (int64_t j = 0, j_end = buffers[i].numel(); j < j_end; ++j)
       if (!std::isfinite(p[j]))
         throw std::invalid_argument(fmt::format("SGD.set_momentum_buffers: buffer {} holds {} at element {}; "
                                                 "momentum must be finite",

@@ -56,7 +56,7 @@ double sqnr_db(const Tensor& reference, const Tensor& approx) {
   if (!(r.shape() == a.shape()))
     throw std::invalid_argument(fmt::format("sqnr_db: shapes {} and {} differ", r.shape().str(), a.shape().str()));
   double signal = 0, noise = 0;
-  for (int64_t i = 0; i < r.numel(); ++i) {
+  for (int64_t i = 0, i_end = r.numel(); i < i_end; ++i) {
     const double rv = r.data<float>()[i], d = rv - a.data<float>()[i];
     signal += rv * rv;
     noise += d * d;
@@ -70,7 +70,7 @@ static double max_abs_diff(const Tensor& a_in, const Tensor& b_in) {
   const Tensor a = kernels::contiguous(kernels::to_float(a_in.detach()));
   const Tensor b = kernels::contiguous(kernels::to_float(b_in.detach()));
   double m = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, std::fabs(double(a.data<float>()[i]) - b.data<float>()[i]));
+  for (int64_t i = 0, i_end = a.numel(); i < i_end; ++i) m = std::max(m, std::fabs(double(a.data<float>()[i]) - b.data<float>()[i]));
   return m;
 }
 

@@ -378,7 +378,7 @@ void LearnableFakeQuantize::clamp_scale_in_place() {
   // As PyTorch: scale.data.clamp_(min=eps) before each learning forward. A
   // step that drove a scale to or below 0 restarts it at eps.
   float* s = scale.data<float>();
-  for (int64_t c = 0; c < scale.numel(); ++c)
+  for (int64_t c = 0, c_end = scale.numel(); c < c_end; ++c)
     if (!(s[c] >= kScaleEps)) s[c] = kScaleEps;  // NaN too
 }
 
@@ -410,11 +410,11 @@ Tensor LearnableFakeQuantize::forward(const Tensor& x) {
   // In eval mode a scale left below eps by the last optimizer step is
   // clamped for use only (calculate_qparams does the same), not written.
   Tensor s = scale;
-  for (int64_t c = 0; c < scale.numel(); ++c)
+  for (int64_t c = 0, c_end = scale.numel(); c < c_end; ++c)
     if (!(scale.data<float>()[c] >= kScaleEps)) {
       NoGradGuard no_grad;
       s = kernels::clone(scale);
-      for (int64_t k = 0; k < s.numel(); ++k) s.data<float>()[k] = std::max(s.data<float>()[k], kScaleEps);
+      for (int64_t k = 0, k_end = s.numel(); k < k_end; ++k) s.data<float>()[k] = std::max(s.data<float>()[k], kScaleEps);
       break;
     }
   const double gf = grad_factor(x.numel());
@@ -430,7 +430,7 @@ QParams LearnableFakeQuantize::calculate_qparams() const {
                                        "model (in train mode) before convert",
                                        owner));
   std::vector<ScaleZeroPoint> pairs;
-  for (int64_t c = 0; c < scale.numel(); ++c) {
+  for (int64_t c = 0, c_end = scale.numel(); c < c_end; ++c) {
     const float s = scale.data<float>()[c];
     pairs.push_back({s >= kScaleEps ? s : kScaleEps,
                      rounded_zero_point(zero_point.data<float>()[c], spec_.quant_min, spec_.quant_max)});

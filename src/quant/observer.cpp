@@ -43,7 +43,7 @@ void check_loaded_range(const ObserverBase& o, const Tensor& lo, const Tensor& h
     throw std::invalid_argument(fmt::format("{} ({}): loaded min_val / max_val must be f32, got {} and {}", o.owner,
                                             o.type_name(), dtype_name(lo.dtype()), dtype_name(hi.dtype())));
   const Tensor l = kernels::contiguous(lo), h = kernels::contiguous(hi);
-  for (int64_t c = 0; c < l.numel(); ++c) {
+  for (int64_t c = 0, c_end = l.numel(); c < c_end; ++c) {
     const float a = l.data<float>()[c], b = h.data<float>()[c];
     const bool empty_range = may_be_empty && a == kInf && b == -kInf;
     if (!empty_range && !(std::isfinite(a) && std::isfinite(b) && a <= b))

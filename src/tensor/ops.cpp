@@ -215,7 +215,7 @@ static void copy_typed(const Tensor& dst, const Tensor& src) {
     if constexpr (std::is_same_v<Dst, Src>) {
       std::memcpy(d, s, static_cast<size_t>(dst.numel()) * sizeof(Dst));
     } else {
-      for (int64_t i = 0; i < dst.numel(); ++i) d[i] = static_cast<Dst>(s[i]);
+      for (int64_t i = 0, i_end = dst.numel(); i < i_end; ++i) d[i] = static_cast<Dst>(s[i]);
     }
     return;
   }
@@ -279,12 +279,12 @@ Tensor to_float(const Tensor& t) {
   float* p = ints.data<float>();
   if (!is_per_channel(q.scheme)) {
     const float s = q.scale[0], z = static_cast<float>(q.zero_point[0]);
-    for (int64_t i = 0; i < ints.numel(); ++i) p[i] = s * (p[i] - z);
+    for (int64_t i = 0, i_end = ints.numel(); i < i_end; ++i) p[i] = s * (p[i] - z);
   } else {
     int64_t inner = 1;
     for (int d = q.axis + 1; d < t.dim(); ++d) inner *= t.shape()[d];
     const int64_t channels = t.shape()[q.axis];
-    for (int64_t i = 0; i < ints.numel(); ++i) {
+    for (int64_t i = 0, i_end = ints.numel(); i < i_end; ++i) {
       const int64_t c = (i / inner) % channels;
       p[i] = q.scale[c] * (p[i] - static_cast<float>(q.zero_point[c]));
     }
@@ -322,7 +322,7 @@ Tensor quantized_relu(const Tensor& q) {
     for (int d = qp.axis + 1; d < q.dim(); ++d) inner *= q.shape()[d];
   }
   auto clamp_at_zero_point = [&](auto* p) {
-    for (int64_t i = 0; i < out.numel(); ++i) {
+    for (int64_t i = 0, i_end = out.numel(); i < i_end; ++i) {
       const int32_t z = qp.zero_point[is_per_channel(qp.scheme) ? (i / inner) % channels : 0];
       if (p[i] < z) p[i] = static_cast<std::remove_reference_t<decltype(p[i])>>(z);
     }
@@ -357,7 +357,7 @@ void mul_scalar_(const Tensor& dst, float s) {
   require_f32(dst, "mul_scalar_");
   if (!dst.is_contiguous()) throw std::invalid_argument("mul_scalar_: tensor must be contiguous");
   float* d = dst.data<float>();
-  for (int64_t i = 0; i < dst.numel(); ++i) d[i] *= s;
+  for (int64_t i = 0, i_end = dst.numel(); i < i_end; ++i) d[i] *= s;
 }
 
 // ---- Reductions ----
@@ -367,7 +367,7 @@ Tensor sum(const Tensor& t) {
   double acc = 0;  // double accumulation: the result does not drift with the size
   const Tensor c = contiguous(t);
   const float* p = c.data<float>();
-  for (int64_t i = 0; i < c.numel(); ++i) acc += p[i];
+  for (int64_t i = 0, i_end = c.numel(); i < i_end; ++i) acc += p[i];
   return scalar_tensor(acc);
 }
 
@@ -451,7 +451,7 @@ float max_all(const Tensor& t) {
   const Tensor c = contiguous(t);
   const float* p = c.data<float>();
   float m = p[0];
-  for (int64_t i = 1; i < c.numel(); ++i) m = p[i] > m ? p[i] : m;
+  for (int64_t i = 1, i_end = c.numel(); i < i_end; ++i) m = p[i] > m ? p[i] : m;
   return m;
 }
 
@@ -461,7 +461,7 @@ float min_all(const Tensor& t) {
   const Tensor c = contiguous(t);
   const float* p = c.data<float>();
   float m = p[0];
-  for (int64_t i = 1; i < c.numel(); ++i) m = p[i] < m ? p[i] : m;
+  for (int64_t i = 1, i_end = c.numel(); i < i_end; ++i) m = p[i] < m ? p[i] : m;
   return m;
 }
 

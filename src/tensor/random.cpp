@@ -86,14 +86,14 @@ void manual_seed(uint64_t seed) { default_generator().seed_(seed); }
 Tensor rand_uniform(const Shape& shape, double low, double high, Generator& g) {
   Tensor t = empty(shape, DType::f32);
   float* p = t.data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<float>(low + (high - low) * g.uniform());
+  for (int64_t i = 0, i_end = t.numel(); i < i_end; ++i) p[i] = static_cast<float>(low + (high - low) * g.uniform());
   return t;
 }
 
 Tensor randn(const Shape& shape, Generator& g) {
   Tensor t = empty(shape, DType::f32);
   float* p = t.data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<float>(g.normal());
+  for (int64_t i = 0, i_end = t.numel(); i < i_end; ++i) p[i] = static_cast<float>(g.normal());
   return t;
 }
 
@@ -103,7 +103,7 @@ Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator& g) {
                                 std::to_string(low) + ")");
   Tensor t = empty(shape, DType::i64);
   int64_t* p = t.data<int64_t>();
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = low + static_cast<int64_t>(g.below(static_cast<uint64_t>(high - low)));
+  for (int64_t i = 0, i_end = t.numel(); i < i_end; ++i) p[i] = low + static_cast<int64_t>(g.below(static_cast<uint64_t>(high - low)));
   return t;
 }
 

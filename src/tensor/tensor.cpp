@@ -291,7 +291,7 @@ std::vector<float> to_vector(const Tensor& t) {
   const int nd = t.dim();
   int64_t idx[kMaxDims] = {};
   const void* base = t.impl()->storage->data();
-  for (int64_t n = 0; n < t.numel(); ++n) {
+  for (int64_t n = 0, n_end = t.numel(); n < n_end; ++n) {
     int64_t off = t.offset();
     for (int d = 0; d < nd; ++d) off += idx[d] * t.strides()[d];
     out.push_back(static_cast<float>(element_as_double(base, t.dtype(), off)));

@@ -107,7 +107,7 @@ std::vector<std::vector<int64_t>> visits(const Tensor& v) {
   std::vector<std::vector<int64_t>> at(static_cast<size_t>(v.impl()->storage->nbytes() / 4));
   const int nd = static_cast<int>(v.shape().size());
   std::vector<int64_t> index(static_cast<size_t>(nd), 0);
-  for (int64_t k = 0; k < v.numel(); ++k) {
+  for (int64_t k = 0, k_end = v.numel(); k < k_end; ++k) {
     int64_t off = v.offset();
     for (int d = 0; d < nd; ++d) off += index[static_cast<size_t>(d)] * v.strides()[d];
     at[static_cast<size_t>(off)].push_back(k);

@@ -32,7 +32,7 @@ int run_run(int argc, char** argv) {
   // NaN into 0, an int8 layer quantizes it to its lowest code): refused.
   {
     const float* v = x.data<float>();
-    for (int64_t i = 0; i < x.numel(); ++i)
+    for (int64_t i = 0, i_end = x.numel(); i < i_end; ++i)
       if (!std::isfinite(v[i]))
         throw std::runtime_error(fmt::format("{}: element {} of the input is {}; a model input must be finite", input, i, v[i]));
   }
