@@ -369,3 +369,40 @@ TEST_CASE("the fused op sends gradients to exactly the inputs that ask, equal to
     }
   }
 }
+
+TEST_CASE("eval BatchNorm2d -> ReLU6 without autograd runs in one pass, the same bits as the two modules",
+          "[cnn][fused]") {
+  manual_seed(31);
+  nn::Sequential block;
+  block.push_back("0", nn::Conv2d(3, 5, 3, 1, 1, 1, 1, false));
+  block.push_back("1", nn::BatchNorm2d(5));
+  block.push_back("2", nn::ReLU6());
+  auto& bn = static_cast<nn::BatchNorm2d&>(block.get_submodule("1"));
+  k::copy_(bn.running_mean(), randn({5}));
+  k::copy_(bn.running_var(), rand_uniform({5}, 0.1, 2.0));
+  k::copy_(bn.weight, k::mul_scalar(randn({5}), 3.f));  // outputs far beyond 0 and 6 on both sides
+  k::copy_(bn.bias, randn({5}));
+  block.eval();
+  Tensor x = k::mul_scalar(randn({2, 3, 9, 7}), 4.f);
+  x.data<float>()[5] = std::nanf("");  // NaN goes through as relu6 lets it
+  const Tensor two_passes = block(x);  // grad mode on: the modules one by one
+  Tensor one_pass;
+  {
+    NoGradGuard no_grad;
+    one_pass = block(x);
+  }
+  REQUIRE(one_pass.shape() == two_passes.shape());
+  CHECK(std::memcmp(one_pass.raw_data(), two_passes.raw_data(), sizeof(float) * one_pass.numel()) == 0);
+  int64_t low = 0, high = 0;
+  for (int64_t i = 0; i < one_pass.numel(); ++i) {
+    low += one_pass.data<float>()[i] == 0.f;
+    high += one_pass.data<float>()[i] == 6.f;
+  }
+  CHECK(low > 0);
+  CHECK(high > 0);  // both clamps were reached
+  // The op itself refuses to run where a gradient would be needed.
+  Tensor w = randn({5});
+  w.requires_grad_(true);
+  CHECK_THROWS_WITH(batch_norm_relu6_eval(randn({1, 5, 2, 2}), bn.running_mean(), bn.running_var(), w, bn.bias),
+                    Catch::Contains("inference only"));
+}

@@ -122,14 +122,9 @@ Tensor conv2d_batch_norm_relu_max_pool2x2(const Tensor& x_in, const Tensor& weig
   const int64_t global_count = dist::distributed() ? batch_norm_all_reduce_stats(mean, var, M) : 0;
   const Tensor invstd = batch_norm_training_invstd(mean, var, global_count > 0 ? global_count : M, running_mean,
                                                    running_var, momentum, eps);
-  // y = x scale + shift with scale = gamma invstd, shift = beta - mean scale, as batch_norm computes them.
-  Tensor scale = empty({g.OC}), shift = empty({g.OC});
-  for (int64_t c = 0; c < g.OC; ++c) {
-    const float gam = bn_weight.defined() ? bn_weight.data<float>()[c] : 1.f;
-    const float bet = bn_bias.defined() ? bn_bias.data<float>()[c] : 0.f;
-    scale.data<float>()[c] = gam * invstd.data<float>()[c];
-    shift.data<float>()[c] = bet - mean.data<float>()[c] * scale.data<float>()[c];
-  }
+  // y = x scale + shift, scale and shift as batch_norm computes them.
+  Tensor scale, shift;
+  batch_norm_scale_shift(bn_weight, bn_bias, mean, invstd, scale, shift);
   Tensor out, at, y_at;
   k::batch_norm_relu_max_pool2x2_forward(y, scale, shift, out, at, y_at);
 

@@ -114,8 +114,24 @@ Tensor batch_norm_training_invstd(const Tensor& mean, const Tensor& var, int64_t
   return invstd;
 }
 
-Tensor batch_norm(const Tensor& x_in, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
-                  const Tensor& bias, bool training, double momentum, double eps) {
+void batch_norm_scale_shift(const Tensor& weight, const Tensor& bias, const Tensor& mean, const Tensor& invstd,
+                            Tensor& scale, Tensor& shift) {
+  const int64_t C = mean.numel();
+  scale = empty({C});
+  shift = empty({C});
+  for (int64_t c = 0; c < C; ++c) {
+    const float gam = weight.defined() ? weight.data<float>()[c] : 1.f;
+    const float bet = bias.defined() ? bias.data<float>()[c] : 0.f;
+    scale.data<float>()[c] = gam * invstd.data<float>()[c];
+    shift.data<float>()[c] = bet - mean.data<float>()[c] * scale.data<float>()[c];
+  }
+}
+
+namespace {
+
+// batch_norm, and with then_relu6 (eval, nothing recorded) ReLU6 in the same pass.
+Tensor batch_norm_impl(const Tensor& x_in, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
+                       const Tensor& bias, bool training, double momentum, double eps, bool then_relu6) {
   if (!x_in.defined()) throw std::invalid_argument("batch_norm: received an undefined tensor");
   if (x_in.dim() < 2)
     throw std::invalid_argument(fmt::format("batch_norm: expected an input (N, C, ...), got shape {}", x_in.shape().str()));
@@ -152,15 +168,10 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& running_mean, const Tensor& 
     const float* rv = running_var.data<float>();
     for (int64_t c = 0; c < C; ++c) invstd.data<float>()[c] = static_cast<float>(1.0 / std::sqrt(rv[c] + eps));
   }
-  // y = x scale + shift with scale = gamma invstd, shift = beta - mean scale (eq. 2).
-  Tensor scale = empty({C}), shift = empty({C});
-  for (int64_t c = 0; c < C; ++c) {
-    const float gam = weight.defined() ? weight.data<float>()[c] : 1.f;
-    const float bet = bias.defined() ? bias.data<float>()[c] : 0.f;
-    scale.data<float>()[c] = gam * invstd.data<float>()[c];
-    shift.data<float>()[c] = bet - mean.data<float>()[c] * scale.data<float>()[c];
-  }
-  Tensor out = k::batch_norm_apply(x, scale, shift);
+  Tensor scale, shift;
+  batch_norm_scale_shift(weight, bias, mean, invstd, scale, shift);
+  Tensor out = k::batch_norm_apply(x, scale, shift, then_relu6);
+  if (then_relu6) return out;  // the caller made sure nothing is recorded
   if (any_requires_grad(x, weight, bias)) {
     if (weight.defined() && bias.defined()) record<BatchNormBackward>(out, {x, weight, bias}, mean, invstd, training, global_count);
     else if (weight.defined()) record<BatchNormBackward>(out, {x, weight}, mean, invstd, training, global_count);
@@ -168,6 +179,20 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& running_mean, const Tensor& 
     else record<BatchNormBackward>(out, {x}, mean, invstd, training, global_count);
   }
   return out;
+}
+
+}  // namespace
+
+Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
+                  const Tensor& bias, bool training, double momentum, double eps) {
+  return batch_norm_impl(x, running_mean, running_var, weight, bias, training, momentum, eps, false);
+}
+
+Tensor batch_norm_relu6_eval(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                             const Tensor& weight, const Tensor& bias, double eps) {
+  if (any_requires_grad(x, weight, bias))
+    throw std::logic_error("batch_norm_relu6_eval: inference only; a gradient is being recorded (use batch_norm, relu6)");
+  return batch_norm_impl(x, running_mean, running_var, weight, bias, false, 0.0, eps, true);
 }
 
 }  // namespace tq

@@ -17,6 +17,18 @@ namespace tq {
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
                   const Tensor& bias, bool training, double momentum = 0.1, double eps = 1e-5);
 
+// Inference only (nothing is recorded for autograd): eval-mode batch_norm
+// with the running statistics, then ReLU6, in one pass over x -- the same
+// bits as batch_norm then relu6 (nn::Sequential runs BatchNorm2d -> ReLU6
+// this way when no gradient is being recorded).
+Tensor batch_norm_relu6_eval(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                             const Tensor& weight, const Tensor& bias, double eps = 1e-5);
+
+// scale = gamma invstd, shift = beta - mean scale (C): y = x scale + shift is
+// eq. 2; gamma and beta may be undefined (1 and 0).
+void batch_norm_scale_shift(const Tensor& weight, const Tensor& bias, const Tensor& mean, const Tensor& invstd,
+                            Tensor& scale, Tensor& shift);
+
 // The statistics half of training-mode batch_norm, for callers that took the
 // batch's mean and biased variance (C) themselves over M values per channel:
 // returns invstd = 1 / sqrt(var + eps) and, when running_mean / running_var are

@@ -115,7 +115,7 @@ void batch_norm_stats_reference(const Tensor& x, Tensor& mean, Tensor& var) {
   }
 }
 
-Tensor batch_norm_apply(const Tensor& x, const Tensor& scale, const Tensor& shift) {
+Tensor batch_norm_apply(const Tensor& x, const Tensor& scale, const Tensor& shift, bool then_relu6) {
   const Layout l = layout_of(x, "batch_norm_apply");
   Tensor y = empty(x.shape());
   const float* xp = x.data<float>();
@@ -127,7 +127,14 @@ Tensor batch_norm_apply(const Tensor& x, const Tensor& scale, const Tensor& shif
       const float a = sc[c], b = sh[c];
       const float* p = xp + (n * l.C + c) * l.plane;
       float* q = yp + (n * l.C + c) * l.plane;
-      for (int64_t i = 0; i < l.plane; ++i) q[i] = p[i] * a + b;
+      if (then_relu6) {
+        for (int64_t i = 0; i < l.plane; ++i) {
+          const float v = p[i] * a + b;
+          q[i] = std::min(std::max(v, 0.f), 6.f);
+        }
+      } else {
+        for (int64_t i = 0; i < l.plane; ++i) q[i] = p[i] * a + b;
+      }
     }
   return y;
 }

@@ -37,7 +37,9 @@ class BatchNormStats {
 };
 
 // y = x * scale_c + shift_c: eq. 2 with scale = gamma invstd, shift = beta - mean scale.
-Tensor batch_norm_apply(const Tensor& x, const Tensor& scale, const Tensor& shift);
+// then_relu6: y = min(max(y, 0), 6) in the same pass, as relu6 computes it
+// (the same bits as the two ops one after the other).
+Tensor batch_norm_apply(const Tensor& x, const Tensor& scale, const Tensor& shift, bool then_relu6 = false);
 
 // Per channel: sum_dy (C) = sum dy, sum_dy_xhat (C) = sum dy (x - mean) invstd.
 void batch_norm_backward_sums(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd,
