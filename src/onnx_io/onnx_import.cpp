@@ -54,29 +54,42 @@ int64_t element_count(const TensorProto& t, const std::string& what) {
   return count;
 }
 
+void check_stored_inline(const TensorProto& t, const std::string& what) {
+  if (t.data_location() == TensorProto::EXTERNAL)
+    fail(what, fmt::format("constant '{}' is stored in an external file; save the model with its weights inside", t.name()));
+}
+
+// The values of `t` as T: the element count its dims give, checked against
+// what the file holds (raw bytes, or `stored` typed values read by `at`)
+// before anything is allocated. `kind` names the values in errors.
+template <class T, class At>
+std::vector<T> stored_values(const TensorProto& t, const std::string& what, int stored, At at, const char* kind) {
+  const int64_t count = element_count(t, what);
+  if (t.has_raw_data()) {
+    if (t.raw_data().size() / sizeof(T) != static_cast<uint64_t>(count) || t.raw_data().size() % sizeof(T) != 0)
+      fail(what, fmt::format("constant '{}' holds {} bytes for {} {}", t.name(), t.raw_data().size(), count, kind));
+  } else if (stored != count) {
+    fail(what, fmt::format("constant '{}' holds {} {} for {} elements", t.name(), stored, kind, count));
+  }
+  std::vector<T> v(static_cast<size_t>(count));
+  if (t.has_raw_data()) std::memcpy(v.data(), t.raw_data().data(), t.raw_data().size());
+  else
+    for (int64_t i = 0; i < count; ++i) v[static_cast<size_t>(i)] = at(static_cast<int>(i));
+  return v;
+}
+
 // A float tensor from an initializer or a Constant's value.
 Tensor float_tensor(const TensorProto& t, const std::string& what) {
   if (t.data_type() != TensorProto::FLOAT)
     fail(what, fmt::format("constant '{}' has element type {}; only float32 constants are imported", t.name(),
                            static_cast<int>(t.data_type())));
-  if (t.data_location() == TensorProto::EXTERNAL)
-    fail(what, fmt::format("constant '{}' is stored in an external file; save the model with its weights inside", t.name()));
+  check_stored_inline(t, what);
   if (t.dims_size() > static_cast<int>(kMaxDims))
     fail(what, fmt::format("constant '{}' has {} dimensions; a tensor has at most {}", t.name(), t.dims_size(), kMaxDims));
   Shape shape;
   for (int64_t d : t.dims()) shape.push_back(d);
-  const int64_t count = element_count(t, what);
-  // The count is checked against what the file holds before anything is allocated.
-  if (t.has_raw_data()) {
-    if (t.raw_data().size() / sizeof(float) != static_cast<uint64_t>(count) || t.raw_data().size() % sizeof(float) != 0)
-      fail(what, fmt::format("constant '{}' holds {} bytes for {} floats", t.name(), t.raw_data().size(), count));
-  } else if (t.float_data_size() != count) {
-    fail(what, fmt::format("constant '{}' holds {} floats for {} elements", t.name(), t.float_data_size(), count));
-  }
-  std::vector<float> v(static_cast<size_t>(count));
-  if (t.has_raw_data()) std::memcpy(v.data(), t.raw_data().data(), t.raw_data().size());
-  else
-    for (int64_t i = 0; i < count; ++i) v[static_cast<size_t>(i)] = t.float_data(static_cast<int>(i));
+  const std::vector<float> v =
+      stored_values<float>(t, what, t.float_data_size(), [&](int i) { return t.float_data(i); }, "floats");
   // A weight that is not a number is refused here, where it is read, rather
   // than giving NaN outputs (or int8 codes of -128 after quantization) later.
   for (size_t i = 0; i < v.size(); ++i)
@@ -87,20 +100,8 @@ Tensor float_tensor(const TensorProto& t, const std::string& what) {
 
 // An int64 tensor from an initializer or a Constant's value.
 std::vector<int64_t> int64_values(const TensorProto& t, const std::string& what) {
-  if (t.data_location() == TensorProto::EXTERNAL)
-    fail(what, fmt::format("constant '{}' is stored in an external file; save the model with its weights inside", t.name()));
-  const int64_t count = element_count(t, what);
-  if (t.has_raw_data()) {
-    if (t.raw_data().size() / sizeof(int64_t) != static_cast<uint64_t>(count) || t.raw_data().size() % sizeof(int64_t) != 0)
-      fail(what, fmt::format("constant '{}' holds {} bytes for {} int64 values", t.name(), t.raw_data().size(), count));
-  } else if (t.int64_data_size() != count) {
-    fail(what, fmt::format("constant '{}' holds {} int64 values for {} elements", t.name(), t.int64_data_size(), count));
-  }
-  std::vector<int64_t> v(static_cast<size_t>(count));
-  if (t.has_raw_data()) std::memcpy(v.data(), t.raw_data().data(), t.raw_data().size());
-  else
-    for (int64_t i = 0; i < count; ++i) v[static_cast<size_t>(i)] = t.int64_data(static_cast<int>(i));
-  return v;
+  check_stored_inline(t, what);
+  return stored_values<int64_t>(t, what, t.int64_data_size(), [&](int i) { return t.int64_data(i); }, "int64 values");
 }
 
 const ::onnx::AttributeProto* attribute(const ::onnx::NodeProto& n, const std::string& name) {
