@@ -71,10 +71,6 @@ bool same_file(const std::string& a, const std::string& b) {
   return std::filesystem::equivalent(a, b, ec) && !ec;
 }
 
-}  // namespace
-
-namespace {
-
 // `path`, an output of the run named by `option`, must not be one of the
 // files the run reads: its input options, and the data set's files.
 // (`resuming_checkpoint`: the checkpoint of a resumed run may be the file it
