@@ -6,10 +6,12 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "autograd/fused_conv_ops.h"
+#include "golden_reader.h"
 #include "gradcheck.h"
 #include "tensor/conv_kernels.h"
 #include "tensor/cpu_features.h"
@@ -370,29 +372,48 @@ TEST_CASE("the fused op sends gradients to exactly the inputs that ask, equal to
   }
 }
 
+namespace {
+
+// Running statistics, gamma and beta that push outputs far beyond 0 and 6 on both sides.
+void set_batch_norm(nn::BatchNorm2d& bn) {
+  const int64_t C = bn.num_features;
+  k::copy_(bn.running_mean(), randn({C}));
+  k::copy_(bn.running_var(), rand_uniform({C}, 0.1, 2.0));
+  k::copy_(bn.weight, k::mul_scalar(randn({C}), 3.f));
+  k::copy_(bn.bias, randn({C}));
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && std::memcmp(a.raw_data(), b.raw_data(), sizeof(float) * a.numel()) == 0;
+}
+
+// A module that is not a BatchNorm2d by type: breaks every fusion run.
+struct Pass : nn::Module {
+  Tensor forward(const Tensor& x) override { return x; }
+};
+
+}  // namespace
+
 TEST_CASE("eval BatchNorm2d -> ReLU6 without autograd runs in one pass, the same bits as the two modules",
           "[cnn][fused]") {
   manual_seed(31);
   nn::Sequential block;
-  block.push_back("0", nn::Conv2d(3, 5, 3, 1, 1, 1, 1, false));
+  block.push_back("0", Pass());
   block.push_back("1", nn::BatchNorm2d(5));
   block.push_back("2", nn::ReLU6());
-  auto& bn = static_cast<nn::BatchNorm2d&>(block.get_submodule("1"));
-  k::copy_(bn.running_mean(), randn({5}));
-  k::copy_(bn.running_var(), rand_uniform({5}, 0.1, 2.0));
-  k::copy_(bn.weight, k::mul_scalar(randn({5}), 3.f));  // outputs far beyond 0 and 6 on both sides
-  k::copy_(bn.bias, randn({5}));
+  set_batch_norm(static_cast<nn::BatchNorm2d&>(block.get_submodule("1")));
   block.eval();
-  Tensor x = k::mul_scalar(randn({2, 3, 9, 7}), 4.f);
+  Tensor x = k::mul_scalar(randn({2, 5, 9, 7}), 4.f);
   x.data<float>()[5] = std::nanf("");  // NaN goes through as relu6 lets it
   const Tensor two_passes = block(x);  // grad mode on: the modules one by one
+  CHECK(block.fused_runs() == 0);
   Tensor one_pass;
   {
     NoGradGuard no_grad;
     one_pass = block(x);
   }
-  REQUIRE(one_pass.shape() == two_passes.shape());
-  CHECK(std::memcmp(one_pass.raw_data(), two_passes.raw_data(), sizeof(float) * one_pass.numel()) == 0);
+  CHECK(block.fused_runs() == 1);
+  CHECK(same_bits(one_pass, two_passes));
   int64_t low = 0, high = 0;
   for (int64_t i = 0; i < one_pass.numel(); ++i) {
     low += one_pass.data<float>()[i] == 0.f;
@@ -401,8 +422,165 @@ TEST_CASE("eval BatchNorm2d -> ReLU6 without autograd runs in one pass, the same
   CHECK(low > 0);
   CHECK(high > 0);  // both clamps were reached
   // The op itself refuses to run where a gradient would be needed.
+  auto& bn = static_cast<nn::BatchNorm2d&>(block.get_submodule("1"));
   Tensor w = randn({5});
   w.requires_grad_(true);
   CHECK_THROWS_WITH(batch_norm_relu6_eval(randn({1, 5, 2, 2}), bn.running_mean(), bn.running_var(), w, bn.bias),
                     Catch::Contains("inference only"));
+}
+
+TEST_CASE("eval Conv2d -> BatchNorm2d [-> ReLU6] without autograd runs in the convolution's pass, the same bits",
+          "[cnn][fused]") {
+  BuildGuard guard;
+  struct Case {
+    const char* name;
+    int64_t in, out, kernel, stride, groups;
+    bool bias, relu6;
+  };
+  const Case cases[] = {
+      {"3x3 with ReLU6", 3, 5, 3, 1, 1, false, true},   {"3x3 stride 2 with a bias", 3, 4, 3, 2, 1, true, false},
+      {"depthwise with ReLU6", 6, 6, 3, 1, 6, false, true}, {"depthwise stride 2, bias", 4, 4, 3, 2, 4, true, true},
+      {"1x1 (MobileNetV2's projection)", 8, 3, 1, 1, 1, false, false}, {"groups 2", 4, 6, 3, 1, 2, true, true},
+  };
+  for (bool wide : builds()) {
+    k::set_fused_kernels_avx512(wide);
+    for (const Case& c : cases) {
+      INFO(c.name << (wide ? " (AVX-512)" : " (baseline)"));
+      manual_seed(32);
+      nn::Sequential block;
+      block.push_back("0", nn::Conv2d(c.in, c.out, c.kernel, c.stride, c.kernel / 2, 1, c.groups, c.bias));
+      block.push_back("1", nn::BatchNorm2d(c.out));
+      if (c.relu6) block.push_back("2", nn::ReLU6());
+      set_batch_norm(static_cast<nn::BatchNorm2d&>(block.get_submodule("1")));
+      block.eval();
+      Tensor x = k::mul_scalar(randn({2, c.in, 19, 35}), 4.f);
+      x.data<float>()[40] = std::nanf("");
+      const Tensor by_modules = block(x);
+      REQUIRE(block.fused_runs() == 0);
+      Tensor fused;
+      {
+        NoGradGuard no_grad;
+        fused = block(x);
+      }
+      CHECK(block.fused_runs() == 1);
+      CHECK(same_bits(fused, by_modules));
+      // In training the batch norm takes batch statistics: no eval fusion.
+      block.train();
+      {
+        NoGradGuard no_grad;
+        (void)block(x);
+      }
+      CHECK(block.fused_runs() == 1);
+    }
+  }
+  // The op itself: inference only, and names what is wrong.
+  const Tensor x = randn({1, 2, 5, 5}), w = randn({3, 2, 3, 3}), rm = zeros({3}), rv = ones({3});
+  Tensor g = randn({3});
+  g.requires_grad_(true);
+  CHECK_THROWS_WITH(conv2d_batch_norm_eval(x, w, Tensor(), Conv2dOptions{}, rm, rv, g, Tensor()),
+                    Contains("inference only"));
+  CHECK_THROWS_WITH(conv2d_batch_norm_eval(x, w, Tensor(), Conv2dOptions{}, zeros({4}), rv, Tensor(), Tensor()),
+                    Contains("running_mean of shape (4,) does not match the convolution's 3 output channels"));
+  CHECK_THROWS_WITH(conv2d_batch_norm_eval(x, w, Tensor(), Conv2dOptions{}, Tensor(), Tensor(), Tensor(), Tensor()),
+                    Contains("needs running_mean and running_var"));
+  CHECK_THROWS_WITH(conv2d_batch_norm_eval(x, w, Tensor(), Conv2dOptions{}, rm, rv, Tensor(), Tensor(), 0.0),
+                    Contains("eps must be positive"));
+}
+
+TEST_CASE("conv2d_forward's epilogue equals the convolution then batch_norm_apply, bit for bit", "[cnn][kernels][fused]") {
+  BuildGuard guard;
+  struct Geometry {
+    int64_t N, C, H, W, OC, K, stride, pad, dil, groups;
+  };
+  const Geometry geometries[] = {
+      {2, 3, 9, 21, 4, 3, 1, 1, 1, 1},  {1, 4, 8, 8, 6, 1, 1, 0, 1, 1},   {2, 5, 17, 33, 5, 3, 1, 1, 1, 5},
+      {1, 3, 15, 40, 3, 3, 2, 1, 1, 3}, {1, 2, 11, 12, 2, 5, 1, 4, 2, 2}, {1, 4, 7, 7, 8, 3, 1, 1, 1, 2},
+  };
+  for (bool wide : builds()) {
+    k::set_fused_kernels_avx512(wide);
+    manual_seed(33);
+    for (const Geometry& c : geometries)
+      for (int variant = 0; variant < 4; ++variant) {
+        const bool relu6 = variant & 1, with_bias = variant & 2;
+        INFO("N " << c.N << " C " << c.C << " " << c.H << "x" << c.W << " OC " << c.OC << " K " << c.K << " groups "
+                  << c.groups << (relu6 ? " relu6" : "") << (with_bias ? " bias" : "") << (wide ? " AVX-512" : ""));
+        const Tensor x = k::mul_scalar(randn({c.N, c.C, c.H, c.W}), 3.f);
+        const Tensor w = randn({c.OC, c.C / c.groups, c.K, c.K});
+        const Tensor b = with_bias ? randn({c.OC}) : Tensor();
+        const Tensor scale = rand_uniform({c.OC}, -3, 3), shift = rand_uniform({c.OC}, -2, 2);
+        const auto g = k::conv2d_geometry(x.shape(), w.shape(), c.stride, c.stride, c.pad, c.pad, c.dil, c.dil, c.groups);
+        k::ChannelEpilogue then;
+        then.scale = scale.data<float>();
+        then.shift = shift.data<float>();
+        then.relu6 = relu6;
+        const Tensor fused = k::conv2d_forward(x, w, b, g, {}, then);
+        const Tensor apart = k::batch_norm_apply(k::conv2d_forward(x, w, b, g), scale, shift, relu6);
+        CHECK(same_bits(fused, apart));
+      }
+    const Tensor x = randn({1, 2, 5, 5}), w = randn({2, 1, 3, 3}), scale = ones({2});
+    const auto g = k::conv2d_geometry(x.shape(), w.shape(), 1, 1, 1, 1, 1, 1, 2);
+    k::ChannelEpilogue half;
+    half.scale = scale.data<float>();
+    CHECK_THROWS_WITH(k::conv2d_forward(x, w, Tensor(), g, {}, half), Contains("both its scale and its shift"));
+  }
+}
+
+TEST_CASE("depthwise forward: the AVX-512 build equals the baseline bit for bit, and both the reference",
+          "[cnn][kernels][fused]") {
+  if (best_simd_level() != SimdLevel::avx512) WARN("no AVX-512 on this CPU: the baseline build only");
+  BuildGuard guard;
+  struct Geometry {
+    const char* name;
+    int64_t N, C, H, W, KH, KW, sh, sw, ph, pw, dh, dw;
+  };
+  const Geometry geometries[] = {
+      {"3x3, 7x7 (one partial block)", 1, 3, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1},
+      {"3x3, 37 wide (three blocks)", 2, 2, 20, 37, 3, 3, 1, 1, 1, 1, 1, 1},
+      {"3x3 stride 2, odd", 1, 2, 17, 33, 3, 3, 2, 2, 1, 1, 1, 1},
+      {"3x3 stride 2, even", 1, 3, 16, 64, 3, 3, 2, 2, 1, 1, 1, 1},
+      {"5x5 padding 2", 1, 2, 11, 40, 5, 5, 1, 1, 2, 2, 1, 1},
+      {"3x3 dilation 2, stride 2 across", 1, 2, 12, 45, 3, 3, 1, 2, 2, 2, 2, 2},
+      {"1x1", 1, 2, 9, 18, 1, 1, 1, 1, 0, 0, 1, 1},
+      {"3x7 stride 3 (baseline walk in both)", 1, 2, 13, 50, 3, 7, 1, 3, 1, 3, 1, 1},
+      {"padding wider than the image", 1, 2, 3, 3, 3, 3, 1, 1, 4, 4, 1, 1},
+      {"3x3 without padding", 2, 2, 10, 20, 3, 3, 1, 1, 0, 0, 1, 1},
+  };
+  manual_seed(34);
+  for (const Geometry& c : geometries) {
+    INFO(c.name);
+    Tensor x = k::mul_scalar(randn({c.N, c.C, c.H, c.W}), 3.f);
+    const Tensor w = randn({c.C, 1, c.KH, c.KW}), b = randn({c.C});
+    const Tensor scale = rand_uniform({c.C}, -3, 3), shift = rand_uniform({c.C}, -2, 2);
+    const auto g = k::conv2d_geometry(x.shape(), w.shape(), c.sh, c.sw, c.ph, c.pw, c.dh, c.dw, c.C);
+    REQUIRE(g.is_depthwise());
+    for (const bool with_bias : {false, true}) {
+      const Tensor bias = with_bias ? b : Tensor();
+      // Finite inputs: both builds agree with the direct reference in double.
+      for (bool wide : builds()) {
+        k::set_fused_kernels_avx512(wide);
+        const golden::Comparison cmp = golden::compare(k::conv2d_forward(x, w, bias, g),
+                                                       k::conv2d_forward_reference(x, w, bias, g));
+        INFO(cmp.describe(wide ? "AVX-512" : "baseline"));
+        CHECK(cmp.relative_error <= 2e-6);
+      }
+      if (best_simd_level() != SimdLevel::avx512) continue;
+      // -0, NaN and an infinite weight: the taps in the padding are skipped
+      // in both builds (inf * 0 would be NaN), and every epilogue.
+      Tensor xs = k::clone(x), ws = k::clone(w);
+      xs.data<float>()[1] = -0.f;
+      xs.data<float>()[xs.numel() / 2] = std::nanf("");
+      ws.data<float>()[0] = std::numeric_limits<float>::infinity();
+      for (int e = 0; e < 3; ++e) {
+        k::ChannelEpilogue then;
+        if (e > 0) then.scale = scale.data<float>(), then.shift = shift.data<float>(), then.relu6 = e == 2;
+        Tensor y[2];
+        for (int wide = 0; wide < 2; ++wide) {
+          k::set_fused_kernels_avx512(wide == 1);
+          y[wide] = k::conv2d_forward(xs, ws, bias, g, {}, then);
+        }
+        INFO("epilogue " << e << (with_bias ? " with a bias" : ""));
+        CHECK(same_bits(y[0], y[1]));
+      }
+    }
+  }
 }

@@ -72,17 +72,18 @@ struct ConvBatchNormReluMaxPoolBackward final : Node {
   }
 };
 
-Tensor float_contiguous(const Tensor& t, const char* what) {
-  if (!t.defined())
-    throw std::invalid_argument(fmt::format("conv2d_batch_norm_relu_max_pool2x2: {} is undefined", what));
+constexpr const char* kTrainingOp = "conv2d_batch_norm_relu_max_pool2x2";
+
+Tensor float_contiguous(const Tensor& t, const char* what, const char* op = kTrainingOp) {
+  if (!t.defined()) throw std::invalid_argument(fmt::format("{}: {} is undefined", op, what));
   return k::contiguous(t.dtype() == DType::f32 ? t : k::to_float(t));
 }
 
-void check_channels(const Tensor& t, int64_t C, const char* what) {
+void check_channels(const Tensor& t, int64_t C, const char* what, const char* op = kTrainingOp) {
   if (t.defined() && !(t.shape() == Shape{C}))
-    throw std::invalid_argument(fmt::format("conv2d_batch_norm_relu_max_pool2x2: batch norm {} of shape {} does not "
-                                            "match the convolution's {} output channels",
-                                            what, t.shape().str(), C));
+    throw std::invalid_argument(fmt::format("{}: batch norm {} of shape {} does not match the convolution's {} "
+                                            "output channels",
+                                            op, what, t.shape().str(), C));
 }
 
 }  // namespace
@@ -133,6 +134,37 @@ Tensor conv2d_batch_norm_relu_max_pool2x2(const Tensor& x_in, const Tensor& weig
     record<ConvBatchNormReluMaxPoolBackward>(out, {x, w, b, bn_weight, bn_bias}, g, std::move(y), std::move(mean),
                                              invstd, std::move(at), std::move(y_at), global_count);
   return out;
+}
+
+Tensor conv2d_batch_norm_eval(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in,
+                              const Conv2dOptions& o, const Tensor& running_mean, const Tensor& running_var,
+                              const Tensor& bn_weight, const Tensor& bn_bias, double eps, bool then_relu6) {
+  constexpr const char* op = "conv2d_batch_norm_eval";
+  if (grad_mode_enabled() && (needs_grad(x_in) || needs_grad(weight_in) || needs_grad(bias_in) ||
+                              needs_grad(bn_weight) || needs_grad(bn_bias)))
+    throw std::logic_error(fmt::format("{}: inference only; a gradient is being recorded (use conv2d, batch_norm)", op));
+  const Tensor x = float_contiguous(x_in, "the input", op);
+  const Tensor w = float_contiguous(weight_in, "the weight", op);
+  const k::Conv2dGeometry g = k::conv2d_geometry(x.shape(), w.shape(), o.stride[0], o.stride[1], o.padding[0],
+                                                 o.padding[1], o.dilation[0], o.dilation[1], o.groups, op);
+  const Tensor b = bias_in.defined() ? float_contiguous(bias_in, "the bias", op) : Tensor();
+  check_channels(b, g.OC, "convolution bias", op);
+  for (const auto& [t, what] : {std::pair{&running_mean, "running_mean"}, std::pair{&running_var, "running_var"},
+                                std::pair{&bn_weight, "weight"}, std::pair{&bn_bias, "bias"}})
+    check_channels(*t, g.OC, what, op);
+  if (!running_mean.defined() || !running_var.defined())
+    throw std::invalid_argument(fmt::format("{}: evaluation needs running_mean and running_var", op));
+  if (!(eps > 0)) throw std::invalid_argument(fmt::format("{}: eps must be positive, got {}", op, eps));
+  // scale and shift as eval batch_norm computes them; the convolution applies
+  // them (and the clamp) to each output as batch_norm_apply would.
+  Tensor scale, shift;
+  batch_norm_scale_shift(bn_weight, bn_bias, k::contiguous(running_mean), batch_norm_eval_invstd(running_var, eps),
+                         scale, shift);
+  k::ChannelEpilogue then;
+  then.scale = scale.data<float>();
+  then.shift = shift.data<float>();
+  then.relu6 = then_relu6;
+  return k::conv2d_forward(x, w, b, g, {}, then);
 }
 
 }  // namespace tq

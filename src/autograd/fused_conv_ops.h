@@ -26,4 +26,15 @@ Tensor conv2d_batch_norm_relu_max_pool2x2(const Tensor& x, const Tensor& conv_we
                                           const Tensor& running_var, const Tensor& bn_weight, const Tensor& bn_bias,
                                           double momentum = 0.1, double eps = 1e-5);
 
+// Inference only (nothing recorded; throws if a gradient would be): eval
+// Conv2d -> BatchNorm2d (running statistics) [-> ReLU6] in the convolution's
+// own pass (kernels::conv2d_forward's epilogue): the same bits as conv2d,
+// batch_norm (training = false) and relu6 one after another, without the two
+// extra passes over the output. nn::Sequential runs these children this way
+// when no gradient is being recorded.
+Tensor conv2d_batch_norm_eval(const Tensor& x, const Tensor& conv_weight, const Tensor& conv_bias,
+                              const Conv2dOptions& options, const Tensor& running_mean, const Tensor& running_var,
+                              const Tensor& bn_weight, const Tensor& bn_bias, double eps = 1e-5,
+                              bool then_relu6 = false);
+
 }  // namespace tq

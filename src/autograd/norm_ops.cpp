@@ -114,6 +114,15 @@ Tensor batch_norm_training_invstd(const Tensor& mean, const Tensor& var, int64_t
   return invstd;
 }
 
+Tensor batch_norm_eval_invstd(const Tensor& running_var, double eps) {
+  const Tensor rv = k::contiguous(running_var);
+  const int64_t C = rv.numel();
+  Tensor invstd = empty({C});
+  for (int64_t c = 0; c < C; ++c)
+    invstd.data<float>()[c] = static_cast<float>(1.0 / std::sqrt(rv.data<float>()[c] + eps));
+  return invstd;
+}
+
 void batch_norm_scale_shift(const Tensor& weight, const Tensor& bias, const Tensor& mean, const Tensor& invstd,
                             Tensor& scale, Tensor& shift) {
   const int64_t C = mean.numel();
@@ -165,8 +174,7 @@ Tensor batch_norm_impl(const Tensor& x_in, const Tensor& running_mean, const Ten
     if (!running_mean.defined())
       throw std::invalid_argument("batch_norm: evaluation needs running_mean and running_var (track_running_stats)");
     mean = k::contiguous(running_mean);
-    const float* rv = running_var.data<float>();
-    for (int64_t c = 0; c < C; ++c) invstd.data<float>()[c] = static_cast<float>(1.0 / std::sqrt(rv[c] + eps));
+    invstd = batch_norm_eval_invstd(running_var, eps);
   }
   Tensor scale, shift;
   batch_norm_scale_shift(weight, bias, mean, invstd, scale, shift);

@@ -24,6 +24,9 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
 Tensor batch_norm_relu6_eval(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                              const Tensor& weight, const Tensor& bias, double eps = 1e-5);
 
+// Eval: invstd (C) = 1 / sqrt(running_var + eps), computed in double.
+Tensor batch_norm_eval_invstd(const Tensor& running_var, double eps);
+
 // scale = gamma invstd, shift = beta - mean scale (C): y = x scale + shift is
 // eq. 2; gamma and beta may be undefined (1 and 0).
 void batch_norm_scale_shift(const Tensor& weight, const Tensor& bias, const Tensor& mean, const Tensor& invstd,

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "tensor/fused_loops.h"
+#include "tensor/norm_kernels.h"
 #include "tensor/pool_kernels.h"
 
 namespace tq::kernels {
@@ -43,38 +44,44 @@ void check_f32_contiguous(const Tensor& t, const char* what) {
     throw std::invalid_argument(fmt::format("conv2d kernel: {} must be a contiguous f32 tensor", what));
 }
 
-void add_bias(float* y, const float* bias, const Conv2dGeometry& g) {
-  const int64_t plane = g.OH * g.OW;
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t oc = 0; oc < g.OC; ++oc) {
-      float* p = y + (n * g.OC + oc) * plane;
-      const float b = bias[oc];
-      for (int64_t i = 0; i < plane; ++i) p[i] += b;
-    }
-}
-
 // ---- Depthwise (groups == C == OC): one KH x KW filter per channel ----
 
-// y (OH, OW) += filter (KH, KW) applied to x (H, W) of one channel.
-void depthwise_plane_forward(const float* x, const float* w, float* y, const Conv2dGeometry& g) {
-  for (int64_t kh = 0; kh < g.KH; ++kh) {
-    int64_t oh_lo, oh_hi;
-    valid_range(g.H, g.OH, g.stride_h, g.pad_h, kh * g.dil_h, oh_lo, oh_hi);
-    for (int64_t kw = 0; kw < g.KW; ++kw) {
-      const float wv = w[kh * g.KW + kw];
-      int64_t ow_lo, ow_hi;
-      valid_range(g.W, g.OW, g.stride_w, g.pad_w, kw * g.dil_w, ow_lo, ow_hi);
-      const int64_t col0 = kw * g.dil_w - g.pad_w;
-      for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
-        const float* xr = x + (oh * g.stride_h - g.pad_h + kh * g.dil_h) * g.W + col0;
-        float* yr = y + oh * g.OW;
+// The output columns whose tap kw lies inside the image, for every kw:
+// [lo[kw], hi[kw]). Kept per thread; it only grows.
+const int64_t* tap_column_ranges(const Conv2dGeometry& g) {
+  thread_local std::vector<int64_t> ranges;
+  if (ranges.size() < static_cast<size_t>(2 * g.KW)) ranges.resize(static_cast<size_t>(2 * g.KW));
+  for (int64_t kw = 0; kw < g.KW; ++kw)
+    valid_range(g.W, g.OW, g.stride_w, g.pad_w, kw * g.dil_w, ranges[static_cast<size_t>(kw)],
+                ranges[static_cast<size_t>(g.KW + kw)]);
+  return ranges.data();
+}
+
+// y (OH, OW) = filter (KH, KW) applied to x (H, W) of one channel, then `f`.
+// Row by row: each output is the sum of its taps in the order (kh, kw), taps
+// in the padding skipped; the row stays in L1 while its taps are added.
+// `lo` / `hi`: tap_column_ranges.
+void depthwise_plane_forward(const float* x, const float* w, float* y, const Conv2dGeometry& g, const int64_t* lo,
+                             const int64_t* hi, const detail::ChannelFinish& f) {
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    float* __restrict yr = y + oh * g.OW;
+    std::fill_n(yr, g.OW, 0.f);
+    for (int64_t kh = 0; kh < g.KH; ++kh) {
+      const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dil_h;
+      if (ih < 0 || ih >= g.H) continue;
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        const float wv = w[kh * g.KW + kw];
+        const float* __restrict xr = x + ih * g.W + kw * g.dil_w - g.pad_w;
         if (g.stride_w == 1) {
-          for (int64_t ow = ow_lo; ow < ow_hi; ++ow) yr[ow] += wv * xr[ow];
+          for (int64_t ow = lo[kw]; ow < hi[kw]; ++ow) yr[ow] += wv * xr[ow];
         } else {
-          for (int64_t ow = ow_lo; ow < ow_hi; ++ow) yr[ow] += wv * xr[ow * g.stride_w];
+          for (int64_t ow = lo[kw]; ow < hi[kw]; ++ow) yr[ow] += wv * xr[ow * g.stride_w];
         }
       }
     }
+    if (f.has_bias)
+      for (int64_t ow = 0; ow < g.OW; ++ow) yr[ow] += f.bias;
+    if (f.affine) batch_norm_apply_plane(yr, yr, g.OW, f.scale, f.shift, f.relu6);
   }
 }
 
@@ -312,47 +319,67 @@ void col2im(const float* col, const Conv2dGeometry& g, float* dx) {
 }
 
 Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dGeometry& g,
-                      const ImageCallback& after_image) {
+                      const ImageCallback& after_image, const ChannelEpilogue& then) {
   check_f32_contiguous(x, "x");
   check_f32_contiguous(weight, "weight");
   if (bias.defined()) check_f32_contiguous(bias, "bias");
+  if ((then.scale == nullptr) != (then.shift == nullptr))
+    throw std::invalid_argument("conv2d kernel: an epilogue needs both its scale and its shift");
   Tensor y = empty(g.output_shape());
   const float* xp = x.data<float>();
   const float* wp = weight.data<float>();
   float* yp = y.data<float>();
+  const float* bp = bias.defined() ? bias.data<float>() : nullptr;
   const int64_t ohw = g.OH * g.OW, hw = g.H * g.W;
   if (g.is_depthwise()) {
-    std::memset(yp, 0, sizeof(float) * y.numel());
-    for (int64_t n = 0; n < g.N; ++n)
-      for (int64_t c = 0; c < g.C; ++c)
-        depthwise_plane_forward(xp + (n * g.C + c) * hw, wp + c * g.KH * g.KW, yp + (n * g.OC + c) * ohw, g);
-  } else {
-    const int64_t ocg = g.out_per_group(), cg = g.in_per_group(), k = g.patch();
-    float* col = g.is_pointwise() ? nullptr : workspace(static_cast<size_t>(k * ohw));
-    // With a bias, y starts as the bias and the GEMM adds into it (beta = 1):
-    // one pass over y fewer than a GEMM into zeros and a bias pass after it.
-    const float* bp = bias.defined() ? bias.data<float>() : nullptr;
-    for (int64_t n = 0; n < g.N; ++n)
-      for (int64_t gr = 0; gr < g.groups; ++gr) {
-        const float* xg = xp + (n * g.C + gr * cg) * hw;
-        const float* b = xg;  // (k, ohw)
-        if (col) {
-          im2col(xg, g, col);
-          b = col;
-        }
-        float* yg = yp + (n * g.OC + gr * ocg) * ohw;
-        if (bp)
-          for (int64_t oc = 0; oc < ocg; ++oc) std::fill_n(yg + oc * ohw, ohw, bp[gr * ocg + oc]);
-        // y_n,g (ocg, ohw) = W_g (ocg, k) @ col (k, ohw) [+ bias]   (eq. 2)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ocg, ohw, k, 1.f, wp + gr * ocg * k, k, b, ohw,
-                    bp ? 1.f : 0.f, yg, ohw);
-        if (after_image && gr + 1 == g.groups) after_image(n, yp + n * g.OC * ohw);
+    const int64_t* ranges = tap_column_ranges(g);
+    const bool wide = fused_kernels_avx512() && (g.stride_w == 1 || g.stride_w == 2) && g.KW <= 32;
+    for (int64_t n = 0; n < g.N; ++n) {
+      for (int64_t c = 0; c < g.C; ++c) {
+        detail::ChannelFinish f;
+        if (bp) f.has_bias = true, f.bias = bp[c];
+        if (then.scale) f.affine = true, f.scale = then.scale[c], f.shift = then.shift[c];
+        f.relu6 = then.scale && then.relu6;
+        const float* xc = xp + (n * g.C + c) * hw;
+        const float* wc = wp + c * g.KH * g.KW;
+        float* yc = yp + (n * g.OC + c) * ohw;
+        if (wide)
+          detail::depthwise_plane_forward_avx512(xc, wc, yc, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.stride_h, g.stride_w,
+                                                 g.pad_h, g.pad_w, g.dil_h, g.dil_w, ranges, ranges + g.KW, f);
+        else
+          depthwise_plane_forward(xc, wc, yc, g, ranges, ranges + g.KW, f);
       }
+      if (after_image) after_image(n, yp + n * g.OC * ohw);
+    }
     return y;
   }
-  if (bias.defined()) add_bias(yp, bias.data<float>(), g);
-  if (after_image)
-    for (int64_t n = 0; n < g.N; ++n) after_image(n, yp + n * g.OC * ohw);
+  const int64_t ocg = g.out_per_group(), cg = g.in_per_group(), k = g.patch();
+  float* col = g.is_pointwise() ? nullptr : workspace(static_cast<size_t>(k * ohw));
+  for (int64_t n = 0; n < g.N; ++n) {
+    for (int64_t gr = 0; gr < g.groups; ++gr) {
+      const float* xg = xp + (n * g.C + gr * cg) * hw;
+      const float* b = xg;  // (k, ohw)
+      if (col) {
+        im2col(xg, g, col);
+        b = col;
+      }
+      float* yg = yp + (n * g.OC + gr * ocg) * ohw;
+      // With a bias, y starts as the bias and the GEMM adds into it (beta = 1):
+      // one pass over y fewer than a GEMM into zeros and a bias pass after it.
+      if (bp)
+        for (int64_t oc = 0; oc < ocg; ++oc) std::fill_n(yg + oc * ohw, ohw, bp[gr * ocg + oc]);
+      // y_n,g (ocg, ohw) = W_g (ocg, k) @ col (k, ohw) [+ bias]   (eq. 2)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ocg, ohw, k, 1.f, wp + gr * ocg * k, k, b, ohw,
+                  bp ? 1.f : 0.f, yg, ohw);
+    }
+    float* yn = yp + n * g.OC * ohw;
+    // (Running the GEMM on column chunks that stay in cache, each followed by
+    // its epilogue, measured no faster: the epilogue is one pass over y.)
+    if (then.scale)
+      for (int64_t oc = 0; oc < g.OC; ++oc)
+        batch_norm_apply_plane(yn + oc * ohw, yn + oc * ohw, ohw, then.scale[oc], then.shift[oc], then.relu6);
+    if (after_image) after_image(n, yn);
+  }
   return y;
 }
 

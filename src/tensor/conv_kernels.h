@@ -8,7 +8,9 @@
 //   dcol_n,g = W_g^T @ dy_n,g   then col2im scatters dcol back onto dx (eq. 3),
 //   dW_g    += dy_n,g @ col_n,g^T                                       (eq. 4).
 // A depthwise convolution (groups == C == OC) has a K of only KH*KW per
-// group: a GEMM would be all overhead, so it runs a direct loop instead.
+// group: a GEMM would be all overhead, so it runs a direct loop instead, row
+// by row, each output the sum of its taps in the order (kh, kw) (an AVX-512
+// build, sixteen outputs a register, gives the same bits).
 //
 // Every fast kernel has a plain reference twin (seven nested loops in double)
 // that the tests compare it with. The im2col workspace is one per thread and
@@ -71,9 +73,20 @@ void col2im_assign(const float* col, const Conv2dGeometry& g, float* dx);
 // `after_image`, when given, is called with n and y_n (OC, OH, OW) as soon as
 // image n is done, in order n = 0, 1, ...: while y_n is still in cache (the
 // fused training path takes the batch-norm sums there).
+// `then`, when its scale and shift are given, is applied to every output after
+// the bias: y = y scale[oc] + shift[oc], then with relu6 the clamp to [0, 6]
+// (an eval batch norm and ReLU6 in the convolution's own pass): element for
+// element batch_norm_apply's arithmetic (norm_kernels.h), so the same bits as
+// the convolution followed by it. A depthwise convolution applies it to each
+// output while it is in a register, the others to each image after its GEMM.
 using ImageCallback = std::function<void(int64_t n, const float* y_n)>;
+struct ChannelEpilogue {
+  const float* scale = nullptr;  // (OC)
+  const float* shift = nullptr;  // (OC)
+  bool relu6 = false;
+};
 Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dGeometry& g,
-                      const ImageCallback& after_image = {});
+                      const ImageCallback& after_image = {}, const ChannelEpilogue& then = {});
 // Both gradients, one image at a time: dy_of(n) returns image n's output
 // gradient (OC, OH, OW), contiguous and valid until the next call; it is
 // called once for every n = 0, 1, ..., N - 1 in order, even when neither

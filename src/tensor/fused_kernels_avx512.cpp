@@ -7,6 +7,7 @@
 // contraction of a multiply and an add into one FMA.
 #include "tensor/x86_intrinsics.h"
 
+#include <algorithm>
 #include <cstdint>
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -201,6 +202,120 @@ void col2im_assign_3x3_s1_p1_avx512(const float* col, int64_t channels, int64_t 
         _mm512_mask_storeu_ps(d + w0, all, acc);
       }
     }
+  }
+}
+
+}  // namespace tq::detail
+
+namespace tq::detail {
+
+namespace {
+
+// The range [lo, hi) of columns, clipped to the sixteen lanes from ow0.
+inline __mmask16 lanes_between(int64_t lo, int64_t hi, int64_t ow0) {
+  const int64_t a = std::clamp<int64_t>(lo - ow0, 0, 16), b = std::clamp<int64_t>(hi - ow0, 0, 16);
+  if (a >= b) return 0;
+  return static_cast<__mmask16>(((1u << b) - 1u) & ~((1u << a) - 1u));
+}
+
+// Bit i of m at bit 2i: which of 32 consecutive floats a stride-2 window reads.
+inline uint32_t spread_to_even_bits(uint32_t m) {
+  m = (m | (m << 8)) & 0x00FF00FFu;
+  m = (m | (m << 4)) & 0x0F0F0F0Fu;
+  m = (m | (m << 2)) & 0x33333333u;
+  m = (m | (m << 1)) & 0x55555555u;
+  return m;
+}
+
+}  // namespace
+
+// Lane i of the taps kw of one input row: column (ow0 + i) stride_w - pad_w +
+// kw dil_w, where `m` says the tap lies inside the image, else 0.
+inline __m512 tap_row(const float* row, int64_t first, int64_t stride_w, __mmask16 m) {
+  if (stride_w == 1) return _mm512_maskz_loadu_ps(m, row + first);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const uint32_t m32 = spread_to_even_bits(m);
+  const __m512 lo = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m32), row + first);
+  const __m512 hi = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m32 >> 16), row + first + 16);
+  return _mm512_permutex2var_ps(lo, even, hi);
+}
+
+// Each lane holds one output; its taps are added in the order (kh, kw) as the
+// baseline does, a tap outside the image leaving the lane as it is (a masked
+// add, not a zero: w * 0 could be NaN or -0). Four output rows at a time
+// where all their taps' rows are inside the image: four independent chains
+// of adds instead of one. The epilogue is batch_norm_apply's arithmetic: no
+// contraction into an FMA, and max / min with the value second, so NaN passes
+// and -0 stays -0 as in std::max / min.
+void depthwise_plane_forward_avx512(const float* x, const float* w, float* y, int64_t H, int64_t W, int64_t OH,
+                                    int64_t OW, int64_t KH, int64_t KW, int64_t stride_h, int64_t stride_w,
+                                    int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w, const int64_t* ow_lo,
+                                    const int64_t* ow_hi, const ChannelFinish& f) {
+  constexpr int kRows = 4;
+  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.f);
+  const __m512 bias = _mm512_set1_ps(f.bias), scale = _mm512_set1_ps(f.scale), shift = _mm512_set1_ps(f.shift);
+  const auto finish = [&](__m512 acc) {
+    if (f.has_bias) acc = _mm512_add_ps(acc, bias);
+    if (f.affine) acc = _mm512_add_ps(_mm512_mul_ps(acc, scale), shift);
+    if (f.relu6) acc = _mm512_min_ps(six, _mm512_max_ps(zero, acc));
+    return acc;
+  };
+  // Output row oh reads input rows oh stride_h - pad_h + kh dil_h, kh < KH.
+  const auto rows_inside = [&](int64_t oh) {
+    const int64_t top = oh * stride_h - pad_h;
+    return top >= 0 && top + (KH - 1) * dil_h < H;
+  };
+  __mmask16 tap[32];
+  for (int64_t ow0 = 0; ow0 < OW; ow0 += 16) {
+    const __mmask16 out = first_lanes(OW - ow0);
+    for (int64_t kw = 0; kw < KW; ++kw) tap[kw] = lanes_between(ow_lo[kw], ow_hi[kw], ow0);
+    int64_t oh = 0;
+    while (oh < OH) {
+      if (oh + kRows <= OH && rows_inside(oh) && rows_inside(oh + kRows - 1)) {
+        __m512 acc[kRows] = {zero, zero, zero, zero};
+        for (int64_t kh = 0; kh < KH; ++kh)
+          for (int64_t kw = 0; kw < KW; ++kw) {
+            const __mmask16 m = tap[kw];
+            if (!m) continue;
+            const __m512 wv = _mm512_set1_ps(w[kh * KW + kw]);
+            const int64_t first = ow0 * stride_w - pad_w + kw * dil_w;
+            for (int r = 0; r < kRows; ++r) {
+              const float* row = x + ((oh + r) * stride_h - pad_h + kh * dil_h) * W;
+              acc[r] = _mm512_mask_add_ps(acc[r], m, acc[r], _mm512_mul_ps(wv, tap_row(row, first, stride_w, m)));
+            }
+          }
+        for (int r = 0; r < kRows; ++r) _mm512_mask_storeu_ps(y + (oh + r) * OW + ow0, out, finish(acc[r]));
+        oh += kRows;
+        continue;
+      }
+      __m512 acc = zero;
+      for (int64_t kh = 0; kh < KH; ++kh) {
+        const int64_t ih = oh * stride_h - pad_h + kh * dil_h;
+        if (ih < 0 || ih >= H) continue;
+        for (int64_t kw = 0; kw < KW; ++kw) {
+          const __mmask16 m = tap[kw];
+          if (!m) continue;
+          const int64_t first = ow0 * stride_w - pad_w + kw * dil_w;
+          acc = _mm512_mask_add_ps(acc, m, acc,
+                                   _mm512_mul_ps(_mm512_set1_ps(w[kh * KW + kw]), tap_row(x + ih * W, first, stride_w, m)));
+        }
+      }
+      _mm512_mask_storeu_ps(y + oh * OW + ow0, out, finish(acc));
+      ++oh;
+    }
+  }
+}
+
+// norm_kernels.cpp's batch_norm_apply_plane sixteen values at a time (the
+// tail masked): the same operations, so the same bits.
+void batch_norm_apply_plane_avx512(const float* p, float* q, int64_t n, float a, float b, bool then_relu6) {
+  const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
+  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = first_lanes(n - i);
+    __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, p + i), va), vb);
+    if (then_relu6) v = _mm512_min_ps(six, _mm512_max_ps(zero, v));
+    _mm512_mask_storeu_ps(q + i, m, v);
   }
 }
 

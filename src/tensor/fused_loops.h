@@ -106,6 +106,22 @@ float batch_norm_backward_plane_avx512(const float* y, int64_t H, int64_t W, int
                                        const int32_t* at, float m, float k, float a, float b, float* dy, bool want_sum);
 void batch_norm_relu_max_pool2x2_plane_avx512(const float* y, int64_t W, int64_t OH, int64_t OW, float a, float b,
                                               float* out, int32_t* at, float* y_at);
+// What a depthwise output channel does after its sum, in this order: + bias,
+// * scale + shift, the clamp to [0, 6] (conv_kernels.h, ChannelEpilogue).
+struct ChannelFinish {
+  float bias = 0.f, scale = 1.f, shift = 0.f;
+  bool has_bias = false, affine = false, relu6 = false;
+};
+// One channel of a depthwise convolution (conv_kernels.cpp's
+// depthwise_plane_forward): x (H, W) -> y (OH, OW) with the filter w (KH, KW),
+// sixteen outputs a register. [ow_lo[kw], ow_hi[kw]) are the output columns
+// whose tap kw lies inside the image. Needs stride_w 1 or 2 and KW <= 32.
+void depthwise_plane_forward_avx512(const float* x, const float* w, float* y, int64_t H, int64_t W, int64_t OH,
+                                    int64_t OW, int64_t KH, int64_t KW, int64_t stride_h, int64_t stride_w,
+                                    int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w, const int64_t* ow_lo,
+                                    const int64_t* ow_hi, const ChannelFinish& f);
+// norm_kernels.h's batch_norm_apply_plane.
+void batch_norm_apply_plane_avx512(const float* p, float* q, int64_t n, float a, float b, bool then_relu6);
 // col2im_assign of a 3x3 / stride 1 / padding 1 convolution (conv_kernels.h):
 // `channels` planes (H, W) of dx from their nine rows of col each.
 void col2im_assign_3x3_s1_p1_avx512(const float* col, int64_t channels, int64_t H, int64_t W, float* dx);

@@ -115,6 +115,18 @@ void batch_norm_stats_reference(const Tensor& x, Tensor& mean, Tensor& var) {
   }
 }
 
+void batch_norm_apply_plane(const float* p, float* q, int64_t n, float a, float b, bool then_relu6) {
+  if (fused_kernels_avx512()) return detail::batch_norm_apply_plane_avx512(p, q, n, a, b, then_relu6);
+  if (then_relu6) {
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = p[i] * a + b;
+      q[i] = std::min(std::max(v, 0.f), 6.f);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) q[i] = p[i] * a + b;
+  }
+}
+
 Tensor batch_norm_apply(const Tensor& x, const Tensor& scale, const Tensor& shift, bool then_relu6) {
   const Layout l = layout_of(x, "batch_norm_apply");
   Tensor y = empty(x.shape());
@@ -123,19 +135,9 @@ Tensor batch_norm_apply(const Tensor& x, const Tensor& scale, const Tensor& shif
   const float* sh = shift.data<float>();
   float* yp = y.data<float>();
   for (int64_t n = 0; n < l.N; ++n)
-    for (int64_t c = 0; c < l.C; ++c) {
-      const float a = sc[c], b = sh[c];
-      const float* p = xp + (n * l.C + c) * l.plane;
-      float* q = yp + (n * l.C + c) * l.plane;
-      if (then_relu6) {
-        for (int64_t i = 0; i < l.plane; ++i) {
-          const float v = p[i] * a + b;
-          q[i] = std::min(std::max(v, 0.f), 6.f);
-        }
-      } else {
-        for (int64_t i = 0; i < l.plane; ++i) q[i] = p[i] * a + b;
-      }
-    }
+    for (int64_t c = 0; c < l.C; ++c)
+      batch_norm_apply_plane(xp + (n * l.C + c) * l.plane, yp + (n * l.C + c) * l.plane, l.plane, sc[c], sh[c],
+                             then_relu6);
   return y;
 }
 

@@ -40,6 +40,8 @@ class BatchNormStats {
 // then_relu6: y = min(max(y, 0), 6) in the same pass, as relu6 computes it
 // (the same bits as the two ops one after the other).
 Tensor batch_norm_apply(const Tensor& x, const Tensor& scale, const Tensor& shift, bool then_relu6 = false);
+// One plane of it: q[i] = p[i] * a + b (then the clamp), n values; p may be q.
+void batch_norm_apply_plane(const float* p, float* q, int64_t n, float a, float b, bool then_relu6);
 
 // Per channel: sum_dy (C) = sum dy, sum_dy_xhat (C) = sum dy (x - mean) invstd.
 void batch_norm_backward_sums(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd,

@@ -2,6 +2,7 @@
 // above it (tests/CMakeLists.txt), so it builds only while the tensor layer
 // needs no other layer. It also checks what the layer does without autograd.
 #define CATCH_CONFIG_MAIN
+#define CATCH_CONFIG_NO_POSIX_SIGNALS  // as tests/main.cpp
 #include <catch2/catch.hpp>
 
 #include <stdexcept>
