@@ -387,6 +387,12 @@ bool same_bits(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && std::memcmp(a.raw_data(), b.raw_data(), sizeof(float) * a.numel()) == 0;
 }
 
+// m(x) with no gradient recorded (as eval and the benchmarks run it).
+Tensor run_without_grad(nn::Module& m, const Tensor& x) {
+  NoGradGuard no_grad;
+  return m(x);
+}
+
 // A module that is not a BatchNorm2d by type: breaks every fusion run.
 struct Pass : nn::Module {
   Tensor forward(const Tensor& x) override { return x; }
@@ -407,11 +413,7 @@ TEST_CASE("eval BatchNorm2d -> ReLU6 without autograd runs in one pass, the same
   x.data<float>()[5] = std::nanf("");  // NaN goes through as relu6 lets it
   const Tensor two_passes = block(x);  // grad mode on: the modules one by one
   CHECK(block.fused_runs() == 0);
-  Tensor one_pass;
-  {
-    NoGradGuard no_grad;
-    one_pass = block(x);
-  }
+  const Tensor one_pass = run_without_grad(block, x);
   CHECK(block.fused_runs() == 1);
   CHECK(same_bits(one_pass, two_passes));
   int64_t low = 0, high = 0;
@@ -457,19 +459,12 @@ TEST_CASE("eval Conv2d -> BatchNorm2d [-> ReLU6] without autograd runs in the co
       x.data<float>()[40] = std::nanf("");
       const Tensor by_modules = block(x);
       REQUIRE(block.fused_runs() == 0);
-      Tensor fused;
-      {
-        NoGradGuard no_grad;
-        fused = block(x);
-      }
+      const Tensor fused = run_without_grad(block, x);
       CHECK(block.fused_runs() == 1);
       CHECK(same_bits(fused, by_modules));
       // In training the batch norm takes batch statistics: no eval fusion.
       block.train();
-      {
-        NoGradGuard no_grad;
-        (void)block(x);
-      }
+      (void)run_without_grad(block, x);
       CHECK(block.fused_runs() == 1);
     }
   }

@@ -822,7 +822,7 @@ int dataparallel() {
       groups.push_back({c.phase, c.what, 1, c.bytes});
     }
   }
-  const double w = 900, lane0 = 70, lane1 = 250, top = 40;
+  const double w = 900, lane0 = 70, lane1 = 250;
   const double h = lane1 + 110;
   Picture pic(w, h, "One data-parallel QAT step of the CNN: the collectives between two ranks");
   pic.text(w / 2, 22, "One data-parallel QAT step (CNN, 2 ranks): every collective, in order", 15, "middle", svg::kInk,
