@@ -468,6 +468,39 @@ TEST_CASE("eval Conv2d -> BatchNorm2d [-> ReLU6] without autograd runs in the co
       CHECK(block.fused_runs() == 1);
     }
   }
+  // Runs it must not take: a module in between, a batch norm without running
+  // statistics; a ReLU (not ReLU6) after the batch norm runs on its own.
+  manual_seed(35);
+  {
+    nn::Sequential between;
+    between.push_back("0", nn::Conv2d(3, 4, 3, 1, 1));
+    between.push_back("1", Pass());
+    between.push_back("2", nn::BatchNorm2d(4));
+    nn::Sequential untracked;
+    untracked.push_back("0", nn::Conv2d(3, 4, 3, 1, 1));
+    untracked.push_back("1", nn::BatchNorm2d(4, 1e-5, 0.1, true, false));
+    nn::Sequential relu;
+    relu.push_back("0", nn::Conv2d(3, 4, 3, 1, 1));
+    relu.push_back("1", nn::BatchNorm2d(4));
+    relu.push_back("2", nn::ReLU());
+    set_batch_norm(static_cast<nn::BatchNorm2d&>(relu.get_submodule("1")));
+    const Tensor x = randn({2, 3, 6, 6});
+    for (nn::Sequential* block : {&between, &untracked, &relu}) {
+      block->eval();
+      const Tensor by_modules = block->forward(x);
+      CHECK(same_bits(run_without_grad(*block, x), by_modules));
+    }
+    CHECK(between.fused_runs() == 0);
+    CHECK(untracked.fused_runs() == 0);
+    CHECK(relu.fused_runs() == 1);  // Conv2d -> BatchNorm2d; the ReLU after it
+    // An input too small for the kernel: the convolution's own error, as without the fusion.
+    nn::Sequential unpadded;
+    unpadded.push_back("0", nn::Conv2d(3, 4, 3));
+    unpadded.push_back("1", nn::BatchNorm2d(4));
+    unpadded.eval();
+    CHECK_THROWS_WITH(run_without_grad(unpadded, randn({1, 3, 2, 2})), Contains("conv2d"));
+    CHECK_THROWS_WITH(run_without_grad(unpadded, randn({1, 3, 2, 2})), !Contains("conv2d_batch_norm_eval"));
+  }
   // The op itself: inference only, and names what is wrong.
   const Tensor x = randn({1, 2, 5, 5}), w = randn({3, 2, 3, 3}), rm = zeros({3}), rv = ones({3});
   Tensor g = randn({3});
@@ -558,6 +591,16 @@ TEST_CASE("depthwise forward: the AVX-512 build equals the baseline bit for bit,
         INFO(cmp.describe(wide ? "AVX-512" : "baseline"));
         CHECK(cmp.relative_error <= 2e-6);
       }
+      // An infinite weight at tap (0, 0): where that tap lies in the padding
+      // (output (0, 0) with padding) it is skipped, not multiplied by 0 (NaN).
+      if (c.ph > 0 && c.pw > 0 && c.H + 2 * c.ph >= c.KH && c.dh == 1 && c.dw == 1)
+        for (bool wide : builds()) {
+          k::set_fused_kernels_avx512(wide);
+          Tensor wi = k::clone(w);
+          wi.data<float>()[0] = std::numeric_limits<float>::infinity();
+          INFO((wide ? "AVX-512" : "baseline") << ": an infinite weight in the padding");
+          CHECK(std::isfinite(k::conv2d_forward(x, wi, bias, g).data<float>()[0]));
+        }
       if (best_simd_level() != SimdLevel::avx512) continue;
       // -0, NaN and an infinite weight: the taps in the padding are skipped
       // in both builds (inf * 0 would be NaN), and every epilogue.

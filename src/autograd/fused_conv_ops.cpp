@@ -79,10 +79,10 @@ Tensor float_contiguous(const Tensor& t, const char* what, const char* op = kTra
   return k::contiguous(t.dtype() == DType::f32 ? t : k::to_float(t));
 }
 
+// `what` names the tensor in full ("the convolution's bias", "batch norm running_mean").
 void check_channels(const Tensor& t, int64_t C, const char* what, const char* op = kTrainingOp) {
   if (t.defined() && !(t.shape() == Shape{C}))
-    throw std::invalid_argument(fmt::format("{}: batch norm {} of shape {} does not match the convolution's {} "
-                                            "output channels",
+    throw std::invalid_argument(fmt::format("{}: {} of shape {} does not match the convolution's {} output channels",
                                             op, what, t.shape().str(), C));
 }
 
@@ -97,9 +97,10 @@ Tensor conv2d_batch_norm_relu_max_pool2x2(const Tensor& x_in, const Tensor& weig
   const k::Conv2dGeometry g = k::conv2d_geometry(x.shape(), w.shape(), o.stride[0], o.stride[1], o.padding[0],
                                                  o.padding[1], o.dilation[0], o.dilation[1], o.groups);
   const Tensor b = bias_in.defined() ? float_contiguous(bias_in, "the bias") : Tensor();
-  check_channels(b, g.OC, "convolution bias");
-  for (const auto& [t, what] : {std::pair{&running_mean, "running_mean"}, std::pair{&running_var, "running_var"},
-                                std::pair{&bn_weight, "weight"}, std::pair{&bn_bias, "bias"}})
+  check_channels(b, g.OC, "the convolution's bias");
+  for (const auto& [t, what] :
+       {std::pair{&running_mean, "batch norm running_mean"}, std::pair{&running_var, "batch norm running_var"},
+        std::pair{&bn_weight, "batch norm weight"}, std::pair{&bn_bias, "batch norm bias"}})
     check_channels(*t, g.OC, what);
   if (running_mean.defined() != running_var.defined())
     throw std::invalid_argument("conv2d_batch_norm_relu_max_pool2x2: running_mean and running_var must both be given "
@@ -148,9 +149,10 @@ Tensor conv2d_batch_norm_eval(const Tensor& x_in, const Tensor& weight_in, const
   const k::Conv2dGeometry g = k::conv2d_geometry(x.shape(), w.shape(), o.stride[0], o.stride[1], o.padding[0],
                                                  o.padding[1], o.dilation[0], o.dilation[1], o.groups, op);
   const Tensor b = bias_in.defined() ? float_contiguous(bias_in, "the bias", op) : Tensor();
-  check_channels(b, g.OC, "convolution bias", op);
-  for (const auto& [t, what] : {std::pair{&running_mean, "running_mean"}, std::pair{&running_var, "running_var"},
-                                std::pair{&bn_weight, "weight"}, std::pair{&bn_bias, "bias"}})
+  check_channels(b, g.OC, "the convolution's bias", op);
+  for (const auto& [t, what] :
+       {std::pair{&running_mean, "batch norm running_mean"}, std::pair{&running_var, "batch norm running_var"},
+        std::pair{&bn_weight, "batch norm weight"}, std::pair{&bn_bias, "batch norm bias"}})
     check_channels(*t, g.OC, what, op);
   if (!running_mean.defined() || !running_var.defined())
     throw std::invalid_argument(fmt::format("{}: evaluation needs running_mean and running_var", op));

@@ -41,12 +41,14 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
                                             num_features, x.shape().str(), x.size(1), num_features));
   const bool use_batch_stats = is_training() || !track_running_stats;
   Tensor out = tq::batch_norm(x, running_mean(), running_var(), weight, bias, use_batch_stats, momentum, eps);
-  if (is_training() && track_running_stats) {
-    const Tensor n = buffer("num_batches_tracked");
-    // Saturates rather than overflow (a loaded count may be anything up to the maximum).
-    if (n.defined() && n.data<int64_t>()[0] < std::numeric_limits<int64_t>::max()) n.data<int64_t>()[0] += 1;
-  }
+  if (is_training()) count_batch();
   return out;
+}
+
+void BatchNorm2d::count_batch() {
+  if (!track_running_stats) return;
+  const Tensor n = buffer("num_batches_tracked");
+  if (n.defined() && n.data<int64_t>()[0] < std::numeric_limits<int64_t>::max()) n.data<int64_t>()[0] += 1;
 }
 
 void BatchNorm2d::on_state_loaded() {

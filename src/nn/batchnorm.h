@@ -34,6 +34,9 @@ class BatchNorm2d : public Module {
   Tensor running_mean() const { return buffer("running_mean"); }
   Tensor running_var() const { return buffer("running_var"); }
   int64_t num_batches_tracked() const;
+  // One more training batch in num_batches_tracked (when tracked), saturating
+  // rather than overflowing (a loaded count may be anything up to the maximum).
+  void count_batch();
 };
 
 }  // namespace tq::nn

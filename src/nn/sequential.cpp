@@ -23,6 +23,21 @@ M* exactly(Module& m) {
   return typeid(m) == typeid(M) ? static_cast<M*>(&m) : nullptr;
 }
 
+// Is x a plain float (N, C, H, W) input of `conv`, with a plain float weight,
+// whose output (oh, ow) is not empty? Otherwise the modules run one by one
+// and raise their own errors.
+bool plain_conv_input(const Conv2d& conv, const Tensor& x, int64_t& oh, int64_t& ow) {
+  if (!x.defined() || x.dtype() != DType::f32 || x.is_quantized() || x.dim() != 4 || x.size(1) != conv.in_channels)
+    return false;
+  if (conv.weight.dtype() != DType::f32 || conv.weight.is_quantized()) return false;
+  const int64_t eff_h = conv.dilation.h * (conv.kernel_size.h - 1) + 1;
+  const int64_t eff_w = conv.dilation.w * (conv.kernel_size.w - 1) + 1;
+  if (x.size(2) + 2 * conv.padding.h < eff_h || x.size(3) + 2 * conv.padding.w < eff_w) return false;
+  oh = (x.size(2) + 2 * conv.padding.h - eff_h) / conv.stride.h + 1;
+  ow = (x.size(3) + 2 * conv.padding.w - eff_w) / conv.stride.w + 1;
+  return true;
+}
+
 // Conv2d -> BatchNorm2d (training) -> ReLU -> MaxPool2d(2, 2) at m[0..3] on a
 // plain float input of the right channel count: runs them as one fused op
 // into `out` and returns true. Otherwise false, and nothing has happened.
@@ -36,23 +51,12 @@ bool fused_conv_bn_relu_pool(Module* const m[4], const Tensor& x, Tensor& out) {
   if (pool->kernel_size.h != 2 || pool->kernel_size.w != 2 || pool->stride.h != 2 || pool->stride.w != 2 ||
       pool->padding.h != 0 || pool->padding.w != 0 || pool->dilation.h != 1 || pool->dilation.w != 1)
     return false;
-  if (!x.defined() || x.dtype() != DType::f32 || x.is_quantized() || x.dim() != 4 || x.size(1) != conv->in_channels)
-    return false;
-  if (conv->weight.dtype() != DType::f32 || conv->weight.is_quantized()) return false;
-  // The convolution's output must be pooled and normalised at all (else the
-  // modules raise their own errors).
-  const int64_t eff_h = conv->dilation.h * (conv->kernel_size.h - 1) + 1;
-  const int64_t eff_w = conv->dilation.w * (conv->kernel_size.w - 1) + 1;
-  const int64_t oh = (x.size(2) + 2 * conv->padding.h - eff_h) / conv->stride.h + 1;
-  const int64_t ow = (x.size(3) + 2 * conv->padding.w - eff_w) / conv->stride.w + 1;
-  if (x.size(2) + 2 * conv->padding.h < eff_h || x.size(3) + 2 * conv->padding.w < eff_w || oh < 2 || ow < 2)
-    return false;
+  // The convolution's output must be pooled and normalised at all.
+  int64_t oh = 0, ow = 0;
+  if (!plain_conv_input(*conv, x, oh, ow) || oh < 2 || ow < 2) return false;
   out = conv2d_batch_norm_relu_max_pool2x2(x, conv->weight, conv->bias, conv->options(), bn->running_mean(),
                                            bn->running_var(), bn->weight, bn->bias, bn->momentum, bn->eps);
-  if (bn->track_running_stats) {
-    const Tensor n = bn->buffer("num_batches_tracked");
-    if (n.defined()) n.data<int64_t>()[0] += 1;
-  }
+  bn->count_batch();
   return true;
 }
 
@@ -81,9 +85,8 @@ size_t fused_conv_bn_eval(Module* const* m, size_t left, const Tensor& x, Tensor
   BatchNorm2d* bn = exactly<BatchNorm2d>(*m[1]);
   if (!conv || !bn || bn->is_training() || !bn->track_running_stats || bn->num_features != conv->out_channels) return 0;
   if (!bn->running_mean().defined() || !bn->running_var().defined()) return 0;
-  if (conv->weight.dtype() != DType::f32 || conv->weight.is_quantized()) return 0;
-  if (!x.defined() || x.dtype() != DType::f32 || x.is_quantized() || x.dim() != 4 || x.size(1) != conv->in_channels)
-    return 0;
+  int64_t oh = 0, ow = 0;
+  if (!plain_conv_input(*conv, x, oh, ow)) return 0;
   const bool relu6 = left >= 3 && exactly<ReLU6>(*m[2]);
   out = conv2d_batch_norm_eval(x, conv->weight, conv->bias, conv->options(), bn->running_mean(), bn->running_var(),
                                bn->weight, bn->bias, bn->eps, relu6);

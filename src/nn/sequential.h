@@ -52,6 +52,10 @@ class Sequential : public Module {
     std::atomic<int64_t> n{0};
     Counter() = default;
     Counter(Counter&& other) noexcept : n(other.n.load(std::memory_order_relaxed)) {}
+    Counter& operator=(Counter&& other) noexcept {
+      n.store(other.n.load(std::memory_order_relaxed), std::memory_order_relaxed);
+      return *this;
+    }
     void add() { n.fetch_add(1, std::memory_order_relaxed); }
   };
   Counter fused_runs_;

@@ -78,7 +78,8 @@ void col2im_assign(const float* col, const Conv2dGeometry& g, float* dx);
 // (an eval batch norm and ReLU6 in the convolution's own pass): element for
 // element batch_norm_apply's arithmetic (norm_kernels.h), so the same bits as
 // the convolution followed by it. A depthwise convolution applies it to each
-// output while it is in a register, the others to each image after its GEMM.
+// row of outputs as it finishes it (the AVX-512 build: while they are in a
+// register), the others to each image after its GEMM.
 using ImageCallback = std::function<void(int64_t n, const float* y_n)>;
 struct ChannelEpilogue {
   const float* scale = nullptr;  // (OC)

@@ -242,7 +242,7 @@ inline __m512 tap_row(const float* row, int64_t first, int64_t stride_w, __mmask
 
 // Each lane holds one output; its taps are added in the order (kh, kw) as the
 // baseline does, a tap outside the image leaving the lane as it is (a masked
-// add, not a zero: w * 0 could be NaN or -0). Four output rows at a time
+// add, not a zero: an infinite weight times 0 would be NaN). Four output rows at a time
 // where all their taps' rows are inside the image: four independent chains
 // of adds instead of one. The epilogue is batch_norm_apply's arithmetic: no
 // contraction into an FMA, and max / min with the value second, so NaN passes
