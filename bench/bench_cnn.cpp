@@ -8,12 +8,15 @@
 //   OPENBLAS_NUM_THREADS=1 ./build/bench/bench_cnn
 //   OPENBLAS_NUM_THREADS=1 ./build/bench/bench_cnn --loop 200   # only 200 train steps, for a profiler
 //   OPENBLAS_NUM_THREADS=1 ./build/bench/bench_cnn --loop-mobilenet 100   # only MobileNetV2 forwards
+//   --baseline-loops: the fused loops' baseline builds even where AVX-512 is
+//   there (what a CPU without it runs, beside the same OpenBLAS kernel)
 #include <cblas.h>
 
 #include <cstdio>
 #include <vector>
 
 #include "bench_util.h"
+#include "tensor/pool_kernels.h"
 #include "tinyqat.h"
 
 using namespace tq;
@@ -53,6 +56,7 @@ void run_gemms(const std::vector<Gemm>& gemms, std::vector<float>& a, std::vecto
 
 int main(int argc, char** argv) {
   tune_allocator_for_training();  // as the tinyqat command does: freed activations stay in the heap
+  if (bench::has_flag(argc, argv, "--baseline-loops")) kernels::set_fused_kernels_avx512(false);
   const int B = 64;
   manual_seed(0);
   auto model = models::cnn();

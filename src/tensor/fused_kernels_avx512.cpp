@@ -85,6 +85,13 @@ float batch_norm_backward_plane_avx512(const float* y, int64_t H, int64_t W, int
                                        bool want_sum) {
   const int64_t hw = H * W;
   const __m512 vm = _mm512_set1_ps(m), vk = _mm512_set1_ps(k), va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
+  // The pass over the windows below reads the plane's at and g: they come
+  // from memory, a few lines each, too short a stream for the hardware
+  // prefetcher, so ask for them now, while the first pass runs.
+  for (int64_t i = 0; i < OH * OW; i += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(at + i), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(g + i), _MM_HINT_T0);
+  }
   // The whole plane as (y - m) a + b, in one stream over y (from memory: the
   // prefetch runs 4 KiB ahead).
   for (int64_t i = 0; i < hw; i += 16) {
@@ -132,6 +139,13 @@ void batch_norm_relu_max_pool2x2_plane_avx512(const float* y, int64_t W, int64_t
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   const __m512i none = _mm512_set1_epi32(-1);
+  // The three outputs are written a few lines each: fetch them for writing
+  // now, so the stores below do not wait on memory one line at a time.
+  for (int64_t i = 0; i < OH * OW; i += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(out + i), _MM_HINT_ET0);
+    _mm_prefetch(reinterpret_cast<const char*>(at + i), _MM_HINT_ET0);
+    _mm_prefetch(reinterpret_cast<const char*>(y_at + i), _MM_HINT_ET0);
+  }
   for (int64_t oh = 0; oh < OH; ++oh) {
     const int64_t row0 = 2 * oh * W;
     const float* y0 = y + row0;

@@ -69,29 +69,25 @@ inline void pooled_gradient_sums(const float* g, const int32_t* at, const float*
 
 // One plane (H, W) of the batch norm's input gradient, dy = k dz + (y - m) a + b
 // (batch_norm_backward_input's arithmetic), dz being g at the place `at`
-// names in each of the (OH, OW) windows (-1: none) and 0 elsewhere. Written
-// row by row in one pass: a place inside a window takes the k dz term when it
-// is the window's `at` (a select, not a branch: about half the windows are
-// closed, so a branch would be mispredicted half the time). Returns the
-// plane's sum of dy when `want_sum` (the convolution bias's gradient), else 0.
+// names in each of the (OH, OW) windows (-1: none) and 0 elsewhere. Two
+// passes: the whole plane as (y - m) a + b (a loop the compiler vectorises),
+// then each window's place rewritten with its k dz term. That rewrite is a
+// select, not a branch: about half the windows are closed, so a branch would
+// be mispredicted half the time; a closed window rewrites place 0 with the
+// value it already holds. Returns the plane's sum of dy when `want_sum` (the
+// convolution bias's gradient), else 0.
 inline float batch_norm_backward_plane(const float* y, int64_t H, int64_t W, int64_t OH, int64_t OW, const float* g,
                                        const int32_t* at, float m, float k, float a, float b, float* dy,
                                        bool want_sum) {
-  for (int64_t r = 0; r < H; ++r) {
-    const float* yr = y + r * W;
-    float* d = dy + r * W;
-    int64_t c = 0;
-    if (r < 2 * OH) {
-      const int64_t o = (r / 2) * OW, place = r * W;
-      for (; c < 2 * OW; ++c) {
-        const float t = (yr[c] - m) * a;
-        const float hit = k * g[o + c / 2] + t + b, miss = t + b;
-        d[c] = at[o + c / 2] == place + c ? hit : miss;
-      }
-    }
-    for (; c < W; ++c) d[c] = (yr[c] - m) * a + b;
+  const int64_t hw = H * W, windows = OH * OW;
+  for (int64_t i = 0; i < hw; ++i) dy[i] = (y[i] - m) * a + b;
+  for (int64_t o = 0; o < windows; ++o) {
+    const int32_t p = at[o];
+    const int64_t q = p >= 0 ? p : 0;
+    const float hit = k * g[o] + (y[q] - m) * a + b;
+    dy[q] = p >= 0 ? hit : dy[q];
   }
-  return want_sum ? lane_sum(dy, H * W) : 0.f;
+  return want_sum ? lane_sum(dy, hw) : 0.f;
 }
 
 }  // namespace
