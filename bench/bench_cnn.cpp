@@ -8,11 +8,13 @@
 //   OPENBLAS_NUM_THREADS=1 ./build/bench/bench_cnn
 //   OPENBLAS_NUM_THREADS=1 ./build/bench/bench_cnn --loop 200   # only 200 train steps, for a profiler
 //   OPENBLAS_NUM_THREADS=1 ./build/bench/bench_cnn --loop-mobilenet 100   # only MobileNetV2 forwards
-//   --baseline-loops: the fused loops' baseline builds even where AVX-512 is
-//   there (what a CPU without it runs, beside the same OpenBLAS kernel)
+//   --loops scalar|avx2|avx512: the build of the fused loops (pool_kernels.h)
+//   to run, by default the best the CPU has: what a CPU without AVX-512 (or
+//   without AVX2) runs, beside this machine's OpenBLAS kernel
 #include <cblas.h>
 
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "bench_util.h"
@@ -56,7 +58,18 @@ void run_gemms(const std::vector<Gemm>& gemms, std::vector<float>& a, std::vecto
 
 int main(int argc, char** argv) {
   tune_allocator_for_training();  // as the tinyqat command does: freed activations stay in the heap
-  if (bench::has_flag(argc, argv, "--baseline-loops")) kernels::set_fused_kernels_avx512(false);
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::string(argv[i]) == "--loops") {
+      const std::string level = argv[i + 1];
+      if (level != "scalar" && level != "avx2" && level != "avx512") {
+        std::fprintf(stderr, "bench_cnn: --loops takes scalar, avx2 or avx512, not '%s'\n", level.c_str());
+        return 2;
+      }
+      kernels::set_fused_kernels(level == "avx512" ? SimdLevel::avx512
+                                 : level == "avx2" ? SimdLevel::avx2
+                                                   : SimdLevel::scalar);
+    }
+  std::printf("fused loops: %s build\n", to_string(kernels::fused_kernels()));
   const int B = 64;
   manual_seed(0);
   auto model = models::cnn();

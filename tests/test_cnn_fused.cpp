@@ -43,16 +43,21 @@ Tensor tied(const Shape& s) {
   return t;
 }
 
-// The builds of the fused kernels this CPU can run: baseline, and AVX-512 when present.
-std::vector<bool> builds() {
-  if (best_simd_level() == SimdLevel::avx512) return {false, true};
-  return {false};
+// The builds of the fused kernels this CPU can run: baseline, then AVX2 and
+// AVX-512 when present (a test names the ones it had to skip).
+std::vector<SimdLevel> builds() {
+  std::vector<SimdLevel> levels{SimdLevel::scalar};
+  for (SimdLevel l : {SimdLevel::avx2, SimdLevel::avx512}) {
+    if (static_cast<int>(l) <= static_cast<int>(best_simd_level())) levels.push_back(l);
+    else WARN("this CPU has no " << to_string(l) << ": that build of the fused kernels is skipped");
+  }
+  return levels;
 }
 
 // Restores the default build when a test ends.
 struct BuildGuard {
-  bool saved = k::fused_kernels_avx512();
-  ~BuildGuard() { k::set_fused_kernels_avx512(saved); }
+  SimdLevel saved = k::fused_kernels();
+  ~BuildGuard() { k::set_fused_kernels(saved); }
 };
 
 }  // namespace
@@ -60,8 +65,9 @@ struct BuildGuard {
 TEST_CASE("fused batch-norm + ReLU + 2x2 max-pool forward equals its twin and the three kernels in a row",
           "[cnn][kernels][fused]") {
   BuildGuard guard;
-  for (bool wide : builds()) {
-  k::set_fused_kernels_avx512(wide);
+  for (SimdLevel level : builds()) {
+  k::set_fused_kernels(level);
+  INFO(to_string(level) << " build");
   manual_seed(21);
   for (const Shape& s : {Shape{2, 3, 8, 8}, Shape{1, 2, 7, 9}, Shape{3, 4, 28, 28}, Shape{2, 5, 14, 14}, Shape{1, 1, 2, 2},
                          Shape{2, 3, 6, 34}}) {
@@ -102,8 +108,9 @@ TEST_CASE("fused batch-norm + ReLU + 2x2 max-pool forward equals its twin and th
 
 TEST_CASE("fused batch-norm + ReLU + 2x2 max-pool backward agrees with its double twin", "[cnn][kernels][fused]") {
   BuildGuard guard;
-  for (bool wide : builds()) {
-  k::set_fused_kernels_avx512(wide);
+  for (SimdLevel level : builds()) {
+  k::set_fused_kernels(level);
+  INFO(to_string(level) << " build");
   manual_seed(22);
   for (const Shape& s : {Shape{2, 3, 8, 8}, Shape{1, 2, 7, 9}, Shape{3, 4, 28, 28}, Shape{2, 5, 14, 14}}) {
     for (bool affine : {true, false}) {
@@ -141,31 +148,44 @@ TEST_CASE("fused batch-norm + ReLU + 2x2 max-pool backward agrees with its doubl
   }
 }
 
-TEST_CASE("the AVX-512 and the baseline builds of the fused kernels give the same bits", "[cnn][kernels][fused]") {
-  if (best_simd_level() != SimdLevel::avx512) {
-    WARN("no AVX-512 on this CPU: one build only");
+TEST_CASE("the AVX-512, AVX2 and baseline builds of the fused kernels give the same bits", "[cnn][kernels][fused]") {
+  const std::vector<SimdLevel> levels = builds();
+  if (levels.size() == 1) {
+    WARN("no AVX2 or AVX-512 on this CPU: one build only");
     return;
   }
   BuildGuard guard;
   manual_seed(26);
+  const size_t B = levels.size();
   for (const Shape& s : {Shape{2, 3, 28, 28}, Shape{2, 5, 14, 14}, Shape{1, 2, 7, 9}, Shape{1, 2, 66, 70}}) {
     INFO(s.str());
     const int64_t C = s[1];
     const Tensor y = tied(s), scale = rand_uniform({C}, -1.5, 1.5), shift = rand_uniform({C}, -0.5, 0.5);
     const Tensor gamma = rand_uniform({C}, -1.5, 1.5);
-    Tensor out[2], at[2], y_at[2], mean[2], var[2], dy[2], s_dz[2], s_dzx[2], bias[2];
+    std::vector<Tensor> out(B), at(B), y_at(B), mean(B), var(B), dy(B), s_dz(B), s_dzx(B), bias(B), applied(B),
+        clamped(B), dx(B);
     Tensor dout;
-    for (int wide = 0; wide < 2; ++wide) {
-      k::set_fused_kernels_avx512(wide == 1);
-      k::batch_norm_stats(y, mean[wide], var[wide]);
-      k::batch_norm_relu_max_pool2x2_forward(y, scale, shift, out[wide], at[wide], y_at[wide]);
+    // col2im of a 3x3 / stride 1 / padding 1 convolution over s's planes.
+    const k::Conv2dGeometry g3 = k::conv2d_geometry(s, Shape{1, s[1], 3, 3}, 1, 1, 1, 1, 1, 1, 1);
+    const Tensor col = randn({s[1] * 9, s[2] * s[3]});
+    for (size_t b = 0; b < B; ++b) {
+      k::set_fused_kernels(levels[b]);
+      k::batch_norm_stats(y, mean[b], var[b]);
+      k::batch_norm_relu_max_pool2x2_forward(y, scale, shift, out[b], at[b], y_at[b]);
       if (!dout.defined()) dout = randn(out[0].shape());
       const Tensor invstd = k::add_scalar(var[0], 1.f);  // any positive values
-      dy[wide] = k::batch_norm_relu_max_pool2x2_backward(dout, at[wide], y_at[wide], y, mean[wide], invstd, gamma,
-                                                         s_dz[wide], s_dzx[wide], &bias[wide]);
+      dy[b] = k::batch_norm_relu_max_pool2x2_backward(dout, at[b], y_at[b], y, mean[b], invstd, gamma, s_dz[b],
+                                                      s_dzx[b], &bias[b]);
+      applied[b] = k::batch_norm_apply(y, scale, shift);
+      clamped[b] = k::batch_norm_apply(k::mul_scalar(y, 4.f), scale, shift, /*then_relu6=*/true);
+      dx[b] = zeros({1, s[1], s[2], s[3]});
+      k::col2im_assign(col.data<float>(), g3, dx[b].data<float>());
     }
-    for (const auto* t : {&out, &at, &y_at, &mean, &var, &dy, &s_dz, &s_dzx, &bias})
-      REQUIRE(to_vector((*t)[0]) == to_vector((*t)[1]));
+    for (size_t b = 1; b < B; ++b) {
+      INFO(to_string(levels[b]) << " against the baseline");
+      for (const auto* t : {&out, &at, &y_at, &mean, &var, &dy, &s_dz, &s_dzx, &bias, &applied, &clamped, &dx})
+        REQUIRE(to_vector((*t)[b]) == to_vector((*t)[0]));
+    }
   }
 }
 
@@ -315,12 +335,12 @@ TEST_CASE("col2im_assign's 3x3 / stride 1 / padding 1 walks equal zeroing + col2
           "[cnn][kernels][fused]") {
   BuildGuard guard;
   manual_seed(28);
-  for (bool wide : builds()) {
-    k::set_fused_kernels_avx512(wide);
+  for (SimdLevel level : builds()) {
+    k::set_fused_kernels(level);
     for (const Shape& s : {Shape{1, 1, 28, 28}, Shape{1, 3, 14, 14}, Shape{1, 2, 1, 1}, Shape{1, 2, 1, 5},
                            Shape{1, 2, 4, 1}, Shape{1, 2, 2, 3}, Shape{1, 1, 7, 9}, Shape{1, 2, 5, 17},
                            Shape{1, 1, 3, 33}}) {
-      INFO(s.str() << (wide ? " AVX-512" : " baseline"));
+      INFO(s.str() << " " << to_string(level));
       const k::Conv2dGeometry g = k::conv2d_geometry(s, {4, s[1], 3, 3}, 1, 1, 1, 1, 1, 1, 1);
       Tensor col = randn({g.patch(), g.OH * g.OW});
       col.data<float>()[0] = -0.f;  // a negative zero must come out as col2im makes it
@@ -444,10 +464,10 @@ TEST_CASE("eval Conv2d -> BatchNorm2d [-> ReLU6] without autograd runs in the co
       {"depthwise with ReLU6", 6, 6, 3, 1, 6, false, true}, {"depthwise stride 2, bias", 4, 4, 3, 2, 4, true, true},
       {"1x1 (MobileNetV2's projection)", 8, 3, 1, 1, 1, false, false}, {"groups 2", 4, 6, 3, 1, 2, true, true},
   };
-  for (bool wide : builds()) {
-    k::set_fused_kernels_avx512(wide);
+  for (SimdLevel level : builds()) {
+    k::set_fused_kernels(level);
     for (const Case& c : cases) {
-      INFO(c.name << (wide ? " (AVX-512)" : " (baseline)"));
+      INFO(c.name << " (" << to_string(level) << ")");
       manual_seed(32);
       nn::Sequential block;
       block.push_back("0", nn::Conv2d(c.in, c.out, c.kernel, c.stride, c.kernel / 2, 1, c.groups, c.bias));
@@ -524,14 +544,14 @@ TEST_CASE("conv2d_forward's epilogue equals the convolution then batch_norm_appl
       {2, 3, 9, 21, 4, 3, 1, 1, 1, 1},  {1, 4, 8, 8, 6, 1, 1, 0, 1, 1},   {2, 5, 17, 33, 5, 3, 1, 1, 1, 5},
       {1, 3, 15, 40, 3, 3, 2, 1, 1, 3}, {1, 2, 11, 12, 2, 5, 1, 4, 2, 2}, {1, 4, 7, 7, 8, 3, 1, 1, 1, 2},
   };
-  for (bool wide : builds()) {
-    k::set_fused_kernels_avx512(wide);
+  for (SimdLevel level : builds()) {
+    k::set_fused_kernels(level);
     manual_seed(33);
     for (const Geometry& c : geometries)
       for (int variant = 0; variant < 4; ++variant) {
         const bool relu6 = variant & 1, with_bias = variant & 2;
         INFO("N " << c.N << " C " << c.C << " " << c.H << "x" << c.W << " OC " << c.OC << " K " << c.K << " groups "
-                  << c.groups << (relu6 ? " relu6" : "") << (with_bias ? " bias" : "") << (wide ? " AVX-512" : ""));
+                  << c.groups << (relu6 ? " relu6" : "") << (with_bias ? " bias" : "") << " " << to_string(level));
         const Tensor x = k::mul_scalar(randn({c.N, c.C, c.H, c.W}), 3.f);
         const Tensor w = randn({c.OC, c.C / c.groups, c.K, c.K});
         const Tensor b = with_bias ? randn({c.OC}) : Tensor();
@@ -584,24 +604,23 @@ TEST_CASE("depthwise forward: the AVX-512 build equals the baseline bit for bit,
     for (const bool with_bias : {false, true}) {
       const Tensor bias = with_bias ? b : Tensor();
       // Finite inputs: both builds agree with the direct reference in double.
-      for (bool wide : builds()) {
-        k::set_fused_kernels_avx512(wide);
+      for (SimdLevel level : builds()) {
+        k::set_fused_kernels(level);
         const golden::Comparison cmp = golden::compare(k::conv2d_forward(x, w, bias, g),
                                                        k::conv2d_forward_reference(x, w, bias, g));
-        INFO(cmp.describe(wide ? "AVX-512" : "baseline"));
+        INFO(cmp.describe(to_string(level)));
         CHECK(cmp.relative_error <= 2e-6);
       }
       // An infinite weight at tap (0, 0): where that tap lies in the padding
       // (output (0, 0) with padding) it is skipped, not multiplied by 0 (NaN).
       if (c.ph > 0 && c.pw > 0 && c.H + 2 * c.ph >= c.KH && c.dh == 1 && c.dw == 1)
-        for (bool wide : builds()) {
-          k::set_fused_kernels_avx512(wide);
+        for (SimdLevel level : builds()) {
+          k::set_fused_kernels(level);
           Tensor wi = k::clone(w);
           wi.data<float>()[0] = std::numeric_limits<float>::infinity();
-          INFO((wide ? "AVX-512" : "baseline") << ": an infinite weight in the padding");
+          INFO(to_string(level) << ": an infinite weight in the padding");
           CHECK(std::isfinite(k::conv2d_forward(x, wi, bias, g).data<float>()[0]));
         }
-      if (best_simd_level() != SimdLevel::avx512) continue;
       // -0, NaN and an infinite weight: the taps in the padding are skipped
       // in both builds (inf * 0 would be NaN), and every epilogue.
       Tensor xs = k::clone(x), ws = k::clone(w);
@@ -611,13 +630,13 @@ TEST_CASE("depthwise forward: the AVX-512 build equals the baseline bit for bit,
       for (int e = 0; e < 3; ++e) {
         k::ChannelEpilogue then;
         if (e > 0) then.scale = scale.data<float>(), then.shift = shift.data<float>(), then.relu6 = e == 2;
-        Tensor y[2];
-        for (int wide = 0; wide < 2; ++wide) {
-          k::set_fused_kernels_avx512(wide == 1);
-          y[wide] = k::conv2d_forward(xs, ws, bias, g, {}, then);
+        std::vector<Tensor> y;
+        for (SimdLevel level : builds()) {
+          k::set_fused_kernels(level);
+          y.push_back(k::conv2d_forward(xs, ws, bias, g, {}, then));
         }
         INFO("epilogue " << e << (with_bias ? " with a bias" : ""));
-        CHECK(same_bits(y[0], y[1]));
+        for (size_t b = 1; b < y.size(); ++b) CHECK(same_bits(y[b], y[0]));
       }
     }
   }

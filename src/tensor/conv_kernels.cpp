@@ -214,38 +214,13 @@ void im2col_3x3_s1_p1(const float* x, const Conv2dGeometry& g, float* col) {
   }
 }
 
-// col2im_assign for the 3x3 / stride 1 / padding 1 convolution: dx (ih, iw)
-// gathers col (kh, kw) at (oh, ow) = (ih + 1 - kh, iw + 1 - kw) for the taps
-// inside the image, in the order (kh, kw) = (0, 0), (0, 1), ..., (2, 2) in
-// which col2im's walk adds them, starting from 0 as col2im does after dx is
-// zeroed: the same bits, in one write of each row.
-void col2im_assign_3x3_s1_p1(const float* col, const Conv2dGeometry& g, float* dx) {
-  const int64_t H = g.H, W = g.W, hw = H * W;
-  for (int64_t c = 0; c < g.in_per_group(); ++c) {
-    const float* cc = col + c * 9 * hw;
-    for (int64_t ih = 0; ih < H; ++ih) {
-      float* __restrict d = dx + c * hw + ih * W;
-      for (int64_t iw = 0; iw < W; ++iw) d[iw] = 0.f;
-      for (int64_t kh = 0; kh < 3; ++kh) {
-        const int64_t oh = ih + 1 - kh;
-        if (oh < 0 || oh >= H) continue;
-        const float* __restrict r0 = cc + kh * 3 * hw + oh * W;  // tap (kh, 0): ow = iw + 1
-        const float* __restrict r1 = r0 + hw;                    // tap (kh, 1): ow = iw
-        const float* __restrict r2 = r1 + hw;                    // tap (kh, 2): ow = iw - 1
-        for (int64_t iw = 0; iw + 1 < W; ++iw) d[iw] += r0[iw + 1];
-        for (int64_t iw = 0; iw < W; ++iw) d[iw] += r1[iw];
-        for (int64_t iw = 1; iw < W; ++iw) d[iw] += r2[iw - 1];
-      }
-    }
-  }
-}
-
 }  // namespace
 
 void col2im_assign(const float* col, const Conv2dGeometry& g, float* dx) {
   if (is_3x3_stride_1_pad_1(g)) {
     if (fused_kernels_avx512()) detail::col2im_assign_3x3_s1_p1_avx512(col, g.in_per_group(), g.H, g.W, dx);
-    else col2im_assign_3x3_s1_p1(col, g, dx);
+    else if (fused_kernels_avx2()) detail::col2im_assign_3x3_s1_p1_avx2(col, g.in_per_group(), g.H, g.W, dx);
+    else fused_loops::col2im_assign_3x3_s1_p1(col, g.in_per_group(), g.H, g.W, dx);
     return;
   }
   std::memset(dx, 0, sizeof(float) * g.in_per_group() * g.H * g.W);

@@ -1,11 +1,15 @@
-// The inner loops of the batch-norm statistics and of the fused
-// batch-norm + ReLU + max-pool backward (pool_kernels.h), in plain C++ for
-// baseline x86-64, and the declarations of their AVX-512 builds
-// (fused_kernels_avx512.cpp), which run the same float operations in the same
-// order (the sixteen partial sums are the sixteen lanes of one register; no
-// multiply and add are contracted into an FMA), so both give the same bits.
+// The inner loops of the batch-norm statistics, of the fused
+// batch-norm + ReLU + max-pool backward (pool_kernels.h), of the eval batch
+// norm and of the 3x3 col2im, in plain C++ for baseline x86-64, and the
+// declarations of their AVX2 and AVX-512 builds (fused_kernels_avx2.cpp,
+// fused_kernels_avx512.cpp), with those of the fused forward's pooling
+// (whose baseline, four windows at a time in SSE2, is in pool_kernels.cpp).
+// Every build runs the same float operations in the same order (the sixteen
+// partial sums are sixteen lanes of registers; no multiply and add are
+// contracted into an FMA), so all give the same bits.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 namespace tq::kernels::fused_loops {
@@ -80,6 +84,10 @@ inline float batch_norm_backward_plane(const float* y, int64_t H, int64_t W, int
                                        const int32_t* at, float m, float k, float a, float b, float* dy,
                                        bool want_sum) {
   const int64_t hw = H * W, windows = OH * OW;
+  // The second pass reads the plane's at and g: they come from memory, a
+  // few lines each, too short a stream for the hardware prefetcher, so ask
+  // for them now, while the first pass runs.
+  for (int64_t o = 0; o < windows; o += 16) __builtin_prefetch(at + o), __builtin_prefetch(g + o);
   for (int64_t i = 0; i < hw; ++i) dy[i] = (y[i] - m) * a + b;
   for (int64_t o = 0; o < windows; ++o) {
     const int32_t p = at[o];
@@ -90,8 +98,62 @@ inline float batch_norm_backward_plane(const float* y, int64_t H, int64_t W, int
   return want_sum ? lane_sum(dy, hw) : 0.f;
 }
 
+
+// col2im_assign of a 3x3 / stride 1 / padding 1 convolution (conv_kernels.h):
+// `channels` planes (H, W) of dx from their nine rows of col each. dx (ih, iw)
+// gathers col (kh, kw) at (oh, ow) = (ih + 1 - kh, iw + 1 - kw) for the taps
+// inside the image, in the order (kh, kw) = (0, 0), (0, 1), ..., (2, 2) in
+// which col2im's walk adds them, starting from 0 as col2im does after dx is
+// zeroed: the same bits, in one write of each row.
+inline void col2im_assign_3x3_s1_p1(const float* col, int64_t channels, int64_t H, int64_t W, float* dx) {
+  const int64_t hw = H * W;
+  for (int64_t c = 0; c < channels; ++c) {
+    const float* cc = col + c * 9 * hw;
+    for (int64_t ih = 0; ih < H; ++ih) {
+      float* __restrict d = dx + c * hw + ih * W;
+      for (int64_t iw = 0; iw < W; ++iw) d[iw] = 0.f;
+      for (int64_t kh = 0; kh < 3; ++kh) {
+        const int64_t oh = ih + 1 - kh;
+        if (oh < 0 || oh >= H) continue;
+        const float* __restrict r0 = cc + kh * 3 * hw + oh * W;  // tap (kh, 0): ow = iw + 1
+        const float* __restrict r1 = r0 + hw;                    // tap (kh, 1): ow = iw
+        const float* __restrict r2 = r1 + hw;                    // tap (kh, 2): ow = iw - 1
+        for (int64_t iw = 0; iw + 1 < W; ++iw) d[iw] += r0[iw + 1];
+        for (int64_t iw = 0; iw < W; ++iw) d[iw] += r1[iw];
+        for (int64_t iw = 1; iw < W; ++iw) d[iw] += r2[iw - 1];
+      }
+    }
+  }
+}
+
+// norm_kernels.h's batch_norm_apply_plane: q = p a + b, then the clamp to
+// [0, 6] when then_relu6 (min(max(v, 0), 6): a NaN stays NaN).
+inline void batch_norm_apply_plane(const float* p, float* q, int64_t n, float a, float b, bool then_relu6) {
+  if (then_relu6) {
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = p[i] * a + b;
+      q[i] = std::min(std::max(v, 0.f), 6.f);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) q[i] = p[i] * a + b;
+  }
+}
+
 }  // namespace
 }  // namespace tq::kernels::fused_loops
+
+// The AVX2 builds (fused_kernels_avx2.cpp); pool_kernels.h says when they run.
+namespace tq::detail {
+void shifted_sums_avx2(const float* p, int64_t n, float shift, float& sum, float& sum_sq);
+void pooled_gradient_sums_avx2(const float* g, const int32_t* at, const float* y_at, int64_t n, float m, float& s,
+                               float& t);
+float batch_norm_backward_plane_avx2(const float* y, int64_t H, int64_t W, int64_t OH, int64_t OW, const float* g,
+                                     const int32_t* at, float m, float k, float a, float b, float* dy, bool want_sum);
+void batch_norm_relu_max_pool2x2_plane_avx2(const float* y, int64_t W, int64_t OH, int64_t OW, float a, float b,
+                                            float* out, int32_t* at, float* y_at);
+void batch_norm_apply_plane_avx2(const float* p, float* q, int64_t n, float a, float b, bool then_relu6);
+void col2im_assign_3x3_s1_p1_avx2(const float* col, int64_t channels, int64_t H, int64_t W, float* dx);
+}  // namespace tq::detail
 
 // The AVX-512 builds (fused_kernels_avx512.cpp); pool_kernels.h says when they run.
 namespace tq::detail {

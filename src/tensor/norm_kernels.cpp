@@ -60,6 +60,7 @@ void BatchNormStats::add(const float* image) {
   for (int64_t c = 0; c < C_; ++c) {
     float a, a2;
     if (fused_kernels_avx512()) detail::shifted_sums_avx512(image + c * plane_, plane_, shift_[c], a, a2);
+    else if (fused_kernels_avx2()) detail::shifted_sums_avx2(image + c * plane_, plane_, shift_[c], a, a2);
     else fused_loops::shifted_sums(image + c * plane_, plane_, shift_[c], a, a2);
     sum_[c] += a;
     sum_sq_[c] += a2;
@@ -117,14 +118,8 @@ void batch_norm_stats_reference(const Tensor& x, Tensor& mean, Tensor& var) {
 
 void batch_norm_apply_plane(const float* p, float* q, int64_t n, float a, float b, bool then_relu6) {
   if (fused_kernels_avx512()) return detail::batch_norm_apply_plane_avx512(p, q, n, a, b, then_relu6);
-  if (then_relu6) {
-    for (int64_t i = 0; i < n; ++i) {
-      const float v = p[i] * a + b;
-      q[i] = std::min(std::max(v, 0.f), 6.f);
-    }
-  } else {
-    for (int64_t i = 0; i < n; ++i) q[i] = p[i] * a + b;
-  }
+  if (fused_kernels_avx2()) return detail::batch_norm_apply_plane_avx2(p, q, n, a, b, then_relu6);
+  fused_loops::batch_norm_apply_plane(p, q, n, a, b, then_relu6);
 }
 
 Tensor batch_norm_apply(const Tensor& x, const Tensor& scale, const Tensor& shift, bool then_relu6) {

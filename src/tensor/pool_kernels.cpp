@@ -422,16 +422,18 @@ Pool2dGeometry pool_2x2_of(const Tensor& y) {
   return pool2d_geometry(y.shape(), 2, 2, 2, 2, 0, 0, 1, 1, "batch_norm_relu_max_pool2x2");
 }
 
-std::atomic<bool> g_avx512{best_simd_level() == SimdLevel::avx512};
+std::atomic<SimdLevel> g_level{best_simd_level()};
 
 }  // namespace
 
-void set_fused_kernels_avx512(bool on) {
-  if (on) require_simd_level(SimdLevel::avx512, "set_fused_kernels_avx512");
-  g_avx512 = on;
+void set_fused_kernels(SimdLevel level) {
+  require_simd_level(level, "set_fused_kernels");
+  g_level = level;
 }
 
-bool fused_kernels_avx512() { return g_avx512; }
+SimdLevel fused_kernels() { return g_level; }
+bool fused_kernels_avx512() { return g_level == SimdLevel::avx512; }
+bool fused_kernels_avx2() { return g_level == SimdLevel::avx2; }
 
 void batch_norm_relu_max_pool2x2_forward(const Tensor& y, const Tensor& scale, const Tensor& shift, Tensor& out,
                                          Tensor& at, Tensor& y_at) {
@@ -449,13 +451,15 @@ void batch_norm_relu_max_pool2x2_forward(const Tensor& y, const Tensor& scale, c
   int32_t* ip = at.data<int32_t>();
   float* vp = y_at.data<float>();
   const int64_t hw = g.H * g.W, ohw = g.OH * g.OW, used = 2 * g.OW;
-  if (fused_kernels_avx512()) {
+  if (fused_kernels() != SimdLevel::scalar) {
+    const auto plane_of = fused_kernels_avx512() ? detail::batch_norm_relu_max_pool2x2_plane_avx512
+                                                 : detail::batch_norm_relu_max_pool2x2_plane_avx2;
     for (int64_t plane = 0; plane < g.N * g.C; ++plane)
-      detail::batch_norm_relu_max_pool2x2_plane_avx512(yp + plane * hw, g.W, g.OH, g.OW, sc[plane % g.C],
-                                                       sh[plane % g.C], op + plane * ohw, ip + plane * ohw,
-                                                       vp + plane * ohw);
+      plane_of(yp + plane * hw, g.W, g.OH, g.OW, sc[plane % g.C], sh[plane % g.C], op + plane * ohw, ip + plane * ohw,
+               vp + plane * ohw);
     return;
   }
+  // Baseline x86-64: the windows four at a time (SSE2, max_pool_2x2_row).
   // Two rows of relu(y scale + shift): in L1, never in memory.
   thread_local std::vector<float> rows;
   rows.resize(static_cast<size_t>(2 * g.W));
@@ -530,7 +534,7 @@ BatchNormReluMaxPool2x2Backward::BatchNormReluMaxPool2x2Backward(const Tensor& d
   check_channel_vector(invstd, g.C, "invstd");
   if (gamma.defined()) check_channel_vector(gamma, g.C, "gamma");
   N_ = g.N, C_ = g.C, H_ = g.H, W_ = g.W, OH_ = g.OH, OW_ = g.OW, hw_ = g.H * g.W, ohw_ = g.OH * g.OW;
-  wide_ = fused_kernels_avx512();
+  level_ = fused_kernels();
   const float* gp = dout.data<float>();
   const int32_t* ip = at.data<int32_t>();
   const float* vp = y_at.data<float>();
@@ -547,7 +551,8 @@ BatchNormReluMaxPool2x2Backward::BatchNormReluMaxPool2x2Backward(const Tensor& d
     const int32_t* ir = ip + plane * ohw_;
     const float* vr = vp + plane * ohw_;
     float sa, sb;
-    if (wide_) detail::pooled_gradient_sums_avx512(gr, ir, vr, ohw_, m, sa, sb);
+    if (level_ == SimdLevel::avx512) detail::pooled_gradient_sums_avx512(gr, ir, vr, ohw_, m, sa, sb);
+    else if (level_ == SimdLevel::avx2) detail::pooled_gradient_sums_avx2(gr, ir, vr, ohw_, m, sa, sb);
     else fused_loops::pooled_gradient_sums(gr, ir, vr, ohw_, m, sa, sb);
     s[c] += sa;
     t[c] += sb;
@@ -589,8 +594,10 @@ void BatchNormReluMaxPool2x2Backward::image(int64_t n, float* dy_n, double* bias
     const float* gr = dout_.data<float>() + plane * ohw_;
     const int32_t* ir = at_.data<int32_t>() + plane * ohw_;
     const bool want = bias_sums != nullptr;
-    const float sum = wide_ ? detail::batch_norm_backward_plane_avx512(p, H_, W_, OH_, OW_, gr, ir, m, k, a, b, d, want)
-                            : fused_loops::batch_norm_backward_plane(p, H_, W_, OH_, OW_, gr, ir, m, k, a, b, d, want);
+    const auto plane_of = level_ == SimdLevel::avx512 ? detail::batch_norm_backward_plane_avx512
+                          : level_ == SimdLevel::avx2 ? detail::batch_norm_backward_plane_avx2
+                                                      : fused_loops::batch_norm_backward_plane;
+    const float sum = plane_of(p, H_, W_, OH_, OW_, gr, ir, m, k, a, b, d, want);
     if (want) bias_sums[c] += sum;
   }
 }
