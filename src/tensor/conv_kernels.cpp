@@ -308,7 +308,11 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
   const int64_t ohw = g.OH * g.OW, hw = g.H * g.W;
   if (g.is_depthwise()) {
     const int64_t* ranges = tap_column_ranges(g);
-    const bool wide = fused_kernels_avx512() && (g.stride_w == 1 || g.stride_w == 2) && g.KW <= 32;
+    const bool fits = (g.stride_w == 1 || g.stride_w == 2) && g.KW <= 32;  // what the wide builds take
+    const auto wide = !fits                  ? nullptr
+                      : fused_kernels_avx512() ? detail::depthwise_plane_forward_avx512
+                      : fused_kernels_avx2()   ? detail::depthwise_plane_forward_avx2
+                                               : nullptr;
     for (int64_t n = 0; n < g.N; ++n) {
       for (int64_t c = 0; c < g.C; ++c) {
         detail::ChannelFinish f;
@@ -319,8 +323,8 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
         const float* wc = wp + c * g.KH * g.KW;
         float* yc = yp + (n * g.OC + c) * ohw;
         if (wide)
-          detail::depthwise_plane_forward_avx512(xc, wc, yc, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.stride_h, g.stride_w,
-                                                 g.pad_h, g.pad_w, g.dil_h, g.dil_w, ranges, ranges + g.KW, f);
+          wide(xc, wc, yc, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dil_h, g.dil_w,
+               ranges, ranges + g.KW, f);
         else
           depthwise_plane_forward(xc, wc, yc, g, ranges, ranges + g.KW, f);
       }

@@ -8,6 +8,7 @@
 // by one). Multiplies and adds stay apart (no FMA contraction).
 #include "tensor/x86_intrinsics.h"
 
+#include <algorithm>
 #include <cstdint>
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -243,6 +244,109 @@ void col2im_assign_3x3_s1_p1_avx2(const float* col, int64_t channels, int64_t H,
         }
         d[iw] = s;
       }
+    }
+  }
+}
+
+namespace {
+
+// Bit i set: output column ow0 + i has its tap in [lo, hi) (tap_column_ranges).
+inline uint32_t lanes_between(int64_t lo, int64_t hi, int64_t ow0) {
+  const int64_t a = std::clamp<int64_t>(lo - ow0, 0, 8), b = std::clamp<int64_t>(hi - ow0, 0, 8);
+  if (a >= b) return 0;
+  return ((1u << b) - 1u) & ~((1u << a) - 1u);
+}
+
+// All ones in the lanes whose bit of `bits` `select` names (0: never).
+inline __m256i lanes_of(uint32_t bits, __m256i select) {
+  return _mm256_cmpgt_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int32_t>(bits)), select),
+                            _mm256_setzero_si256());
+}
+
+// The lanes of one tap kw over eight outputs: `lanes` for stride 1; for
+// stride 2 the even places of the two loads of eight (lo, hi) that the
+// eight outputs read. Masked loads read only these (and give 0 elsewhere).
+struct TapLanes {
+  __m256i lanes, lo, hi;
+  uint32_t bits;
+};
+
+inline __m256 tap_row(const float* row, int64_t first, int64_t stride_w, const TapLanes& m) {
+  if (stride_w == 1) return _mm256_maskload_ps(row + first, m.lanes);
+  const __m256 lo = _mm256_maskload_ps(row + first, m.lo), hi = _mm256_maskload_ps(row + first + 8, m.hi);
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0))),
+                                                _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+}  // namespace
+
+// conv_kernels.cpp's depthwise_plane_forward eight outputs a register, as the
+// AVX-512 build does sixteen: the taps added in the order (kh, kw), a tap
+// outside the image leaving the lane as it is (a blend, not an add of 0: an
+// infinite weight times 0 would be NaN), four output rows at a time where all
+// their taps' rows are inside the image. The epilogue is batch_norm_apply's
+// arithmetic, max / min with the value second (NaN passes, -0 stays -0).
+void depthwise_plane_forward_avx2(const float* x, const float* w, float* y, int64_t H, int64_t W, int64_t OH,
+                                  int64_t OW, int64_t KH, int64_t KW, int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                                  int64_t pad_w, int64_t dil_h, int64_t dil_w, const int64_t* ow_lo,
+                                  const int64_t* ow_hi, const ChannelFinish& f) {
+  constexpr int kRows = 4;
+  const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.f);
+  const __m256 bias = _mm256_set1_ps(f.bias), scale = _mm256_set1_ps(f.scale), shift = _mm256_set1_ps(f.shift);
+  const auto finish = [&](__m256 acc) {
+    if (f.has_bias) acc = _mm256_add_ps(acc, bias);
+    if (f.affine) acc = _mm256_add_ps(_mm256_mul_ps(acc, scale), shift);
+    if (f.relu6) acc = _mm256_min_ps(six, _mm256_max_ps(zero, acc));
+    return acc;
+  };
+  const auto rows_inside = [&](int64_t oh) {
+    const int64_t top = oh * stride_h - pad_h;
+    return top >= 0 && top + (KH - 1) * dil_h < H;
+  };
+  const __m256i one_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256i even_lo = _mm256_setr_epi32(1, 0, 2, 0, 4, 0, 8, 0), even_hi = _mm256_setr_epi32(16, 0, 32, 0, 64, 0, 128, 0);
+  TapLanes tap[32];
+  for (int64_t ow0 = 0; ow0 < OW; ow0 += 8) {
+    const int64_t n = OW - ow0 < 8 ? OW - ow0 : 8;
+    for (int64_t kw = 0; kw < KW; ++kw) {
+      const uint32_t bits = lanes_between(ow_lo[kw], ow_hi[kw], ow0);
+      tap[kw] = {lanes_of(bits, one_bit), lanes_of(bits, even_lo), lanes_of(bits, even_hi), bits};
+    }
+    const auto store = [&](float* dst, __m256 v) {
+      if (n == 8) return _mm256_storeu_ps(dst, v);
+      alignas(32) float lanes[8];  // a row's last outputs, through the stack
+      _mm256_store_ps(lanes, v);
+      for (int64_t j = 0; j < n; ++j) dst[j] = lanes[j];
+    };
+    const auto add_tap = [&](__m256 acc, float wk, const float* row, int64_t kw) {
+      const TapLanes& m = tap[kw];
+      const int64_t first = ow0 * stride_w - pad_w + kw * dil_w;
+      const __m256 sum = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(wk), tap_row(row, first, stride_w, m)));
+      return _mm256_blendv_ps(acc, sum, _mm256_castsi256_ps(m.lanes));
+    };
+    int64_t oh = 0;
+    while (oh < OH) {
+      if (oh + kRows <= OH && rows_inside(oh) && rows_inside(oh + kRows - 1)) {
+        __m256 acc[kRows] = {zero, zero, zero, zero};
+        for (int64_t kh = 0; kh < KH; ++kh)
+          for (int64_t kw = 0; kw < KW; ++kw) {
+            if (!tap[kw].bits) continue;
+            for (int r = 0; r < kRows; ++r)
+              acc[r] = add_tap(acc[r], w[kh * KW + kw], x + ((oh + r) * stride_h - pad_h + kh * dil_h) * W, kw);
+          }
+        for (int r = 0; r < kRows; ++r) store(y + (oh + r) * OW + ow0, finish(acc[r]));
+        oh += kRows;
+        continue;
+      }
+      __m256 acc = zero;
+      for (int64_t kh = 0; kh < KH; ++kh) {
+        const int64_t ih = oh * stride_h - pad_h + kh * dil_h;
+        if (ih < 0 || ih >= H) continue;
+        for (int64_t kw = 0; kw < KW; ++kw)
+          if (tap[kw].bits) acc = add_tap(acc, w[kh * KW + kw], x + ih * W, kw);
+      }
+      store(y + oh * OW + ow0, finish(acc));
+      ++oh;
     }
   }
 }

@@ -178,6 +178,12 @@ void depthwise_plane_forward_avx512(const float* x, const float* w, float* y, in
                                     int64_t OW, int64_t KH, int64_t KW, int64_t stride_h, int64_t stride_w,
                                     int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w, const int64_t* ow_lo,
                                     const int64_t* ow_hi, const ChannelFinish& f);
+// The same eight outputs a register (fused_kernels_avx2.cpp), under the same
+// conditions.
+void depthwise_plane_forward_avx2(const float* x, const float* w, float* y, int64_t H, int64_t W, int64_t OH,
+                                  int64_t OW, int64_t KH, int64_t KW, int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                                  int64_t pad_w, int64_t dil_h, int64_t dil_w, const int64_t* ow_lo,
+                                  const int64_t* ow_hi, const ChannelFinish& f);
 // norm_kernels.h's batch_norm_apply_plane.
 void batch_norm_apply_plane_avx512(const float* p, float* q, int64_t n, float a, float b, bool then_relu6);
 // col2im_assign of a 3x3 / stride 1 / padding 1 convolution (conv_kernels.h):
