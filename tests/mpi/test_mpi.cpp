@@ -205,8 +205,8 @@ TEST_CASE("mpi: BatchNorm uses the global batch's statistics, forward and backwa
   manual_seed(4);
   const Tensor x_all = randn({n, C, 3, 3}) * 2.f + 1.f, w_all = randn({n, C, 3, 3});
   const Tensor gamma0 = randn({C}), beta0 = randn({C});
-  const auto [lo, hi] = shard(n);
-  auto part = [&](const Tensor& t) { return kernels::contiguous(tq::slice(t, 0, lo, hi)); };
+  const auto rows = shard(n);  // a lambda may not capture a structured binding before clang 16
+  auto part = [&](const Tensor& t) { return kernels::contiguous(tq::slice(t, 0, rows.first, rows.second)); };
 
   // Distributed: this rank's rows; loss = sum over every rank of sum(y * w).
   Tensor x = part(x_all).requires_grad_(), gamma = kernels::clone(gamma0).requires_grad_(), beta = kernels::clone(beta0).requires_grad_();
@@ -264,8 +264,8 @@ TEST_CASE("mpi: the fused conv + BatchNorm + ReLU + max-pool op takes the global
   const Tensor x_all = randn({n, C, 6, 6}) * 2.f + 0.5f, w_all = randn({n, OC, 3, 3});
   const Tensor weight0 = randn({OC, C, 3, 3}) * 0.3f, bias0 = randn({OC}), gamma0 = rand_uniform({OC}, 0.5, 1.5),
                beta0 = randn({OC});
-  const auto [lo, hi] = shard(n);
-  auto part = [&](const Tensor& t) { return kernels::contiguous(tq::slice(t, 0, lo, hi)); };
+  const auto rows = shard(n);  // a lambda may not capture a structured binding before clang 16
+  auto part = [&](const Tensor& t) { return kernels::contiguous(tq::slice(t, 0, rows.first, rows.second)); };
   const Conv2dOptions opt{.padding = {1, 1}};
   struct Run {
     Tensor x, weight, bias, gamma, beta, rm = zeros({4}), rv = ones({4}), y;
