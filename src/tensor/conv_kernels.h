@@ -64,8 +64,8 @@ void col2im(const float* col, const Conv2dGeometry& g, float* dx);
 // dx (C/g, H, W) = the same adjoint, overwriting dx: zeroing dx, then col2im.
 // The 3x3 / stride 1 / padding 1 case takes a faster walk: each row of dx is
 // written once, the sum of its (up to) nine taps added in the order col2im
-// adds them, so the same bits (the tests compare them); an AVX-512 build of
-// it runs when fused_kernels_avx512() (pool_kernels.h) is on.
+// adds them, so the same bits (the tests compare them); its AVX2 and AVX-512
+// builds run as fused_kernels() (pool_kernels.h) says.
 void col2im_assign(const float* col, const Conv2dGeometry& g, float* dx);
 
 // ---- Fast kernels (all tensors contiguous f32) ----
@@ -78,8 +78,8 @@ void col2im_assign(const float* col, const Conv2dGeometry& g, float* dx);
 // (an eval batch norm and ReLU6 in the convolution's own pass): element for
 // element batch_norm_apply's arithmetic (norm_kernels.h), so the same bits as
 // the convolution followed by it. A depthwise convolution applies it to each
-// row of outputs as it finishes it (the AVX-512 build: while they are in a
-// register), the others to each image after its GEMM.
+// row of outputs as it finishes it (the AVX2 and AVX-512 builds: while they
+// are in a register), the others to each image after its GEMM.
 using ImageCallback = std::function<void(int64_t n, const float* y_n)>;
 struct ChannelEpilogue {
   const float* scale = nullptr;  // (OC)
