@@ -189,6 +189,54 @@ TEST_CASE("the AVX-512, AVX2 and baseline builds of the fused kernels give the s
   }
 }
 
+TEST_CASE("every build of the fused kernels equals the baseline on plane sizes from 2x2 to 21x21",
+          "[cnn][kernels][fused]") {
+  // Every row length around the eight- and sixteen-lane blocks: whole
+  // blocks, a block and a tail, a tail only; odd sizes leave a column and a
+  // row outside every window.
+  const std::vector<SimdLevel> levels = builds();
+  if (levels.size() == 1) return;
+  BuildGuard guard;
+  manual_seed(27);
+  for (int64_t H = 2; H <= 21; H += 3)
+    for (int64_t W = 2; W <= 21; ++W) {
+      INFO(H << " x " << W);
+      const Shape s{2, 2, H, W};
+      const Tensor y = tied(s), scale = rand_uniform({2}, -1.5, 1.5), shift = rand_uniform({2}, -0.5, 0.5);
+      const Tensor gamma = rand_uniform({2}, -1.5, 1.5);
+      const k::Conv2dGeometry g3 = k::conv2d_geometry(s, Shape{1, 2, 3, 3}, 1, 1, 1, 1, 1, 1, 1);
+      const Tensor col = randn({2 * 9, H * W});
+      const Tensor xd = randn({1, 2, H, W}), wd = randn({2, 1, 3, 3});
+      std::vector<std::vector<float>> results;
+      Tensor dout;
+      for (SimdLevel level : levels) {
+        k::set_fused_kernels(level);
+        Tensor out, at, y_at, mean, var, s_dz, s_dzx, bias;
+        k::batch_norm_stats(y, mean, var);
+        k::batch_norm_relu_max_pool2x2_forward(y, scale, shift, out, at, y_at);
+        if (!dout.defined()) dout = randn(out.shape());
+        const Tensor dy = k::batch_norm_relu_max_pool2x2_backward(dout, at, y_at, y, mean, k::add_scalar(var, 1.f),
+                                                                  gamma, s_dz, s_dzx, &bias);
+        Tensor dx = zeros({1, 2, H, W});
+        k::col2im_assign(col.data<float>(), g3, dx.data<float>());
+        std::vector<float> all;
+        for (const Tensor& t : {out, at, y_at, mean, var, dy, s_dz, s_dzx, bias, dx,
+                                k::conv2d_forward(xd, wd, Tensor(), k::conv2d_geometry(xd.shape(), wd.shape(), 1, 2, 1,
+                                                                                       1, 1, 1, 2))}) {
+          const std::vector<float> v = to_vector(t);
+          all.insert(all.end(), v.begin(), v.end());
+        }
+        results.push_back(std::move(all));
+      }
+      for (size_t b = 1; b < results.size(); ++b) {
+        INFO(to_string(levels[b]) << " against the baseline");
+        REQUIRE(results[b].size() == results[0].size());
+        for (size_t i = 0; i < results[0].size(); ++i)
+          if (std::memcmp(&results[b][i], &results[0][i], sizeof(float)) != 0) FAIL("element " << i << " differs");
+      }
+    }
+}
+
 TEST_CASE("batch-norm statistics one image at a time equal batch_norm_stats", "[cnn][kernels][fused]") {
   manual_seed(23);
   const Tensor x = k::add_scalar(randn({3, 4, 5, 7}), 100.f);
