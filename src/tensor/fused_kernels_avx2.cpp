@@ -25,13 +25,14 @@ namespace loops = kernels::fused_loops;
 
 namespace {
 
-// Lanes 0..7 in lo, 8..15 in hi, plus what the tail added to lane 0, summed
-// in lane order: the plain loops' final sum.
-float add_lanes_in_order(__m256 lo, __m256 hi, float lane0_extra) {
-  alignas(32) float lanes[16];
-  _mm256_store_ps(lanes, lo);
-  _mm256_store_ps(lanes + 8, hi);
-  lanes[0] += lane0_extra;
+// The sixteen partial sums held in two registers (lanes 0..7, 8..15).
+inline void store_lanes(__m256 lo, __m256 hi, float (&lanes)[16]) {
+  _mm256_storeu_ps(lanes, lo);
+  _mm256_storeu_ps(lanes + 8, hi);
+}
+
+// The plain loops' final sum: the sixteen lanes added in order.
+inline float add_lanes_in_order(const float (&lanes)[16]) {
   float s = 0.f;
   for (float v : lanes) s += v;
   return s;
@@ -59,17 +60,17 @@ void shifted_sums_avx2(const float* p, int64_t n, float shift, float& sum, float
     a_lo = _mm256_add_ps(a_lo, d_lo), a_hi = _mm256_add_ps(a_hi, d_hi);
     q_lo = _mm256_add_ps(q_lo, _mm256_mul_ps(d_lo, d_lo)), q_hi = _mm256_add_ps(q_hi, _mm256_mul_ps(d_hi, d_hi));
   }
-  // The tail goes into lane 0 after its sixteen-wide sums, as in the plain loop.
-  alignas(32) float la[16], lq[16];
-  _mm256_store_ps(la, a_lo), _mm256_store_ps(la + 8, a_hi);
-  _mm256_store_ps(lq, q_lo), _mm256_store_ps(lq + 8, q_hi);
+  // The tail goes into lane 0, as in the plain loop.
+  float la[16], lq[16];
+  store_lanes(a_lo, a_hi, la);
+  store_lanes(q_lo, q_hi, lq);
   for (; i < n; ++i) {
     const float d = p[i] - shift;
     la[0] += d;
     lq[0] += d * d;
   }
-  sum = add_lanes_in_order(_mm256_load_ps(la), _mm256_load_ps(la + 8), 0.f);
-  sum_sq = add_lanes_in_order(_mm256_load_ps(lq), _mm256_load_ps(lq + 8), 0.f);
+  sum = add_lanes_in_order(la);
+  sum_sq = add_lanes_in_order(lq);
 }
 
 void pooled_gradient_sums_avx2(const float* g, const int32_t* at, const float* y_at, int64_t n, float m, float& s,
@@ -88,16 +89,16 @@ void pooled_gradient_sums_avx2(const float* g, const int32_t* at, const float* y
       a[h] = _mm256_add_ps(a[h], dz);
       b[h] = _mm256_add_ps(b[h], _mm256_mul_ps(dz, _mm256_sub_ps(_mm256_loadu_ps(y_at + j), vm)));
     }
-  alignas(32) float la[16], lb[16];
-  _mm256_store_ps(la, a[0]), _mm256_store_ps(la + 8, a[1]);
-  _mm256_store_ps(lb, b[0]), _mm256_store_ps(lb + 8, b[1]);
+  float la[16], lb[16];
+  store_lanes(a[0], a[1], la);
+  store_lanes(b[0], b[1], lb);
   for (; i < n; ++i) {
     const float dz = at[i] >= 0 ? g[i] : 0.f;
     la[0] += dz;
     lb[0] += dz * (y_at[i] - m);
   }
-  s = add_lanes_in_order(_mm256_load_ps(la), _mm256_load_ps(la + 8), 0.f);
-  t = add_lanes_in_order(_mm256_load_ps(lb), _mm256_load_ps(lb + 8), 0.f);
+  s = add_lanes_in_order(la);
+  t = add_lanes_in_order(lb);
 }
 
 float batch_norm_backward_plane_avx2(const float* y, int64_t H, int64_t W, int64_t OH, int64_t OW, const float* g,
@@ -109,11 +110,12 @@ float batch_norm_backward_plane_avx2(const float* y, int64_t H, int64_t W, int64
   const int64_t hw = H * W;
   __m256 lo = _mm256_setzero_ps(), hi = lo;
   int64_t i = 0;
-  for (; i + 16 <= hw; i += 16) lo = _mm256_add_ps(lo, _mm256_loadu_ps(dy + i)), hi = _mm256_add_ps(hi, _mm256_loadu_ps(dy + i + 8));
-  alignas(32) float lanes[16];
-  _mm256_store_ps(lanes, lo), _mm256_store_ps(lanes + 8, hi);
+  for (; i + 16 <= hw; i += 16)
+    lo = _mm256_add_ps(lo, _mm256_loadu_ps(dy + i)), hi = _mm256_add_ps(hi, _mm256_loadu_ps(dy + i + 8));
+  float lanes[16];
+  store_lanes(lo, hi, lanes);
   for (; i < hw; ++i) lanes[0] += dy[i];
-  return add_lanes_in_order(_mm256_load_ps(lanes), _mm256_load_ps(lanes + 8), 0.f);
+  return add_lanes_in_order(lanes);
 }
 
 void batch_norm_relu_max_pool2x2_plane_avx2(const float* y, int64_t W, int64_t OH, int64_t OW, float a, float b,
