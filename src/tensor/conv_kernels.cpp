@@ -218,9 +218,7 @@ void im2col_3x3_s1_p1(const float* x, const Conv2dGeometry& g, float* col) {
 
 void col2im_assign(const float* col, const Conv2dGeometry& g, float* dx) {
   if (is_3x3_stride_1_pad_1(g)) {
-    if (fused_kernels_avx512()) detail::col2im_assign_3x3_s1_p1_avx512(col, g.in_per_group(), g.H, g.W, dx);
-    else if (fused_kernels_avx2()) detail::col2im_assign_3x3_s1_p1_avx2(col, g.in_per_group(), g.H, g.W, dx);
-    else fused_loops::col2im_assign_3x3_s1_p1(col, g.in_per_group(), g.H, g.W, dx);
+    detail::fused_loops_build().col2im_assign_3x3_s1_p1(col, g.in_per_group(), g.H, g.W, dx);
     return;
   }
   std::memset(dx, 0, sizeof(float) * g.in_per_group() * g.H * g.W);
@@ -309,10 +307,7 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
   if (g.is_depthwise()) {
     const int64_t* ranges = tap_column_ranges(g);
     const bool fits = (g.stride_w == 1 || g.stride_w == 2) && g.KW <= 32;  // what the wide builds take
-    const auto wide = !fits                  ? nullptr
-                      : fused_kernels_avx512() ? detail::depthwise_plane_forward_avx512
-                      : fused_kernels_avx2()   ? detail::depthwise_plane_forward_avx2
-                                               : nullptr;
+    const auto wide = fits ? detail::fused_loops_build().depthwise_plane_forward : nullptr;
     for (int64_t n = 0; n < g.N; ++n) {
       for (int64_t c = 0; c < g.C; ++c) {
         detail::ChannelFinish f;

@@ -9,8 +9,8 @@
 //   dW_g    += dy_n,g @ col_n,g^T                                       (eq. 4).
 // A depthwise convolution (groups == C == OC) has a K of only KH*KW per
 // group: a GEMM would be all overhead, so it runs a direct loop instead, row
-// by row, each output the sum of its taps in the order (kh, kw) (an AVX-512
-// build, sixteen outputs a register, gives the same bits).
+// by row, each output the sum of its taps in the order (kh, kw) (the AVX2 and
+// AVX-512 builds, eight and sixteen outputs a register, give the same bits).
 //
 // Every fast kernel has a plain reference twin (seven nested loops in double)
 // that the tests compare it with. The im2col workspace is one per thread and

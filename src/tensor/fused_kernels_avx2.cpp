@@ -49,7 +49,6 @@ inline void even_odd(const float* p, __m256& even, __m256& odd) {
                                                _MM_SHUFFLE(3, 1, 2, 0)));
 }
 
-}  // namespace
 
 void shifted_sums_avx2(const float* p, int64_t n, float shift, float& sum, float& sum_sq) {
   const __m256 vs = _mm256_set1_ps(shift);
@@ -250,8 +249,6 @@ void col2im_assign_3x3_s1_p1_avx2(const float* col, int64_t channels, int64_t H,
   }
 }
 
-namespace {
-
 // Bit i set: output column ow0 + i has its tap in [lo, hi) (tap_column_ranges).
 inline uint32_t lanes_between(int64_t lo, int64_t hi, int64_t ow0) {
   const int64_t a = std::clamp<int64_t>(lo - ow0, 0, 8), b = std::clamp<int64_t>(hi - ow0, 0, 8);
@@ -279,8 +276,6 @@ inline __m256 tap_row(const float* row, int64_t first, int64_t stride_w, const T
   return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0))),
                                                 _MM_SHUFFLE(3, 1, 2, 0)));
 }
-
-}  // namespace
 
 // conv_kernels.cpp's depthwise_plane_forward eight outputs a register, as the
 // AVX-512 build does sixteen: the taps added in the order (kh, kw), a tap
@@ -352,5 +347,17 @@ void depthwise_plane_forward_avx2(const float* x, const float* w, float* y, int6
     }
   }
 }
+
+}  // namespace
+
+const FusedLoops kFusedLoopsAvx2 = {
+    shifted_sums_avx2,
+    pooled_gradient_sums_avx2,
+    batch_norm_backward_plane_avx2,
+    batch_norm_relu_max_pool2x2_plane_avx2,
+    batch_norm_apply_plane_avx2,
+    col2im_assign_3x3_s1_p1_avx2,
+    depthwise_plane_forward_avx2,
+};
 
 }  // namespace tq::detail

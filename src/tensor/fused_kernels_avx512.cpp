@@ -34,7 +34,6 @@ inline float add_lanes_in_order(const float (&lanes)[16]) {
   return s;
 }
 
-}  // namespace
 
 void shifted_sums_avx512(const float* p, int64_t n, float shift, float& sum, float& sum_sq) {
   const __m512 vs = _mm512_set1_ps(shift);
@@ -219,12 +218,6 @@ void col2im_assign_3x3_s1_p1_avx512(const float* col, int64_t channels, int64_t 
   }
 }
 
-}  // namespace tq::detail
-
-namespace tq::detail {
-
-namespace {
-
 // The range [lo, hi) of columns, clipped to the sixteen lanes from ow0.
 inline __mmask16 lanes_between(int64_t lo, int64_t hi, int64_t ow0) {
   const int64_t a = std::clamp<int64_t>(lo - ow0, 0, 16), b = std::clamp<int64_t>(hi - ow0, 0, 16);
@@ -240,8 +233,6 @@ inline uint32_t spread_to_even_bits(uint32_t m) {
   m = (m | (m << 1)) & 0x55555555u;
   return m;
 }
-
-}  // namespace
 
 // Lane i of the taps kw of one input row: column (ow0 + i) stride_w - pad_w +
 // kw dil_w, where `m` says the tap lies inside the image, else 0.
@@ -332,5 +323,17 @@ void batch_norm_apply_plane_avx512(const float* p, float* q, int64_t n, float a,
     _mm512_mask_storeu_ps(q + i, m, v);
   }
 }
+
+}  // namespace
+
+const FusedLoops kFusedLoopsAvx512 = {
+    shifted_sums_avx512,
+    pooled_gradient_sums_avx512,
+    batch_norm_backward_plane_avx512,
+    batch_norm_relu_max_pool2x2_plane_avx512,
+    batch_norm_apply_plane_avx512,
+    col2im_assign_3x3_s1_p1_avx512,
+    depthwise_plane_forward_avx512,
+};
 
 }  // namespace tq::detail

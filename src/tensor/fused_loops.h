@@ -1,12 +1,12 @@
 // The inner loops of the batch-norm statistics, of the fused
 // batch-norm + ReLU + max-pool backward (pool_kernels.h), of the eval batch
-// norm and of the 3x3 col2im, in plain C++ for baseline x86-64, and the
-// declarations of their AVX2 and AVX-512 builds (fused_kernels_avx2.cpp,
-// fused_kernels_avx512.cpp), with those of the fused forward's pooling
-// (whose baseline, four windows at a time in SSE2, is in pool_kernels.cpp).
-// Every build runs the same float operations in the same order (the sixteen
-// partial sums are sixteen lanes of registers; no multiply and add are
-// contracted into an FMA), so all give the same bits.
+// norm and of the 3x3 col2im, in plain C++ for baseline x86-64, and the table
+// of their builds (FusedLoops: baseline in pool_kernels.cpp, with the fused
+// forward's pooling four windows at a time in SSE2; AVX2 in
+// fused_kernels_avx2.cpp; AVX-512 in fused_kernels_avx512.cpp). Every build
+// runs the same float operations in the same order (the sixteen partial sums
+// are sixteen lanes of registers; no multiply and add are contracted into an
+// FMA), so all give the same bits.
 #pragma once
 
 #include <algorithm>
@@ -142,51 +142,50 @@ inline void batch_norm_apply_plane(const float* p, float* q, int64_t n, float a,
 }  // namespace
 }  // namespace tq::kernels::fused_loops
 
-// The AVX2 builds (fused_kernels_avx2.cpp); pool_kernels.h says when they run.
 namespace tq::detail {
-void shifted_sums_avx2(const float* p, int64_t n, float shift, float& sum, float& sum_sq);
-void pooled_gradient_sums_avx2(const float* g, const int32_t* at, const float* y_at, int64_t n, float m, float& s,
-                               float& t);
-float batch_norm_backward_plane_avx2(const float* y, int64_t H, int64_t W, int64_t OH, int64_t OW, const float* g,
-                                     const int32_t* at, float m, float k, float a, float b, float* dy, bool want_sum);
-void batch_norm_relu_max_pool2x2_plane_avx2(const float* y, int64_t W, int64_t OH, int64_t OW, float a, float b,
-                                            float* out, int32_t* at, float* y_at);
-void batch_norm_apply_plane_avx2(const float* p, float* q, int64_t n, float a, float b, bool then_relu6);
-void col2im_assign_3x3_s1_p1_avx2(const float* col, int64_t channels, int64_t H, int64_t W, float* dx);
-}  // namespace tq::detail
 
-// The AVX-512 builds (fused_kernels_avx512.cpp); pool_kernels.h says when they run.
-namespace tq::detail {
-void shifted_sums_avx512(const float* p, int64_t n, float shift, float& sum, float& sum_sq);
-void pooled_gradient_sums_avx512(const float* g, const int32_t* at, const float* y_at, int64_t n, float m, float& s,
-                                 float& t);
-float batch_norm_backward_plane_avx512(const float* y, int64_t H, int64_t W, int64_t OH, int64_t OW, const float* g,
-                                       const int32_t* at, float m, float k, float a, float b, float* dy, bool want_sum);
-void batch_norm_relu_max_pool2x2_plane_avx512(const float* y, int64_t W, int64_t OH, int64_t OW, float a, float b,
-                                              float* out, int32_t* at, float* y_at);
 // What a depthwise output channel does after its sum, in this order: + bias,
 // * scale + shift, the clamp to [0, 6] (conv_kernels.h, ChannelEpilogue).
 struct ChannelFinish {
   float bias = 0.f, scale = 1.f, shift = 0.f;
   bool has_bias = false, affine = false, relu6 = false;
 };
-// One channel of a depthwise convolution (conv_kernels.cpp's
-// depthwise_plane_forward): x (H, W) -> y (OH, OW) with the filter w (KH, KW),
-// sixteen outputs a register. [ow_lo[kw], ow_hi[kw]) are the output columns
-// whose tap kw lies inside the image. Needs stride_w 1 or 2 and KW <= 32.
-void depthwise_plane_forward_avx512(const float* x, const float* w, float* y, int64_t H, int64_t W, int64_t OH,
-                                    int64_t OW, int64_t KH, int64_t KW, int64_t stride_h, int64_t stride_w,
-                                    int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w, const int64_t* ow_lo,
-                                    const int64_t* ow_hi, const ChannelFinish& f);
-// The same eight outputs a register (fused_kernels_avx2.cpp), under the same
-// conditions.
-void depthwise_plane_forward_avx2(const float* x, const float* w, float* y, int64_t H, int64_t W, int64_t OH,
-                                  int64_t OW, int64_t KH, int64_t KW, int64_t stride_h, int64_t stride_w, int64_t pad_h,
-                                  int64_t pad_w, int64_t dil_h, int64_t dil_w, const int64_t* ow_lo,
+
+// One build of the fused loops: the loops above (and the fused forward's
+// pooling) for one instruction set. The kernels call the build that
+// kernels::fused_kernels() (pool_kernels.h) names, through fused_loops_build().
+struct FusedLoops {
+  void (*shifted_sums)(const float* p, int64_t n, float shift, float& sum, float& sum_sq);
+  void (*pooled_gradient_sums)(const float* g, const int32_t* at, const float* y_at, int64_t n, float m, float& s,
+                               float& t);
+  float (*batch_norm_backward_plane)(const float* y, int64_t H, int64_t W, int64_t OH, int64_t OW, const float* g,
+                                     const int32_t* at, float m, float k, float a, float b, float* dy, bool want_sum);
+  // One plane (H, W) of y -> (OH, OW) outputs: out = the first maximum, in the
+  // order (0,0), (0,1), (1,0), (1,1), of relu(y a + b) over each 2x2 window,
+  // at = its flat index in the plane or -1 where out is 0, y_at = y there (0
+  // where closed).
+  void (*batch_norm_relu_max_pool2x2_plane)(const float* y, int64_t W, int64_t OH, int64_t OW, float a, float b,
+                                            float* out, int32_t* at, float* y_at);
+  // norm_kernels.h's batch_norm_apply_plane.
+  void (*batch_norm_apply_plane)(const float* p, float* q, int64_t n, float a, float b, bool then_relu6);
+  // col2im_assign of a 3x3 / stride 1 / padding 1 convolution (conv_kernels.h):
+  // `channels` planes (H, W) of dx from their nine rows of col each.
+  void (*col2im_assign_3x3_s1_p1)(const float* col, int64_t channels, int64_t H, int64_t W, float* dx);
+  // One channel of a depthwise convolution (conv_kernels.cpp's
+  // depthwise_plane_forward): x (H, W) -> y (OH, OW) with the filter w
+  // (KH, KW), a register of outputs at a time. [ow_lo[kw], ow_hi[kw]) are the
+  // output columns whose tap kw lies inside the image. Needs stride_w 1 or 2
+  // and KW <= 32. Null in the baseline build, which walks the plane in
+  // conv_kernels.cpp.
+  void (*depthwise_plane_forward)(const float* x, const float* w, float* y, int64_t H, int64_t W, int64_t OH,
+                                  int64_t OW, int64_t KH, int64_t KW, int64_t stride_h, int64_t stride_w,
+                                  int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w, const int64_t* ow_lo,
                                   const int64_t* ow_hi, const ChannelFinish& f);
-// norm_kernels.h's batch_norm_apply_plane.
-void batch_norm_apply_plane_avx512(const float* p, float* q, int64_t n, float a, float b, bool then_relu6);
-// col2im_assign of a 3x3 / stride 1 / padding 1 convolution (conv_kernels.h):
-// `channels` planes (H, W) of dx from their nine rows of col each.
-void col2im_assign_3x3_s1_p1_avx512(const float* col, int64_t channels, int64_t H, int64_t W, float* dx);
+};
+
+extern const FusedLoops kFusedLoopsAvx2;    // fused_kernels_avx2.cpp
+extern const FusedLoops kFusedLoopsAvx512;  // fused_kernels_avx512.cpp
+// The build kernels::fused_kernels() names (pool_kernels.cpp, with the baseline's).
+const FusedLoops& fused_loops_build();
+
 }  // namespace tq::detail

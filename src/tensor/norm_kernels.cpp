@@ -57,11 +57,10 @@ void BatchNormStats::add(const float* image) {
   // against the spread.
   if (images_ == 0)
     for (int64_t c = 0; c < C_; ++c) shift_[c] = plane_ ? image[c * plane_] : 0.f;
+  const detail::FusedLoops& loops = detail::fused_loops_build();
   for (int64_t c = 0; c < C_; ++c) {
     float a, a2;
-    if (fused_kernels_avx512()) detail::shifted_sums_avx512(image + c * plane_, plane_, shift_[c], a, a2);
-    else if (fused_kernels_avx2()) detail::shifted_sums_avx2(image + c * plane_, plane_, shift_[c], a, a2);
-    else fused_loops::shifted_sums(image + c * plane_, plane_, shift_[c], a, a2);
+    loops.shifted_sums(image + c * plane_, plane_, shift_[c], a, a2);
     sum_[c] += a;
     sum_sq_[c] += a2;
   }
@@ -117,9 +116,7 @@ void batch_norm_stats_reference(const Tensor& x, Tensor& mean, Tensor& var) {
 }
 
 void batch_norm_apply_plane(const float* p, float* q, int64_t n, float a, float b, bool then_relu6) {
-  if (fused_kernels_avx512()) return detail::batch_norm_apply_plane_avx512(p, q, n, a, b, then_relu6);
-  if (fused_kernels_avx2()) return detail::batch_norm_apply_plane_avx2(p, q, n, a, b, then_relu6);
-  fused_loops::batch_norm_apply_plane(p, q, n, a, b, then_relu6);
+  detail::fused_loops_build().batch_norm_apply_plane(p, q, n, a, b, then_relu6);
 }
 
 Tensor batch_norm_apply(const Tensor& x, const Tensor& scale, const Tensor& shift, bool then_relu6) {

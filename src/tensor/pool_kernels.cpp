@@ -424,6 +424,47 @@ Pool2dGeometry pool_2x2_of(const Tensor& y) {
 
 std::atomic<SimdLevel> g_level{best_simd_level()};
 
+// The baseline build of FusedLoops::batch_norm_relu_max_pool2x2_plane: the
+// windows four at a time (SSE2, max_pool_2x2_row) on two rows of
+// relu(y a + b) held in L1, then y at each open window's place.
+void batch_norm_relu_max_pool2x2_plane(const float* y, int64_t W, int64_t OH, int64_t OW, float a, float b, float* out,
+                                       int32_t* at, float* y_at) {
+  thread_local std::vector<float> rows;  // only grows
+  if (rows.size() < static_cast<size_t>(2 * W)) rows.resize(static_cast<size_t>(2 * W));
+  float* r0 = rows.data();
+  float* r1 = r0 + W;
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    const int64_t row0 = 2 * oh * W;
+    const float* y0 = y + row0;
+    const float* y1 = y0 + W;
+    // batch_norm_apply then relu, element for element the same arithmetic.
+    for (int64_t i = 0; i < 2 * OW; ++i) {
+      const float z0 = y0[i] * a + b, z1 = y1[i] * a + b;
+      r0[i] = z0 > 0.f ? z0 : 0.f;
+      r1[i] = z1 > 0.f ? z1 : 0.f;
+    }
+    float* orow = out + oh * OW;
+    int32_t* irow = at + oh * OW;
+    float* vrow = y_at + oh * OW;
+    max_pool_2x2_row(r0, r1, row0, W, OW, orow, irow);
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      const bool open = orow[ow] > 0.f;
+      vrow[ow] = open ? y[irow[ow]] : 0.f;
+      irow[ow] = open ? irow[ow] : -1;
+    }
+  }
+}
+
+const detail::FusedLoops kFusedLoopsBaseline = {
+    fused_loops::shifted_sums,
+    fused_loops::pooled_gradient_sums,
+    fused_loops::batch_norm_backward_plane,
+    batch_norm_relu_max_pool2x2_plane,
+    fused_loops::batch_norm_apply_plane,
+    fused_loops::col2im_assign_3x3_s1_p1,
+    nullptr,  // the depthwise walk of conv_kernels.cpp
+};
+
 }  // namespace
 
 void set_fused_kernels(SimdLevel level) {
@@ -432,8 +473,23 @@ void set_fused_kernels(SimdLevel level) {
 }
 
 SimdLevel fused_kernels() { return g_level; }
-bool fused_kernels_avx512() { return g_level == SimdLevel::avx512; }
-bool fused_kernels_avx2() { return g_level == SimdLevel::avx2; }
+
+}  // namespace tq::kernels
+
+namespace tq::detail {
+
+const FusedLoops& fused_loops_build() {
+  switch (kernels::fused_kernels()) {
+    case SimdLevel::avx512: return kFusedLoopsAvx512;
+    case SimdLevel::avx2: return kFusedLoopsAvx2;
+    case SimdLevel::scalar: break;
+  }
+  return kernels::kFusedLoopsBaseline;
+}
+
+}  // namespace tq::detail
+
+namespace tq::kernels {
 
 void batch_norm_relu_max_pool2x2_forward(const Tensor& y, const Tensor& scale, const Tensor& shift, Tensor& out,
                                          Tensor& at, Tensor& y_at) {
@@ -450,45 +506,11 @@ void batch_norm_relu_max_pool2x2_forward(const Tensor& y, const Tensor& scale, c
   float* op = out.data<float>();
   int32_t* ip = at.data<int32_t>();
   float* vp = y_at.data<float>();
-  const int64_t hw = g.H * g.W, ohw = g.OH * g.OW, used = 2 * g.OW;
-  if (fused_kernels() != SimdLevel::scalar) {
-    const auto plane_of = fused_kernels_avx512() ? detail::batch_norm_relu_max_pool2x2_plane_avx512
-                                                 : detail::batch_norm_relu_max_pool2x2_plane_avx2;
-    for (int64_t plane = 0; plane < g.N * g.C; ++plane)
-      plane_of(yp + plane * hw, g.W, g.OH, g.OW, sc[plane % g.C], sh[plane % g.C], op + plane * ohw, ip + plane * ohw,
-               vp + plane * ohw);
-    return;
-  }
-  // Baseline x86-64: the windows four at a time (SSE2, max_pool_2x2_row).
-  // Two rows of relu(y scale + shift): in L1, never in memory.
-  thread_local std::vector<float> rows;
-  rows.resize(static_cast<size_t>(2 * g.W));
-  float* r0 = rows.data();
-  float* r1 = r0 + g.W;
-  for (int64_t plane = 0; plane < g.N * g.C; ++plane) {
-    const float a = sc[plane % g.C], b = sh[plane % g.C];
-    const float* yc = yp + plane * hw;
-    for (int64_t oh = 0; oh < g.OH; ++oh) {
-      const int64_t row0 = 2 * oh * g.W;
-      const float* y0 = yc + row0;
-      const float* y1 = y0 + g.W;
-      // batch_norm_apply then relu, element for element the same arithmetic.
-      for (int64_t i = 0; i < used; ++i) {
-        const float z0 = y0[i] * a + b, z1 = y1[i] * a + b;
-        r0[i] = z0 > 0.f ? z0 : 0.f;
-        r1[i] = z1 > 0.f ? z1 : 0.f;
-      }
-      float* orow = op + plane * ohw + oh * g.OW;
-      int32_t* irow = ip + plane * ohw + oh * g.OW;
-      float* vrow = vp + plane * ohw + oh * g.OW;
-      max_pool_2x2_row(r0, r1, row0, g.W, g.OW, orow, irow);
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
-        const bool open = orow[ow] > 0.f;
-        vrow[ow] = open ? yc[irow[ow]] : 0.f;
-        irow[ow] = open ? irow[ow] : -1;
-      }
-    }
-  }
+  const int64_t hw = g.H * g.W, ohw = g.OH * g.OW;
+  const auto plane_of = detail::fused_loops_build().batch_norm_relu_max_pool2x2_plane;
+  for (int64_t plane = 0; plane < g.N * g.C; ++plane)
+    plane_of(yp + plane * hw, g.W, g.OH, g.OW, sc[plane % g.C], sh[plane % g.C], op + plane * ohw, ip + plane * ohw,
+             vp + plane * ohw);
 }
 
 void batch_norm_relu_max_pool2x2_forward_reference(const Tensor& y, const Tensor& scale, const Tensor& shift,
@@ -534,7 +556,7 @@ BatchNormReluMaxPool2x2Backward::BatchNormReluMaxPool2x2Backward(const Tensor& d
   check_channel_vector(invstd, g.C, "invstd");
   if (gamma.defined()) check_channel_vector(gamma, g.C, "gamma");
   N_ = g.N, C_ = g.C, H_ = g.H, W_ = g.W, OH_ = g.OH, OW_ = g.OW, hw_ = g.H * g.W, ohw_ = g.OH * g.OW;
-  level_ = fused_kernels();
+  loops_ = &detail::fused_loops_build();
   const float* gp = dout.data<float>();
   const int32_t* ip = at.data<int32_t>();
   const float* vp = y_at.data<float>();
@@ -551,9 +573,7 @@ BatchNormReluMaxPool2x2Backward::BatchNormReluMaxPool2x2Backward(const Tensor& d
     const int32_t* ir = ip + plane * ohw_;
     const float* vr = vp + plane * ohw_;
     float sa, sb;
-    if (level_ == SimdLevel::avx512) detail::pooled_gradient_sums_avx512(gr, ir, vr, ohw_, m, sa, sb);
-    else if (level_ == SimdLevel::avx2) detail::pooled_gradient_sums_avx2(gr, ir, vr, ohw_, m, sa, sb);
-    else fused_loops::pooled_gradient_sums(gr, ir, vr, ohw_, m, sa, sb);
+    loops_->pooled_gradient_sums(gr, ir, vr, ohw_, m, sa, sb);
     s[c] += sa;
     t[c] += sb;
   }
@@ -594,10 +614,7 @@ void BatchNormReluMaxPool2x2Backward::image(int64_t n, float* dy_n, double* bias
     const float* gr = dout_.data<float>() + plane * ohw_;
     const int32_t* ir = at_.data<int32_t>() + plane * ohw_;
     const bool want = bias_sums != nullptr;
-    const auto plane_of = level_ == SimdLevel::avx512 ? detail::batch_norm_backward_plane_avx512
-                          : level_ == SimdLevel::avx2 ? detail::batch_norm_backward_plane_avx2
-                                                      : fused_loops::batch_norm_backward_plane;
-    const float sum = plane_of(p, H_, W_, OH_, OW_, gr, ir, m, k, a, b, d, want);
+    const float sum = loops_->batch_norm_backward_plane(p, H_, W_, OH_, OW_, gr, ir, m, k, a, b, d, want);
     if (want) bias_sums[c] += sum;
   }
 }

@@ -12,6 +12,10 @@
 #include "tensor/cpu_features.h"
 #include "tensor/tensor.h"
 
+namespace tq::detail {
+struct FusedLoops;  // fused_loops.h
+}  // namespace tq::detail
+
 namespace tq::kernels {
 
 // A sliding window over (H, W): y (N, C, OH, OW), OH = (H + 2 pad_h - dil_h (KH - 1) - 1) / stride_h + 1.
@@ -103,21 +107,19 @@ class BatchNormReluMaxPool2x2Backward {
   Tensor dout_, at_, y_, mean_, invstd_, gamma_, sum_dz_, sum_dz_xhat_;
   Tensor norm_dz_, norm_dz_xhat_;  // the sums dy is made from: sum_dz_ and sum_dz_xhat_, or the global ones
   int64_t N_ = 0, C_ = 0, H_ = 0, W_ = 0, OH_ = 0, OW_ = 0, hw_ = 0, ohw_ = 0, count_ = 0;
-  SimdLevel level_ = SimdLevel::scalar;
+  const detail::FusedLoops* loops_ = nullptr;  // the build of the loops, fixed when made
 };
 // Twin: dz spelled out as a full tensor, every sum and eq. 4 in double.
 Tensor batch_norm_relu_max_pool2x2_backward_reference(const Tensor& dout, const Tensor& at, const Tensor& y,
                                                       const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
                                                       Tensor& sum_dz, Tensor& sum_dz_xhat, Tensor& bias_sum);
 
-// The fused kernels above, batch_norm_stats, batch_norm_apply and the 3x3
-// col2im run their loops (fused_loops.h) in one of three builds: AVX-512,
-// AVX2 or baseline x86-64, by default the best the CPU has. All give the
-// same bits. Tests and benchmarks switch between them; asking for a build
-// the CPU cannot run throws.
+// The fused kernels above, batch_norm_stats, batch_norm_apply, the 3x3
+// col2im and the depthwise forward run their loops in one of three builds
+// (fused_loops.h's FusedLoops): AVX-512, AVX2 or baseline x86-64, by default
+// the best the CPU has. All give the same bits. Tests and benchmarks switch
+// between them; asking for a build the CPU cannot run throws.
 void set_fused_kernels(SimdLevel level);
 SimdLevel fused_kernels();
-bool fused_kernels_avx512();  // fused_kernels() == avx512
-bool fused_kernels_avx2();    // fused_kernels() == avx2
 
 }  // namespace tq::kernels
